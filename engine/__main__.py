@@ -1,0 +1,102 @@
+"""Command line: `python -m engine run ...` (the same engine as the dashboard)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine import events, presets
+from engine.hardware import DeviceError
+from engine.pool import Engine, InputError
+
+EXIT_BAD_INPUT = 2
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+def _gib(value) -> str:
+    return "-" if value is None else f"{value / 2**30:.3f}"
+
+
+def table(report: dict) -> str:
+    """The results as a fixed-width table, one row per variant."""
+    head = ("variant", "status", "tokens", "TTFT ms", "TPOT ms", "tok/s", "peak GiB", "weights GiB", "MBU",
+            "diff@", "placement")
+    rows = [head]
+    for r in report["results"]:
+        rows.append((r["variant"], r["status"], str(r["output_tokens"] or "-"), _ms(r["ttft_s"]), _ms(r["tpot_s"]),
+                     "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}", _gib(r["peak_memory_bytes"]),
+                     _gib(r["weights_bytes"]), "-" if r["mbu"] is None else f"{r['mbu']:.0%}",
+                     "-" if r["first_diff_token"] is None else str(r["first_diff_token"]), r["placement"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    for r in report["results"]:
+        if r["reason"]:
+            lines.append(f"  {r['variant']}: {r['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    preset = presets.load(args.preset)
+    variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
+    max_new = args.max_new_tokens or preset.max_new_tokens
+    with Engine(preset, request_timeout_s=args.timeout) as engine:
+        run = engine.start(args.prompt, variants, max_new, mode=args.mode, repeats=args.repeats,
+                           ignore_eos=args.ignore_eos)
+        print(f"{preset.title} on {engine.device.name}; mode {args.mode}"
+              + ("; random weights: the text is noise, the timings are real" if preset.random_weights else ""),
+              file=sys.stderr)
+        report = None
+        try:
+            for event in run:
+                if isinstance(event, events.Loaded):
+                    print(f"  {event.variant}: loaded in {event.load_s:.1f} s, warmed up in {event.warmup_s:.1f} s",
+                          file=sys.stderr)
+                elif isinstance(event, (events.Failed, events.Unavailable)):
+                    print(f"  {event.variant}: {event.reason}", file=sys.stderr)
+                elif isinstance(event, events.RunDone):
+                    report = event.report
+        except KeyboardInterrupt:
+            engine.cancel(run.id)
+            for event in run:
+                if isinstance(event, events.RunDone):
+                    report = event.report
+    print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0 if all(r["status"] in ("ok", "unavailable") for r in report["results"]) else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="one prompt through several variants; prints a table, writes JSON")
+    run.add_argument("--preset", default="tiny", help=f"one of: {', '.join(presets.available())}, or a .yaml path")
+    run.add_argument("--variants", help="comma-separated, e.g. baseline,sdpa,bnb-4bit (default: the preset's)")
+    run.add_argument("--prompt", default="Explain why attention is memory-bound during decoding.")
+    run.add_argument("--max-new-tokens", type=int, help="default: the preset's")
+    run.add_argument("--mode", choices=("fair", "race"), default="fair",
+                     help="fair: one variant generates at a time; race: all at once (contended)")
+    run.add_argument("--repeats", type=int, default=1, help="report medians and the TPOT spread over N runs")
+    run.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    run.add_argument("--timeout", type=float, default=900.0, help="seconds one request may take")
+    run.add_argument("--json", help="write the report to this path")
+    run.set_defaults(func=cmd_run)
+    return top
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (InputError, presets.PresetError, DeviceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

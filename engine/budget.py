@@ -1,0 +1,102 @@
+"""Memory budget: estimate each variant's footprint before loading, and choose which stay resident.
+
+Estimates come from the architecture (config fields), not from loading anything: weights at the
+variant's precision, the KV cache for the preset's whole context, and a margin for activations.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from engine.presets import Preset
+from engine.variants import Variant
+
+BYTES_PER_PARAM = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
+QUANTIZED_BYTES_PER_PARAM = {"nf4": 0.5 + 0.0625, "int8": 1.0 + 0.0625}     # + block scales / outlier slack
+GATED_MLP = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "granite", "smollm3"}
+ACTIVATION_MARGIN = 0.15          # share of weights + cache kept free for activations and fragmentation
+CUDA_CONTEXT_BYTES = 600 * 2**20  # each CUDA process holds a context of roughly this size
+
+
+def _first(config: dict, *keys, default=None):
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    return default
+
+
+def architecture(preset: Preset) -> dict | None:
+    """The config fields of a preset's model, from the preset or the cached config.json."""
+    if preset.random_weights:
+        return dict(preset.config)
+    from engine.models import _hub_file
+    path = _hub_file(preset.model_id, "config.json")
+    if path is None:
+        return None
+    config = json.loads(open(path).read())
+    return config.get("text_config", config)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Estimated bytes of one variant on its device."""
+    params: int
+    weights_bytes: int
+    kv_cache_bytes: int
+    load_peak_bytes: int          # quantizing random weights in place first holds them at full precision
+    total_bytes: int
+
+
+def footprint(preset: Preset, variant: Variant, cuda: bool) -> Footprint | None:
+    """Estimated footprint; None when the architecture is unknown (no config.json cached)."""
+    config = architecture(preset)
+    if not config:
+        return None
+    hidden = _first(config, "hidden_size", "d_model", "n_embd")
+    layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
+    vocab = _first(config, "vocab_size", default=32000)
+    if not hidden or not layers:
+        return None
+    heads = _first(config, "num_attention_heads", "n_head", default=1)
+    kv_heads = _first(config, "num_key_value_heads", "num_kv_heads", default=heads)
+    head_dim = _first(config, "head_dim", default=hidden // heads)
+    inner = _first(config, "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden)
+    gated = config.get("model_type") in GATED_MLP
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    mlp = (3 if gated else 2) * hidden * inner
+    tied = config.get("tie_word_embeddings", False)
+    params = int(layers * (attention + mlp) + vocab * hidden * (1 if tied else 2))
+    full = BYTES_PER_PARAM[preset.dtype]
+    embeddings = vocab * hidden * (1 if tied else 2)
+    if variant.quantization:
+        weights = (params - embeddings) * QUANTIZED_BYTES_PER_PARAM[variant.quantization] + embeddings * full
+    else:
+        weights = params * full
+    kv = 0 if not variant.use_cache else 2 * layers * kv_heads * head_dim * preset.context_length * full
+    load_peak = params * full if (variant.quantization and preset.random_weights) else weights
+    total = max(weights + kv, load_peak) * (1 + ACTIVATION_MARGIN) + (CUDA_CONTEXT_BYTES if cuda else 0)
+    return Footprint(params, int(weights), int(kv), int(load_peak), int(total))
+
+
+def plan(preset: Preset, variants: list[Variant], free_bytes: int, cuda: bool) -> dict[str, str]:
+    """variant name -> "resident" or "swapped".
+
+    When all fit together, all stay resident. Otherwise room for the largest variant is kept
+    free, variants stay resident in order while they fit in the rest, and the others run one
+    after another in that room, each unloaded before the next. A variant whose footprint is
+    unknown (no cached config) counts as the largest known one.
+    """
+    estimates = {v.name: footprint(preset, v, cuda) for v in variants}
+    known = [f.total_bytes for f in estimates.values() if f is not None]
+    sizes = {name: (f.total_bytes if f else max(known, default=0)) for name, f in estimates.items()}
+    if sum(sizes.values()) <= free_bytes:
+        return {v.name: "resident" for v in variants}
+    room = free_bytes - max(sizes.values())
+    placement, used = {}, 0
+    for variant in variants:
+        if used + sizes[variant.name] <= room:
+            placement[variant.name] = "resident"
+            used += sizes[variant.name]
+        else:
+            placement[variant.name] = "swapped"
+    return placement

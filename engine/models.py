@@ -1,0 +1,226 @@
+"""Model and tokenizer from a preset: hub id / local path, or seeded random weights from a config.
+
+The orchestrator side (`ensure_source`, `count_prompt_tokens`) needs only `tokenizers` and
+`huggingface_hub`; the loaders import torch and transformers and run in worker processes.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.presets import Preset
+    from engine.variants import Variant
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")           # ids 0, 1, 2
+SYLLABLES = ("ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "vu", "ze", "ba", "do", "fe", "gi", "ho", "ju")
+
+
+class ModelSourceError(ValueError):
+    """The model's files cannot be found or fetched; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    """Where locally made models live: $SIDEBYSIDE_CACHE or ~/.cache/sidebyside."""
+    env = os.environ.get("SIDEBYSIDE_CACHE")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sidebyside"
+    return base
+
+
+def _filler_word(index: int) -> str:
+    letters = []
+    while True:
+        index, digit = divmod(index, len(SYLLABLES))
+        letters.append(SYLLABLES[digit])
+        if index == 0:
+            return "".join(letters)
+
+
+def byte_tokenizer(vocab_size: int):
+    """A byte-level tokenizer: 3 special tokens, the 256 bytes, then pseudo-words up to vocab_size.
+
+    Every text encodes to one token per byte; the pseudo-words are never produced by encoding but
+    make the output of a random-weight model read as (meaningless) words instead of byte soup.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for symbol in alphabet:
+        vocab[symbol] = len(vocab)
+    n = 0
+    while len(vocab) < vocab_size:
+        vocab.setdefault("Ġ" + _filler_word(n), len(vocab))
+        n += 1
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    return tokenizer
+
+
+def _hub_file(model_id: str, filename: str) -> str | None:
+    if Path(model_id).is_dir():
+        path = Path(model_id) / filename
+        return str(path) if path.exists() else None
+    from huggingface_hub import try_to_load_from_cache
+    found = try_to_load_from_cache(model_id, filename)
+    return found if isinstance(found, str) else None
+
+
+def ensure_source(preset: Preset) -> None:
+    """Make sure a hub preset's config and tokenizer are here (cached or fetchable), or explain."""
+    if preset.random_weights or _hub_file(preset.model_id, "config.json"):
+        return
+    if Path(preset.model_id).exists():
+        raise ModelSourceError(f"{preset.model_id} has no config.json: point 'model_id' at a "
+                               "folder saved with save_pretrained")
+    try:
+        from huggingface_hub import snapshot_download
+        snapshot_download(preset.model_id, allow_patterns=["*.json", "*.model", "*.txt"])
+    except Exception as error:   # offline, gated or unknown repository: all end the same way for the user
+        detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise ModelSourceError(
+            f"model {preset.model_id!r} is not in the local Hugging Face cache and cannot be fetched "
+            f"({detail}): run `hf download {preset.model_id}` on a machine with internet access and "
+            "copy the cache (HF_HOME), or choose a random-weight preset such as 'tiny'") from None
+
+
+def count_prompt_tokens(preset: Preset, prompt: str) -> int:
+    """Tokens of the prompt as the worker will encode it (before any chat template)."""
+    if preset.tokenizer == "bytes":
+        return len(prompt.encode("utf-8")) + 1           # + the <s> token
+    path = _hub_file(preset.model_id, "tokenizer.json")
+    if path is None:
+        return 0                                         # no fast tokenizer file: the worker checks
+    from tokenizers import Tokenizer
+    return len(Tokenizer.from_file(path).encode(prompt).ids)
+
+
+# ----------------------------------------------------------------------------- worker side
+
+def load_tokenizer(preset: Preset, vocab_size: int | None = None):
+    """The transformers tokenizer for a preset."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    if preset.tokenizer == "bytes":
+        size = vocab_size or preset.config.get("vocab_size", 512)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_tokenizer(size), pad_token="<pad>",
+                                            bos_token="<s>", eos_token="</s>")
+        tokenizer.add_bos_token = True
+        return tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(preset.model_id)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _random_config(preset: Preset):
+    from transformers import AutoConfig
+    fields = dict(preset.config)
+    model_type = fields.pop("model_type")
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def _saved_random_model(preset: Preset) -> Path:
+    """A random-weight model saved once under the cache folder; made under a file lock."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    digest = hashlib.sha256(json.dumps([preset.config, preset.seed, preset.dtype],
+                                       sort_keys=True).encode()).hexdigest()[:12]
+    target = cache_dir() / f"{preset.name}-{digest}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").exists():
+            torch.manual_seed(preset.seed)
+            model = AutoModelForCausalLM.from_config(_random_config(preset), dtype=getattr(torch, preset.dtype))
+            staging = target.with_name(target.name + ".tmp")
+            model.save_pretrained(staging)
+            load_tokenizer(preset).save_pretrained(staging)
+            staging.rename(target)
+    return target
+
+
+def quantization_config(variant: Variant, dtype):
+    """The BitsAndBytesConfig for a quantized variant, or None."""
+    if variant.quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+    if variant.quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def quantize_in_place(model, variant: Variant, dtype, device: str):
+    """Swap every nn.Linear but the output head for its bitsandbytes twin, quantizing on `.to(device)`.
+
+    Used for random weights made directly on the device, where there is no checkpoint for
+    from_pretrained to quantize while loading; it gives the same modules as that path.
+    """
+    import bitsandbytes as bnb
+    import torch
+    skip = {"lm_head"}                       # the output head stays in full precision, as in transformers
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, torch.nn.Linear) or (parent_name == "" and name in skip):
+                continue
+            bias = child.bias is not None
+            if variant.quantization == "nf4":
+                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=bias, compute_dtype=dtype,
+                                        quant_type="nf4", device="meta")
+                new.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
+            else:
+                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=bias,
+                                          has_fp16_weights=False, device="meta")
+                new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+            if bias:
+                new.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, new.to(device))
+    return model
+
+
+def load_model(preset: Preset, variant: Variant, device: str):
+    """(model, tokenizer) for one variant on `device` ("cpu" or "cuda:N"), in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    dtype = getattr(torch, preset.dtype)
+    kwargs = {"dtype": dtype, "attn_implementation": variant.attn_implementation}
+    quant = quantization_config(variant, dtype)
+    if preset.random_weights and not preset.cache_on_disk:
+        torch.manual_seed(preset.seed)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(_random_config(preset), **kwargs)
+        if quant is not None:
+            model = quantize_in_place(model, variant, dtype, device)
+        tokenizer = load_tokenizer(preset, model.config.vocab_size)
+    else:
+        source = str(_saved_random_model(preset)) if preset.random_weights else preset.model_id
+        if quant is not None:
+            kwargs["quantization_config"] = quant
+        model = AutoModelForCausalLM.from_pretrained(source, device_map={"": device}, **kwargs)
+        tokenizer = load_tokenizer(preset)
+    if variant.bettertransformer:
+        from engine.variants import bettertransformer_supported
+        if bettertransformer_supported():
+            model = model.to_bettertransformer()
+    model.eval()
+    return model, tokenizer
+
+
+def weights_bytes(model) -> int:
+    """Bytes of parameters and buffers as stored (quantized weights count at their packed size)."""
+    return int(model.get_memory_footprint())
+
+
+def kv_cache_shape(model) -> dict:
+    """The facts that size the KV cache: layers, key/value heads, head dim (from the config)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return {"layers": config.num_hidden_layers,
+            "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+            "head_dim": head_dim}

@@ -1,0 +1,411 @@
+"""Worker processes and scheduling: start, load, fair or race generation, cancel, time out.
+
+The pump runs in its own thread and hands events to the consumer through an unbounded queue,
+so a slow consumer (a browser) never slows a worker. Each worker has its own pipe: a worker
+killed mid-write cannot jam the others (a shared multiprocessing.Queue lock could).
+"""
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from engine import budget, events, hardware, models, report
+from engine.presets import Preset
+from engine.variants import CATALOG, Variant
+from engine.worker import Request, WorkerSpec
+
+MODES = ("fair", "race")
+CONTEXT = multiprocessing.get_context("spawn")
+CANCEL_GRACE_S = 10.0             # after a cancel or timeout, how long a worker may take to stop
+
+
+class InputError(ValueError):
+    """The run's input is unusable; the message says what to do."""
+
+
+def _worker_main(spec, conn, cancel):
+    """Child-process entry: route the worker's events into its pipe (one lock for its threads)."""
+    import os
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")     # keep the terminal for the table
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from engine.worker import serve
+    lock = threading.Lock()
+
+    def send(event):
+        with lock:
+            conn.send(event)
+
+    class Commands:
+        def get(self):
+            try:
+                return conn.recv()
+            except EOFError:          # the orchestrator went away
+                return None
+
+    serve(spec, Commands(), type("Emit", (), {"put": staticmethod(send)})(), cancel)
+
+
+@dataclass
+class Worker:
+    """One worker process as the orchestrator tracks it."""
+    variant: str
+    process: multiprocessing.Process
+    conn: multiprocessing.connection.Connection
+    cancel: object
+    loaded: events.Loaded | None = None
+    failed: events.Failed | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded is not None and self.process.is_alive()
+
+
+@dataclass
+class Outcome:
+    """What one variant produced in a run."""
+    variant: str
+    finished: list = field(default_factory=list)     # Finished events, one per repeat
+    failed: events.Failed | None = None
+    unavailable: str | None = None
+    placement: str | None = None                  # "resident" or "swapped"; None if it never ran
+    contended: bool = False
+    loaded: events.Loaded | None = None
+    t_ready: float | None = None                       # perf_counter() when its group began generating
+
+
+class Run:
+    """A run in progress: iterate it for events (the last is RunDone), or cancel it."""
+    _ids = itertools.count(1)
+
+    def __init__(self):
+        self.id = next(Run._ids)
+        self.queue: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+        self.finished = threading.Event()
+
+    def __iter__(self) -> Iterator[events.Event]:
+        while True:
+            event = self.queue.get()
+            yield event
+            if isinstance(event, events.RunDone):
+                return
+
+    def drain(self, timeout: float) -> list[events.Event]:
+        """Block up to `timeout` for one event, then take all that are waiting (for batched UIs)."""
+        try:
+            batch = [self.queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                batch.append(self.queue.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Engine:
+    """The workers of one preset, kept loaded between runs; one run at a time per engine."""
+
+    def __init__(self, preset: Preset, request_timeout_s: float = 900.0, load_timeout_s: float = 3600.0,
+                 threads: int | None = None):
+        self.preset = preset
+        self.device = hardware.resolve(preset.device)
+        self.request_timeout_s = request_timeout_s
+        self.load_timeout_s = load_timeout_s
+        self.threads = threads
+        self.workers: dict[str, Worker] = {}
+        self.active: Run | None = None
+        self._lock = threading.Lock()
+        self._request_ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ public surface
+    def variant_choices(self) -> list[tuple[str, str, str | None]]:
+        """(name, label, reason it cannot run here or None) for every catalog variant."""
+        return [(v.name, v.display_label(), v.unavailable_reason(self.preset, self.device))
+                for v in CATALOG.values()]
+
+    def validate(self, prompt: str, variants: list[str], max_new_tokens: int, mode: str = "fair",
+                 repeats: int = 1, batch_size: int = 1, prompt_tokens: int | None = None) -> int:
+        """Raise InputError with what to do; return the prompt's token count."""
+        preset = self.preset
+        if not variants:
+            raise InputError("no variant selected: choose at least one (e.g. baseline,sdpa)")
+        unknown = [v for v in variants if v not in CATALOG]
+        if unknown:
+            raise InputError(f"unknown variant {unknown[0]!r}; available: {', '.join(CATALOG)}")
+        if len(set(variants)) != len(variants):
+            raise InputError("a variant is listed twice: list each once")
+        if mode not in MODES:
+            raise InputError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if not 1 <= max_new_tokens <= preset.max_new_tokens_cap:
+            raise InputError(f"max new tokens must be between 1 and {preset.max_new_tokens_cap} for preset "
+                             f"{preset.name!r}, got {max_new_tokens}")
+        if repeats < 1 or batch_size < 1:
+            raise InputError("repeats and batch size must be at least 1")
+        if prompt_tokens is None and not prompt.strip():
+            raise InputError("the prompt is empty: type a prompt (or pick an example)")
+        try:
+            models.ensure_source(preset)
+        except models.ModelSourceError as error:
+            raise InputError(str(error)) from None
+        count = prompt_tokens or models.count_prompt_tokens(preset, prompt)
+        if count + max_new_tokens > preset.context_length:
+            raise InputError(f"the prompt is {count} tokens and {max_new_tokens} new tokens are asked for: "
+                             f"more than the context of {preset.context_length} tokens of preset "
+                             f"{preset.name!r}; shorten the prompt or ask for fewer tokens")
+        return count
+
+    def start(self, prompt: str, variants: list[str], max_new_tokens: int, mode: str = "fair",
+              repeats: int = 1, ignore_eos: bool = False, batch_size: int = 1,
+              prompt_tokens: int | None = None) -> Run:
+        """Validate, then run in a background thread; raises InputError before starting anything."""
+        count = self.validate(prompt, variants, max_new_tokens, mode, repeats, batch_size, prompt_tokens)
+        run = Run()
+        args = (run, prompt, list(variants), max_new_tokens, mode, repeats, ignore_eos, batch_size,
+                prompt_tokens, count)
+        threading.Thread(target=self._run_guarded, args=args, daemon=True, name=f"run-{run.id}").start()
+        return run
+
+    def run(self, *args, **kwargs) -> Iterator[events.Event]:
+        """Events of a run, as `start(...)` would produce them."""
+        return iter(self.start(*args, **kwargs))
+
+    def cancel(self, run_id: int | None = None) -> bool:
+        """Cancel the active run (only if it is `run_id`, when given); True if one was cancelled."""
+        run = self.active
+        if run is None or (run_id is not None and run.id != run_id):
+            return False
+        run.cancel()
+        for worker in self.workers.values():
+            worker.cancel.set()
+        return True
+
+    def close(self) -> None:
+        """Stop every worker this engine started (politely, then by its own process handle)."""
+        for name in list(self.workers):
+            self._stop_worker(name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ workers
+    def _spawn(self, name: str) -> Worker:
+        parent, child = CONTEXT.Pipe(duplex=True)
+        cancel = CONTEXT.Event()
+        spec = WorkerSpec(self.preset, name, "cpu" if self.device.kind == "cpu" else f"cuda:{self.device.index}",
+                          self.threads)
+        process = CONTEXT.Process(target=_worker_main, args=(spec, child, cancel), daemon=True,
+                                  name=f"worker-{name}")
+        process.start()
+        child.close()
+        worker = Worker(name, process, parent, cancel)
+        self.workers[name] = worker
+        return worker
+
+    def _stop_worker(self, name: str, timeout: float = 10.0) -> None:
+        worker = self.workers.pop(name, None)
+        if worker is None:
+            return
+        try:
+            worker.conn.send(None)
+        except (OSError, BrokenPipeError):
+            pass
+        worker.process.join(timeout)
+        if worker.process.is_alive():
+            worker.process.kill()             # our own child, by its handle
+            worker.process.join(5)
+        worker.conn.close()
+
+    # ------------------------------------------------------------------ the pump
+    def _receive(self, run: Run, names: list[str], until, timeout: float) -> None:
+        """Forward events from the named workers until `until()` is true; handle deaths and timeouts.
+
+        Blocks in multiprocessing.connection.wait on the workers' pipes and process sentinels.
+        """
+        deadline = time.monotonic() + timeout
+        while not until():
+            live = [self.workers[n] for n in names if n in self.workers]
+            if not live:
+                return
+            if run.cancelled.is_set():                 # a cancelled worker stops at its next token
+                deadline = min(deadline, time.monotonic() + CANCEL_GRACE_S)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                for worker in live:
+                    self._fail(run, worker, f"timed out after {timeout:.0f} s: the worker was stopped")
+                return
+            handles = [w.conn for w in live] + [w.process.sentinel for w in live]
+            ready = multiprocessing.connection.wait(handles, timeout=min(remaining, 0.5))
+            for worker in live:
+                if worker.conn in ready:
+                    self._read(run, worker)
+            for worker in live:
+                if worker.process.sentinel in ready and worker.variant in self.workers:
+                    self._read(run, worker)            # events it sent before dying
+                    code = worker.process.exitcode
+                    self._fail(run, worker, f"the worker process died (exit code {code}); "
+                                            "it will be started afresh on the next run")
+
+    def _read(self, run: Run, worker: Worker) -> None:
+        try:
+            while worker.conn.poll():
+                event = worker.conn.recv()
+                if isinstance(event, events.Loaded):
+                    worker.loaded = event
+                elif isinstance(event, events.Failed):
+                    worker.failed = event
+                self._deliver(run, event)
+        except (EOFError, OSError):
+            pass
+
+    def _fail(self, run: Run, worker: Worker, reason: str) -> None:
+        """Turn a dead or stuck worker into a Failed event for its variant, and remove it."""
+        failed = events.Failed(worker.variant, reason, request_id=self._current.get(worker.variant))
+        worker.failed = failed
+        self._deliver(run, failed)
+        if worker.process.is_alive():
+            worker.cancel.set()
+            worker.process.join(CANCEL_GRACE_S)
+        self._stop_worker(worker.variant, timeout=1.0)
+
+    def _deliver(self, run: Run, event) -> None:
+        outcome = self._outcomes.get(event.variant)
+        request_id = getattr(event, "request_id", None)
+        if isinstance(event, events.Finished):
+            if request_id != self._current.get(event.variant):
+                return                                 # a stale answer of an earlier, abandoned request
+            outcome.finished.append(event)
+            self._current.pop(event.variant, None)
+        elif isinstance(event, events.Failed) and outcome is not None:
+            outcome.failed = event
+            self._current.pop(event.variant, None)
+        elif isinstance(event, events.Loaded) and outcome is not None:
+            outcome.loaded = event
+        run.queue.put(event)
+
+    # ------------------------------------------------------------------ a run
+    def _run_guarded(self, run: Run, *args) -> None:
+        with self._lock:
+            self.active = run
+            try:
+                self._run(run, *args)
+            except Exception as error:  # noqa: BLE001 - the consumer must always get a RunDone
+                import traceback
+                run.queue.put(events.Failed("*", f"the run stopped: {error}", traceback.format_exc()))
+                run.queue.put(events.RunDone(report.build(self.preset, self.device, "", 0, {}, [], "fair",
+                                                      0.0, 1, 1, cancelled=True)))
+            finally:
+                self.active = None
+                run.finished.set()
+
+    def _run(self, run: Run, prompt, names, max_new_tokens, mode, repeats, ignore_eos, batch_size,
+             prompt_tokens, prompt_token_count) -> None:
+        t_run = time.perf_counter()
+        for worker in self.workers.values():
+            worker.cancel.clear()
+        self._outcomes = {name: Outcome(name) for name in names}
+        self._current: dict[str, int] = {}
+        runnable: list[Variant] = []
+        for name in names:
+            reason = CATALOG[name].unavailable_reason(self.preset, self.device)
+            if reason:
+                self._outcomes[name].unavailable = reason
+                run.queue.put(events.Unavailable(name, reason))
+            else:
+                runnable.append(CATALOG[name])
+        placement = budget.plan(self.preset, runnable, self.device.free_bytes + self._held_bytes(),
+                                self.device.kind == "cuda")
+        for name in names:
+            self._outcomes[name].placement = placement.get(name)
+        resident = [v.name for v in runnable if placement[v.name] == "resident"]
+        swapped = [v.name for v in runnable if placement[v.name] == "swapped"]
+        for name in list(self.workers):               # free room: workers not resident in this run go
+            if name not in resident:
+                self._stop_worker(name)
+
+        def make_request(name: str) -> Request:
+            request = Request(next(self._request_ids), prompt, max_new_tokens, ignore_eos, batch_size,
+                              prompt_tokens)
+            self._current[name] = request.request_id
+            return request
+
+        self._load(run, resident)
+        groups = [resident] + [[name] for name in swapped]
+        for group in groups:
+            if run.cancelled.is_set():
+                break
+            if group is not resident:
+                self._load(run, group)
+            ready = [n for n in group if n in self.workers and self.workers[n].ready]
+            t_ready = time.perf_counter()
+            for name in ready:
+                self._outcomes[name].t_ready = t_ready
+                run.queue.put(events.Status(name, "queued"))
+            for _ in range(repeats):
+                if run.cancelled.is_set():
+                    break
+                ready = [n for n in ready if n in self.workers and self._outcomes[n].failed is None]
+                if mode == "race" and len(ready) > 1:
+                    for name in ready:
+                        self._outcomes[name].contended = True
+                    self._generate(run, ready, make_request)
+                else:
+                    for name in ready:
+                        if run.cancelled.is_set():
+                            break
+                        self._generate(run, [name], make_request)
+            if group is not resident:
+                for name in group:
+                    run.queue.put(events.Status(name, "unloading"))
+                    self._stop_worker(name)
+        built = report.build(self.preset, self.device, prompt, prompt_token_count, self._outcomes, names, mode,
+                             t_run, repeats, batch_size, cancelled=run.cancelled.is_set())
+        run.queue.put(events.RunDone(built))
+
+    def _held_bytes(self) -> int:
+        """Device memory the loaded workers of this engine hold (they may stay resident)."""
+        return 0 if self.device.kind == "cpu" else sum(
+            w.loaded.weights_bytes for w in self.workers.values() if w.loaded)
+
+    def _load(self, run: Run, names: list[str]) -> None:
+        """Start the named workers that are not running and wait until each is loaded or failed."""
+        for name in names:
+            worker = self.workers.get(name)
+            if worker is not None and not worker.process.is_alive():
+                self._stop_worker(name)
+                worker = None
+            if worker is None:
+                self._spawn(name)
+                run.queue.put(events.Status(name, "loading", "starting the worker process"))
+            elif worker.loaded:
+                self._outcomes[name].loaded = worker.loaded
+        pending = [n for n in names if n in self.workers and not self.workers[n].loaded]
+        self._receive(run, pending, lambda: run.cancelled.is_set() or all(
+            n not in self.workers or self.workers[n].loaded or self.workers[n].failed for n in pending),
+            self.load_timeout_s)
+        for name in pending:
+            worker = self.workers.get(name)
+            if worker is not None and worker.failed and not worker.loaded:
+                self._stop_worker(name)
+
+    def _generate(self, run: Run, names: list[str], make_request) -> None:
+        """Send one request to each named worker at once and wait for all answers."""
+        for name in names:
+            try:
+                self.workers[name].conn.send(make_request(name))
+            except (OSError, BrokenPipeError):
+                self._fail(run, self.workers[name], "the worker process is gone; it will be restarted")
+        self._receive(run, names, lambda: not any(n in self._current for n in names),
+                      self.request_timeout_s)

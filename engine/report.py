@@ -1,0 +1,134 @@
+"""A run's report: raw worker measurements in, metrics out, shaped as `python -m engine run --json`."""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+
+from engine import metrics
+from engine.hardware import Device
+from engine.presets import Preset
+
+VERSIONED = ("torch", "transformers", "accelerate", "bitsandbytes", "flash-attn", "flash-attn-4", "optimum",
+             "gradio", "nvidia-ml-py")
+
+
+def versions() -> dict:
+    """Library versions that make a number reproducible (read without importing the libraries)."""
+    found = {"python": platform.python_version()}
+    for package in VERSIONED:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def measure(finished, weights_bytes: int, peak_bandwidth: float | None, use_cache: bool) -> dict:
+    """Metrics of one Finished event (one repeat)."""
+    times = metrics.relative_times(finished.t_start, finished.token_times)
+    n = len(times)
+    tpot = metrics.tpot_s(times)
+    e2e = metrics.e2e_s(times)
+    gaps = metrics.itl_s(times)
+    cache = finished.cache
+    kv_mean = kv_end = 0
+    if use_cache and cache:
+        shape = (cache["layers"], cache["kv_heads"], cache["head_dim"])
+        kv_mean = metrics.kv_cache_bytes(*shape, metrics.mean_decode_context(finished.prompt_tokens, n),
+                                         finished.batch_size, cache["bytes_per_element"])
+        kv_end = metrics.kv_cache_bytes(*shape, finished.prompt_tokens + n, finished.batch_size,
+                                        cache["bytes_per_element"])
+    return {
+        "output_tokens": n * finished.batch_size,
+        "ttft_s": metrics.ttft_s(times),
+        "tpot_s": tpot,
+        "e2e_s": e2e,
+        "tokens_per_s": metrics.tokens_per_s(n * finished.batch_size, e2e),
+        "itl_p50_s": metrics.percentile(gaps, 50),
+        "itl_p90_s": metrics.percentile(gaps, 90),
+        "itl_p99_s": metrics.percentile(gaps, 99),
+        "kv_cache_bytes": kv_end,
+        "mbu": metrics.mbu(weights_bytes, kv_mean, tpot, peak_bandwidth),
+    }
+
+
+def _median_of(rows: list[dict], key: str):
+    values = [row[key] for row in rows if row[key] is not None]
+    return metrics.median(values) if values else None
+
+
+def peak_memory(finished) -> int | None:
+    """Peak memory of the worker: allocator reserved on CUDA, peak RSS on a CPU."""
+    memory = finished.memory
+    return memory.get("peak_reserved_bytes") or memory.get("peak_rss_bytes") or memory.get("rss_bytes")
+
+
+EMPTY_METRICS = ("output_tokens", "load_s", "ttft_s", "tpot_s", "e2e_s", "tokens_per_s", "itl_p50_s",
+                 "itl_p90_s", "itl_p99_s", "peak_memory_bytes", "weights_bytes", "kv_cache_bytes", "mbu",
+                 "tpot_min_s", "tpot_max_s", "queue_s", "warmup_s")
+
+
+def result(outcome, baseline_ids, peak_bandwidth: float | None, t_run: float) -> dict:
+    """One row of `results`."""
+    from engine.variants import CATALOG
+    variant = CATALOG[outcome.variant]
+    row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
+           "text": "", "first_diff_token": None, "contended": outcome.contended,
+           "placement": outcome.placement, "repeats": len(outcome.finished), "token_times_s": [],
+           "memory": {}}
+    row.update({key: None for key in EMPTY_METRICS})
+    loaded = outcome.loaded
+    if loaded is not None:
+        row.update(load_s=loaded.load_s, warmup_s=loaded.warmup_s, weights_bytes=loaded.weights_bytes,
+                   label=loaded.label)
+    if outcome.unavailable:
+        row.update(status="unavailable", reason=outcome.unavailable)
+        return row
+    if outcome.failed is not None and not outcome.finished:
+        row.update(status="failed", reason=outcome.failed.reason)
+        return row
+    if not outcome.finished:
+        row.update(status="cancelled", reason="the run was stopped before this variant's turn")
+        return row
+    rows = [measure(f, row["weights_bytes"] or 0, peak_bandwidth, variant.use_cache) for f in outcome.finished]
+    first = outcome.finished[0]
+    for key in rows[0]:
+        row[key] = _median_of(rows, key) if key.endswith(("_s", "mbu")) else rows[0][key]
+    tpots = [r["tpot_s"] for r in rows if r["tpot_s"] is not None]
+    row.update(tpot_min_s=min(tpots) if tpots else None, tpot_max_s=max(tpots) if tpots else None,
+               text=first.text, queue_s=first.t_start - (outcome.t_ready or t_run), peak_memory_bytes=peak_memory(first),
+               memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
+               token_times_s=metrics.relative_times(first.t_start, first.token_times))
+    if baseline_ids is not None and outcome.variant != "baseline":
+        row["first_diff_token"] = metrics.first_difference(baseline_ids, first.token_ids)
+    if any(f.cancelled for f in outcome.finished):
+        row.update(status="cancelled", reason="stopped by the user: figures cover the tokens made until then")
+    elif outcome.failed is not None:
+        row.update(status="failed", reason=f"{outcome.failed.reason} (after {len(rows)} good repeat(s))")
+    return row
+
+
+def build(preset: Preset, device: Device, prompt: str, prompt_tokens: int, outcomes: dict, names: list[str],
+          mode: str, t_run: float, repeats: int, batch_size: int, cancelled: bool = False) -> dict:
+    """The whole report of a run."""
+    baseline = outcomes.get("baseline")
+    baseline_ids = baseline.finished[0].token_ids if baseline and baseline.finished else None
+    peak = device.datasheet_bandwidth_bytes_per_s
+    results = [result(outcomes[name], baseline_ids, peak, t_run) for name in names if name in outcomes]
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": {**device.as_dict(), "peak_bandwidth_bytes_per_s": peak},
+        "versions": versions(),
+        "preset": {"name": preset.name, "title": preset.title, "source": preset.source,
+                   "model_id": preset.model_id, "dtype": preset.dtype, "random_weights": preset.random_weights,
+                   "seed": preset.seed, "context_length": preset.context_length},
+        "prompt": prompt,
+        "prompt_tokens": prompt_tokens,
+        "mode": mode,
+        "repeats": repeats,
+        "batch_size": batch_size,
+        "decoding": "greedy",
+        "cancelled": cancelled,
+        "results": results,
+    }

@@ -1,0 +1,146 @@
+"""The variant catalog: name -> how to load and run the model, and why it cannot run here.
+
+A recipe is data: the worker reads its fields; no variant name appears in worker or UI code.
+`unavailable_reason` is checked in the orchestrator (no torch import) and gives the sentence
+shown to the user instead of a crash.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.hardware import Device
+    from engine.presets import Preset
+
+HALF = ("float16", "bfloat16")
+
+
+def installed_version(package: str) -> str | None:
+    """Version of an installed distribution, without importing it."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def bettertransformer_supported() -> bool:
+    """`model.to_bettertransformer()` exists only with transformers < 5 and optimum < 2."""
+    transformers, optimum = installed_version("transformers"), installed_version("optimum")
+    return bool(transformers and optimum and int(transformers.split(".")[0]) < 5
+                and int(optimum.split(".")[0]) < 2)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A load recipe. Fields say what the variant changes against the baseline."""
+    name: str
+    label: str
+    summary: str                         # one sentence: what it trades
+    attn_implementation: str = "sdpa"    # passed to from_pretrained / from_config
+    sdpa_backend: str | None = None      # force a torch.nn.attention.SDPBackend, e.g. "FLASH_ATTENTION"
+    quantization: str | None = None      # "nf4" (4-bit) or "int8" (bitsandbytes)
+    bettertransformer: bool = False      # convert with optimum where the installed versions allow
+    compile: bool = False                # static KV cache + torch.compile of the decode step
+    use_cache: bool = True               # False recomputes all positions at every step
+
+    def unavailable_reason(self, preset: Preset, device: Device) -> str | None:
+        """Why this variant cannot run with this preset on this device; None when it can."""
+        for check in CHECKS.get(self.name, ()):
+            reason = check(preset, device)
+            if reason:
+                return reason
+        return None
+
+    def display_label(self) -> str:
+        """The label, saying when BetterTransformer is replaced by native SDPA."""
+        if self.bettertransformer and not bettertransformer_supported():
+            return self.label.replace("BetterTransformer", "SDPA") + \
+                " (BetterTransformer is native SDPA in transformers 5)"
+        return self.label
+
+
+def _needs_cuda(what: str):
+    def check(preset: Preset, device: Device) -> str | None:
+        if device.kind != "cuda":
+            return f"{what} needs an NVIDIA GPU (CUDA); this preset runs on the CPU"
+        return None
+    return check
+
+
+def _needs_capability(major: int, minor: int, what: str):
+    def check(preset: Preset, device: Device) -> str | None:
+        cc = device.compute_capability
+        if device.kind == "cuda" and cc is not None and tuple(cc) < (major, minor):
+            return (f"{what} needs compute capability {major}.{minor} or more (Ampere or newer); "
+                    f"{device.name} has {cc[0]}.{cc[1]}")
+        return None
+    return check
+
+
+def _needs_half(what: str):
+    def check(preset: Preset, device: Device) -> str | None:
+        if preset.dtype not in HALF:
+            return (f"{what} runs in float16 or bfloat16 only; preset {preset.name!r} uses {preset.dtype}: "
+                    "choose a bf16/fp16 preset")
+        return None
+    return check
+
+
+def _needs_package(package: str, hint: str):
+    def check(preset: Preset, device: Device) -> str | None:
+        if importlib.util.find_spec(package) is None:
+            return f"the {package} package is not installed: {hint}"
+        return None
+    return check
+
+
+def _needs_half_on_cuda(what: str):
+    def check(preset: Preset, device: Device) -> str | None:
+        if device.kind == "cuda":
+            return _needs_half(what)(preset, device)
+        return None
+    return check
+
+
+BNB_HINT = "pip install bitsandbytes"
+FA_HINT = "install a flash-attn wheel built for this torch and CUDA (see README: FlashAttention-2)"
+
+CATALOG: dict[str, Variant] = {v.name: v for v in (
+    Variant("baseline", "Eager attention", "Plain PyTorch attention: materialises the full attention "
+            "matrix; the reference every other variant is compared with.", attn_implementation="eager"),
+    Variant("sdpa", "PyTorch SDPA", "torch.nn.functional.scaled_dot_product_attention picks a fused "
+            "kernel (flash, memory-efficient or math) for each call."),
+    Variant("sdpa-flash", "SDPA, flash backend forced", "PyTorch's built-in FlashAttention-2 kernel, "
+            "forced: fails instead of silently falling back.", sdpa_backend="FLASH_ATTENTION"),
+    Variant("fa2", "FlashAttention-2", "The flash-attn package's kernels: tiled attention that never "
+            "writes the attention matrix to memory.", attn_implementation="flash_attention_2"),
+    Variant("bnb-4bit", "4-bit NF4 + BetterTransformer", "bitsandbytes NF4 weights: about a quarter of "
+            "the memory of 16-bit weights, dequantised on the fly.", quantization="nf4",
+            bettertransformer=True),
+    Variant("bnb-8bit", "8-bit LLM.int8()", "bitsandbytes 8-bit weights: half the memory of 16-bit, "
+            "outliers kept in 16 bits.", quantization="int8"),
+    Variant("compiled", "Static cache + torch.compile", "A fixed-size KV cache lets torch.compile "
+            "capture the decode step; compile time counts as warm-up.", compile=True),
+    Variant("no-kv-cache", "No KV cache", "Recomputes keys and values of every position at every step: "
+            "what the KV cache saves.", use_cache=False),
+)}
+
+CHECKS = {
+    "fa2": (_needs_cuda("FlashAttention-2"), _needs_capability(8, 0, "FlashAttention-2"),
+            _needs_half("FlashAttention-2"), _needs_package("flash_attn", FA_HINT)),
+    "sdpa-flash": (_needs_capability(8, 0, "The SDPA flash backend"),
+                   _needs_half_on_cuda("The SDPA flash backend on a GPU")),
+    "bnb-4bit": (_needs_package("bitsandbytes", BNB_HINT),),
+    "bnb-8bit": (_needs_package("bitsandbytes", BNB_HINT),),
+}
+
+
+def get(name: str) -> Variant:
+    """A catalog entry by name, or a ValueError listing the names."""
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; available: {', '.join(CATALOG)}") from None

@@ -1,0 +1,264 @@
+"""Worker process: load one variant once, warm it up, then serve requests, streaming events.
+
+`serve` is a plain top-level function of picklable arguments (spawn start method); the process
+layer (pool.py) knows nothing of models. Every failure becomes a `Failed` event.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+
+from engine import events
+from engine.presets import Preset
+from engine.variants import CATALOG
+
+MEMORY_SAMPLE_S = 0.05            # memory timeline resolution during generation
+WARMUP_PROMPT = "Warm-up: the quick brown fox jumps over the lazy dog."
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one worker process loads."""
+    preset: Preset
+    variant: str
+    device: str                   # "cpu" or "cuda:N"
+    threads: int | None = None    # torch CPU threads (None: torch's default)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation request. `prompt_tokens` replaces the prompt by a synthetic one of that length."""
+    request_id: int
+    prompt: str
+    max_new_tokens: int
+    ignore_eos: bool = False
+    batch_size: int = 1
+    prompt_tokens: int | None = None
+
+
+class TimingStreamer:
+    """The one per-token hook: timestamps each new token in `put`, decodes it and emits an event.
+
+    generate() calls put() first with the prompt (skipped), then once per step with the new
+    token ids of shape (batch,), already copied to the host, so the device has finished the step.
+    """
+
+    def __init__(self, tokenizer, emit, variant: str, request_id: int):
+        self.tokenizer, self.emit, self.variant, self.request_id = tokenizer, emit, variant, request_id
+        self.times: list[float] = []
+        self.ids: list[int] = []
+        self._saw_prompt = False
+        self._prefix = 0          # incremental detokenisation offsets (text of ids[prefix:read] is known)
+        self._read = 0
+        self.text_parts: list[str] = []
+
+    def put(self, value) -> None:
+        now = time.perf_counter()
+        if not self._saw_prompt:
+            self._saw_prompt = True
+            return
+        token_id = int(value.reshape(-1)[0])
+        self.times.append(now)
+        self.ids.append(token_id)
+        piece = self._decode_piece()
+        self.emit(events.Token(self.variant, self.request_id, len(self.ids) - 1, token_id, piece, now))
+
+    def _decode_piece(self) -> str:
+        decode = self.tokenizer.decode
+        known = decode(self.ids[self._prefix:self._read], skip_special_tokens=True)
+        full = decode(self.ids[self._prefix:], skip_special_tokens=True)
+        if len(full) > len(known) and not full.endswith("\ufffd"):   # a complete character arrived
+            self._prefix, self._read = self._read, len(self.ids)
+            piece = full[len(known):]
+            self.text_parts.append(piece)
+            return piece
+        return ""
+
+    def end(self) -> None:
+        pass
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+class MemorySampler:
+    """Samples the worker's memory every MEMORY_SAMPLE_S seconds in a thread while generating."""
+
+    def __init__(self, emit, variant: str, cuda_index: int | None):
+        self.emit, self.variant, self.cuda_index = emit, variant, cuda_index
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def read(self) -> int:
+        if self.cuda_index is not None:
+            import torch
+            return int(torch.cuda.memory_reserved(self.cuda_index))
+        import psutil
+        return int(psutil.Process().memory_info().rss)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.emit(events.MemorySample(self.variant, time.perf_counter(), self.read()))
+            self._stop.wait(MEMORY_SAMPLE_S)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.emit(events.MemorySample(self.variant, time.perf_counter(), self.read()))
+
+
+def one_line(error: BaseException) -> str:
+    """A failure as one line a person can act on."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}"[:300]
+
+
+class Runner:
+    """A loaded variant: the model, its tokenizer and how to call generate for it."""
+
+    def __init__(self, spec: WorkerSpec, emit):
+        import torch
+
+        from engine import models
+        self.spec, self.emit = spec, emit
+        self.variant = CATALOG[spec.variant]
+        self.torch = torch
+        self.cuda_index = int(spec.device.split(":")[1]) if spec.device.startswith("cuda") else None
+        self.model, self.tokenizer = models.load_model(spec.preset, self.variant, spec.device)
+        self.weights_bytes = models.weights_bytes(self.model)
+        self.cache_shape = models.kv_cache_shape(self.model)
+        self.cache_shape["bytes_per_element"] = torch.finfo(getattr(torch, spec.preset.dtype)).bits // 8
+
+    def attention_context(self):
+        """The SDPA backend forced by the variant, or nothing."""
+        if self.variant.sdpa_backend is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        return sdpa_kernel(SDPBackend[self.variant.sdpa_backend])
+
+    def encode(self, request: Request):
+        """Input ids of shape (batch, prompt) on the device, and the attention mask."""
+        torch, tokenizer, preset = self.torch, self.tokenizer, self.spec.preset
+        if request.prompt_tokens is not None:
+            ids = tokenizer(request.prompt or "x", add_special_tokens=True)["input_ids"]
+            ids = (ids * (request.prompt_tokens // max(len(ids), 1) + 1))[:request.prompt_tokens]
+        elif preset.chat_template and tokenizer.chat_template:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],
+                                                add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        else:
+            ids = tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+        if len(ids) + request.max_new_tokens > preset.context_length:
+            raise ValueError(f"the prompt is {len(ids)} tokens and {request.max_new_tokens} new tokens are "
+                             f"asked for, more than the context of {preset.context_length}: shorten the prompt "
+                             "or ask for fewer tokens")
+        input_ids = torch.tensor([list(ids)] * request.batch_size, device=self.spec.device)
+        return input_ids, torch.ones_like(input_ids)
+
+    def generation_kwargs(self, request: Request) -> dict:
+        kwargs = {"max_new_tokens": request.max_new_tokens, "do_sample": False,
+                  "use_cache": self.variant.use_cache, "pad_token_id": self.tokenizer.pad_token_id}
+        if request.ignore_eos or self.spec.preset.always_ignore_eos:
+            kwargs["min_new_tokens"] = request.max_new_tokens     # masks end-of-sequence until the end
+        if self.variant.compile:
+            from transformers import CompileConfig
+            kwargs["cache_implementation"] = "static"
+            mode = "reduce-overhead" if self.cuda_index is not None else "default"
+            config = CompileConfig(mode=mode, fullgraph=False)
+            config._compile_all_devices = True                 # transformers compiles by itself on CUDA only
+            kwargs["compile_config"] = config
+        return kwargs
+
+    def generate(self, request: Request, cancel) -> events.Finished:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        torch = self.torch
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
+                                  device=input_ids.device)
+
+        input_ids, mask = self.encode(request)
+        if self.cuda_index is not None:
+            torch.cuda.reset_peak_memory_stats(self.cuda_index)
+        streamer = TimingStreamer(self.tokenizer, self.emit, self.spec.variant, request.request_id)
+        sampler = MemorySampler(self.emit, self.spec.variant, self.cuda_index)
+        t_start = time.perf_counter()
+        self.emit(events.Started(self.spec.variant, request.request_id, t_start, int(input_ids.shape[1])))
+        with sampler, self.attention_context(), torch.inference_mode():
+            self.model.generate(input_ids=input_ids, attention_mask=mask, streamer=streamer,
+                                stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                                **self.generation_kwargs(request))
+        return events.Finished(
+            variant=self.spec.variant, request_id=request.request_id, t_start=t_start,
+            token_times=tuple(streamer.times), token_ids=tuple(streamer.ids), text=streamer.text,
+            prompt_tokens=int(input_ids.shape[1]), batch_size=request.batch_size,
+            cancelled=cancel.is_set() and len(streamer.ids) < request.max_new_tokens,
+            memory=self.memory(), cache=dict(self.cache_shape))
+
+    def memory(self) -> dict:
+        """Peak allocator figures (CUDA), NVML's view of this process (CUDA), and RSS."""
+        import psutil
+
+        from engine.hardware import process_gpu_bytes
+        import resource
+        result = {"rss_bytes": int(psutil.Process().memory_info().rss),
+                  "peak_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
+        if self.cuda_index is not None:
+            torch = self.torch
+            result["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(self.cuda_index))
+            result["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(self.cuda_index))
+            result["nvml_bytes"] = process_gpu_bytes(os.getpid(), self.cuda_index)
+        return result
+
+    def warm_up(self, cancel) -> None:
+        """Two short generations: the first picks kernels (and compiles), the second confirms."""
+        for i, new in enumerate((4, 8)):
+            self.generate(Request(-1 - i, WARMUP_PROMPT * (i + 1), new, ignore_eos=True), cancel)
+
+
+def serve(spec: WorkerSpec, commands, event_queue, cancel) -> None:
+    """Process entry point: load, warm up, then answer Requests from `commands` until None."""
+    emit = event_queue.put
+    name = spec.variant
+    try:
+        if spec.threads:
+            import torch
+            torch.set_num_threads(spec.threads)
+        emit(events.Status(name, "loading", f"{spec.preset.title} on {spec.device}"))
+        t0 = time.perf_counter()
+        runner = Runner(spec, lambda event: None)
+        load_s = time.perf_counter() - t0
+        emit(events.Status(name, "warming", "first calls pick kernels" +
+                           (" and compile" if runner.variant.compile else "")))
+        t1 = time.perf_counter()
+        runner.warm_up(cancel)
+        runner.emit = emit
+        emit(events.Loaded(name, load_s, time.perf_counter() - t1, runner.weights_bytes, spec.device,
+                           spec.preset.dtype, runner.variant.display_label()))
+    except BaseException as error:  # noqa: BLE001 - a failure is a value, sent to the orchestrator
+        emit(events.Failed(name, "could not load: " + one_line(error), traceback.format_exc()))
+        return
+    while True:
+        request = commands.get()
+        if request is None:
+            return
+        try:
+            emit(events.Status(name, "generating"))
+            emit(runner.generate(request, cancel))
+        except BaseException as error:  # noqa: BLE001
+            reason = one_line(error)
+            if "out of memory" in reason.lower():
+                reason = "out of GPU memory: " + reason + " (try fewer variants, a shorter prompt or fewer tokens)"
+            emit(events.Failed(name, reason, traceback.format_exc(), request.request_id))
+            if runner.cuda_index is not None:
+                runner.torch.cuda.empty_cache()
