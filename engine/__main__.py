@@ -30,7 +30,7 @@ def table(report: dict) -> str:
         rows.append((r["variant"], r["status"], str(r["output_tokens"] or "-"), _ms(r["ttft_s"]), _ms(r["tpot_s"]),
                      "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}", _gib(r["peak_memory_bytes"]),
                      _gib(r["weights_bytes"]), "-" if r["mbu"] is None else f"{r['mbu']:.0%}",
-                     "-" if r["first_diff_token"] is None else str(r["first_diff_token"]), r["placement"]))
+                     "-" if r["first_diff_token"] is None else str(r["first_diff_token"]), r["placement"] or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     for r in report["results"]:
@@ -42,7 +42,7 @@ def table(report: dict) -> str:
 def cmd_run(args) -> int:
     preset = presets.load(args.preset)
     variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
-    max_new = args.max_new_tokens or preset.max_new_tokens
+    max_new = preset.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     with Engine(preset, request_timeout_s=args.timeout) as engine:
         run = engine.start(args.prompt, variants, max_new, mode=args.mode, repeats=args.repeats,
                            ignore_eos=args.ignore_eos)

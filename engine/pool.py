@@ -34,6 +34,8 @@ def _worker_main(spec, conn, cancel):
     import os
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")     # keep the terminal for the table
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import warnings
+    warnings.filterwarnings("ignore", message="MatMul8bitLt")            # once per matmul, on CPU
     from engine.worker import serve
     lock = threading.Lock()
 
@@ -254,6 +256,9 @@ class Engine:
             for worker in live:
                 if worker.process.sentinel in ready and worker.variant in self.workers:
                     self._read(run, worker)            # events it sent before dying
+                    if worker.failed is not None and worker.loaded is None:
+                        self._stop_worker(worker.variant, timeout=1.0)   # it said why it could not load
+                        continue
                     code = worker.process.exitcode
                     self._fail(run, worker, f"the worker process died (exit code {code}); "
                                             "it will be started afresh on the next run")

@@ -143,7 +143,7 @@ class Runner:
         if self.variant.sdpa_backend is None:
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
-        return sdpa_kernel(SDPBackend[self.variant.sdpa_backend])
+        return sdpa_kernel(getattr(SDPBackend, self.variant.sdpa_backend))
 
     def encode(self, request: Request):
         """Input ids of shape (batch, prompt) on the device, and the attention mask."""

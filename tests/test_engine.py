@@ -1,0 +1,214 @@
+"""Real runs of the engine on the built-in tiny model, on the CPU."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+
+import psutil
+import pytest
+
+from engine import events, presets
+from engine.pool import Engine, InputError
+
+SIX = ["baseline", "sdpa", "sdpa-flash", "bnb-4bit", "bnb-8bit", "no-kv-cache"]
+PROMPT = "Why does decoding wait on memory bandwidth?"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with Engine(presets.load("tiny"), request_timeout_s=120) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def six_run(engine):
+    """One fair run of six variants; the events and the report."""
+    seen = list(engine.run(PROMPT, SIX, 24))
+    return seen, seen[-1].report
+
+
+def rows(report):
+    return {row["variant"]: row for row in report["results"]}
+
+
+def test_every_variant_streams_tokens_with_consistent_metrics(six_run):
+    seen, report = six_run
+    assert report["prompt_tokens"] == len(PROMPT.encode()) + 1
+    by = rows(report)
+    assert list(by) == SIX
+    for name, row in by.items():
+        assert row["status"] == "ok", (name, row["reason"])
+        assert row["output_tokens"] == 24                   # random weights: exactly the tokens asked for
+        assert len(row["text"]) > 0
+        assert 0 < row["ttft_s"] < row["e2e_s"]
+        assert row["e2e_s"] == pytest.approx(row["ttft_s"] + row["tpot_s"] * 23, rel=1e-9)
+        assert row["itl_p50_s"] <= row["itl_p90_s"] <= row["itl_p99_s"]
+        assert row["tokens_per_s"] == pytest.approx(24 / row["e2e_s"])
+        assert row["mbu"] is None                             # a CPU has no known peak bandwidth
+        assert row["placement"] == "resident" and row["contended"] is False
+        assert row["peak_memory_bytes"] > 0 and row["weights_bytes"] > 0 and row["queue_s"] >= 0
+        tokens = [e for e in seen if isinstance(e, events.Token) and e.variant == name]
+        assert [t.index for t in tokens] == list(range(24))
+        assert "".join(t.text for t in tokens) == row["text"]
+    assert by["bnb-4bit"]["weights_bytes"] < by["bnb-8bit"]["weights_bytes"] < by["baseline"]["weights_bytes"]
+    assert by["no-kv-cache"]["kv_cache_bytes"] == 0 < by["baseline"]["kv_cache_bytes"]
+    # Float attention implementations compute the same greedy tokens as the baseline
+    for name in ("sdpa", "sdpa-flash", "no-kv-cache"):
+        assert by[name]["first_diff_token"] is None, name
+    json.dumps(report)                                        # the report is plain JSON
+
+
+def test_fair_mode_never_overlaps_two_generation_windows(six_run):
+    seen, _ = six_run
+    starts = {e.variant: e.t_start for e in seen if isinstance(e, events.Started)}
+    ends = {e.variant: e.token_times[-1] for e in seen if isinstance(e, events.Finished)}
+    windows = sorted((starts[n], ends[n]) for n in SIX)
+    for (_, end), (next_start, _) in zip(windows, windows[1:]):
+        assert end <= next_start
+
+
+def test_second_run_reuses_the_loaded_workers(engine, six_run):
+    pids = {name: w.process.pid for name, w in engine.workers.items()}
+    seen = list(engine.run(PROMPT, ["baseline", "sdpa"], 4))
+    assert not [e for e in seen if isinstance(e, events.Loaded)]
+    assert {n: engine.workers[n].process.pid for n in ("baseline", "sdpa")} == \
+        {n: pids[n] for n in ("baseline", "sdpa")}
+    assert all(r["status"] == "ok" for r in seen[-1].report["results"])
+
+
+def test_baseline_and_sdpa_give_the_same_logits():
+    import torch
+
+    from engine import models
+    from engine.variants import CATALOG
+    tiny = presets.load("tiny")
+    eager, tokenizer = models.load_model(tiny, CATALOG["baseline"], "cpu")
+    sdpa, _ = models.load_model(tiny, CATALOG["sdpa"], "cpu")
+    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+    ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    with torch.inference_mode():
+        a, b = eager(ids).logits, sdpa(ids).logits
+    assert a.shape == (1, ids.shape[1], 512)
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_killed_worker_fails_alone_and_restarts_next_run(engine, six_run):
+    killed = threading.Event()
+    run = engine.start(PROMPT, ["baseline", "sdpa", "no-kv-cache"], 200)
+    report = None
+    for event in run:
+        if isinstance(event, events.Token) and event.variant == "sdpa" and event.index == 3 and not killed.is_set():
+            engine.workers["sdpa"].process.kill()             # our own child, by its handle
+            killed.set()
+        if isinstance(event, events.RunDone):
+            report = event.report
+    by = rows(report)
+    assert by["sdpa"]["status"] == "failed" and "died" in by["sdpa"]["reason"]
+    assert by["baseline"]["status"] == "ok" and by["no-kv-cache"]["status"] == "ok"
+    assert by["baseline"]["output_tokens"] == 200 == by["no-kv-cache"]["output_tokens"]
+    again = list(engine.run(PROMPT, ["sdpa"], 4))
+    assert any(isinstance(e, events.Loaded) for e in again)   # started afresh
+    assert rows(again[-1].report)["sdpa"]["status"] == "ok"
+
+
+def test_cancel_stops_a_run_early(engine, six_run):
+    run = engine.start(PROMPT, ["baseline", "sdpa"], 256)
+    report = None
+    for event in run:
+        if isinstance(event, events.Token) and event.index == 5:
+            assert engine.cancel(run.id + 1) is False          # someone else's run id: nothing happens
+            assert engine.cancel(run.id) is True
+        if isinstance(event, events.RunDone):
+            report = event.report
+    by = rows(report)
+    assert report["cancelled"] is True
+    assert by["baseline"]["status"] == "cancelled" and 6 <= by["baseline"]["output_tokens"] < 256
+    assert by["sdpa"]["status"] == "cancelled" and by["sdpa"]["output_tokens"] is None
+    # the engine serves the next run normally
+    assert rows(list(engine.run(PROMPT, ["sdpa"], 4))[-1].report)["sdpa"]["output_tokens"] == 4
+
+
+def test_race_mode_marks_shared_device_results_contended(engine, six_run):
+    report = list(engine.run(PROMPT, ["baseline", "sdpa"], 8, mode="race"))[-1].report
+    assert report["mode"] == "race"
+    assert all(r["contended"] is True and r["status"] == "ok" for r in report["results"])
+
+
+def test_repeats_report_medians_and_the_spread(engine, six_run):
+    row = rows(list(engine.run(PROMPT, ["sdpa"], 8, repeats=3))[-1].report)["sdpa"]
+    assert row["repeats"] == 3
+    assert row["tpot_min_s"] <= row["tpot_s"] <= row["tpot_max_s"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"prompt": "   "}, "the prompt is empty"),
+    ({"variants": []}, "no variant selected"),
+    ({"variants": ["warp"]}, "unknown variant 'warp'"),
+    ({"max_new_tokens": 0}, "between 1 and 256"),
+    ({"max_new_tokens": 257}, "between 1 and 256"),
+    ({"prompt": "x" * 4600}, "more than the context of 4608"),
+])
+def test_bad_input_is_refused_before_any_work(engine, kwargs, message):
+    args = {"prompt": PROMPT, "variants": ["baseline"], "max_new_tokens": 8} | kwargs
+    with pytest.raises(InputError, match=message):
+        engine.start(args["prompt"], args["variants"], args["max_new_tokens"])
+
+
+def _cli(*args, env_mark):
+    env = dict(os.environ, SIDEBYSIDE_TEST_MARK=env_mark, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "engine", "run", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _processes_marked(mark):
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("SIDEBYSIDE_TEST_MARK") == mark:
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
+            pass
+    return found
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", ""], "the prompt is empty"),
+    (["--prompt", "x" * 5000], "more than the context"),
+    (["--max-new-tokens", "0"], "max new tokens must be between 1 and 256"),
+    (["--max-new-tokens", "9999"], "max new tokens must be between 1 and 256"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--variants", "baseline,warp"], "unknown variant 'warp'"),
+    (["--preset", "opt-350m"], "is not in the local Hugging Face cache"),
+])
+def test_cli_bad_input_exits_2_with_one_line_and_no_worker(args, message):
+    mark = uuid.uuid4().hex
+    done = _cli(*args, env_mark=mark)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert _processes_marked(mark) == []
+
+
+def test_cli_run_prints_a_table_and_writes_the_json(tmp_path):
+    out = tmp_path / "run.json"
+    mark = uuid.uuid4().hex
+    done = _cli("--variants", "baseline,sdpa,fa2", "--max-new-tokens", "6", "--json", str(out), env_mark=mark)
+    assert done.returncode == 0, done.stderr
+    assert "random weights: the text is noise, the timings are real" in done.stderr
+    header = done.stdout.splitlines()[0].split()
+    assert header[:5] == ["variant", "status", "tokens", "TTFT", "ms"]
+    report = json.loads(out.read_text())
+    assert {"device", "versions", "preset", "prompt_tokens", "results"} <= set(report)
+    assert report["versions"]["torch"] and report["versions"]["transformers"]
+    by = rows(report)
+    assert by["fa2"]["status"] == "unavailable" and "NVIDIA GPU" in by["fa2"]["reason"]
+    required = {"variant", "status", "reason", "text", "output_tokens", "load_s", "ttft_s", "tpot_s", "e2e_s",
+                "tokens_per_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "peak_memory_bytes", "weights_bytes",
+                "kv_cache_bytes", "mbu", "first_diff_token", "contended", "placement", "queue_s"}
+    for row in report["results"]:
+        assert required <= set(row)
+    assert by["baseline"]["output_tokens"] == 6
+    assert _processes_marked(mark) == []
