@@ -1,0 +1,68 @@
+"""engine/charts.py: events fold into the view the page shows; figures and the summary come from it."""
+import csv
+import io
+
+from engine import charts, events
+
+
+def fold_fair_run():
+    """Two variants in fair mode: baseline loads and generates 3 tokens, sdpa is kept loaded and stopped."""
+    view = charts.RunView(["baseline", "sdpa"], "fair")
+    view.apply([events.Status("baseline", "loading", "starting the worker process"),
+                events.Status("baseline", "loading", "tiny on cpu"), events.Status("baseline", "warming")], now=1.0)
+    assert view.lanes["baseline"].stage == "warming" and view.lanes["baseline"].load_step == 3
+    view.apply([events.Loaded("baseline", 2.0, 0.5, 1000, "cpu", "float32", "Eager attention"),
+                events.Status("baseline", "queued"), events.Status("sdpa", "queued"),
+                events.Status("baseline", "generating"), events.Started("baseline", 1, 10.0, 5),
+                events.Token("baseline", 1, 0, 7, "a", 10.1), events.MemorySample("baseline", 10.15, 300),
+                events.Token("baseline", 1, 1, 8, "b", 10.3), events.Token("baseline", 1, 2, 9, "c", 10.5)], now=2.0)
+    return view
+
+
+def test_fold_gives_live_figures_from_raw_timestamps():
+    view = fold_fair_run()
+    lane = view.lanes["baseline"]
+    assert lane.text == "abc" and lane.stage == "generating"
+    figures = lane.figures()
+    assert figures["final"] is False
+    assert abs(figures["ttft_s"] - 0.1) < 1e-9                    # 10.1 - 10.0
+    assert abs(figures["tpot_s"] - 0.2) < 1e-9                    # (10.5 - 10.1) / 2
+    assert abs(figures["tokens_per_s"] - 3 / 0.5) < 1e-9
+    assert figures["peak_memory_bytes"] == 300
+    assert view.lanes["sdpa"].reused                              # queued without loading: kept from last run
+    assert lane.text_until(0.35) == "ab"
+
+
+def test_report_replaces_live_figures_and_stages():
+    view = fold_fair_run()
+    row = {"variant": "baseline", "label": "Eager attention", "status": "ok", "reason": None, "text": "abc",
+           "output_tokens": 3, "ttft_s": 0.11, "tpot_s": 0.2, "tokens_per_s": 6.0, "peak_memory_bytes": 400,
+           "weights_bytes": 1000, "mbu": None, "first_diff_token": None, "contended": False,
+           "token_times_s": [0.1, 0.3, 0.5], "memory": {"rss_bytes": 400}}
+    stopped = dict(row, variant="sdpa", status="cancelled", reason="the run was stopped before this variant's turn",
+                   text="", output_tokens=None, ttft_s=None, tpot_s=None, tokens_per_s=None)
+    report = {"preset": {"name": "tiny"}, "device": {"name": "cpu"}, "mode": "fair", "prompt_tokens": 5,
+              "cancelled": True, "results": [row, stopped]}
+    view.apply([events.RunDone(report)], now=3.0)
+    assert view.done
+    assert view.lanes["baseline"].stage == "done" and view.lanes["baseline"].figures()["ttft_s"] == 0.11
+    assert view.lanes["sdpa"].stage == "cancelled" and "stopped" in view.lanes["sdpa"].reason
+    rows = charts.summary_rows(report)
+    assert rows[0][:6] == ["baseline", "ok", "3", "110.0", "200.00", "1.00x"]
+    assert rows[0][10] == "reference" and rows[1][1] == "cancelled"
+    table = list(csv.DictReader(io.StringIO(charts.report_csv(report))))
+    assert [r["variant"] for r in table] == ["baseline", "sdpa"]
+    assert table[0]["ttft_s"] == "0.11" and table[0]["memory_rss_bytes"] == "400" and "token_times_s" not in table[0]
+    for figure in (charts.ttft_figure(view), charts.itl_figure(view), charts.race_figure(view),
+                   charts.memory_figure(view), charts.race_figure(view, replay_s=0.2)):
+        assert figure.data, "every chart has a trace"
+    assert list(charts.race_figure(view, replay_s=0.2).data[0].y) == [0, 1]
+
+
+def test_failed_and_unavailable_lanes_carry_their_reason():
+    view = charts.RunView(["fa2", "bnb-4bit"])
+    view.apply([events.Unavailable("fa2", "needs CUDA"), events.Failed("bnb-4bit", "could not load: boom")])
+    assert view.lanes["fa2"].stage == "unavailable" and view.lanes["fa2"].reason == "needs CUDA"
+    assert view.lanes["bnb-4bit"].stage == "failed" and "boom" in view.lanes["bnb-4bit"].detail
+    view.apply([events.Failed("*", "the run stopped: bug")])
+    assert view.error == "the run stopped: bug"
