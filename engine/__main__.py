@@ -71,6 +71,28 @@ def cmd_run(args) -> int:
     return 0 if all(r["status"] in ("ok", "unavailable") for r in report["results"]) else 1
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("prompt lengths must be positive integers, e.g. 128,2048")
+    return values
+
+
+def cmd_bench(args) -> int:
+    from engine.bench import run_bench, table as bench_table
+    preset = presets.load(args.preset)
+    variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
+    report = run_bench(preset, variants, args.prompt_lengths, args.new_tokens, args.repeats, args.batch_size)
+    print(bench_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0 if all(r["status"] in ("ok", "unavailable") for r in report["results"]) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -86,6 +108,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=900.0, help="seconds one request may take")
     run.add_argument("--json", help="write the report to this path")
     run.set_defaults(func=cmd_run)
+    bench = sub.add_parser("bench", help="every (variant, prompt length) cell in fair mode after a warm-up")
+    bench.add_argument("--preset", default="tiny", help=f"one of: {', '.join(presets.available())}")
+    bench.add_argument("--variants", help="comma-separated (default: the preset's)")
+    bench.add_argument("--prompt-lengths", type=_int_list, default=[128, 2048], help="tokens, e.g. 128,2048")
+    bench.add_argument("--new-tokens", type=int, default=128)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--json", help="write the report to this path")
+    bench.set_defaults(func=cmd_bench)
     return top
 
 

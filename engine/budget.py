@@ -16,6 +16,7 @@ QUANTIZED_BYTES_PER_PARAM = {"nf4": 0.5 + 0.0625, "int8": 1.0 + 0.0625}     # + 
 GATED_MLP = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "granite", "smollm3"}
 ACTIVATION_MARGIN = 0.15          # share of weights + cache kept free for activations and fragmentation
 CUDA_CONTEXT_BYTES = 600 * 2**20  # each CUDA process holds a context of roughly this size
+HEADROOM = 0.10                   # share of free memory never planned: prefill peaks, fragmentation, others
 
 
 def _first(config: dict, *keys, default=None):
@@ -86,6 +87,7 @@ def plan(preset: Preset, variants: list[Variant], free_bytes: int, cuda: bool) -
     after another in that room, each unloaded before the next. A variant whose footprint is
     unknown (no cached config) counts as the largest known one.
     """
+    free_bytes = int(free_bytes * (1 - HEADROOM))
     estimates = {v.name: footprint(preset, v, cuda) for v in variants}
     known = [f.total_bytes for f in estimates.values() if f is not None]
     sizes = {name: (f.total_bytes if f else max(known, default=0)) for name, f in estimates.items()}

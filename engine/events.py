@@ -90,9 +90,18 @@ class Unavailable:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """The answer to a probe (a measurement outside a request)."""
+    variant: str
+    request_id: int
+    kind: str
+    values: dict
+
+
+@dataclass(frozen=True)
 class RunDone:
     """The last event of a run: the report, shaped like `python -m engine run --json`."""
     report: dict
 
 
-Event = Status | Loaded | Started | Token | MemorySample | Finished | Failed | Unavailable | RunDone
+Event = Status | Loaded | Started | Token | MemorySample | Finished | Measured | Failed | Unavailable | RunDone

@@ -156,7 +156,7 @@ def _bandwidth_cache_path() -> Path:
     return base / "sidebyside" / "bandwidth.json"
 
 
-def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_bytes: int = 1 << 30,
+def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_bytes: int | None = None,
                            repeats: int = 20, use_cache: bool = True) -> float:
     """Peak memory bandwidth in bytes/s from a large device-to-device copy (bytes read + written).
 
@@ -174,6 +174,7 @@ def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_by
     import time
 
     import torch
+    size_bytes = size_bytes or (1 << 30 if torch_device.startswith("cuda") else 1 << 28)   # far above any cache
     src = torch.empty(size_bytes // 4, dtype=torch.float32, device=torch_device)
     dst = torch.empty_like(src)
     for _ in range(3):

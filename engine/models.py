@@ -176,10 +176,14 @@ def quantize_in_place(model, variant: Variant, dtype, device: str):
             else:
                 new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=bias,
                                           has_fp16_weights=False, device="meta")
-                new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+                # Int8Params quantizes only on a move from the CPU (bitsandbytes 0.50): start from there
+                new.weight = bnb.nn.Int8Params(child.weight.data.cpu(), requires_grad=False, has_fp16_weights=False)
             if bias:
                 new.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-            setattr(parent, name, new.to(device))
+            new = new.to(device)
+            if new.weight.dtype not in (torch.int8, torch.uint8):   # never run unquantized under a 4/8-bit label
+                raise RuntimeError(f"bitsandbytes left {parent_name}.{name} unquantized ({new.weight.dtype})")
+            setattr(parent, name, new)
     return model
 
 

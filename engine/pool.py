@@ -168,12 +168,18 @@ class Engine:
 
     def start(self, prompt: str, variants: list[str], max_new_tokens: int, mode: str = "fair",
               repeats: int = 1, ignore_eos: bool = False, batch_size: int = 1,
-              prompt_tokens: int | None = None) -> Run:
-        """Validate, then run in a background thread; raises InputError before starting anything."""
-        count = self.validate(prompt, variants, max_new_tokens, mode, repeats, batch_size, prompt_tokens)
+              prompt_lengths: list[int] | None = None, warmup_requests: int = 0) -> Run:
+        """Validate, then run in a background thread; raises InputError before starting anything.
+
+        `prompt_lengths` makes a grid: each variant answers a synthetic prompt of each length
+        (built from `prompt`), one result row per (variant, length). `warmup_requests` unmeasured
+        requests precede the measured ones in every cell.
+        """
+        count = self.validate(prompt, variants, max_new_tokens, mode, repeats, batch_size,
+                              max(prompt_lengths) if prompt_lengths else None)
         run = Run()
         args = (run, prompt, list(variants), max_new_tokens, mode, repeats, ignore_eos, batch_size,
-                prompt_tokens, count)
+                prompt_lengths, warmup_requests, count)
         threading.Thread(target=self._run_guarded, args=args, daemon=True, name=f"run-{run.id}").start()
         return run
 
@@ -286,18 +292,33 @@ class Engine:
         self._stop_worker(worker.variant, timeout=1.0)
 
     def _deliver(self, run: Run, event) -> None:
-        outcome = self._outcomes.get(event.variant)
+        """Record an event in the outcome it belongs to and pass it on (warm-up requests stay inside)."""
         request_id = getattr(event, "request_id", None)
+        if request_id is not None and request_id in self._cell_of:
+            outcomes = [self._outcomes.get((event.variant, self._cell_of[request_id]))]
+        else:                                          # a load failure concerns every cell of the variant
+            outcomes = [o for (name, _), o in self._outcomes.items() if name == event.variant]
+        outcomes = [o for o in outcomes if o is not None]
         if isinstance(event, events.Finished):
             if request_id != self._current.get(event.variant):
                 return                                 # a stale answer of an earlier, abandoned request
-            outcome.finished.append(event)
             self._current.pop(event.variant, None)
-        elif isinstance(event, events.Failed) and outcome is not None:
-            outcome.failed = event
+            if request_id in self._discard:
+                return
+            for outcome in outcomes:
+                outcome.finished.append(event)
+        elif isinstance(event, events.Measured):
             self._current.pop(event.variant, None)
-        elif isinstance(event, events.Loaded) and outcome is not None:
-            outcome.loaded = event
+            self._measured = event
+        elif isinstance(event, events.Failed):
+            self._current.pop(event.variant, None)
+            for outcome in outcomes:
+                outcome.failed = event
+        elif isinstance(event, events.Loaded):
+            for outcome in outcomes:
+                outcome.loaded = event
+        if request_id in self._discard and isinstance(event, (events.Token, events.Started)):
+            return
         run.queue.put(event)
 
     # ------------------------------------------------------------------ a run
@@ -309,75 +330,106 @@ class Engine:
             except Exception as error:  # noqa: BLE001 - the consumer must always get a RunDone
                 import traceback
                 run.queue.put(events.Failed("*", f"the run stopped: {error}", traceback.format_exc()))
-                run.queue.put(events.RunDone(report.build(self.preset, self.device, "", 0, {}, [], "fair",
-                                                      0.0, 1, 1, cancelled=True)))
+                run.queue.put(events.RunDone(report.build(self.preset, self.device, "", 0, {}, [], [None],
+                                                          "fair", 1, 1, cancelled=True)))
             finally:
                 self.active = None
                 run.finished.set()
 
+    def _reset(self, outcomes: dict) -> None:
+        self._outcomes = outcomes
+        self._current: dict[str, int] = {}        # variant -> the request it is working on
+        self._cell_of: dict[int, int] = {}        # request id -> index of its cell
+        self._discard: set[int] = set()           # warm-up requests: measured by nobody
+        self._measured: events.Measured | None = None
+
     def _run(self, run: Run, prompt, names, max_new_tokens, mode, repeats, ignore_eos, batch_size,
-             prompt_tokens, prompt_token_count) -> None:
-        t_run = time.perf_counter()
+             prompt_lengths, warmup_requests, prompt_token_count) -> None:
+        cells = list(prompt_lengths) if prompt_lengths else [None]
         for worker in self.workers.values():
             worker.cancel.clear()
-        self._outcomes = {name: Outcome(name) for name in names}
-        self._current: dict[str, int] = {}
+        self._reset({(name, i): Outcome(name) for name in names for i in range(len(cells))})
         runnable: list[Variant] = []
         for name in names:
             reason = CATALOG[name].unavailable_reason(self.preset, self.device)
             if reason:
-                self._outcomes[name].unavailable = reason
+                for i in range(len(cells)):
+                    self._outcomes[(name, i)].unavailable = reason
                 run.queue.put(events.Unavailable(name, reason))
             else:
                 runnable.append(CATALOG[name])
         placement = budget.plan(self.preset, runnable, self.device.free_bytes + self._held_bytes(),
                                 self.device.kind == "cuda")
-        for name in names:
-            self._outcomes[name].placement = placement.get(name)
+        for (name, _), outcome in self._outcomes.items():
+            outcome.placement = placement.get(name)
         resident = [v.name for v in runnable if placement[v.name] == "resident"]
         swapped = [v.name for v in runnable if placement[v.name] == "swapped"]
         for name in list(self.workers):               # free room: workers not resident in this run go
             if name not in resident:
                 self._stop_worker(name)
 
-        def make_request(name: str) -> Request:
-            request = Request(next(self._request_ids), prompt, max_new_tokens, ignore_eos, batch_size,
-                              prompt_tokens)
+        def make_request(name: str, cell: int, discard: bool) -> Request:
+            request = Request(next(self._request_ids), prompt, max_new_tokens, ignore_eos, batch_size, cells[cell])
             self._current[name] = request.request_id
+            self._cell_of[request.request_id] = cell
+            if discard:
+                self._discard.add(request.request_id)
             return request
 
         self._load(run, resident)
-        groups = [resident] + [[name] for name in swapped]
-        for group in groups:
+        for group in [resident] + [[name] for name in swapped]:
             if run.cancelled.is_set():
                 break
             if group is not resident:
                 self._load(run, group)
-            ready = [n for n in group if n in self.workers and self.workers[n].ready]
+            loaded = [n for n in group if n in self.workers and self.workers[n].ready]
             t_ready = time.perf_counter()
-            for name in ready:
-                self._outcomes[name].t_ready = t_ready
+            for name in loaded:
+                for i in range(len(cells)):
+                    self._outcomes[(name, i)].t_ready = t_ready
                 run.queue.put(events.Status(name, "queued"))
-            for _ in range(repeats):
-                if run.cancelled.is_set():
-                    break
-                ready = [n for n in ready if n in self.workers and self._outcomes[n].failed is None]
-                if mode == "race" and len(ready) > 1:
-                    for name in ready:
-                        self._outcomes[name].contended = True
-                    self._generate(run, ready, make_request)
-                else:
-                    for name in ready:
-                        if run.cancelled.is_set():
-                            break
-                        self._generate(run, [name], make_request)
+            for cell in range(len(cells)):
+                for attempt in range(warmup_requests + repeats):
+                    if run.cancelled.is_set():
+                        break
+                    ready = [n for n in loaded if n in self.workers and self._outcomes[(n, cell)].failed is None]
+                    discard = attempt < warmup_requests
+                    if mode == "race" and len(ready) > 1:
+                        for name in ready:
+                            self._outcomes[(name, cell)].contended = True
+                        self._generate(run, ready, lambda n: make_request(n, cell, discard))
+                    else:
+                        for name in ready:
+                            if not run.cancelled.is_set():
+                                self._generate(run, [name], lambda n: make_request(n, cell, discard))
             if group is not resident:
                 for name in group:
                     run.queue.put(events.Status(name, "unloading"))
                     self._stop_worker(name)
-        built = report.build(self.preset, self.device, prompt, prompt_token_count, self._outcomes, names, mode,
-                             t_run, repeats, batch_size, cancelled=run.cancelled.is_set())
+        built = report.build(self.preset, self.device, prompt, prompt_token_count, self._outcomes, names, cells,
+                             mode, repeats, batch_size, cancelled=run.cancelled.is_set())
         run.queue.put(events.RunDone(built))
+
+    def probe(self, variant: str, kind: str, prompt_tokens: int = 128, new_tokens: int = 64,
+              timeout: float | None = None) -> dict:
+        """A measurement in the variant's worker (loading it if needed): "bare_tpot" or "bandwidth"."""
+        from engine.worker import Probe
+        with self._lock:
+            run = Run()
+            self._reset({(variant, 0): Outcome(variant)})
+            self._load(run, [variant])
+            worker = self.workers.get(variant)
+            if worker is None or not worker.ready:
+                failed = self._outcomes[(variant, 0)].failed
+                raise RuntimeError(f"{variant} could not load: {failed.reason if failed else 'unknown'}")
+            probe = Probe(next(self._request_ids), kind, prompt_tokens, new_tokens)
+            self._current[variant] = probe.request_id
+            worker.conn.send(probe)
+            self._receive(run, [variant], lambda: variant not in self._current, timeout or self.request_timeout_s)
+            if self._measured is None:
+                failed = self._outcomes[(variant, 0)].failed
+                raise RuntimeError(f"{variant}: {kind} failed: {failed.reason if failed else 'no answer'}")
+            return dict(self._measured.values)
 
     def _held_bytes(self) -> int:
         """Device memory the loaded workers of this engine hold (they may stay resident)."""
@@ -395,7 +447,9 @@ class Engine:
                 self._spawn(name)
                 run.queue.put(events.Status(name, "loading", "starting the worker process"))
             elif worker.loaded:
-                self._outcomes[name].loaded = worker.loaded
+                for (variant, _), outcome in self._outcomes.items():
+                    if variant == name:
+                        outcome.loaded = worker.loaded
         pending = [n for n in names if n in self.workers and not self.workers[n].loaded]
         self._receive(run, pending, lambda: run.cancelled.is_set() or all(
             n not in self.workers or self.workers[n].loaded or self.workers[n].failed for n in pending),

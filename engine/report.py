@@ -49,6 +49,7 @@ def measure(finished, weights_bytes: int, peak_bandwidth: float | None, use_cach
         "itl_p90_s": metrics.percentile(gaps, 90),
         "itl_p99_s": metrics.percentile(gaps, 99),
         "kv_cache_bytes": kv_end,
+        "decode_bytes_per_step": weights_bytes + kv_mean,    # what one decode step must read at least
         "mbu": metrics.mbu(weights_bytes, kv_mean, tpot, peak_bandwidth),
     }
 
@@ -64,12 +65,12 @@ def peak_memory(finished) -> int | None:
     return memory.get("peak_reserved_bytes") or memory.get("peak_rss_bytes") or memory.get("rss_bytes")
 
 
-EMPTY_METRICS = ("output_tokens", "load_s", "ttft_s", "tpot_s", "e2e_s", "tokens_per_s", "itl_p50_s",
+EMPTY_METRICS = ("output_tokens", "decode_bytes_per_step", "load_s", "ttft_s", "tpot_s", "e2e_s", "tokens_per_s", "itl_p50_s",
                  "itl_p90_s", "itl_p99_s", "peak_memory_bytes", "weights_bytes", "kv_cache_bytes", "mbu",
                  "tpot_min_s", "tpot_max_s", "queue_s", "warmup_s")
 
 
-def result(outcome, baseline_ids, peak_bandwidth: float | None, t_run: float) -> dict:
+def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
     """One row of `results`."""
     from engine.variants import CATALOG
     variant = CATALOG[outcome.variant]
@@ -97,7 +98,7 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None, t_run: float) ->
         row[key] = _median_of(rows, key) if key.endswith(("_s", "mbu")) else rows[0][key]
     tpots = [r["tpot_s"] for r in rows if r["tpot_s"] is not None]
     row.update(tpot_min_s=min(tpots) if tpots else None, tpot_max_s=max(tpots) if tpots else None,
-               text=first.text, queue_s=first.t_start - (outcome.t_ready or t_run), peak_memory_bytes=peak_memory(first),
+               text=first.text, queue_s=first.t_start - outcome.t_ready if outcome.t_ready else None, peak_memory_bytes=peak_memory(first),
                memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
                token_times_s=metrics.relative_times(first.t_start, first.token_times))
     if baseline_ids is not None and outcome.variant != "baseline":
@@ -110,12 +111,22 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None, t_run: float) ->
 
 
 def build(preset: Preset, device: Device, prompt: str, prompt_tokens: int, outcomes: dict, names: list[str],
-          mode: str, t_run: float, repeats: int, batch_size: int, cancelled: bool = False) -> dict:
-    """The whole report of a run."""
-    baseline = outcomes.get("baseline")
-    baseline_ids = baseline.finished[0].token_ids if baseline and baseline.finished else None
+          cells: list, mode: str, repeats: int, batch_size: int, cancelled: bool = False) -> dict:
+    """The whole report of a run; `outcomes` maps (variant, cell index) to what it produced.
+
+    With a grid of prompt lengths (cells other than [None]) each row also carries `prompt_length`.
+    """
     peak = device.datasheet_bandwidth_bytes_per_s
-    results = [result(outcomes[name], baseline_ids, peak, t_run) for name in names if name in outcomes]
+    results = []
+    for cell, length in enumerate(cells):
+        baseline = outcomes.get(("baseline", cell))
+        baseline_ids = baseline.finished[0].token_ids if baseline and baseline.finished else None
+        for name in names:
+            if (name, cell) in outcomes:
+                row = result(outcomes[(name, cell)], baseline_ids, peak)
+                if length is not None:
+                    row["prompt_length"] = length
+                results.append(row)
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": {**device.as_dict(), "peak_bandwidth_bytes_per_s": peak},

@@ -30,6 +30,15 @@ class WorkerSpec:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A measurement that is not a request: "bare_tpot" (the bare decode loop) or "bandwidth"."""
+    request_id: int
+    kind: str
+    prompt_tokens: int = 128
+    new_tokens: int = 64
+
+
+@dataclass(frozen=True)
 class Request:
     """One generation request. `prompt_tokens` replaces the prompt by a synthetic one of that length."""
     request_id: int
@@ -47,11 +56,11 @@ class TimingStreamer:
     token ids of shape (batch,), already copied to the host, so the device has finished the step.
     """
 
-    def __init__(self, tokenizer, emit, variant: str, request_id: int):
+    def __init__(self, tokenizer, emit, variant: str, request_id: int, prompt_first: bool = True):
         self.tokenizer, self.emit, self.variant, self.request_id = tokenizer, emit, variant, request_id
         self.times: list[float] = []
         self.ids: list[int] = []
-        self._saw_prompt = False
+        self._saw_prompt = not prompt_first        # generate() puts the prompt first; our own loops do not
         self._prefix = 0          # incremental detokenisation offsets (text of ids[prefix:read] is known)
         self._read = 0
         self.text_parts: list[str] = []
@@ -137,6 +146,10 @@ class Runner:
         self.weights_bytes = models.weights_bytes(self.model)
         self.cache_shape = models.kv_cache_shape(self.model)
         self.cache_shape["bytes_per_element"] = torch.finfo(getattr(torch, spec.preset.dtype)).bits // 8
+        self.decoder = None
+        if self.variant.compile:
+            from engine.decode import CompiledDecoder
+            self.decoder = CompiledDecoder(self.model, spec.preset.context_length, spec.device)
 
     def attention_context(self):
         """The SDPA backend forced by the variant, or nothing."""
@@ -167,37 +180,45 @@ class Runner:
     def generation_kwargs(self, request: Request) -> dict:
         kwargs = {"max_new_tokens": request.max_new_tokens, "do_sample": False,
                   "use_cache": self.variant.use_cache, "pad_token_id": self.tokenizer.pad_token_id}
-        if request.ignore_eos or self.spec.preset.always_ignore_eos:
+        if self.ignores_eos(request):
             kwargs["min_new_tokens"] = request.max_new_tokens     # masks end-of-sequence until the end
-        if self.variant.compile:
-            from transformers import CompileConfig
-            kwargs["cache_implementation"] = "static"
-            mode = "reduce-overhead" if self.cuda_index is not None else "default"
-            config = CompileConfig(mode=mode, fullgraph=False)
-            config._compile_all_devices = True                 # transformers compiles by itself on CUDA only
-            kwargs["compile_config"] = config
         return kwargs
 
-    def generate(self, request: Request, cancel) -> events.Finished:
+    def ignores_eos(self, request: Request) -> bool:
+        return request.ignore_eos or self.spec.preset.always_ignore_eos
+
+    def _decode(self, input_ids, mask, request: Request, streamer, cancel) -> None:
+        """generate() for most variants; the lean compiled loop for a compiled one."""
         from transformers import StoppingCriteria, StoppingCriteriaList
         torch = self.torch
+        if self.decoder is not None:
+            eos = self.tokenizer.eos_token_id
+            ignore = self.ignores_eos(request)
+            self.decoder.run(input_ids, request.max_new_tokens, streamer.put,
+                             lambda host: cancel.is_set() or (not ignore and bool((host == eos).all())))
+            return
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
                 return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
                                   device=input_ids.device)
 
+        self.model.generate(input_ids=input_ids, attention_mask=mask, streamer=streamer,
+                            stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                            **self.generation_kwargs(request))
+
+    def generate(self, request: Request, cancel) -> events.Finished:
+        torch = self.torch
         input_ids, mask = self.encode(request)
         if self.cuda_index is not None:
             torch.cuda.reset_peak_memory_stats(self.cuda_index)
-        streamer = TimingStreamer(self.tokenizer, self.emit, self.spec.variant, request.request_id)
+        streamer = TimingStreamer(self.tokenizer, self.emit, self.spec.variant, request.request_id,
+                                  prompt_first=self.decoder is None)
         sampler = MemorySampler(self.emit, self.spec.variant, self.cuda_index)
         t_start = time.perf_counter()
         self.emit(events.Started(self.spec.variant, request.request_id, t_start, int(input_ids.shape[1])))
         with sampler, self.attention_context(), torch.inference_mode():
-            self.model.generate(input_ids=input_ids, attention_mask=mask, streamer=streamer,
-                                stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                                **self.generation_kwargs(request))
+            self._decode(input_ids, mask, request, streamer, cancel)
         return events.Finished(
             variant=self.spec.variant, request_id=request.request_id, t_start=t_start,
             token_times=tuple(streamer.times), token_ids=tuple(streamer.ids), text=streamer.text,
@@ -219,6 +240,38 @@ class Runner:
             result["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(self.cuda_index))
             result["nvml_bytes"] = process_gpu_bytes(os.getpid(), self.cuda_index)
         return result
+
+    def probe(self, probe: Probe) -> events.Measured:
+        """Measurements outside a request: the bare decode loop's TPOT, or the copy bandwidth."""
+        torch = self.torch
+        if probe.kind == "bandwidth":
+            from engine.hardware import measure_copy_bandwidth
+            name = torch.cuda.get_device_name(self.cuda_index) if self.cuda_index is not None else "cpu"
+            value = measure_copy_bandwidth(name, self.spec.device)
+            return events.Measured(self.spec.variant, probe.request_id, probe.kind, {"bytes_per_s": value})
+        if probe.kind != "bare_tpot":
+            raise ValueError(f"unknown probe {probe.kind!r}")
+        from engine.decode import SpanClock, TokenClock
+        input_ids, mask = self.encode(Request(probe.request_id, "x", probe.new_tokens, True, 1, probe.prompt_tokens))
+        cuda = self.cuda_index is not None
+        tpots = []
+        with self.attention_context(), torch.inference_mode():
+            for _ in range(4):                         # the first run warms up; the median of the rest
+                if self.decoder is not None:           # the compiled loop, every token still copied to the host
+                    clock = TokenClock(cuda)
+                    self.decoder.run(input_ids, probe.new_tokens, clock, lambda host: False)
+                    tpots.append(clock.tpot_s())
+                    continue
+                spans = []                             # generate() without the engine's streamer and events:
+                for n in (probe.new_tokens, 1):        # (T(N) - T(1)) / (N - 1) removes the prefill
+                    kwargs = self.generation_kwargs(Request(0, "x", n, True))
+                    with SpanClock(cuda) as span:
+                        self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+                    spans.append(span.seconds)
+                tpots.append((spans[0] - spans[1]) / (probe.new_tokens - 1))
+        tpots = sorted(tpots[1:])
+        return events.Measured(self.spec.variant, probe.request_id, probe.kind,
+                               {"tpot_s": tpots[len(tpots) // 2], "runs_s": tpots})
 
     def warm_up(self, cancel) -> None:
         """Two short generations: the first picks kernels (and compiles), the second confirms."""
@@ -253,6 +306,9 @@ def serve(spec: WorkerSpec, commands, event_queue, cancel) -> None:
         if request is None:
             return
         try:
+            if isinstance(request, Probe):
+                emit(runner.probe(request))
+                continue
             emit(events.Status(name, "generating"))
             emit(runner.generate(request, cancel))
         except BaseException as error:  # noqa: BLE001

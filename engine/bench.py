@@ -1,0 +1,96 @@
+"""The benchmark: every (variant, prompt length) cell in fair mode after a warm-up, plus the
+device's measured bandwidth and the engine's overhead against a bare decode loop."""
+from __future__ import annotations
+
+import sys
+import time
+
+from engine import events
+from engine.pool import Engine
+from engine.presets import Preset
+
+FILLER = "The quick brown fox jumps over the lazy dog while the attention kernel streams its weights. "
+
+
+def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], new_tokens: int, repeats: int,
+              batch_size: int = 1, log=None, request_timeout_s: float = 900.0) -> dict:
+    """Measure every cell; returns the run report with `overhead_ratio` and the bandwidths added."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    with Engine(preset, request_timeout_s=request_timeout_s) as engine:
+        reasons = {name: reason for name, _, reason in engine.variant_choices()}
+        first = next((v for v in variants if v in reasons and reasons[v] is None), None)
+        run = engine.start(FILLER, variants, new_tokens, repeats=repeats, ignore_eos=True, batch_size=batch_size,
+                           prompt_lengths=prompt_lengths, warmup_requests=1)
+        report = None
+        for event in run:
+            if isinstance(event, events.Loaded):
+                log(f"  {event.variant}: loaded in {event.load_s:.1f} s, warmed up in {event.warmup_s:.1f} s "
+                    f"({event.label})")
+            elif isinstance(event, (events.Failed, events.Unavailable)):
+                log(f"  {event.variant}: {event.reason}")
+            elif isinstance(event, events.RunDone):
+                report = event.report
+        reference = next((r for r in report["results"] if r["variant"] == first and r["status"] == "ok"), None)
+        bare = bandwidth = None
+        if reference is not None:
+            # after the run: a large copy disturbs the next measurements on a CPU for seconds
+            try:
+                bare = engine.probe(first, "bare_tpot", prompt_tokens=reference["prompt_length"],
+                                    new_tokens=new_tokens)
+                bandwidth = engine.probe(first, "bandwidth")["bytes_per_s"]
+                log(f"measured copy bandwidth: {bandwidth / 1e9:.0f} GB/s ({engine.device.name})")
+            except RuntimeError as error:
+                log(f"probe failed: {error}")
+        device = engine.device
+    for row in report["results"]:
+        row["mbu_measured"] = (row["decode_bytes_per_step"] / row["tpot_s"] / bandwidth
+                               if bandwidth and row["tpot_s"] and row["decode_bytes_per_step"] else None)
+    report["overhead_ratio"] = reference["tpot_s"] / bare["tpot_s"] if reference and bare else None
+    report["overhead_reference"] = {
+        "variant": first, "prompt_length": reference["prompt_length"] if reference else None,
+        "worker_tpot_s": reference["tpot_s"] if reference else None,
+        "bare_tpot_s": bare["tpot_s"] if bare else None, "bare_runs_s": bare["runs_s"] if bare else None,
+        "clock": "cuda events" if device.kind == "cuda" else "perf_counter",
+        "bare_loop": "the same decode path without the engine's streamer, events and memory sampler: "
+                     "generate() timed as (T(N) - T(1)) / (N - 1), or the compiled step loop"}
+    report["peak_bandwidth_bytes_per_s"] = {"measured": bandwidth, "datasheet": device.datasheet_bandwidth_bytes_per_s}
+    report["new_tokens"] = new_tokens
+    report["prompt_lengths"] = prompt_lengths
+    report["wall_s"] = time.perf_counter() - t0
+    return report
+
+
+def table(report: dict) -> str:
+    """One line per cell."""
+    def ms(v):
+        return "-" if v is None else f"{v * 1000:.2f}"
+
+    def pct(v):
+        return "-" if v is None else f"{v:.0%}"
+
+    head = ("variant", "prompt", "status", "TTFT ms", "TPOT ms", "min-max ms", "tok/s", "MBU sheet", "MBU copy",
+            "peak GiB")
+    rows = [head]
+    for r in report["results"]:
+        spread = "-" if r["tpot_min_s"] is None else f"{ms(r['tpot_min_s'])}-{ms(r['tpot_max_s'])}"
+        rows.append((r["variant"], str(r.get("prompt_length", "-")), r["status"], ms(r["ttft_s"]), ms(r["tpot_s"]),
+                     spread, "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}", pct(r["mbu"]),
+                     pct(r.get("mbu_measured")),
+                     "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**30:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    seen = set()
+    for r in report["results"]:
+        if r["reason"] and r["variant"] not in seen:
+            seen.add(r["variant"])
+            lines.append(f"  {r['variant']}: {r['reason']}")
+    ratio = report.get("overhead_ratio")
+    ref = report.get("overhead_reference", {})
+    if ratio is not None:
+        lines.append(f"overhead: worker TPOT / bare-loop TPOT = {ratio:.3f} ({ref['variant']}, "
+                     f"{ms(ref['worker_tpot_s'])} / {ms(ref['bare_tpot_s'])} ms, {ref['clock']})")
+    bw = report.get("peak_bandwidth_bytes_per_s", {})
+    lines.append("bandwidth: measured " + ("-" if not bw.get("measured") else f"{bw['measured'] / 1e9:.0f} GB/s")
+                 + ", datasheet " + ("-" if not bw.get("datasheet") else f"{bw['datasheet'] / 1e9:.0f} GB/s"))
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""The compiled static-cache decoder (worker side), and the clocks that time bare decode loops.
+
+The compiled decoder follows gpt-fast: a KV cache of fixed size (the preset's whole context) so
+every decode step has the same shapes, and one `torch.compile`d step, captured as a CUDA graph
+on a GPU ("reduce-overhead"), so a step costs one graph launch instead of hundreds of kernel
+launches from Python. Prefill runs uncompiled (its length varies).
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def cache_keyword(model) -> str:
+    """transformers renamed `past_key_values` to `cache` in forward() (5.2x); accept both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _decode_step(model, token: torch.Tensor, cache_position: torch.Tensor, cache, keyword: str) -> torch.Tensor:
+    """One token for every sequence: token (batch, 1) at position cache_position (1,) -> (batch, 1)."""
+    logits = model(input_ids=token, position_ids=cache_position.expand(token.shape[0], 1),
+                   cache_position=cache_position, use_cache=True, **{keyword: cache}).logits
+    return logits[:, -1].argmax(-1, keepdim=True)
+
+
+class CompiledDecoder:
+    """Greedy decoding with a static KV cache and a compiled one-token step."""
+
+    def __init__(self, model, context_length: int, device: str):
+        self.model, self.context_length, self.device = model, context_length, device
+        self.keyword = cache_keyword(model)
+        self.caches: dict[int, object] = {}            # batch size -> StaticCache, reused (graphs keep its addresses)
+        mode = "reduce-overhead" if device.startswith("cuda") else "default"
+        self.step = torch.compile(_decode_step, mode=mode, fullgraph=True)
+
+    def _cache(self, batch_size: int):
+        from transformers import StaticCache
+        if batch_size not in self.caches:
+            self.caches[batch_size] = StaticCache(config=self.model.config, max_cache_len=self.context_length)
+        cache = self.caches[batch_size]
+        cache.reset()
+        return cache
+
+    def run(self, input_ids: torch.Tensor, max_new_tokens: int, on_token: Callable[[torch.Tensor], None],
+            should_stop: Callable[[torch.Tensor], bool]) -> None:
+        """Prefill, then decode up to max_new_tokens; `on_token` gets each new (batch,) token on the host."""
+        batch, length = input_ids.shape
+        cache = self._cache(batch)
+        positions = torch.arange(length, device=input_ids.device)
+        logits = self.model(input_ids=input_ids, position_ids=positions.expand(batch, -1), cache_position=positions,
+                            use_cache=True, **{self.keyword: cache}).logits
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        host = token.cpu()
+        on_token(host[:, 0])
+        cache_position = torch.tensor([length], device=input_ids.device)
+        for _ in range(max_new_tokens - 1):
+            if should_stop(host):
+                return
+            token = self.step(self.model, token, cache_position, cache, self.keyword).clone()  # graphs reuse outputs
+            host = token.cpu()                     # a loop must see each token (end of sequence): one sync a step
+            on_token(host[:, 0])
+            cache_position += 1
+
+
+class TokenClock:
+    """Times tokens after the first: CUDA events on a GPU (device timeline), perf_counter on a CPU."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.count, self.first, self.last = cuda, 0, None, None
+
+    def __call__(self, token) -> None:
+        self.count += 1
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            mark = event
+        else:
+            mark = time.perf_counter()
+        if self.count == 1:
+            self.first = mark
+        self.last = mark
+
+    def tpot_s(self) -> float | None:
+        if self.count < 2:
+            return None
+        if self.cuda:
+            self.last.synchronize()
+            seconds = self.first.elapsed_time(self.last) / 1000
+        else:
+            seconds = self.last - self.first
+        return seconds / (self.count - 1)
+
+
+class SpanClock:
+    """Times one call: CUDA events around it on a GPU (device timeline), perf_counter on a CPU."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            self.seconds = self.start.elapsed_time(end) / 1000
+        else:
+            self.seconds = time.perf_counter() - self.start
