@@ -450,7 +450,8 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
                 yield failure_frame(view, "Stopped before the run started.")
                 return
             try:
-                engine = engines.activate(preset_name)
+                engines.get(preset_name).validate(prompt_text or "", selected, int(max_new_tokens), run_mode)
+                engine = engines.activate(preset_name)      # valid input: now switching presets unloads
                 run = engine.start(prompt_text or "", selected, int(max_new_tokens), mode=run_mode)
             except InputError as error:
                 yield failure_frame(view, f"Nothing was run: {_e(error)}.")

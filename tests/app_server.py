@@ -1,0 +1,74 @@
+"""Start app.py as a subprocess on a free local port for end-to-end tests, and stop it by its own handle.
+
+The app is stopped with SIGTERM (which it treats like Ctrl-C: Gradio closes, the engines stop their
+workers); `serve` then checks that no process the app started is left running.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    """A port the OS says is free now (bind to port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/gradio_api/info", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"app.py did not answer within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def serve(*args: str, name: str = "app") -> Iterator[str]:
+    """Run `python app.py --port <free> *args`; yield its URL; stop it and its workers afterwards."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / f"{name}.log"
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+                                    *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    children: list[psutil.Process] = []
+    try:
+        _wait_ready(url, process, log, 90)
+        yield url
+    finally:
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(process.pid).children(recursive=True)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()                              # our own child, by its handle
+                process.wait(10)
+        gone, alive = psutil.wait_procs(children, timeout=15)
+        for child in alive:                                 # never expected: fail loudly, but clean up
+            child.kill()
+        assert not alive, f"app.py left processes running: {[c.pid for c in alive]}"

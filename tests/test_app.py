@@ -1,0 +1,182 @@
+"""End to end through Gradio's client: the real app on a free local port, the tiny preset on the CPU.
+
+One app serves the whole module, so workers load once (about 20 s on two cores); later tests
+check that they stay loaded. Outputs of /compare, in order: message, run JSON, summary, JSON file,
+CSV file, four plots (TTFT, ITL, race, memory), a card per catalog variant, an answer per variant.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+from app_server import serve
+from gradio_client import Client
+from gradio_client.utils import Status
+
+from engine.variants import CATALOG
+
+NAMES = list(CATALOG)
+MESSAGE, REPORT, SUMMARY, JSON_FILE, CSV_FILE = range(5)
+PLOTS = range(5, 9)
+CARD0 = 9
+ANSWER0 = CARD0 + len(NAMES)
+SELECTED = ["baseline", "sdpa", "bnb-4bit"]
+PROMPT = "Explain why attention is memory-bound during decoding."
+REPORT_KEYS = {"created", "device", "versions", "preset", "prompt", "prompt_tokens", "mode", "repeats", "batch_size",
+               "decoding", "cancelled", "results"}
+
+
+@pytest.fixture(scope="module")
+def url():
+    with serve(name="test_app") as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return Client(url, verbose=False)
+
+
+def stage(card: str) -> str | None:
+    found = re.search(r'data-stage="([a-z]+)"', card or "")
+    return found.group(1) if found else None
+
+
+def compare(client, variants=SELECTED, tokens=24, prompt=PROMPT, preset="tiny", mode="fair"):
+    return client.submit(prompt, preset, variants, tokens, mode, api_name="/compare")
+
+
+def test_compare_streams_every_variant_and_ends_with_the_run_json(url, client):
+    job = compare(client, tokens=64)
+    updates = [list(update) for update in job]
+    final = job.outputs()[-1]
+    assert len(final) == ANSWER0 + len(NAMES)
+    assert "Done" in final[MESSAGE], final[MESSAGE]
+
+    report = final[REPORT]
+    assert REPORT_KEYS <= set(report)
+    assert report["preset"]["name"] == "tiny" and report["mode"] == "fair" and report["prompt"] == PROMPT
+    assert [r["variant"] for r in report["results"]] == SELECTED
+    for row in report["results"]:
+        assert row["status"] == "ok", row["reason"]
+        assert row["output_tokens"] == 64 and len(row["token_times_s"]) == 64     # random weights ignore EOS
+        assert row["ttft_s"] > 0 and row["tpot_s"] > 0 and row["tokens_per_s"] > 0 and row["peak_memory_bytes"] > 0
+        assert not row["contended"]
+        answer = final[ANSWER0 + NAMES.index(row["variant"])]
+        assert answer == row["text"] and answer
+        assert stage(final[CARD0 + NAMES.index(row["variant"])]) == "done"
+
+    # streamed: every variant's text shows up before the run ends, and some of it while still growing
+    before_end = updates[:-1]
+    partial = False
+    for name in SELECTED:
+        texts = [u[ANSWER0 + NAMES.index(name)] for u in before_end]
+        full = final[ANSWER0 + NAMES.index(name)]
+        assert any(t for t in texts if isinstance(t, str)) or name == SELECTED[-1], f"{name} never streamed"
+        partial |= any(isinstance(t, str) and t and len(t) < len(full) and full.startswith(t) for t in texts)
+    assert partial, "no update carried a partly generated answer"
+    assert any(stage(u[CARD0]) == "loading" for u in before_end), "the first run shows its workers loading"
+    assert any(stage(u[CARD0]) == "generating" for u in before_end)
+
+    # the charts: plotly figures, a bar per variant (TTFT), a line per variant (ITL, race, memory)
+    figures = [json.loads(final[index]["plot"]) for index in PLOTS]
+    assert all(final[index]["type"] == "plotly" for index in PLOTS)
+    assert list(figures[0]["data"][0]["x"]) == SELECTED
+    assert [[trace["name"] for trace in figure["data"]] for figure in figures[1:]] == [SELECTED] * 3
+    assert any(isinstance(u[PLOTS[2]], dict) and json.loads(u[PLOTS[2]]["plot"])["data"] for u in before_end), \
+        "the race chart was live before the end"
+
+    # summary and downloads (served by the app) hold the same run
+    assert [row[0] for row in final[SUMMARY]["data"]] == SELECTED
+    assert final[SUMMARY]["data"][0][5] == "1.00x"
+    files = {}
+    for index in (JSON_FILE, CSV_FILE):
+        path = final[index]["value"]
+        with urllib.request.urlopen(f"{url}/gradio_api/file={urllib.parse.quote(path)}", timeout=10) as response:
+            files[index] = response.read().decode()
+    assert json.loads(files[JSON_FILE]) == report
+    table = list(csv.DictReader(io.StringIO(files[CSV_FILE])))
+    assert [row["variant"] for row in table] == SELECTED
+    assert [float(row["tpot_s"]) for row in table] == [row["tpot_s"] for row in report["results"]]
+
+
+def test_second_run_reuses_the_loaded_workers(client):
+    first = compare(client, tokens=8)
+    first.result()
+    job = compare(client, tokens=8)
+    updates = [list(u) for u in job]
+    report = job.outputs()[-1][REPORT]
+    assert all(r["status"] == "ok" for r in report["results"])
+    stages = {stage(u[CARD0 + NAMES.index(n)]) for u in updates for n in SELECTED}
+    assert not stages & {"loading", "warming"}, f"a worker was reloaded: {stages}"
+    assert "kept loaded" in job.outputs()[-1][CARD0]
+
+
+@pytest.mark.parametrize("prompt, variants, tokens, preset, expected", [
+    ("", SELECTED, 8, "tiny", "the prompt is empty"),
+    (PROMPT, [], 8, "tiny", "no variant selected"),
+    ("x" * 5000, ["baseline"], 8, "tiny", "more than the context"),
+    (PROMPT, ["baseline"], 8, "falcon-7b", "not in the local Hugging Face cache"),
+], ids=["empty prompt", "no variant", "over the context", "preset that cannot load"])
+def test_bad_input_gets_a_message_and_crashes_nothing(client, prompt, variants, tokens, preset, expected):
+    result = client.predict(prompt, preset, variants, tokens, "fair", api_name="/compare")
+    assert expected in result[MESSAGE] and 'data-kind="error"' in result[MESSAGE]
+    assert result[REPORT] is None
+
+
+def test_next_run_after_bad_input_works_without_reloading(client):
+    job = compare(client, tokens=4)
+    updates = [list(u) for u in job]
+    assert all(r["status"] == "ok" for r in job.outputs()[-1][REPORT]["results"])
+    assert not {stage(u[CARD0 + NAMES.index(n)]) for u in updates for n in SELECTED} & {"loading", "warming"}
+
+
+def wait_until_generating(job, timeout_s=60) -> None:
+    deadline = time.monotonic() + timeout_s
+    for update in job:
+        if any(stage(update[CARD0 + i]) == "generating" for i in range(len(NAMES))):
+            return
+        assert time.monotonic() < deadline, "no variant started generating"
+    raise AssertionError("the run ended before any variant was seen generating")
+
+
+def test_visitors_queue_and_stop_only_their_own_run(url, client):
+    other = Client(url, verbose=False)
+    job = compare(client, tokens=96)
+    wait_until_generating(job)
+    queued = compare(other, tokens=4)
+    statuses = []
+    for _ in range(50):                            # the second visitor waits in the queue and sees its place
+        statuses.append(queued.status())
+        if statuses[-1].code == Status.IN_QUEUE:
+            break
+        time.sleep(0.1)
+    assert any(s.code == Status.IN_QUEUE and s.rank is not None for s in statuses), statuses[-1]
+    other.predict(api_name="/stop")                # the other visitor's Stop: their own run is only queued
+    report = job.result()[REPORT]
+    assert not report["cancelled"] and all(r["status"] == "ok" for r in report["results"])
+    assert all(r["status"] == "ok" for r in queued.result()[REPORT]["results"])     # it ran after the first
+
+    job = compare(client, tokens=200)
+    wait_until_generating(job)
+    client.predict(api_name="/stop")               # this visitor's Stop
+    final = job.result()
+    assert final[REPORT]["cancelled"] and "Stopped" in final[MESSAGE]
+    assert {r["status"] for r in final[REPORT]["results"]} <= {"cancelled", "ok"}
+
+
+def test_a_page_closed_mid_run_leaves_no_worker_busy(url, client):
+    # 3 x 256 tokens at >= 15 ms a token would keep the workers busy for more than 11 s
+    job = compare(client, variants=SELECTED, tokens=256)
+    wait_until_generating(job)
+    job.cancel()                                   # what Gradio does when the page goes away
+    t0 = time.monotonic()
+    after = Client(url, verbose=False).predict(PROMPT, "tiny", SELECTED, 4, "fair", api_name="/compare")
+    assert all(r["status"] == "ok" for r in after[REPORT]["results"])
+    assert time.monotonic() - t0 < 8, "the abandoned run kept the workers busy"
