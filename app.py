@@ -258,7 +258,7 @@ CSS = """
 #sbs-lanes > .sbs-lane { min-width: 0 !important; border: 1px solid var(--border-color-primary);
   border-top: 4px solid var(--lane); border-radius: 12px; padding: 8px; gap: 6px;
   background: var(--block-background-fill); }
-.sbs-card { padding: 2px 4px; container-type: inline-size; }
+.sbs-card { padding: 2px 4px; }
 .sbs-head { display: flex; align-items: center; gap: 8px; }
 .sbs-dot { width: 10px; height: 10px; border-radius: 50%; background: var(--lane); flex: none; }
 .sbs-name { font-weight: 700; font-size: 1.05em; }
@@ -284,9 +284,8 @@ CSS = """
   color: var(--body-text-color-subdued); }
 .sbs-kpi-value { font-weight: 700; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .sbs-note { font-size: .75em; color: var(--body-text-color-subdued); margin-top: 4px; min-height: 1em; }
-.sbs-defs { font-size: .88em; }
+.sbs-defs { font-size: .86em; }
 .js-plotly-plot .main-svg text { fill: var(--body-text-color-subdued) !important; }
-@container (max-width: 330px) { .sbs-kpis { grid-template-columns: repeat(2, minmax(0, 1fr)); } }
 """ + CSS_OFF + "\n" + CSS_LANES
 
 THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
@@ -359,14 +358,14 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
                 gr.Examples([[text] for text, _ in EXAMPLES], inputs=[prompt], label="Example prompts",
                             example_labels=[label for _, label in EXAMPLES])
             with gr.Column(scale=2, min_width=300):
-                preset_box = gr.Dropdown(preset_choices, value=preset, label="Preset")
+                preset_box = gr.Dropdown(preset_choices, value=preset, label="Preset", elem_id="sbs-preset")
                 variants_box = gr.CheckboxGroup(choices, value=defaults, label="Variants", elem_classes=classes,
                                                 elem_id="sbs-variants")
                 with gr.Row():
                     max_new = gr.Slider(1, first.preset.max_new_tokens_cap, value=first.preset.max_new_tokens,
-                                        step=1, label="Max new tokens", min_width=160)
+                                        step=1, label="Max new tokens", min_width=160, elem_id="sbs-max")
                     mode_box = gr.Radio(["fair", "race"], value=mode, label="Mode", min_width=160,
-                                        info="fair: one at a time; race: all at once (contended)")
+                                        info="fair: one at a time; race: all at once (contended)", elem_id="sbs-mode")
                 with gr.Row():
                     run_button = gr.Button("Run", variant="primary", elem_id="sbs-run")
                     stop_button = gr.Button("Stop", variant="stop", elem_id="sbs-stop")
@@ -376,7 +375,8 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
         with gr.Row(elem_id="sbs-lanes", equal_height=False):
             for name in names:
                 with gr.Column(visible=name in defaults, min_width=300, elem_classes=["sbs-lane", f"sbs-lane-{name}"]) as column:
-                    cards.append(gr.HTML(card_html(charts.Lane(name, CATALOG[name].display_label()), 0.0),
+                    idle = charts.Lane(name, CATALOG[name].display_label(), stage="idle", detail="press Run")
+                    cards.append(gr.HTML(card_html(idle, 0.0),
                                          js_on_load=None, elem_id=f"sbs-card-{name}"))
                     answers.append(gr.Textbox(label=answer_label, lines=5, max_lines=9, interactive=False,
                                               autoscroll=True, elem_id=f"sbs-answer-{name}"))
@@ -390,7 +390,8 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
                     plots.update({key: gr.Plot(empty[key], label=PLOT_LABELS[key], elem_id=f"sbs-plot-{key}",
                                                min_width=300) for key in FIGURE_NAMES[2:]})
             with gr.Column(scale=1, min_width=260):
-                with gr.Accordion("How the numbers are measured", open=True, elem_id="sbs-definitions"):
+                with gr.Accordion("How the numbers are measured", open=True, elem_id="sbs-definitions",
+                                  max_height=640):
                     gr.Markdown(charts.DEFINITIONS_MD, elem_classes=["sbs-defs"])
         summary = gr.Dataframe(headers=list(charts.SUMMARY_HEADERS), label="Summary (from the run's report)",
                                interactive=False, wrap=True, elem_id="sbs-summary")
@@ -478,10 +479,8 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
 
         def stop(session_state: Session):
             """Stop this visitor's run (API: /stop); another visitor's run is never touched."""
-            if session_state.run_id is not None:
-                if engines.cancel(session_state.preset, session_state.run_id):
-                    session_state.stopping = True
-                    return message_html("Stopping: each variant stops after its current token.", "warn")
+            if session_state.run_id is not None:           # the run's next update says "Stopping"
+                session_state.stopping = engines.cancel(session_state.preset, session_state.run_id)
                 return gr.skip()
             if session_state.pending:
                 session_state.stop_requested = True

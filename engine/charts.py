@@ -258,7 +258,7 @@ def pump(source, view: RunView, interval_s: float = 0.1, clock=time.perf_counter
 def _layout(x_title: str, y_title: str, **extra) -> dict:
     """Transparent background and neutral greys: readable in light and dark themes alike."""
     layout = dict(
-        height=270, margin=dict(l=56, r=12, t=28, b=44), paper_bgcolor="rgba(0,0,0,0)",
+        height=270, margin=dict(l=56, r=12, t=36, b=44), paper_bgcolor="rgba(0,0,0,0)",
         plot_bgcolor="rgba(0,0,0,0)", font=dict(size=12, color="#7c828d"),
         legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom", bgcolor="rgba(0,0,0,0)"),
         xaxis=dict(title=dict(text=x_title), gridcolor=GRID, zeroline=False),

@@ -118,6 +118,29 @@ def test_second_run_reuses_the_loaded_workers(client):
     assert "kept loaded" in job.outputs()[-1][CARD0]
 
 
+def test_race_mode_marks_timings_contended(client):
+    final = compare(client, tokens=8, mode="race").result()
+    rows = final[REPORT]["results"]
+    assert final[REPORT]["mode"] == "race" and all(r["status"] == "ok" and r["contended"] for r in rows)
+    assert {row[-1] for row in final[SUMMARY]["data"]} == {"contended (race)"}
+    assert "contended" in final[CARD0]
+
+
+def test_replay_plays_the_last_run_as_a_race(client):
+    run = compare(client, tokens=8).result()
+    job = client.submit(api_name="/replay")
+    frames = [list(u) for u in job]
+    message, race, *answers = job.outputs()[-1]
+    assert "Replay" in message and len(answers) == len(NAMES)
+    figure = json.loads(race["plot"])
+    assert [trace["name"] for trace in figure["data"]] == SELECTED
+    assert all(trace["x"][0] == 0 for trace in figure["data"])        # every variant starts at 0 s
+    assert [trace["y"][-1] for trace in figure["data"]] == [8] * 3
+    for name in SELECTED:
+        assert answers[NAMES.index(name)] == run[ANSWER0 + NAMES.index(name)]
+    assert len(frames) >= 2
+
+
 @pytest.mark.parametrize("prompt, variants, tokens, preset, expected", [
     ("", SELECTED, 8, "tiny", "the prompt is empty"),
     (PROMPT, [], 8, "tiny", "no variant selected"),
