@@ -34,8 +34,8 @@ def _worker_main(spec, conn, cancel):
     import os
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")     # keep the terminal for the table
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    import warnings
-    warnings.filterwarnings("ignore", message="MatMul8bitLt")            # once per matmul, on CPU
+    import logging
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)   # "MatMul8bitLt: inputs will be cast" per matmul
     from engine.worker import serve
     lock = threading.Lock()
 

@@ -143,6 +143,8 @@ class Runner:
         self.torch = torch
         self.cuda_index = int(spec.device.split(":")[1]) if spec.device.startswith("cuda") else None
         self.model, self.tokenizer = models.load_model(spec.preset, self.variant, spec.device)
+        if self.cuda_index is not None:
+            torch.cuda.empty_cache()      # quantizing in place frees the 16-bit weights: return them to the device
         self.weights_bytes = models.weights_bytes(self.model)
         self.cache_shape = models.kv_cache_shape(self.model)
         self.cache_shape["bytes_per_element"] = torch.finfo(getattr(torch, spec.preset.dtype)).bits // 8
