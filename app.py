@@ -568,7 +568,11 @@ def main(argv=None) -> int:
     demo.queue(default_concurrency_limit=1)
     signal.signal(signal.SIGTERM, signal.default_int_handler)     # stop like Ctrl-C: close workers too
     try:
-        demo.launch(server_name=args.host, server_port=args.port, share=share, **launch_kwargs())
+        # quiet: Gradio's own hint about share=True would contradict the line above
+        demo.launch(server_name=args.host, server_port=args.port, share=share, quiet=True,
+                    prevent_thread_lock=True, **launch_kwargs())
+        print(f"* Running on local URL:  {demo.local_url}", flush=True)
+        demo.block_thread()
     finally:
         engines.close()
     return 0

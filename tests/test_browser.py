@@ -124,4 +124,12 @@ def test_dark_theme_and_phone_width(browser, url):
     page.screenshot(path=str(ARTIFACTS / "browser-dark-phone.png"), full_page=True)
     page.set_viewport_size({"width": 1366, "height": 900})
     page.screenshot(path=str(ARTIFACTS / "browser-dark.png"), full_page=True)
+
+    # switching preset updates the page at once (its workers load on its first run)
+    page.click("#sbs-preset input")
+    page.get_by_role("option", name="(small)").click()
+    page.wait_for_function("() => document.querySelector('.sbs-banner').innerText.includes('28M')", timeout=10_000)
+    assert page.locator("#sbs-max input[type=number]").get_attribute("max") == "512"
+    assert page.locator('#sbs-variants input[name="bnb-8bit"]').is_checked()
+    assert "sbs-off-fa2" in page.get_attribute("#sbs-variants", "class")        # greyed: needs CUDA
     page.close()
