@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Render saved benchmark JSON (gpu_check.py or `python -m engine bench --json`) as Markdown tables.
+
+    python scripts/bench_table.py benchmarks/results/gpu_check-h200-2026-11-26.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value * 1000:.2f}"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _num(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _gib(value) -> str:
+    return "-" if value is None else f"{value / 2**30:.2f}"
+
+
+def bench_markdown(report: dict) -> str:
+    """One table per bench report, with the facts that make it reproducible."""
+    v, device = report["versions"], report["device"]
+    lines = [f"### {report['preset']['title']} on {device['name']}", "",
+             f"torch {v['torch']}, transformers {v['transformers']}, bitsandbytes {v['bitsandbytes']}, "
+             f"driver {device.get('driver')}; {report['preset']['dtype']}, batch {report['batch_size']}, "
+             f"{report['new_tokens']} new tokens, {report['repeats']} repeats after one warm-up request per cell, "
+             f"fair mode, greedy; random weights (seed {report['preset']['seed']}).", "",
+             "| variant | prompt | status | TTFT ms | TPOT ms (median) | TPOT min-max ms | spread | tok/s | "
+             "MBU (datasheet) | MBU (copy) | peak reserved GiB | weights GiB | placement |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in report["results"]:
+        spread = f"{r['tpot_max_s'] / r['tpot_min_s'] - 1:.0%}" if r["tpot_min_s"] else "-"
+        cells = (r["variant"], r.get("prompt_length", "-"), r["status"], _ms(r["ttft_s"]), _ms(r["tpot_s"]),
+                 f"{_ms(r['tpot_min_s'])}-{_ms(r['tpot_max_s'])}" if r["tpot_min_s"] else "-", spread, _num(r["tokens_per_s"], 1),
+                 _pct(r["mbu"]), _pct(r.get("mbu_measured")), _gib(r["peak_memory_bytes"]),
+                 _gib(r["weights_bytes"]), r["placement"] or "-")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    reasons = {}
+    for r in report["results"]:
+        if r["reason"]:
+            reasons.setdefault(r["variant"], r["reason"])
+    lines += [""] + [f"- `{name}`: {reason}" for name, reason in reasons.items()]
+    ref, bw = report.get("overhead_reference") or {}, report.get("peak_bandwidth_bytes_per_s") or {}
+    if report.get("overhead_ratio") is not None:
+        lines.append(f"- overhead: worker TPOT / bare-loop TPOT = {report['overhead_ratio']:.3f} "
+                     f"({ref['variant']}, prompt {ref['prompt_length']}: {_ms(ref['worker_tpot_s'])} / "
+                     f"{_ms(ref['bare_tpot_s'])} ms, {ref['clock']})")
+    if bw.get("measured"):
+        lines.append(f"- bandwidth: measured device-to-device copy {bw['measured'] / 1e9:.0f} GB/s; datasheet "
+                     + ("-" if not bw.get("datasheet") else f"{bw['datasheet'] / 1e9:.0f} GB/s"))
+    lines.append(f"- wall time of this preset, model creation and compilation included: {report['wall_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def main(paths: list[str]) -> int:
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if "runs" in data:                    # gpu_check.py: several bench reports
+            print(f"## `{data['command']}` (torch {data['torch']}, CUDA {data['cuda']}, {data['device']})\n")
+            print("FlashAttention implementations found: "
+                  + ", ".join(f"{k}: {v}" for k, v in data["flash_attention"].items()) + "\n")
+            for report in data["runs"]:
+                print(bench_markdown(report) if "results" in report else f"### {report['preset']}: "
+                      f"{report.get('skipped') or report.get('error')}")
+                print()
+            print(f"Total wall time: {data['wall_s']:.0f} s\n")
+        elif "results" in data:
+            print(bench_markdown(data) + "\n")
+        else:                                 # compile_probe.py
+            print(f"- compile probe ({'tuned inductor' if data['tuned'] else 'default inductor'}), "
+                  f"{data['preset']}: TPOT {data['tpot_ms']:.2f} ms, {data['bytes_per_step_gb']:.2f} GB per step, "
+                  f"copy bandwidth {data['copy_bandwidth_gbs']:.0f} GB/s, MBU {data['mbu_vs_copy']:.0%}; "
+                  f"launches in 3 decode steps after a prefill: {data['launches_in_3_decode_steps']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
