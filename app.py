@@ -12,9 +12,11 @@ generator.
 from __future__ import annotations
 
 import argparse
+import atexit
 import html
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -35,6 +37,7 @@ TICK_S = 0.1                 # text and status refresh period while a run stream
 CHART_TICK_S = 0.25          # chart refresh period (each chart update re-sends the figure)
 REPLAY_MAX_S = 20.0          # a longer run is replayed faster than real time
 STOP_WAIT_S = 15.0           # how long a new run waits for an abandoned one of another preset to end
+KEEP_DOWNLOADS_S = 3600.0    # run files (JSON, CSV) older than this are deleted
 FIGURE_NAMES = ("ttft", "itl", "race", "memory")
 FIGURES = {"ttft": charts.ttft_figure, "itl": charts.itl_figure, "race": charts.race_figure,
            "memory": charts.memory_figure}
@@ -254,7 +257,8 @@ CSS = """
 .sbs-msg-warn { border-color: #d97706; background: rgba(217,119,6,.1); }
 .sbs-msg-error { border-color: #dc2626; background: rgba(220,38,38,.1); }
 /* variant columns: a grid that wraps onto rows (hidden columns are not in the DOM) */
-#sbs-lanes { display: grid !important; gap: 12px; grid-template-columns: repeat(auto-fit, minmax(min(290px, 100%), 1fr)); }
+#sbs-lanes { display: grid !important; gap: 12px;
+  grid-template-columns: repeat(auto-fit, minmax(min(290px, 100%), 1fr)); }
 #sbs-lanes > .sbs-lane { min-width: 0 !important; border: 1px solid var(--border-color-primary);
   border-top: 4px solid var(--lane); border-radius: 12px; padding: 8px; gap: 6px;
   background: var(--block-background-fill); }
@@ -294,6 +298,9 @@ THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
 # ---------------------------------------------------------------------------------------- updates
 def write_downloads(report: dict, run_id: int, folder: Path) -> tuple[str, str]:
     """The run as JSON (the command line's schema) and CSV files in `folder`."""
+    for old in folder.glob("run-*"):                      # Gradio serves its own copies; keep an hour of ours
+        if old.stat().st_mtime < time.time() - KEEP_DOWNLOADS_S:
+            old.unlink(missing_ok=True)
     stem = f"run-{run_id}-{report['preset']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
     json_path, csv_path = folder / f"{stem}.json", folder / f"{stem}.csv"
     json_path.write_text(json.dumps(report, indent=1))
@@ -336,6 +343,7 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
     first = engines.get(preset)
     choices, defaults, classes = variant_choices(first)
     downloads = Path(tempfile.mkdtemp(prefix="sidebyside-runs-"))
+    atexit.register(shutil.rmtree, downloads, ignore_errors=True)
     names = list(CATALOG)
     preset_choices = []
     for name in presets.available():
@@ -374,7 +382,8 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
         answer_label = "Answer (random weights: noise)" if first.preset.random_weights else "Answer"
         with gr.Row(elem_id="sbs-lanes", equal_height=False):
             for name in names:
-                with gr.Column(visible=name in defaults, min_width=300, elem_classes=["sbs-lane", f"sbs-lane-{name}"]) as column:
+                with gr.Column(visible=name in defaults, min_width=300,
+                               elem_classes=["sbs-lane", f"sbs-lane-{name}"]) as column:
                     idle = charts.Lane(name, CATALOG[name].display_label(), stage="idle", detail="press Run")
                     cards.append(gr.HTML(card_html(idle, 0.0),
                                          js_on_load=None, elem_id=f"sbs-card-{name}"))
@@ -516,7 +525,7 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
              json_button, csv_button], queue=False, api_visibility="private", show_progress="hidden")
         prepared.then(compare, [prompt, preset_box, variants_box, max_new, mode_box, session], run_outputs,
                       api_name="compare", concurrency_limit=1, concurrency_id="device",
-                      show_progress="minimal", show_progress_on=[message])
+                      show_progress="full", show_progress_on=[message])
         stop_button.click(stop, [session], [message], queue=False, api_name="stop", show_progress="hidden")
         replay_button.click(replay, [session], [message, plots["race"], *answers], api_name="replay",
                             concurrency_limit=4, concurrency_id="replay", show_progress="hidden")

@@ -19,7 +19,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SELECTED = ["baseline", "sdpa", "bnb-4bit"]
 FINAL = ("done", "failed", "unavailable", "cancelled")
-VISIBLE_STAGES = "() => [...document.querySelectorAll('.sbs-card')].filter(e => e.offsetParent).map(e => e.dataset.stage)"
+VISIBLE_STAGES = ("() => [...document.querySelectorAll('.sbs-card')].filter(e => e.offsetParent)"
+                  ".map(e => e.dataset.stage)")
 
 
 @pytest.fixture(scope="module")
