@@ -93,6 +93,25 @@ def cmd_bench(args) -> int:
     return 0 if all(r["status"] in ("ok", "unavailable") for r in report["results"]) else 1
 
 
+def cmd_sweep(args) -> int:
+    from engine.sweeps import run_sweep, summary, to_csv
+    preset = presets.load(args.preset)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants)
+    print(summary(sweep))
+    if args.json:
+        Path(args.json).write_text(json.dumps(sweep, indent=1))
+    if args.csv:
+        Path(args.csv).write_text(to_csv(sweep))
+    if args.html:
+        from engine.sweep_charts import sweep_figure
+        sweep_figure(sweep).write_html(args.html, include_plotlyjs=True)
+    for path in (args.json, args.csv, args.html):
+        if path:
+            print(f"wrote {path}", file=sys.stderr)
+    return 0 if all(r["status"] in ("ok", "unavailable") for r in sweep["rows"]) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -117,6 +136,16 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=1)
     bench.add_argument("--json", help="write the report to this path")
     bench.set_defaults(func=cmd_bench)
+    from engine.sweeps import EXPERIMENTS
+    sweep = sub.add_parser("sweep", help="an experiment over a grid: " + ", ".join(EXPERIMENTS))
+    sweep.add_argument("name", choices=list(EXPERIMENTS))
+    sweep.add_argument("--preset", default="tiny", help=f"one of: {', '.join(presets.available())}")
+    sweep.add_argument("--variants", help="comma-separated (default: the experiment's)")
+    sweep.add_argument("--quick", action="store_true", help="a small grid (about a minute on tiny on a CPU)")
+    sweep.add_argument("--json", help="write the rows and settings here")
+    sweep.add_argument("--csv", help="write the rows as CSV here")
+    sweep.add_argument("--html", help="write the chart as a standalone HTML page here")
+    sweep.set_defaults(func=cmd_sweep)
     return top
 
 

@@ -100,3 +100,11 @@ def first_difference(reference: Sequence[int], other: Sequence[int]) -> int | No
     if len(reference) != len(other):
         return min(len(reference), len(other))
     return None
+
+
+def identical_share(reference: Sequence[int], other: Sequence[int]) -> float | None:
+    """Share of positions where two outputs hold the same token (over the longer output)."""
+    longest = max(len(reference), len(other))
+    if longest == 0:
+        return None
+    return sum(a == b for a, b in zip(reference, other)) / longest

@@ -6,6 +6,7 @@ killed mid-write cannot jam the others (a shared multiprocessing.Queue lock coul
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -27,6 +28,18 @@ CANCEL_GRACE_S = 10.0             # after a cancel or timeout, how long a worker
 
 class InputError(ValueError):
     """The run's input is unusable; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of a grid: what differs from the run's own settings (None keeps the run's)."""
+    prompt_tokens: int | None = None     # a synthetic prompt of this many tokens, built from the prompt
+    max_new_tokens: int | None = None
+    batch_size: int | None = None
+    pad_ratio: float = 0.0               # share of pad tokens in the batch (left padding), e.g. 0.3
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def _worker_main(spec, conn, cancel):
@@ -136,7 +149,7 @@ class Engine:
                 for v in CATALOG.values()]
 
     def validate(self, prompt: str, variants: list[str], max_new_tokens: int, mode: str = "fair",
-                 repeats: int = 1, batch_size: int = 1, prompt_tokens: int | None = None) -> int:
+                 repeats: int = 1, batch_size: int = 1) -> int:
         """Raise InputError with what to do; return the prompt's token count."""
         preset = self.preset
         if not variants:
@@ -153,13 +166,13 @@ class Engine:
                              f"{preset.name!r}, got {max_new_tokens}")
         if repeats < 1 or batch_size < 1:
             raise InputError("repeats and batch size must be at least 1")
-        if prompt_tokens is None and not prompt.strip():
+        if not prompt.strip():
             raise InputError("the prompt is empty: type a prompt (or pick an example)")
         try:
             models.ensure_source(preset)
         except models.ModelSourceError as error:
             raise InputError(str(error)) from None
-        count = prompt_tokens or models.count_prompt_tokens(preset, prompt)
+        count = models.count_prompt_tokens(preset, prompt)
         if count + max_new_tokens > preset.context_length:
             raise InputError(f"the prompt is {count} tokens and {max_new_tokens} new tokens are asked for: "
                              f"more than the context of {preset.context_length} tokens of preset "
@@ -168,20 +181,39 @@ class Engine:
 
     def start(self, prompt: str, variants: list[str], max_new_tokens: int, mode: str = "fair",
               repeats: int = 1, ignore_eos: bool = False, batch_size: int = 1,
-              prompt_lengths: list[int] | None = None, warmup_requests: int = 0) -> Run:
+              prompt_lengths: list[int] | None = None, warmup_requests: int = 0,
+              cells: list[Cell] | None = None) -> Run:
         """Validate, then run in a background thread; raises InputError before starting anything.
 
-        `prompt_lengths` makes a grid: each variant answers a synthetic prompt of each length
-        (built from `prompt`), one result row per (variant, length). `warmup_requests` unmeasured
-        requests precede the measured ones in every cell.
+        `cells` makes a grid: each variant answers every cell (a synthetic prompt length, a number
+        of new tokens, a batch size, a padding ratio), one result row per (variant, cell);
+        `prompt_lengths` is shorthand for cells that differ in prompt length only.
+        `warmup_requests` unmeasured requests precede the measured ones in every cell.
         """
-        count = self.validate(prompt, variants, max_new_tokens, mode, repeats, batch_size,
-                              max(prompt_lengths) if prompt_lengths else None)
+        if prompt_lengths:
+            cells = [Cell(prompt_tokens=length) for length in prompt_lengths]
+        count = self.validate(prompt, variants, max_new_tokens, mode, repeats, batch_size)
+        for cell in cells or []:
+            self._validate_cell(cell, count, max_new_tokens, batch_size)
         run = Run()
         args = (run, prompt, list(variants), max_new_tokens, mode, repeats, ignore_eos, batch_size,
-                prompt_lengths, warmup_requests, count)
+                cells, warmup_requests, count)
         threading.Thread(target=self._run_guarded, args=args, daemon=True, name=f"run-{run.id}").start()
         return run
+
+    def _validate_cell(self, cell: Cell, prompt_count: int, max_new_tokens: int, batch_size: int) -> None:
+        new = cell.max_new_tokens or max_new_tokens
+        tokens = cell.prompt_tokens or prompt_count
+        if not 1 <= new <= self.preset.max_new_tokens_cap:
+            raise InputError(f"a cell asks for {new} new tokens; preset {self.preset.name!r} allows 1 to "
+                             f"{self.preset.max_new_tokens_cap}")
+        if tokens + new > self.preset.context_length:
+            raise InputError(f"a cell of {tokens} prompt tokens and {new} new tokens exceeds the context of "
+                             f"{self.preset.context_length} tokens of preset {self.preset.name!r}: use shorter prompts")
+        if (cell.batch_size or batch_size) < 1 or not 0 <= cell.pad_ratio < 1:
+            raise InputError("a cell's batch size must be at least 1 and its pad ratio within [0, 1)")
+        if cell.pad_ratio and (cell.batch_size or batch_size) < 2:
+            raise InputError("padding needs a batch of at least 2 sequences")
 
     def run(self, *args, **kwargs) -> Iterator[events.Event]:
         """Events of a run, as `start(...)` would produce them."""
@@ -344,8 +376,8 @@ class Engine:
         self._measured: events.Measured | None = None
 
     def _run(self, run: Run, prompt, names, max_new_tokens, mode, repeats, ignore_eos, batch_size,
-             prompt_lengths, warmup_requests, prompt_token_count) -> None:
-        cells = list(prompt_lengths) if prompt_lengths else [None]
+             grid, warmup_requests, prompt_token_count) -> None:
+        cells = list(grid) if grid else [None]
         for worker in self.workers.values():
             worker.cancel.clear()
         self._reset({(name, i): Outcome(name) for name in names for i in range(len(cells))})
@@ -369,7 +401,9 @@ class Engine:
                 self._stop_worker(name)
 
         def make_request(name: str, cell: int, discard: bool) -> Request:
-            request = Request(next(self._request_ids), prompt, max_new_tokens, ignore_eos, batch_size, cells[cell])
+            c = cells[cell] or Cell()
+            request = Request(next(self._request_ids), prompt, c.max_new_tokens or max_new_tokens, ignore_eos,
+                              c.batch_size or batch_size, c.prompt_tokens, c.pad_ratio)
             self._current[name] = request.request_id
             self._cell_of[request.request_id] = cell
             if discard:

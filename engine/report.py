@@ -75,7 +75,7 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
     from engine.variants import CATALOG
     variant = CATALOG[outcome.variant]
     row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
-           "text": "", "first_diff_token": None, "contended": outcome.contended,
+           "text": "", "first_diff_token": None, "identical_token_share": None, "contended": outcome.contended,
            "placement": outcome.placement, "repeats": len(outcome.finished), "token_times_s": [],
            "memory": {}}
     row.update({key: None for key in EMPTY_METRICS})
@@ -103,6 +103,7 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
                token_times_s=metrics.relative_times(first.t_start, first.token_times))
     if baseline_ids is not None and outcome.variant != "baseline":
         row["first_diff_token"] = metrics.first_difference(baseline_ids, first.token_ids)
+        row["identical_token_share"] = metrics.identical_share(baseline_ids, first.token_ids)
     if any(f.cancelled for f in outcome.finished):
         row.update(status="cancelled", reason="stopped by the user: figures cover the tokens made until then")
     elif outcome.failed is not None:
@@ -118,14 +119,16 @@ def build(preset: Preset, device: Device, prompt: str, prompt_tokens: int, outco
     """
     peak = device.datasheet_bandwidth_bytes_per_s
     results = []
-    for cell, length in enumerate(cells):
+    for cell, length in enumerate(cells):          # length: a pool.Cell, or None for the plain run
         baseline = outcomes.get(("baseline", cell))
         baseline_ids = baseline.finished[0].token_ids if baseline and baseline.finished else None
         for name in names:
             if (name, cell) in outcomes:
                 row = result(outcomes[(name, cell)], baseline_ids, peak)
-                if length is not None:
-                    row["prompt_length"] = length
+                if length is not None:               # a grid: say which cell this row measures
+                    row.update(cell=cell, prompt_length=length.prompt_tokens or prompt_tokens,
+                               max_new_tokens=length.max_new_tokens, batch_size=length.batch_size or batch_size,
+                               pad_ratio=length.pad_ratio)
                 results.append(row)
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

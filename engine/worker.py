@@ -47,6 +47,7 @@ class Request:
     ignore_eos: bool = False
     batch_size: int = 1
     prompt_tokens: int | None = None
+    pad_ratio: float = 0.0        # share of pad tokens in the batch: sequences shortened, left-padded
 
 
 class TimingStreamer:
@@ -176,8 +177,17 @@ class Runner:
             raise ValueError(f"the prompt is {len(ids)} tokens and {request.max_new_tokens} new tokens are "
                              f"asked for, more than the context of {preset.context_length}: shorten the prompt "
                              "or ask for fewer tokens")
-        input_ids = torch.tensor([list(ids)] * request.batch_size, device=self.spec.device)
-        return input_ids, torch.ones_like(input_ids)
+        rows = [list(ids)] * request.batch_size
+        mask = [[1] * len(ids)] * request.batch_size
+        if request.pad_ratio and request.batch_size > 1:
+            # lengths fall linearly from L to L(1 - 2r): the batch's mean pad share is r
+            pad_id, length, last = self.tokenizer.pad_token_id, len(ids), request.batch_size - 1
+            rows, mask = [], []
+            for i in range(request.batch_size):
+                keep = max(1, round(length * (1 - 2 * request.pad_ratio * i / last)))
+                rows.append([pad_id] * (length - keep) + list(ids[length - keep:]))
+                mask.append([0] * (length - keep) + [1] * keep)
+        return (torch.tensor(rows, device=self.spec.device), torch.tensor(mask, device=self.spec.device))
 
     def generation_kwargs(self, request: Request) -> dict:
         kwargs = {"max_new_tokens": request.max_new_tokens, "do_sample": False,

@@ -68,3 +68,10 @@ def test_first_difference():
     assert metrics.first_difference([1, 2, 3], [1, 9, 3]) == 1
     assert metrics.first_difference([1, 2, 3], [1, 2]) == 2
     assert metrics.first_difference([], []) is None
+
+
+def test_identical_share_counts_matching_positions_over_the_longer_output():
+    assert metrics.identical_share([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
+    assert metrics.identical_share([1, 2, 3, 4], [1, 9, 3, 9]) == 0.5
+    assert metrics.identical_share([1, 2, 3, 4], [1, 2]) == 0.5
+    assert metrics.identical_share([], []) is None

@@ -1,0 +1,120 @@
+"""Experiments: the quick grids on the tiny model give complete, well-formed results."""
+import csv
+import io
+
+import pytest
+
+from engine import presets
+from engine.pool import Engine
+from engine.sweeps import EXPERIMENTS, derive, get, run_sweep, to_csv
+from engine.worker import Request, Runner, WorkerSpec
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with Engine(presets.load("tiny"), request_timeout_s=120) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def sweeps(engine):
+    """Every experiment's quick grid, through one engine (workers stay loaded between sweeps)."""
+    return {name: run_sweep(name, engine.preset, quick=True, engine=engine) for name in EXPERIMENTS}
+
+
+def test_every_quick_grid_is_complete_and_well_formed(sweeps):
+    for name, sweep in sweeps.items():
+        experiment = get(name)
+        cells = experiment.grid(True)
+        assert len(sweep["rows"]) == len(cells) * len(experiment.variants), name
+        for row in sweep["rows"]:
+            assert row["experiment"] == name and row["variant"] in experiment.variants
+            assert row["status"] in ("ok", "unavailable"), (name, row["variant"], row["reason"])
+            assert 0 <= row["cell"] < len(cells)
+            cell = cells[row["cell"]][1]
+            assert row["batch_size"] == (cell.batch_size or 1)
+            assert row["pad_ratio"] == cell.pad_ratio
+            if row["status"] == "ok":
+                assert row["output_tokens"] == row["max_new_tokens"] * row["batch_size"]
+            else:
+                assert row["reason"]                 # fa2 on a CPU: a row with its reason, not a crash
+        parsed = list(csv.DictReader(io.StringIO(to_csv(sweep))))
+        assert len(parsed) == len(sweep["rows"]) and parsed[0]["experiment"] == name
+
+
+def test_attention_speedup_is_the_ratio_of_measured_times(sweeps):
+    rows = sweeps["attention"]["rows"]
+    assert {r["phase"] for r in rows} == {"prefill", "generation"}
+    assert {r["pad_ratio"] for r in rows} == {0.0, 0.3}
+    baseline = {r["cell"]: r for r in rows if r["variant"] == "baseline"}
+    checked = 0
+    for row in rows:
+        if row["status"] != "ok":
+            assert row["speedup_vs_baseline"] is None
+            continue
+        reference = baseline[row["cell"]]
+        time_key = "ttft_s" if row["phase"] == "prefill" else "e2e_s"
+        assert row["time_s"] == row[time_key]
+        assert row["speedup_vs_baseline"] == pytest.approx(reference[time_key] / row[time_key])
+        checked += 1
+    assert checked == len([r for r in rows if r["variant"] != "fa2"])
+    assert all(r["speedup_vs_baseline"] == pytest.approx(1.0) for r in baseline.values())
+
+
+def test_batch_rows_carry_batch_throughput_and_tpot(sweeps):
+    rows = sweeps["batch"]["rows"]
+    assert [r["batch_size"] for r in rows] == [1, 2, 4]
+    for row in rows:
+        assert row["tokens_per_s"] == pytest.approx(row["output_tokens"] / row["e2e_s"])
+        assert row["tpot_s"] > 0
+
+
+def test_kv_cache_and_quantization_and_lengths_rows(sweeps):
+    kv = sweeps["kv-cache"]["rows"]
+    assert {(r["variant"], r["max_new_tokens"]) for r in kv} == {
+        (v, n) for v in ("sdpa", "no-kv-cache") for n in (8, 16, 32)}
+    assert all(r["kv_cache_bytes"] == 0 for r in kv if r["variant"] == "no-kv-cache")
+    quant = {r["variant"]: r for r in sweeps["quantization"]["rows"]}
+    assert quant["bnb-4bit"]["weights_bytes"] < quant["bnb-8bit"]["weights_bytes"] < quant["baseline"]["weights_bytes"]
+    for name in ("bnb-4bit", "bnb-8bit"):
+        assert 0 <= quant[name]["identical_token_share"] <= 1
+    lengths = sweeps["lengths"]["rows"]
+    outputs = [r for r in lengths if r["axis"] == "output"]
+    longest = max(outputs, key=lambda r: r["max_new_tokens"])
+    assert longest["predicted_e2e_s"] == pytest.approx(longest["e2e_s"])     # the reference predicts itself
+    for row in outputs:
+        n = row["max_new_tokens"]
+        assert row["predicted_e2e_s"] == pytest.approx(longest["ttft_s"] + longest["tpot_s"] * (n - 1))
+    assert sorted(r["prompt_length"] for r in lengths if r["axis"] == "input") == [32, 64, 128]
+
+
+def test_derive_on_hand_made_rows():
+    rows = [{"variant": "baseline", "cell": 0, "phase": "prefill", "ttft_s": 0.4, "e2e_s": 0.5, "status": "ok"},
+            {"variant": "sdpa", "cell": 0, "phase": "prefill", "ttft_s": 0.1, "e2e_s": 0.2, "status": "ok"},
+            {"variant": "sdpa", "cell": 1, "phase": "generation", "ttft_s": 0.1, "e2e_s": 0.3, "status": "ok"}]
+    derived = derive(get("attention"), rows)
+    assert derived[1]["speedup_vs_baseline"] == pytest.approx(4.0)
+    assert derived[2]["time_s"] == 0.3 and derived[2]["speedup_vs_baseline"] is None   # no baseline in cell 1
+
+
+def test_padding_leaves_the_asked_share_of_pad_tokens():
+    runner = Runner(WorkerSpec(presets.load("tiny"), "sdpa", "cpu"), lambda event: None)
+    ids, mask = runner.encode(Request(1, "hello", 4, batch_size=4, prompt_tokens=100, pad_ratio=0.3))
+    assert tuple(ids.shape) == (4, 100)
+    assert mask.sum(dim=1).tolist() == [100, 80, 60, 40]            # lengths fall linearly from L to L(1-2r)
+    assert 1 - mask.float().mean().item() == pytest.approx(0.3)
+    assert (ids[mask == 0] == runner.tokenizer.pad_token_id).all()
+    finished = runner.generate(Request(2, "hello", 3, ignore_eos=True, batch_size=4, prompt_tokens=100,
+                                       pad_ratio=0.3), cancel=type("C", (), {"is_set": lambda self: False})())
+    assert len(finished.token_ids) == 3 and finished.batch_size == 4
+
+
+def test_batch_raises_throughput_on_small():
+    sweep = run_sweep("batch", presets.load("small"), quick=True)
+    by_batch = {r["batch_size"]: r["tokens_per_s"] for r in sweep["rows"]}
+    assert by_batch[4] > by_batch[1]
+
+
+def test_unknown_experiment_lists_the_choices():
+    with pytest.raises(ValueError, match="choose one of: attention, batch, kv-cache, quantization, lengths"):
+        get("nope")
