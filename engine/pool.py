@@ -390,15 +390,11 @@ class Engine:
                 run.queue.put(events.Unavailable(name, reason))
             else:
                 runnable.append(CATALOG[name])
-        placement = budget.plan(self.preset, runnable, self.device.free_bytes + self._held_bytes(),
-                                self.device.kind == "cuda")
+        placement = self._placement(runnable)
         for (name, _), outcome in self._outcomes.items():
             outcome.placement = placement.get(name)
         resident = [v.name for v in runnable if placement[v.name] == "resident"]
         swapped = [v.name for v in runnable if placement[v.name] == "swapped"]
-        for name in list(self.workers):               # free room: workers not resident in this run go
-            if name not in resident:
-                self._stop_worker(name)
 
         def make_request(name: str, cell: int, discard: bool) -> Request:
             c = cells[cell] or Cell()
@@ -465,10 +461,36 @@ class Engine:
                 raise RuntimeError(f"{variant}: {kind} failed: {failed.reason if failed else 'no answer'}")
             return dict(self._measured.values)
 
-    def _held_bytes(self) -> int:
-        """Device memory the loaded workers of this engine hold (they may stay resident)."""
+    def _held_bytes(self, names) -> int:
+        """Device memory that the named loaded workers hold (their weights)."""
         return 0 if self.device.kind == "cpu" else sum(
-            w.loaded.weights_bytes for w in self.workers.values() if w.loaded)
+            w.loaded.weights_bytes for n, w in self.workers.items() if w.loaded and n in names)
+
+    def _free_bytes(self) -> int:
+        """Memory free on the device now (NVML on a GPU, available RAM on a CPU)."""
+        if self.device.kind == "cpu":
+            return hardware.cpu_device().free_bytes
+        gpus = hardware.cuda_devices()
+        return gpus[self.device.index].free_bytes if self.device.index < len(gpus) else self.device.free_bytes
+
+    def _placement(self, runnable: list[Variant]) -> dict[str, str]:
+        """Plan the run against the memory free now plus what this run's own loaded workers hold.
+
+        Workers of variants outside this run stay loaded (the next run may want them) unless
+        their room is needed; a loaded worker that the plan swaps is stopped, to load in its turn.
+        """
+        names = {v.name for v in runnable}
+        cuda = self.device.kind == "cuda"
+        placement = budget.plan(self.preset, runnable, self._free_bytes() + self._held_bytes(names), cuda)
+        idle = [n for n in self.workers if n not in names]
+        if idle and "swapped" in placement.values():
+            for name in idle:
+                self._stop_worker(name)
+            placement = budget.plan(self.preset, runnable, self._free_bytes() + self._held_bytes(names), cuda)
+        for name, where in placement.items():
+            if where == "swapped" and name in self.workers:
+                self._stop_worker(name)
+        return placement
 
     def _load(self, run: Run, names: list[str]) -> None:
         """Start the named workers that are not running and wait until each is loaded or failed."""

@@ -212,3 +212,11 @@ def test_cli_run_prints_a_table_and_writes_the_json(tmp_path):
         assert required <= set(row)
     assert by["baseline"]["output_tokens"] == 6
     assert _processes_marked(mark) == []
+
+
+def test_workers_outside_a_run_stay_loaded_when_memory_allows(engine, six_run):
+    before = {name: w.process.pid for name, w in engine.workers.items()}
+    assert {"bnb-4bit", "bnb-8bit"} <= set(before)
+    list(engine.run(PROMPT, ["baseline"], 2))                 # a run of one variant
+    after = {name: w.process.pid for name, w in engine.workers.items()}
+    assert after["bnb-4bit"] == before["bnb-4bit"] and after["bnb-8bit"] == before["bnb-8bit"]
