@@ -1,0 +1,74 @@
+"""The benchmark command and the GPU script, on the CPU."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import presets
+from engine.bench import run_bench, table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_gives_a_cell_per_variant_and_length_with_spread_and_overhead():
+    report = run_bench(presets.load("tiny"), ["sdpa", "baseline"], [16, 64], 8, repeats=3)
+    cells = {(r["variant"], r["prompt_length"]): r for r in report["results"]}
+    assert set(cells) == {(v, n) for v in ("sdpa", "baseline") for n in (16, 64)}
+    for row in cells.values():
+        assert row["status"] == "ok" and row["repeats"] == 3 and row["output_tokens"] == 8
+        assert row["tpot_min_s"] <= row["tpot_s"] <= row["tpot_max_s"]
+        assert row["mbu_measured"] == pytest.approx(row["decode_bytes_per_step"] / row["tpot_s"]
+                                                    / report["peak_bandwidth_bytes_per_s"]["measured"])
+    ref = report["overhead_reference"]
+    assert ref["variant"] == "sdpa" and ref["prompt_length"] == 16 and ref["clock"] == "perf_counter"
+    assert report["overhead_ratio"] == pytest.approx(ref["worker_tpot_s"] / ref["bare_tpot_s"])
+    assert report["peak_bandwidth_bytes_per_s"]["measured"] > 0
+    assert report["peak_bandwidth_bytes_per_s"]["datasheet"] is None          # a CPU has no datasheet entry
+    text = table(report)
+    assert "overhead: worker TPOT / bare-loop TPOT" in text and text.count("\nsdpa ") == 2
+
+
+def _gpu_check(*args, **kwargs):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), *args], capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def test_gpu_check_refuses_bad_arguments():
+    done = _gpu_check("--variants", "baseline,warp")
+    assert done.returncode == 2 and "unknown variant(s) warp" in done.stderr
+    done = _gpu_check("--device", "tpu")
+    assert done.returncode == 2 and "invalid choice: 'tpu'" in done.stderr
+
+
+def test_gpu_check_without_cuda_says_how_to_dry_run():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = _gpu_check()
+    assert done.returncode == 2 and "pass --device cpu for a dry run" in done.stderr
+
+
+def test_gpu_check_dry_run_on_the_cpu(tmp_path):
+    done = _gpu_check("--device", "cpu", "--variants", "baseline,sdpa,fa2,compiled", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert summary["device"] == "cpu"
+    assert summary["flash_attention"]["torch sdpa flash backend"] == "works"
+    (run,) = summary["runs"]
+    statuses = {(r["variant"], r["prompt_length"]): r["status"] for r in run["results"]}
+    assert statuses == {(v, n): ("unavailable" if v == "fa2" else "ok")
+                        for v in ("baseline", "sdpa", "fa2", "compiled") for n in (32, 128)}
+    assert done.stdout.strip().splitlines()[-1].startswith("total ")
+    assert "overhead: worker TPOT / bare-loop TPOT" in done.stdout
+
+
+def test_bench_table_renders_saved_results():
+    saved = ROOT / "benchmarks" / "results" / "gpu_check-h200-2026-11-26.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(saved)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    data = json.loads(saved.read_text())
+    compiled = next(r for r in data["runs"][0]["results"] if r["variant"] == "compiled" and r["prompt_length"] == 128)
+    assert f"| compiled | 128 | ok | {compiled['ttft_s'] * 1000:.2f} | {compiled['tpot_s'] * 1000:.2f} |" in done.stdout
