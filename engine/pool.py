@@ -52,18 +52,17 @@ def _worker_main(spec, conn, cancel):
     from engine.worker import serve
     lock = threading.Lock()
 
-    def send(event):
+    def emit(event):
         with lock:
             conn.send(event)
 
-    class Commands:
-        def get(self):
-            try:
-                return conn.recv()
-            except EOFError:          # the orchestrator went away
-                return None
+    def receive():
+        try:
+            return conn.recv()
+        except EOFError:              # the orchestrator went away: stop
+            return None
 
-    serve(spec, Commands(), type("Emit", (), {"put": staticmethod(send)})(), cancel)
+    serve(spec, receive, emit, cancel)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine import events
@@ -291,9 +292,8 @@ class Runner:
             self.generate(Request(-1 - i, WARMUP_PROMPT * (i + 1), new, ignore_eos=True), cancel)
 
 
-def serve(spec: WorkerSpec, commands, event_queue, cancel) -> None:
-    """Process entry point: load, warm up, then answer Requests from `commands` until None."""
-    emit = event_queue.put
+def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[object], None], cancel) -> None:
+    """Process body: load, warm up, then answer what `receive()` returns (Request, Probe) until None."""
     name = spec.variant
     try:
         if spec.threads:
@@ -314,7 +314,7 @@ def serve(spec: WorkerSpec, commands, event_queue, cancel) -> None:
         emit(events.Failed(name, "could not load: " + one_line(error), traceback.format_exc()))
         return
     while True:
-        request = commands.get()
+        request = receive()
         if request is None:
             return
         try:
