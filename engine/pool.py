@@ -24,6 +24,7 @@ from engine.worker import Request, WorkerSpec
 MODES = ("fair", "race")
 CONTEXT = multiprocessing.get_context("spawn")
 CANCEL_GRACE_S = 10.0             # after a cancel or timeout, how long a worker may take to stop
+WARMUP_NEW_TOKENS = 8             # new tokens of an unmeasured warm-up request
 
 
 class InputError(ValueError):
@@ -397,8 +398,11 @@ class Engine:
 
         def make_request(name: str, cell: int, discard: bool) -> Request:
             c = cells[cell] or Cell()
-            request = Request(next(self._request_ids), prompt, c.max_new_tokens or max_new_tokens, ignore_eos,
-                              c.batch_size or batch_size, c.prompt_tokens, c.pad_ratio)
+            new = c.max_new_tokens or max_new_tokens
+            if discard:                   # a warm-up runs the cell's prefill shape and a few decode steps
+                new = min(new, WARMUP_NEW_TOKENS)
+            request = Request(next(self._request_ids), prompt, new, ignore_eos, c.batch_size or batch_size,
+                              c.prompt_tokens, c.pad_ratio)
             self._current[name] = request.request_id
             self._cell_of[request.request_id] = cell
             if discard:
