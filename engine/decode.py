@@ -1,9 +1,14 @@
 """The compiled static-cache decoder (worker side), and the clocks that time bare decode loops.
 
-The compiled decoder follows gpt-fast: a KV cache of fixed size (the preset's whole context) so
-every decode step has the same shapes, and one `torch.compile`d step, captured as a CUDA graph
-on a GPU ("reduce-overhead"), so a step costs one graph launch instead of hundreds of kernel
-launches from Python. Prefill runs uncompiled (its length varies).
+The compiled decoder follows gpt-fast: a KV cache of fixed size so every decode step has the
+same shapes, and one `torch.compile`d step, captured as a CUDA graph on a GPU
+("reduce-overhead"), so a step costs one graph launch instead of hundreds of kernel launches
+from Python. Prefill runs uncompiled (its length varies).
+
+Each decode step attends over the whole static cache (masked past the current position), so a
+cache of the preset's full context makes short requests read and score thousands of empty
+positions per layer. The cache is sized in power-of-two buckets of the request instead
+(prompt + new tokens, at least MIN_BUCKET): one cache and one compiled graph per bucket.
 """
 from __future__ import annotations
 
@@ -26,21 +31,40 @@ def _decode_step(model, token: torch.Tensor, cache_position: torch.Tensor, cache
     return logits[:, -1].argmax(-1, keepdim=True)
 
 
+MIN_BUCKET = 256
+
+
+def bucket(tokens: int, context_length: int) -> int:
+    """The static cache length for a request of `tokens` positions: a power of two, within the context."""
+    size = MIN_BUCKET
+    while size < tokens:
+        size *= 2
+    return min(size, context_length)
+
+
 class CompiledDecoder:
     """Greedy decoding with a static KV cache and a compiled one-token step."""
 
     def __init__(self, model, context_length: int, device: str):
         self.model, self.context_length, self.device = model, context_length, device
         self.keyword = cache_keyword(model)
-        self.caches: dict[int, object] = {}            # batch size -> StaticCache, reused (graphs keep its addresses)
+        self.caches: dict[tuple[int, int], object] = {}   # (batch, bucket) -> StaticCache; graphs keep its addresses
         mode = "reduce-overhead" if device.startswith("cuda") else "default"
-        self.step = torch.compile(_decode_step, mode=mode, fullgraph=True)
+        self.step = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
 
-    def _cache(self, batch_size: int):
+    def key(self, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[int, int]:
+        batch, length = input_ids.shape
+        return batch, bucket(length + max_new_tokens, self.context_length)
+
+    def is_compiled_for(self, input_ids: torch.Tensor, max_new_tokens: int) -> bool:
+        """False when this request's shape needs a new graph (compile it in a warm-up, not in a measurement)."""
+        return self.key(input_ids, max_new_tokens) in self.caches
+
+    def _cache(self, key: tuple[int, int]):
         from transformers import StaticCache
-        if batch_size not in self.caches:
-            self.caches[batch_size] = StaticCache(config=self.model.config, max_cache_len=self.context_length)
-        cache = self.caches[batch_size]
+        if key not in self.caches:
+            self.caches[key] = StaticCache(config=self.model.config, max_cache_len=key[1])
+        cache = self.caches[key]
         cache.reset()
         return cache
 
@@ -48,7 +72,7 @@ class CompiledDecoder:
             should_stop: Callable[[torch.Tensor], bool]) -> None:
         """Prefill, then decode up to max_new_tokens; `on_token` gets each new (batch,) token on the host."""
         batch, length = input_ids.shape
-        cache = self._cache(batch)
+        cache = self._cache(self.key(input_ids, max_new_tokens))
         positions = torch.arange(length, device=input_ids.device)
         logits = self.model(input_ids=input_ids, position_ids=positions.expand(batch, -1), cache_position=positions,
                             use_cache=True, **{self.keyword: cache}).logits

@@ -228,6 +228,11 @@ class Runner:
         streamer = TimingStreamer(self.tokenizer, self.emit, self.spec.variant, request.request_id,
                                   prompt_first=self.decoder is None)
         sampler = MemorySampler(self.emit, self.spec.variant, self.cuda_index)
+        if self.decoder is not None and not self.decoder.is_compiled_for(input_ids, request.max_new_tokens):
+            # a new cache bucket compiles a new graph: do it before the clock starts, as warm-up
+            self.emit(events.Status(self.spec.variant, "warming", "compiling the decode step for this length"))
+            with torch.inference_mode():
+                self.decoder.run(input_ids, min(request.max_new_tokens, 4), lambda token: None, lambda host: False)
         t_start = time.perf_counter()
         self.emit(events.Started(self.spec.variant, request.request_id, t_start, int(input_ids.shape[1])))
         with sampler, self.attention_context(), torch.inference_mode():
