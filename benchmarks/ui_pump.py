@@ -12,7 +12,6 @@ second, and the lag of the last update (last event emitted -> the update that sh
 from __future__ import annotations
 
 import argparse
-import queue
 import sys
 import tempfile
 import threading
@@ -22,32 +21,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import charts, events  # noqa: E402
+from engine.pool import Run  # noqa: E402
 from engine.variants import CATALOG  # noqa: E402
 
 MEMORY_PERIOD_S = 0.05
 
 
-class SyntheticRun:
-    """A stand-in for engine.pool.Run: `drain(timeout)` over a queue a producer thread fills."""
+class SyntheticRun(Run):
+    """An engine Run whose events come from a producer thread instead of workers."""
 
     def __init__(self, variants: list[str], rate: float, seconds: float):
+        super().__init__()
         self.variants, self.rate, self.seconds = variants, rate, seconds
-        self.queue: queue.Queue = queue.Queue()
         self.produced = 0
         self.tokens = int(rate * seconds)
         self.t_last_event: float | None = None
         self.thread = threading.Thread(target=self._produce, daemon=True)
-
-    def drain(self, timeout: float) -> list:
-        try:
-            batch = [self.queue.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                batch.append(self.queue.get_nowait())
-            except queue.Empty:
-                return batch
 
     def _put(self, event) -> None:
         self.produced += 1
