@@ -3,6 +3,8 @@
 Each experiment is data (variants, a grid, the figures to derive) plus a paragraph that says
 what the chart shows and why. `run_sweep` measures every (variant, cell) through the engine in
 fair mode, after one unmeasured warm-up request per cell, and derives the experiment's figures.
+`start_sweep` does the same step by step: its `LiveSweep` holds the rows of the cells finished so
+far, in the same shape, so that the dashboard can draw the chart while the sweep runs.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine import events
-from engine.pool import Cell, Engine
+from engine import events, models, report
+from engine.pool import Cell, Engine, Outcome, Run
 from engine.presets import Preset
 
 PROMPT = "Attention reads every cached key and value for each new token, so memory bandwidth sets the pace. "
@@ -118,6 +120,11 @@ def get(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
+def repeats_for(quick: bool) -> int:
+    """Measured requests per (variant, cell): one on the quick grid, else three (rows keep the median)."""
+    return 1 if quick else 3
+
+
 def derive(experiment: Experiment, rows: list[dict]) -> list[dict]:
     """Add the experiment's derived figures to its rows (pure; rows are the engine's result rows)."""
     for row in rows:
@@ -138,40 +145,145 @@ def derive(experiment: Experiment, rows: list[dict]) -> list[dict]:
     return rows
 
 
+class LiveSweep:
+    """A sweep in progress: fold its run's events in with `apply`; `sweep()` gives the rows of the
+    (variant, cell) pairs finished so far, and `run_sweep`'s result once the run is done.
+
+    Finished events do not name their cell, but the engine measures each variant's cells in grid
+    order, `repeats` requests a cell (warm-up requests never reach the consumer): counting a
+    variant's Finished events places them. A failed request ends its cell; a failure with no
+    request (the worker could not load) ends all of the variant's cells.
+    """
+
+    def __init__(self, experiment: Experiment, engine: Engine, variants: list[str], quick: bool, repeats: int,
+                 t0: float):
+        self.experiment, self.variants, self.quick, self.repeats, self.t0 = experiment, variants, quick, repeats, t0
+        self.preset, self.device = engine.preset, engine.device
+        self.grid = experiment.grid(quick)
+        self.prompt_tokens = models.count_prompt_tokens(engine.preset, PROMPT)
+        # workers kept loaded from an earlier run send no Loaded event: start from what the engine holds
+        self.loaded = {name: worker.loaded for name, worker in engine.workers.items() if worker.loaded}
+        self.stages: dict[str, str] = {}                        # variant -> its last Status stage
+        self.outcomes: dict[tuple[str, int], Outcome] = {}      # finished (variant, cell) pairs only
+        self._cell = {name: 0 for name in variants}             # the cell each variant measures now
+        self._open = {name: Outcome(name) for name in variants}
+        self.revision = 0                                       # +1 whenever a pair finishes
+        self.result: dict | None = None
+
+    @property
+    def total(self) -> int:
+        """Measured requests of the whole sweep: variants x cells x repeats."""
+        return len(self.variants) * len(self.grid) * self.repeats
+
+    @property
+    def settled(self) -> int:
+        """Measured requests finished so far, counting those a failure or unavailability skipped."""
+        if self.result is not None:
+            return self.total
+        return sum(min(self._cell[name], len(self.grid)) * self.repeats
+                   + (len(self._open[name].finished) if self._cell[name] < len(self.grid) else 0)
+                   for name in self.variants)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def apply(self, event) -> bool:
+        """Fold one engine event in; True when the rows changed (a pair finished, or the run ended)."""
+        name = getattr(event, "variant", None)
+        if isinstance(event, events.RunDone):
+            self.result = _sweep(self.experiment, self.quick, event.report, self.t0)
+            self.revision += 1
+            return True
+        if name not in self._cell:
+            return False
+        if isinstance(event, events.Status):
+            self.stages[name] = event.stage
+        elif isinstance(event, events.Loaded):
+            self.loaded[name] = event
+        elif isinstance(event, events.Unavailable):
+            return self._close(name, unavailable=event.reason, every=True)
+        elif isinstance(event, events.Failed):
+            return self._close(name, failed=event, every=event.request_id is None)
+        elif isinstance(event, events.Finished) and self._cell[name] < len(self.grid):
+            self._open[name].finished.append(event)
+            if len(self._open[name].finished) == self.repeats:
+                return self._close(name)
+        return False
+
+    def _close(self, name: str, failed=None, unavailable=None, every: bool = False) -> bool:
+        """Finish the variant's current cell (and, with `every`, all its later ones)."""
+        closed = False
+        while self._cell[name] < len(self.grid):
+            outcome = self._open[name]
+            outcome.failed, outcome.unavailable, outcome.loaded = failed, unavailable, self.loaded.get(name)
+            self.outcomes[(name, self._cell[name])] = outcome
+            self._cell[name] += 1
+            self._open[name] = Outcome(name)
+            closed = True
+            if not every:
+                break
+        self.revision += closed
+        return closed
+
+    def sweep(self) -> dict:
+        """The rows so far, shaped like `run_sweep`'s result (which it is, once the run is done)."""
+        if self.result is not None:
+            return self.result
+        built = report.build(self.preset, self.device, PROMPT, self.prompt_tokens, self.outcomes, self.variants,
+                             [cell for _, cell in self.grid], "fair", self.repeats, 1)
+        return _sweep(self.experiment, self.quick, built, self.t0)
+
+
+def _sweep(experiment: Experiment, quick: bool, built: dict, t0: float) -> dict:
+    """A sweep's result from the engine's report: its rows labelled with their cell and derived."""
+    grid = experiment.grid(quick)
+    rows = []
+    for row in built["results"]:
+        row.update(grid[row["cell"]][0], experiment=experiment.name,
+                   max_new_tokens=grid[row["cell"]][1].max_new_tokens or experiment.max_new_tokens(quick))
+        rows.append(row)
+    return {"experiment": experiment.name, "title": experiment.title, "explanation": experiment.explanation,
+            "quick": quick, "preset": built["preset"], "device": built["device"], "versions": built["versions"],
+            "cancelled": built["cancelled"], "wall_s": time.perf_counter() - t0, "rows": derive(experiment, rows)}
+
+
+def start_sweep(name: str, engine: Engine, quick: bool = False, variants: list[str] | None = None,
+                t0: float | None = None) -> tuple[Run, LiveSweep]:
+    """Start an experiment on `engine`; returns its run (to iterate, drain or cancel) and its live rows.
+
+    Raises ValueError for an unknown experiment and InputError for input the engine refuses.
+    """
+    experiment = get(name)
+    chosen = list(variants or experiment.variants)
+    repeats = repeats_for(quick)
+    t0 = time.perf_counter() if t0 is None else t0
+    live = LiveSweep(experiment, engine, chosen, quick, repeats, t0)
+    run = engine.start(PROMPT, chosen, experiment.max_new_tokens(quick), repeats=repeats, ignore_eos=True,
+                       cells=[cell for _, cell in live.grid], warmup_requests=1)
+    return run, live
+
+
 def run_sweep(name: str, preset: Preset, quick: bool = False, variants: list[str] | None = None,
               on_event: Callable[[object], None] | None = None, engine: Engine | None = None) -> dict:
     """Measure every (variant, cell) of an experiment; returns {experiment, preset, device, versions, rows}.
 
     Pass an `engine` to reuse loaded workers (the dashboard does); `on_event` sees every engine event.
     """
-    experiment = get(name)
-    chosen = list(variants or experiment.variants)
-    grid = experiment.grid(quick)
-    labels = [label for label, _ in grid]
+    get(name)
     t0 = time.perf_counter()
     own = engine is None
     engine = engine or Engine(preset)
     try:
-        run = engine.start(PROMPT, chosen, experiment.max_new_tokens(quick), repeats=1 if quick else 3,
-                           ignore_eos=True, cells=[cell for _, cell in grid], warmup_requests=1)
-        report = None
+        run, live = start_sweep(name, engine, quick, variants, t0)
         for event in run:
             if on_event:
                 on_event(event)
-            if isinstance(event, events.RunDone):
-                report = event.report
+            live.apply(event)
     finally:
         if own:
             engine.close()
-    rows = []
-    for row in report["results"]:
-        row.update(labels[row["cell"]], experiment=name, max_new_tokens=grid[row["cell"]][1].max_new_tokens
-                   or experiment.max_new_tokens(quick))
-        rows.append(row)
-    return {"experiment": name, "title": experiment.title, "explanation": experiment.explanation, "quick": quick,
-            "preset": report["preset"], "device": report["device"], "versions": report["versions"],
-            "cancelled": report["cancelled"], "wall_s": time.perf_counter() - t0,
-            "rows": derive(experiment, rows)}
+    return live.sweep()
 
 
 def to_csv(sweep: dict) -> str:
@@ -202,4 +314,5 @@ def summary(sweep: dict) -> str:
     return "\n".join(lines + [f"  {v}: {why}" for v, why in reasons.items()])
 
 
-__all__ = ["EXPERIMENTS", "Experiment", "derive", "get", "run_sweep", "summary", "to_csv"]
+__all__ = ["EXPERIMENTS", "Experiment", "LiveSweep", "derive", "get", "repeats_for", "run_sweep", "start_sweep",
+           "summary", "to_csv"]

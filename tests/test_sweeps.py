@@ -1,12 +1,13 @@
 """Experiments: the quick grids on the tiny model give complete, well-formed results."""
 import csv
 import io
+from types import SimpleNamespace
 
 import pytest
 
-from engine import presets
+from engine import events, hardware, presets
 from engine.pool import Engine
-from engine.sweeps import EXPERIMENTS, derive, get, run_sweep, to_csv
+from engine.sweeps import EXPERIMENTS, LiveSweep, derive, get, run_sweep, start_sweep, to_csv
 from engine.worker import Request, Runner, WorkerSpec
 
 
@@ -86,6 +87,50 @@ def test_kv_cache_and_quantization_and_lengths_rows(sweeps):
         n = row["max_new_tokens"]
         assert row["predicted_e2e_s"] == pytest.approx(longest["ttft_s"] + longest["tpot_s"] * (n - 1))
     assert sorted(r["prompt_length"] for r in lengths if r["axis"] == "input") == [32, 64, 128]
+
+
+def test_live_rows_are_the_final_rows_as_cells_finish(engine):
+    run, live = start_sweep("kv-cache", engine, quick=True)
+    partial = []
+    for event in run:
+        if live.apply(event) and not live.done:
+            partial.append((live.settled, live.sweep()))
+    final = live.sweep()
+    assert [settled for settled, _ in partial] == [1, 2, 3, 4, 5, 6] and live.settled == live.total == 6
+    assert [len(sweep["rows"]) for _, sweep in partial] == [1, 2, 3, 4, 5, 6]
+    assert set(partial[-1][1]) == set(final) and not final["cancelled"]
+    for row, done in zip(partial[-1][1]["rows"], final["rows"]):   # same order: cells, then variants
+        assert {k for k in row if row[k] != done[k]} <= {"placement", "queue_s"}, (row, done)
+
+
+def finished(variant, request_id, tokens, batch=1):
+    return events.Finished(variant, request_id, 10.0, tuple(10.0 + 0.05 + 0.01 * i for i in range(tokens)),
+                           tuple(range(tokens)), "", 20, batch, False, {"rss_bytes": 2**20}, {})
+
+
+def test_live_sweep_places_events_by_counting_and_closes_cells_on_failures():
+    fake = SimpleNamespace(preset=presets.load("tiny"), device=hardware.resolve("cpu"), workers={})
+    live = LiveSweep(get("kv-cache"), fake, ["sdpa", "no-kv-cache", "fa2"], quick=True, repeats=2, t0=0.0)
+    assert live.total == 3 * 3 * 2 and live.settled == 0
+    assert not live.apply(events.Status("sdpa", "loading")) and live.stages == {"sdpa": "loading"}
+    assert live.apply(events.Unavailable("fa2", "needs CUDA"))                # every cell of fa2, at once
+    assert live.settled == 6 and live.revision == 1
+    assert not live.apply(finished("sdpa", 1, 8))                            # 1 of 2 repeats of cell 0
+    assert live.apply(finished("sdpa", 2, 8)) and live.settled == 8
+    assert live.apply(events.Failed("no-kv-cache", "out of memory", request_id=3))   # ends its cell 0
+    assert live.apply(finished("no-kv-cache", 4, 16)) is False and live.settled == 11
+    assert live.apply(finished("no-kv-cache", 5, 16))                        # cell 1 done: 2 repeats
+    assert live.apply(events.Failed("no-kv-cache", "the worker died"))       # no request: all it has left
+    rows = {(r["variant"], r["cell"]): r for r in live.sweep()["rows"]}
+    assert live.settled == 6 + 2 + 6 and len(rows) == 3 + 1 + 3
+    assert rows[("sdpa", 0)]["status"] == "ok" and rows[("sdpa", 0)]["max_new_tokens"] == 8
+    assert rows[("sdpa", 0)]["tpot_s"] == pytest.approx(0.01) and rows[("sdpa", 0)]["ttft_s"] == pytest.approx(0.05)
+    assert rows[("no-kv-cache", 0)]["status"] == "failed" and rows[("no-kv-cache", 0)]["reason"] == "out of memory"
+    assert rows[("no-kv-cache", 1)]["status"] == "ok" and rows[("no-kv-cache", 1)]["output_tokens"] == 16
+    assert rows[("no-kv-cache", 2)]["status"] == "failed"
+    assert all(rows[("fa2", c)]["status"] == "unavailable" for c in range(3))
+    assert ("sdpa", 1) not in rows and not live.done
+    assert not live.apply(finished("bnb-4bit", 9, 8))                        # not in this sweep
 
 
 def test_derive_on_hand_made_rows():
