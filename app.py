@@ -8,6 +8,10 @@ clock (about 10 Hz for text, 4 Hz for charts), not once per token. Runs are seri
 Gradio's queue (one run on the device at a time); each visitor's run id lives in their gr.State,
 so Stop cancels only that visitor's run, and a closed page cancels its run when Gradio closes the
 generator.
+
+Two tabs: Compare (one prompt, several variants) and Experiments (a sweep of engine/sweeps.py over a
+grid of cells, its chart filling as cells finish). Both use the same engines and the same queue: a
+sweep is a run.
 """
 from __future__ import annotations
 
@@ -30,14 +34,19 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")      # a measuring in
 
 import gradio as gr  # noqa: E402
 
-from engine import CATALOG, Engine, InputError, charts, presets  # noqa: E402
+from gradio.components.plot import PlotData  # noqa: E402
+
+from engine import CATALOG, Engine, InputError, charts, presets, sweeps  # noqa: E402
 from engine.hardware import DeviceError  # noqa: E402
+from engine.sweep_charts import UNITS, sweep_figure  # noqa: E402
 
 TICK_S = 0.1                 # text and status refresh period while a run streams
 CHART_TICK_S = 0.25          # chart refresh period (each chart update re-sends the figure)
 REPLAY_MAX_S = 20.0          # a longer run is replayed faster than real time
 STOP_WAIT_S = 15.0           # how long a new run waits for an abandoned one of another preset to end
 KEEP_DOWNLOADS_S = 3600.0    # run files (JSON, CSV) older than this are deleted
+SWEEP_TICK_S = 0.25          # experiment status refresh period; the chart is redrawn only when a cell finished
+SWEEP_PLOT_HEIGHT = 420      # px
 FIGURE_NAMES = ("ttft", "itl", "race", "memory")
 FIGURES = {"ttft": charts.ttft_figure, "itl": charts.itl_figure, "race": charts.race_figure,
            "memory": charts.memory_figure}
@@ -290,17 +299,35 @@ CSS = """
 .sbs-note { font-size: .75em; color: var(--body-text-color-subdued); margin-top: 4px; min-height: 1em; }
 .sbs-defs { font-size: .86em; }
 .js-plotly-plot .main-svg text { fill: var(--body-text-color-subdued) !important; }
+/* experiments tab */
+.exp-bar { height: 6px; border-radius: 3px; background: rgba(128,128,128,.2); overflow: hidden; margin-top: 6px; }
+.exp-bar > div { height: 100%; background: #3b82f6; transition: width .3s; }
+.sbs-msg-ok .exp-bar > div { background: #16a34a; }
+.sbs-msg-warn .exp-bar > div { background: #d97706; }
+.exp-explain { padding: 12px 14px; border-radius: 10px; border: 1px solid var(--border-color-primary);
+  background: var(--block-background-fill); }
+.exp-kicker { font-size: .72em; text-transform: uppercase; letter-spacing: .04em;
+  color: var(--body-text-color-subdued); }
+.exp-title { font-weight: 700; margin: 2px 0 6px; line-height: 1.3; }
+.exp-explain p { margin: 0 0 8px; line-height: 1.5; font-size: .92em; }
+.exp-plan { font-size: .8em; color: var(--body-text-color-subdued); }
+.exp-note { font-size: .85em; color: var(--body-text-color-subdued); }
 """ + CSS_OFF + "\n" + CSS_LANES
 
 THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate")
 
 
 # ---------------------------------------------------------------------------------------- updates
-def write_downloads(report: dict, run_id: int, folder: Path) -> tuple[str, str]:
-    """The run as JSON (the command line's schema) and CSV files in `folder`."""
-    for old in folder.glob("run-*"):                      # Gradio serves its own copies; keep an hour of ours
+def prune_downloads(folder: Path) -> None:
+    """Delete run and sweep files older than KEEP_DOWNLOADS_S (Gradio serves its own copies)."""
+    for old in [*folder.glob("run-*"), *folder.glob("sweep-*")]:
         if old.stat().st_mtime < time.time() - KEEP_DOWNLOADS_S:
             old.unlink(missing_ok=True)
+
+
+def write_downloads(report: dict, run_id: int, folder: Path) -> tuple[str, str]:
+    """The run as JSON (the command line's schema) and CSV files in `folder`."""
+    prune_downloads(folder)
     stem = f"run-{run_id}-{report['preset']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
     json_path, csv_path = folder / f"{stem}.json", folder / f"{stem}.csv"
     json_path.write_text(json.dumps(report, indent=1))
@@ -337,6 +364,129 @@ def frame(view: charts.RunView, session_state: Session, started: float, figures:
     return (run_message(view, session_state, started, now), *final, *drawn, *cards, *texts)
 
 
+# ---------------------------------------------------------------------------------------- experiments
+PNG_NOTE = ("PNG: hover the chart and press the camera button (\u201cDownload plot as a png\u201d) in its "
+            "toolbar. The HTML file is the interactive chart, standalone (it works offline).")
+GRID_KEYS = ("phase", "axis")          # the labels a grid gives its cells (engine/sweeps.py)
+FIRST_EXPERIMENT = "attention"
+
+
+def experiment_choices() -> list[tuple[str, str]]:
+    """Dropdown choices (label, name), one per experiment."""
+    return [(f"{experiment.name}: {experiment.title}", name) for name, experiment in sweeps.EXPERIMENTS.items()]
+
+
+def experiment_variants(engine: Engine, name: str) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """Like variant_choices, but selecting the experiment's own variants that can run here."""
+    choices, _, classes = variant_choices(engine)
+    off = {variant for variant, _, reason in engine.variant_choices() if reason}
+    return choices, [v for v in sweeps.get(name).variants if v not in off], classes
+
+
+def explanation_html(name: str, quick: bool) -> str:
+    """The experiment's paragraph (what its chart shows and why) and the grid it measures."""
+    experiment = sweeps.get(name)
+    cells, repeats = len(experiment.grid(quick)), sweeps.repeats_for(quick)
+    plan = (f"{'Quick' if quick else 'Full'} grid: {cells} cells per variant, {repeats} measured "
+            f"request{'s' if repeats > 1 else ''} per cell{' (the median is kept)' if repeats > 1 else ''}, "
+            "each cell after one warm-up request. Fair mode: one variant on the device at a time.")
+    return (f'<div class="exp-explain" data-experiment="{_e(name)}"><div class="exp-kicker">What the chart shows, '
+            f'and why</div><div class="exp-title">{_e(experiment.title)}</div><p>{_e(experiment.explanation)}</p>'
+            f'<div class="exp-plan">{_e(plan)}</div></div>')
+
+
+def sized(figure):
+    """The sweep figure at the dashboard's height (taller than the command line's: the paragraph sits beside it)."""
+    return figure.update_layout(height=SWEEP_PLOT_HEIGHT)
+
+
+def empty_sweep_figure(name: str):
+    """The experiment's panels with no data yet."""
+    figure = sized(sweep_figure({"experiment": name, "rows": []}))
+    figure.add_annotation(text="Run the experiment: each point appears when its cell is measured", showarrow=False,
+                          xref="paper", yref="paper", x=0.5, y=0.5, font=dict(size=13, color="#8a8f98"))
+    return figure
+
+
+def plot_value(figure, name: str) -> PlotData:
+    """The figure for gr.Plot, with plotly's own PNG button named after the experiment."""
+    plot = json.loads(figure.to_json())
+    plot["config"] = {"displaylogo": False,
+                      "toImageButtonOptions": {"format": "png", "filename": f"sweep-{name}", "scale": 2}}
+    return PlotData(type="plotly", plot=json.dumps(plot))
+
+
+def _cell_value(value, scale: float = 1.0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool) and scale != 1.0):
+        return f"{value * scale:.4g}"
+    return str(value)
+
+
+def sweep_table(sweep: dict) -> dict:
+    """The rows as a table (headers in the chart's units), for gr.Dataframe."""
+    experiment = sweeps.get(sweep["experiment"])
+    rows = sweep["rows"]
+    labels = [key for key in GRID_KEYS if any(key in row for row in rows)]
+    fields = [("variant", "variant", 1.0), ("status", "status", 1.0), *[(k, k, 1.0) for k in labels],
+              ("prompt_length", "prompt tokens", 1.0), ("pad_ratio", "padding (%)", 100.0),
+              ("batch_size", "batch", 1.0), ("max_new_tokens", "new tokens", 1.0),
+              *[(key, UNITS.get(key, (key, 1.0))[0] or key, UNITS.get(key, (key, 1.0))[1]) for key in experiment.y],
+              ("reason", "reason", 1.0)]
+    return {"headers": [header for _, header, _ in fields],
+            "data": [[_cell_value(row.get(key), scale) for key, _, scale in fields] for row in rows]}
+
+
+def empty_table(name: str) -> dict:
+    """The experiment's table headers, no rows yet."""
+    return sweep_table({"experiment": name, "rows": []})
+
+
+def sweep_message(live: sweeps.LiveSweep, device: str, stopping: bool, elapsed_s: float) -> str:
+    """The status line of a sweep, with its progress bar (measured requests / all of them)."""
+    share = live.settled / live.total if live.total else 1.0
+    name = live.experiment.name
+    if live.done:
+        sweep = live.result
+        ok = sum(row["status"] == "ok" for row in sweep["rows"])
+        problems = list(dict.fromkeys(f"{_e(row['variant'])}: {_e(row['reason'])}" for row in sweep["rows"]
+                                      if row["status"] in ("failed", "unavailable") and row["reason"]))
+        text = (f"{'Stopped' if sweep['cancelled'] else 'Done'}: {name}, {ok} of {len(sweep['rows'])} "
+                f"(variant, cell) pairs measured in {sweep['wall_s']:.1f} s on {_e(device)}.")
+        text += "".join(f"<br>{problem}" for problem in problems)
+        kind = "warn" if problems or sweep["cancelled"] else "ok"
+    elif stopping:
+        text, kind = "Stopping: the sweep ends after the current request's next token.", "warn"
+    else:
+        loading = [variant for variant, stage in live.stages.items() if stage in ("loading", "warming")]
+        doing = f"loading and warming up {', '.join(loading)}" if loading else "measuring"
+        text, kind = (f"Running {name}: {live.settled} of {live.total} measurements ({share:.0%}); {_e(doing)} "
+                      f"({elapsed_s:.0f} s)."), "info"
+    bar = (f'<div class="exp-bar" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
+           f'aria-valuenow="{share * 100:.0f}" data-progress="{share:.4f}"><div style="width:{share * 100:.1f}%">'
+           '</div></div>')
+    return message_html(text + bar, kind)
+
+
+def write_sweep_downloads(sweep: dict, figure, run_id: int, folder: Path) -> tuple[str, str, str]:
+    """The sweep as JSON (the command line's schema), CSV, and a standalone HTML page of its chart."""
+    prune_downloads(folder)
+    stem = f"sweep-{run_id}-{sweep['experiment']}-{sweep['preset']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    json_path, csv_path, html_path = (folder / f"{stem}.{ext}" for ext in ("json", "csv", "html"))
+    json_path.write_text(json.dumps(sweep, indent=1))
+    csv_path.write_text(sweeps.to_csv(sweep))
+    where = f"{sweep['preset']['title']} on {sweep['device'].get('name', '?')}"
+    noise = " Random weights: the timings are real, any text is noise." if sweep["preset"]["random_weights"] else ""
+    html_path.write_text(
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{_e(sweep["title"])}</title></head>'
+        '<body style="font-family: system-ui, sans-serif; max-width: 1200px; margin: 24px auto; color: #1f2937">'
+        f'<h2>{_e(sweep["title"])}</h2><p>{_e(sweep["explanation"])}</p>'
+        f'<p style="color: #6b7280">{_e(where)}; {"quick" if sweep["quick"] else "full"} grid.{_e(noise)}</p>'
+        f'{figure.to_html(full_html=False, include_plotlyjs=True)}</body></html>')
+    return str(json_path), str(csv_path), str(html_path)
+
+
 # ---------------------------------------------------------------------------------------- the app
 def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.Blocks:
     """The Blocks of the dashboard, over `engines`; launch it with launch_kwargs()."""
@@ -353,63 +503,101 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
             preset_choices.append((f"{name} (broken preset file)", name))
 
     empty = {key: FIGURES[key](charts.RunView([])) for key in FIGURE_NAMES}
+    exp_choices, exp_defaults, exp_classes = experiment_variants(first, FIRST_EXPERIMENT)
     with gr.Blocks(title="Side by side: LLM inference variants", delete_cache=(3600, 3600)) as demo:
         session = gr.State(Session())
+        exp_session = gr.State(Session())         # a visitor's sweep, apart from their Compare run
         gr.Markdown("# Side by side: one prompt, several inference variants\n"
                     "Watch eager attention, SDPA, FlashAttention, quantization and more answer the same "
                     "prompt, with live time-to-first-token, time-per-token and memory.")
-        banner = gr.HTML(banner_html(first), js_on_load=None)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3, min_width=300):
-                prompt = gr.Textbox(QUESTION, label="Prompt", lines=5, max_lines=10, elem_id="sbs-prompt",
-                                    placeholder="Type a prompt, or pick an example below")
-                gr.Examples([[text] for text, _ in EXAMPLES], inputs=[prompt], label="Example prompts",
-                            example_labels=[label for _, label in EXAMPLES])
-            with gr.Column(scale=2, min_width=300):
-                preset_box = gr.Dropdown(preset_choices, value=preset, label="Preset", elem_id="sbs-preset")
-                variants_box = gr.CheckboxGroup(choices, value=defaults, label="Variants", elem_classes=classes,
-                                                elem_id="sbs-variants")
+        with gr.Tabs(elem_id="sbs-tabs"):
+            with gr.Tab("Compare", id="compare", elem_id="sbs-tab-compare"):
+                banner = gr.HTML(banner_html(first), js_on_load=None)
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=300):
+                        prompt = gr.Textbox(QUESTION, label="Prompt", lines=5, max_lines=10, elem_id="sbs-prompt",
+                                            placeholder="Type a prompt, or pick an example below")
+                        gr.Examples([[text] for text, _ in EXAMPLES], inputs=[prompt], label="Example prompts",
+                                    example_labels=[label for _, label in EXAMPLES])
+                    with gr.Column(scale=2, min_width=300):
+                        preset_box = gr.Dropdown(preset_choices, value=preset, label="Preset", elem_id="sbs-preset")
+                        variants_box = gr.CheckboxGroup(choices, value=defaults, label="Variants", elem_classes=classes,
+                                                        elem_id="sbs-variants")
+                        with gr.Row():
+                            max_new = gr.Slider(1, first.preset.max_new_tokens_cap, value=first.preset.max_new_tokens,
+                                                step=1, label="Max new tokens", min_width=160, elem_id="sbs-max")
+                            mode_box = gr.Radio(["fair", "race"], value=mode, label="Mode", min_width=160,
+                                                info="fair: one at a time; race: all at once (contended)",
+                                                elem_id="sbs-mode")
+                        with gr.Row():
+                            run_button = gr.Button("Run", variant="primary", elem_id="sbs-run")
+                            stop_button = gr.Button("Stop", variant="stop", elem_id="sbs-stop")
+                message = gr.HTML("", elem_id="sbs-message", js_on_load=None)
+                columns, cards, answers = [], [], []
+                answer_label = "Answer (random weights: noise)" if first.preset.random_weights else "Answer"
+                with gr.Row(elem_id="sbs-lanes", equal_height=False):
+                    for name in names:
+                        with gr.Column(visible=name in defaults, min_width=300,
+                                       elem_classes=["sbs-lane", f"sbs-lane-{name}"]) as column:
+                            idle = charts.Lane(name, CATALOG[name].display_label(), stage="idle", detail="press Run")
+                            cards.append(gr.HTML(card_html(idle, 0.0),
+                                                 js_on_load=None, elem_id=f"sbs-card-{name}"))
+                            answers.append(gr.Textbox(label=answer_label, lines=5, max_lines=9, interactive=False,
+                                                      autoscroll=True, elem_id=f"sbs-answer-{name}"))
+                        columns.append(column)
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=4, min_width=300):
+                        with gr.Row():
+                            plots = {key: gr.Plot(empty[key], label=PLOT_LABELS[key], elem_id=f"sbs-plot-{key}",
+                                                  min_width=300) for key in FIGURE_NAMES[:2]}
+                        with gr.Row():
+                            plots.update({key: gr.Plot(empty[key], label=PLOT_LABELS[key], elem_id=f"sbs-plot-{key}",
+                                                       min_width=300) for key in FIGURE_NAMES[2:]})
+                    with gr.Column(scale=1, min_width=260):
+                        with gr.Accordion("How the numbers are measured", open=True, elem_id="sbs-definitions",
+                                          max_height=640):
+                            gr.Markdown(charts.DEFINITIONS_MD, elem_classes=["sbs-defs"])
+                summary = gr.Dataframe(headers=list(charts.SUMMARY_HEADERS), label="Summary (from the run's report)",
+                                       interactive=False, wrap=True, elem_id="sbs-summary")
                 with gr.Row():
-                    max_new = gr.Slider(1, first.preset.max_new_tokens_cap, value=first.preset.max_new_tokens,
-                                        step=1, label="Max new tokens", min_width=160, elem_id="sbs-max")
-                    mode_box = gr.Radio(["fair", "race"], value=mode, label="Mode", min_width=160,
-                                        info="fair: one at a time; race: all at once (contended)", elem_id="sbs-mode")
+                    replay_button = gr.Button("Replay as a race", interactive=False, elem_id="sbs-replay")
+                    json_button = gr.DownloadButton("Download JSON", interactive=False, elem_id="sbs-json")
+                    csv_button = gr.DownloadButton("Download CSV", interactive=False, elem_id="sbs-csv")
+                with gr.Accordion("Run JSON (same schema as python -m engine run --json)", open=False):
+                    report_json = gr.JSON(label="run", elem_id="sbs-report")
+            with gr.Tab("Experiments", id="experiments", elem_id="sbs-tab-experiments"):
+                exp_banner = gr.HTML(banner_html(first), js_on_load=None, elem_id="exp-banner")
+                with gr.Row(equal_height=False):
+                    exp_name = gr.Dropdown(experiment_choices(), value=FIRST_EXPERIMENT, label="Experiment",
+                                           scale=3, min_width=300, elem_id="exp-name")
+                    exp_preset = gr.Dropdown(preset_choices, value=preset, label="Preset", scale=2, min_width=220,
+                                             elem_id="exp-preset")
+                    exp_quick = gr.Checkbox(first.device.kind == "cpu", label="Quick grid", scale=1, min_width=180,
+                                            info="fewer, smaller cells; one repeat", elem_id="exp-quick")
+                exp_variants = gr.CheckboxGroup(exp_choices, value=exp_defaults, label="Variants",
+                                                elem_classes=exp_classes, elem_id="exp-variants",
+                                                info="the experiment's own variants are selected first")
                 with gr.Row():
-                    run_button = gr.Button("Run", variant="primary", elem_id="sbs-run")
-                    stop_button = gr.Button("Stop", variant="stop", elem_id="sbs-stop")
-        message = gr.HTML("", elem_id="sbs-message", js_on_load=None)
-        columns, cards, answers = [], [], []
-        answer_label = "Answer (random weights: noise)" if first.preset.random_weights else "Answer"
-        with gr.Row(elem_id="sbs-lanes", equal_height=False):
-            for name in names:
-                with gr.Column(visible=name in defaults, min_width=300,
-                               elem_classes=["sbs-lane", f"sbs-lane-{name}"]) as column:
-                    idle = charts.Lane(name, CATALOG[name].display_label(), stage="idle", detail="press Run")
-                    cards.append(gr.HTML(card_html(idle, 0.0),
-                                         js_on_load=None, elem_id=f"sbs-card-{name}"))
-                    answers.append(gr.Textbox(label=answer_label, lines=5, max_lines=9, interactive=False,
-                                              autoscroll=True, elem_id=f"sbs-answer-{name}"))
-                columns.append(column)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=4, min_width=300):
-                with gr.Row():
-                    plots = {key: gr.Plot(empty[key], label=PLOT_LABELS[key], elem_id=f"sbs-plot-{key}",
-                                          min_width=300) for key in FIGURE_NAMES[:2]}
-                with gr.Row():
-                    plots.update({key: gr.Plot(empty[key], label=PLOT_LABELS[key], elem_id=f"sbs-plot-{key}",
-                                               min_width=300) for key in FIGURE_NAMES[2:]})
-            with gr.Column(scale=1, min_width=260):
-                with gr.Accordion("How the numbers are measured", open=True, elem_id="sbs-definitions",
-                                  max_height=640):
-                    gr.Markdown(charts.DEFINITIONS_MD, elem_classes=["sbs-defs"])
-        summary = gr.Dataframe(headers=list(charts.SUMMARY_HEADERS), label="Summary (from the run's report)",
-                               interactive=False, wrap=True, elem_id="sbs-summary")
-        with gr.Row():
-            replay_button = gr.Button("Replay as a race", interactive=False, elem_id="sbs-replay")
-            json_button = gr.DownloadButton("Download JSON", interactive=False, elem_id="sbs-json")
-            csv_button = gr.DownloadButton("Download CSV", interactive=False, elem_id="sbs-csv")
-        with gr.Accordion("Run JSON (same schema as python -m engine run --json)", open=False):
-            report_json = gr.JSON(label="run", elem_id="sbs-report")
+                    exp_run = gr.Button("Run experiment", variant="primary", elem_id="exp-run")
+                    exp_stop = gr.Button("Stop", variant="stop", elem_id="exp-stop")
+                exp_message = gr.HTML("", elem_id="exp-message", js_on_load=None)
+                with gr.Row(equal_height=False, elem_id="exp-chart-row"):
+                    exp_plot = gr.Plot(plot_value(empty_sweep_figure(FIRST_EXPERIMENT), FIRST_EXPERIMENT),
+                                       label="Chart", show_label=False, scale=3, min_width=320,
+                                       elem_id="exp-plot")
+                    exp_explain = gr.HTML(explanation_html(FIRST_EXPERIMENT, first.device.kind == "cpu"),
+                                          js_on_load=None, scale=1, min_width=260, elem_id="exp-explanation")
+                exp_table = gr.Dataframe(empty_table(FIRST_EXPERIMENT),
+                                         label="Rows: one per variant and cell (units in the headers)",
+                                         interactive=False, wrap=True, elem_id="exp-table")
+                with gr.Row(equal_height=True, elem_id="exp-downloads"):
+                    exp_json_button = gr.DownloadButton("Download JSON", interactive=False, elem_id="exp-json")
+                    exp_csv_button = gr.DownloadButton("Download CSV", interactive=False, elem_id="exp-csv")
+                    exp_html_button = gr.DownloadButton("Download chart (HTML)", interactive=False,
+                                                        elem_id="exp-html")
+                gr.Markdown(PNG_NOTE, elem_classes=["exp-note"])
+                with gr.Accordion("Experiment JSON (same schema as python -m engine sweep --json)", open=False):
+                    exp_json = gr.JSON(label="experiment", elem_id="exp-report")
 
         # ------------------------------------------------------------------ handlers
         def on_preset(name):
@@ -529,6 +717,111 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
         stop_button.click(stop, [session], [message], queue=False, api_name="stop", show_progress="hidden")
         replay_button.click(replay, [session], [message, plots["race"], *answers], api_name="replay",
                             concurrency_limit=4, concurrency_id="replay", show_progress="hidden")
+
+        # ------------------------------------------------------------------ experiments tab
+        def on_experiment(name, preset_name, quick):
+            """A new experiment: its paragraph, its own variants selected, its empty chart."""
+            try:
+                engine = engines.get(preset_name)
+            except (presets.PresetError, DeviceError, ValueError, OSError):
+                engine = None
+            variants = gr.skip() if engine is None else gr.update(value=experiment_variants(engine, name)[1])
+            return (explanation_html(name, quick), variants, plot_value(empty_sweep_figure(name), name),
+                    empty_table(name), *[gr.update(value=None, interactive=False)] * 3, None, "")
+
+        def on_experiment_preset(preset_name, name):
+            """A new preset: its banner, which variants can run there, quick grid on for a CPU."""
+            try:
+                engine = engines.get(preset_name)
+            except (presets.PresetError, DeviceError, ValueError, OSError) as error:
+                return (gr.skip(), gr.skip(), gr.skip(),
+                        message_html(f"Cannot use preset {_e(preset_name)}: {_e(error)}", "error"))
+            new_choices, selected, css = experiment_variants(engine, name)
+            return (banner_html(engine), gr.update(choices=new_choices, value=selected, elem_classes=css),
+                    engine.device.kind == "cpu",
+                    message_html(f"Preset {_e(engine.preset.title)}: its workers load on the first run "
+                                 "(the previous preset's workers are stopped then)."))
+
+        def prepare_experiment(name, session_state: Session):
+            """Clear the last result at once, before the sweep leaves the queue."""
+            session_state.pending, session_state.stop_requested = True, False
+            return (message_html("Waiting for the device..."), plot_value(empty_sweep_figure(name), name),
+                    empty_table(name), None, *[gr.update(value=None, interactive=False)] * 3)
+
+        def sweep_failure(name: str, text: str, kind: str = "error"):
+            known = name in sweeps.EXPERIMENTS
+            return (message_html(text, kind), plot_value(empty_sweep_figure(name), name) if known else None,
+                    empty_table(name) if known else None, None, *[gr.update(value=None, interactive=False)] * 3)
+
+        def experiment(name, preset_name, selected, quick, session_state: Session):
+            """Run an experiment's sweep, streaming progress, the chart and the rows (API: /experiment).
+
+            Outputs: status line, chart, rows table, sweep JSON, JSON file, CSV file, chart HTML file.
+            """
+            session_state.pending = False
+            selected = list(selected or [])
+            if session_state.stop_requested:
+                session_state.stop_requested = False
+                yield sweep_failure(name, "Stopped before the experiment started.", "warn")
+                return
+            try:
+                sweeps.get(name)
+                if not selected:
+                    raise InputError("no variant selected: choose at least one (the experiment's own are "
+                                     f"{', '.join(sweeps.get(name).variants)})")
+                engine = engines.activate(preset_name)
+                run, live = sweeps.start_sweep(name, engine, bool(quick), selected)
+            except InputError as error:
+                yield sweep_failure(name, f"Nothing was run: {_e(error)}.")
+                return
+            except (presets.PresetError, DeviceError, ValueError, OSError) as error:
+                yield sweep_failure(name, f"Experiment {_e(name)} on preset {_e(preset_name)} cannot run: {_e(error)}")
+                return
+            session_state.run_id, session_state.preset, session_state.stopping = run.id, preset_name, False
+            started = time.perf_counter()
+            next_tick, drawn = started, (None, None, None, None)   # (revision, figure, plot, table) last drawn
+            try:
+                while True:
+                    for event in run.drain(max(next_tick - time.perf_counter(), 0.0)):
+                        live.apply(event)
+                    now = time.perf_counter()
+                    if not live.done and now < next_tick:
+                        continue
+                    next_tick = now + SWEEP_TICK_S
+                    if drawn[0] != live.revision:               # a cell finished: redraw chart and rows
+                        sweep = live.sweep()
+                        figure = sized(sweep_figure(sweep))
+                        drawn = (live.revision, figure, plot_value(figure, name), sweep_table(sweep))
+                    status = sweep_message(live, engine.device.name, session_state.stopping, now - started)
+                    files = [gr.update(value=None, interactive=False)] * 3
+                    result = None
+                    if live.done:
+                        result = live.result
+                        files = [gr.update(value=path, interactive=True)
+                                 for path in write_sweep_downloads(result, drawn[1], run.id, downloads)]
+                    yield (status, drawn[2], drawn[3], result, *files)
+                    if live.done:
+                        return
+            finally:
+                if not live.done:                  # the page went away (Gradio closed the generator)
+                    engine.cancel(run.id)
+                session_state.run_id, session_state.stopping = None, False
+
+        exp_name.change(on_experiment, [exp_name, exp_preset, exp_quick],
+                        [exp_explain, exp_variants, exp_plot, exp_table, exp_json_button, exp_csv_button,
+                         exp_html_button, exp_json, exp_message], queue=False, api_visibility="private")
+        exp_quick.change(explanation_html, [exp_name, exp_quick], [exp_explain], queue=False,
+                         api_visibility="private", show_progress="hidden")
+        exp_preset.change(on_experiment_preset, [exp_preset, exp_name],
+                          [exp_banner, exp_variants, exp_quick, exp_message], queue=False, api_visibility="private")
+        exp_outputs = [exp_message, exp_plot, exp_table, exp_json, exp_json_button, exp_csv_button, exp_html_button]
+        exp_run.click(prepare_experiment, [exp_name, exp_session], exp_outputs, queue=False,
+                      api_visibility="private", show_progress="hidden").then(
+            experiment, [exp_name, exp_preset, exp_variants, exp_quick, exp_session], exp_outputs,
+            api_name="experiment", concurrency_limit=1, concurrency_id="device",
+            show_progress="full", show_progress_on=[exp_message])
+        exp_stop.click(stop, [exp_session], [exp_message], queue=False, api_name="experiment_stop",
+                       show_progress="hidden")
     return demo
 
 

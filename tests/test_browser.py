@@ -1,6 +1,7 @@
-"""The real page in Debian's Chromium, driven by Playwright: run three variants, then Stop a run.
+"""The real page in Debian's Chromium, driven by Playwright: run three variants, then Stop a run;
+run an experiment in the Experiments tab.
 
-Two page loads in all (light theme, then dark for a screenshot). Screenshots go to
+Three page loads in all (light theme, dark for a screenshot, light for the experiment). Screenshots go to
 test-artifacts/ (gitignored). Without /usr/bin/chromium these tests skip, except in CI (CI=true),
 where they fail.
 """
@@ -133,4 +134,31 @@ def test_dark_theme_and_phone_width(browser, url):
     assert page.locator("#sbs-max input[type=number]").get_attribute("max") == "512"
     assert page.locator('#sbs-variants input[name="bnb-8bit"]').is_checked()
     assert "sbs-off-fa2" in page.get_attribute("#sbs-variants", "class")        # greyed: needs CUDA
+    page.close()
+
+
+def test_experiments_tab_runs_a_sweep_and_draws_its_chart(browser, url):
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.goto(url)
+    page.wait_for_selector("#sbs-run", timeout=30_000)
+    page.get_by_role("tab", name="Experiments").click()
+    page.wait_for_selector("#exp-run", timeout=10_000)
+    assert "random weights" in page.inner_text("#exp-banner")
+    page.click("#exp-name input")
+    page.get_by_role("option", name="batch: Batching").click()
+    page.wait_for_function("() => document.querySelector('#exp-explanation').innerText.includes('Batching')",
+                           timeout=10_000)                           # its paragraph replaced attention's
+    assert [n for n in ("baseline", "sdpa") if page.locator(f'#exp-variants input[name="{n}"]').is_checked()] == \
+        ["sdpa"]                                                     # the experiment's own variants
+    assert page.locator("#exp-quick input").is_checked()              # a CPU: the quick grid
+    page.click("#exp-run")
+    page.wait_for_function("() => document.querySelector('#exp-message').innerText.includes('Done')",
+                           timeout=120_000, polling=250)
+    assert "3 of 3" in page.inner_text("#exp-message")
+    # two panels (throughput, TPOT), one line of three points each
+    page.wait_for_function("() => document.querySelectorAll('#exp-plot .scatterlayer .trace').length === 2",
+                           timeout=10_000)
+    assert page.locator("#exp-plot .scatterlayer .trace .point").count() == 6
+    assert page.locator("#exp-json").is_enabled() and page.locator("#exp-html").is_enabled()
+    page.screenshot(path=str(ARTIFACTS / "browser-experiments.png"), full_page=True)
     page.close()

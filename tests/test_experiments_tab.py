@@ -1,0 +1,139 @@
+"""The Experiments tab end to end through Gradio's client: the real app, the tiny preset on the CPU.
+
+Outputs of /experiment, in order: status line (with its progress bar), chart, rows table, sweep JSON,
+JSON file, CSV file, chart HTML file. Inputs: experiment, preset, variants, quick grid.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+from app_server import serve
+from gradio_client import Client
+from gradio_client.utils import Status
+
+from engine import sweeps
+
+MESSAGE, PLOT, TABLE, SWEEP, JSON_FILE, CSV_FILE, HTML_FILE = range(7)
+
+
+@pytest.fixture(scope="module")
+def url():
+    with serve(name="test_experiments_tab") as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return Client(url, verbose=False)
+
+
+def progress(message: str) -> float:
+    found = re.search(r'data-progress="([0-9.]+)"', message or "")
+    return float(found.group(1)) if found else -1.0
+
+
+def fetch(url: str, path: str) -> str:
+    with urllib.request.urlopen(f"{url}/gradio_api/file={urllib.parse.quote(path)}", timeout=10) as response:
+        return response.read().decode()
+
+
+def test_an_experiment_streams_its_progress_and_ends_with_every_row_and_its_files(url, client):
+    job = client.submit("lengths", "tiny", ["sdpa"], True, api_name="/experiment")
+    updates = [list(update) for update in job]
+    final = job.outputs()[-1]
+    assert len(final) == 7 and "Done: lengths, 6 of 6" in final[MESSAGE], final[MESSAGE]
+
+    # streamed: the status ticks while the worker loads, and the progress bar only moves forward
+    shares = [progress(u[MESSAGE]) for u in updates]
+    assert len(updates) >= 3 and shares[0] < 1 and shares[-1] == 1.0
+    assert shares == sorted(shares) and all(0 <= s <= 1 for s in shares)
+    assert any("loading" in u[MESSAGE] for u in updates[:-1]), "the first sweep shows its worker loading"
+
+    # the sweep: a row per (variant, cell), each with its status, shaped like python -m engine sweep --json
+    sweep = final[SWEEP]
+    experiment = sweeps.get("lengths")
+    cells = experiment.grid(True)
+    assert sweep["experiment"] == "lengths" and sweep["quick"] and sweep["preset"]["name"] == "tiny"
+    assert sweep["explanation"] == experiment.explanation and not sweep["cancelled"]
+    assert sorted((r["variant"], r["cell"]) for r in sweep["rows"]) == [("sdpa", c) for c in range(len(cells))]
+    for row in sweep["rows"]:
+        assert row["status"] == "ok", row["reason"]
+        assert row["max_new_tokens"] == (cells[row["cell"]][1].max_new_tokens or experiment.max_new_tokens(True))
+        assert row["output_tokens"] == row["max_new_tokens"] and row["e2e_s"] > row["ttft_s"] > 0
+    outputs = [r for r in sweep["rows"] if r["axis"] == "output"]
+    assert all(r["predicted_e2e_s"] > 0 for r in outputs)
+
+    # the table and the chart show the same rows
+    assert len(final[TABLE]["data"]) == 6 and "TTFT (ms)" in final[TABLE]["headers"]
+    figure = json.loads(final[PLOT]["plot"])
+    assert final[PLOT]["type"] == "plotly" and figure["config"]["toImageButtonOptions"]["filename"] == "sweep-lengths"
+    measured = [t for t in figure["data"] if t["name"] == "sdpa"]
+    assert sorted(len(t["x"]) for t in measured) == [3, 3]          # E2E by new tokens, TTFT by prompt length
+
+    # downloads, served by the app
+    assert json.loads(fetch(url, final[JSON_FILE]["value"])) == sweep
+    table = list(csv.DictReader(io.StringIO(fetch(url, final[CSV_FILE]["value"]))))
+    assert len(table) == 6 and {r["variant"] for r in table} == {"sdpa"} and {r["status"] for r in table} == {"ok"}
+    assert [float(r["e2e_s"]) for r in table] == [r["e2e_s"] for r in sweep["rows"]]
+    page = fetch(url, final[HTML_FILE]["value"])
+    assert experiment.title in page and "Plotly.newPlot" in page and "<script src=" not in page     # standalone
+
+
+@pytest.mark.parametrize("preset, variants, expected", [
+    ("tiny", [], "no variant selected"),
+    ("falcon-7b", ["sdpa"], "not in the local Hugging Face cache"),
+], ids=["no variant", "preset that cannot load"])
+def test_bad_input_gets_a_message_and_runs_nothing(client, preset, variants, expected):
+    result = client.predict("batch", preset, variants, True, api_name="/experiment")
+    assert expected in result[MESSAGE] and 'data-kind="error"' in result[MESSAGE]
+    assert result[SWEEP] is None
+
+
+def wait_for_partial(job) -> list:
+    """The first update of a sweep with some cells measured, not all."""
+    for update in job:
+        if 0 < progress(update[MESSAGE]) < 1 and update[TABLE]["data"]:
+            return update
+    raise AssertionError("no update carried a partly measured sweep")
+
+
+def test_the_chart_fills_as_cells_finish_on_the_same_device_queue_as_compare(url, client):
+    other = Client(url, verbose=False)
+    job = client.submit("attention", "tiny", ["baseline", "sdpa"], True, api_name="/experiment")
+    partial = wait_for_partial(job)
+    assert 0 < len(partial[TABLE]["data"]) < 16
+    assert json.loads(partial[PLOT]["plot"])["data"], "the chart had no points while the sweep ran"
+
+    queued = other.submit("Why?", "tiny", ["sdpa"], 4, "fair", api_name="/compare")
+    statuses = []
+    for _ in range(50):                    # a Compare run waits for the sweep: one run per device
+        statuses.append(queued.status())
+        if statuses[-1].code == Status.IN_QUEUE:
+            break
+        time.sleep(0.1)
+    assert any(s.code == Status.IN_QUEUE for s in statuses), statuses[-1]
+    other.predict(api_name="/experiment_stop")          # another visitor's Stop leaves this sweep alone
+    final = job.result()
+    assert "Done: attention, 16 of 16" in final[MESSAGE] and not final[SWEEP]["cancelled"]
+    assert {r["status"] for r in final[SWEEP]["rows"]} == {"ok"}
+    assert all(r["status"] == "ok" for r in queued.result()[1]["results"])       # then the Compare run ran
+
+
+def test_stop_ends_this_visitors_sweep_with_the_rows_it_has(client):
+    job = client.submit("attention", "tiny", ["baseline", "sdpa"], True, api_name="/experiment")
+    wait_for_partial(job)
+    client.predict(api_name="/experiment_stop")
+    final = job.result()
+    assert "Stopped" in final[MESSAGE] and 'data-kind="warn"' in final[MESSAGE], final[MESSAGE]
+    rows = final[SWEEP]["rows"]
+    assert final[SWEEP]["cancelled"] and len(rows) == 16
+    assert "ok" in {r["status"] for r in rows} and "cancelled" in {r["status"] for r in rows}
+    assert {r["status"] for r in rows} <= {"ok", "cancelled"}
+    assert final[JSON_FILE]["value"] and len(final[TABLE]["data"]) == 16
