@@ -365,7 +365,7 @@ def frame(view: charts.RunView, session_state: Session, started: float, figures:
 
 
 # ---------------------------------------------------------------------------------------- experiments
-PNG_NOTE = ("PNG: hover the chart and press the camera button (\u201cDownload plot as a png\u201d) in its "
+PNG_NOTE = ("PNG: hover the chart and press the camera button (\u201cDownload plot as a PNG\u201d) in its "
             "toolbar. The HTML file is the interactive chart, standalone (it works offline).")
 GRID_KEYS = ("phase", "axis")          # the labels a grid gives its cells (engine/sweeps.py)
 FIRST_EXPERIMENT = "attention"
@@ -403,6 +403,7 @@ def sized(figure):
 def empty_sweep_figure(name: str):
     """The experiment's panels with no data yet."""
     figure = sized(sweep_figure({"experiment": name, "rows": []}))
+    figure.update_xaxes(visible=False).update_yaxes(visible=False)     # no axes without points: titles only
     figure.add_annotation(text="Run the experiment: each point appears when its cell is measured", showarrow=False,
                           xref="paper", yref="paper", x=0.5, y=0.5, font=dict(size=13, color="#8a8f98"))
     return figure

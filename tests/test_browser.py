@@ -159,6 +159,7 @@ def test_experiments_tab_runs_a_sweep_and_draws_its_chart(browser, url):
     page.wait_for_function("() => document.querySelectorAll('#exp-plot .scatterlayer .trace').length === 2",
                            timeout=10_000)
     assert page.locator("#exp-plot .scatterlayer .trace .point").count() == 6
+    assert page.locator('#exp-plot .modebar-btn[data-title*="png" i]').count() == 1     # the PNG download
     assert page.locator("#exp-json").is_enabled() and page.locator("#exp-html").is_enabled()
     page.screenshot(path=str(ARTIFACTS / "browser-experiments.png"), full_page=True)
     page.close()
