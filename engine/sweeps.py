@@ -120,6 +120,21 @@ def get(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
+def grid_for(experiment: Experiment, quick: bool, preset: Preset) -> tuple[list[tuple[dict, Cell]], list[str]]:
+    """The cells that fit the preset's context, and a note for each cell left out."""
+    fits, left_out = [], []
+    new = experiment.max_new_tokens(quick)
+    for labels, cell in experiment.grid(quick):
+        tokens = (cell.prompt_tokens or 0) + (cell.max_new_tokens or new)
+        if tokens <= preset.context_length and (cell.max_new_tokens or new) <= preset.max_new_tokens_cap:
+            fits.append((labels, cell))
+        else:
+            left_out.append(f"{cell.prompt_tokens} prompt + {cell.max_new_tokens or new} new tokens exceed the "
+                            f"context of {preset.context_length} (or the cap of {preset.max_new_tokens_cap} new "
+                            f"tokens) of preset {preset.name!r}")
+    return fits, left_out
+
+
 def repeats_for(quick: bool) -> int:
     """Measured requests per (variant, cell): one on the quick grid, else three (rows keep the median)."""
     return 1 if quick else 3
@@ -159,7 +174,7 @@ class LiveSweep:
                  t0: float):
         self.experiment, self.variants, self.quick, self.repeats, self.t0 = experiment, variants, quick, repeats, t0
         self.preset, self.device = engine.preset, engine.device
-        self.grid = experiment.grid(quick)
+        self.grid, self.left_out = grid_for(experiment, quick, engine.preset)
         self.prompt_tokens = models.count_prompt_tokens(engine.preset, PROMPT)
         # workers kept loaded from an earlier run send no Loaded event: start from what the engine holds
         self.loaded = {name: worker.loaded for name, worker in engine.workers.items() if worker.loaded}
@@ -192,7 +207,7 @@ class LiveSweep:
         """Fold one engine event in; True when the rows changed (a pair finished, or the run ended)."""
         name = getattr(event, "variant", None)
         if isinstance(event, events.RunDone):
-            self.result = _sweep(self.experiment, self.quick, event.report, self.t0)
+            self.result = _sweep(self.experiment, self.quick, self.grid, self.left_out, event.report, self.t0)
             self.revision += 1
             return True
         if name not in self._cell:
@@ -232,12 +247,11 @@ class LiveSweep:
             return self.result
         built = report.build(self.preset, self.device, PROMPT, self.prompt_tokens, self.outcomes, self.variants,
                              [cell for _, cell in self.grid], "fair", self.repeats, 1)
-        return _sweep(self.experiment, self.quick, built, self.t0)
+        return _sweep(self.experiment, self.quick, self.grid, self.left_out, built, self.t0)
 
 
-def _sweep(experiment: Experiment, quick: bool, built: dict, t0: float) -> dict:
+def _sweep(experiment: Experiment, quick: bool, grid: list, left_out: list[str], built: dict, t0: float) -> dict:
     """A sweep's result from the engine's report: its rows labelled with their cell and derived."""
-    grid = experiment.grid(quick)
     rows = []
     for row in built["results"]:
         row.update(grid[row["cell"]][0], experiment=experiment.name,
@@ -245,7 +259,8 @@ def _sweep(experiment: Experiment, quick: bool, built: dict, t0: float) -> dict:
         rows.append(row)
     return {"experiment": experiment.name, "title": experiment.title, "explanation": experiment.explanation,
             "quick": quick, "preset": built["preset"], "device": built["device"], "versions": built["versions"],
-            "cancelled": built["cancelled"], "wall_s": time.perf_counter() - t0, "rows": derive(experiment, rows)}
+            "cancelled": built["cancelled"], "wall_s": time.perf_counter() - t0, "left_out": left_out,
+            "rows": derive(experiment, rows)}
 
 
 def start_sweep(name: str, engine: Engine, quick: bool = False, variants: list[str] | None = None,
@@ -311,7 +326,8 @@ def summary(sweep: dict) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(keys))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
     reasons = {r["variant"]: r["reason"] for r in sweep["rows"] if r["reason"]}
-    return "\n".join(lines + [f"  {v}: {why}" for v, why in reasons.items()])
+    notes = [f"  left out: {note}" for note in sweep.get("left_out", [])]
+    return "\n".join(lines + [f"  {v}: {why}" for v, why in reasons.items()] + notes)
 
 
 __all__ = ["EXPERIMENTS", "Experiment", "LiveSweep", "derive", "get", "repeats_for", "run_sweep", "start_sweep",

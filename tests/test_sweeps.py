@@ -163,3 +163,14 @@ def test_batch_raises_throughput_on_small():
 def test_unknown_experiment_lists_the_choices():
     with pytest.raises(ValueError, match="choose one of: attention, batch, kv-cache, quantization, lengths"):
         get("nope")
+
+
+def test_cells_beyond_the_context_are_left_out_and_named():
+    from engine.sweeps import grid_for
+    opt = presets.load("opt-350m-random")                     # context 2048
+    fits, left_out = grid_for(get("attention"), False, opt)
+    assert {cell.prompt_tokens for _, cell in fits} == {256, 1024}
+    assert len(fits) == 8 and len(left_out) == 8              # 2048 + new tokens and 4096 do not fit
+    assert "exceed the context of 2048" in left_out[0] and "'opt-350m-random'" in left_out[0]
+    fits, left_out = grid_for(get("attention"), False, presets.load("tiny"))   # context 4608: all fit
+    assert len(fits) == 16 and left_out == []
