@@ -284,7 +284,13 @@ class Engine:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 for worker in live:
-                    self._fail(run, worker, f"timed out after {timeout:.0f} s: the worker was stopped")
+                    if run.cancelled.is_set():
+                        self._fail(run, worker, f"did not stop within {CANCEL_GRACE_S:.0f} s of the cancel: "
+                                                "the worker was stopped and starts afresh next run")
+                    elif worker.variant in self._current:
+                        self._time_out(run, worker, timeout)
+                    else:
+                        self._fail(run, worker, f"did not load within {timeout:.0f} s: the worker was stopped")
                 return
             handles = [w.conn for w in live] + [w.process.sentinel for w in live]
             ready = multiprocessing.connection.wait(handles, timeout=min(remaining, 0.5))
@@ -318,10 +324,24 @@ class Engine:
         failed = events.Failed(worker.variant, reason, request_id=self._current.get(worker.variant))
         worker.failed = failed
         self._deliver(run, failed)
-        if worker.process.is_alive():
-            worker.cancel.set()
-            worker.process.join(CANCEL_GRACE_S)
         self._stop_worker(worker.variant, timeout=1.0)
+
+    def _time_out(self, run: Run, worker: Worker, timeout: float) -> None:
+        """A request ran past its time: fail it, stop it at its next token, keep the worker if it obeys."""
+        name, request_id = worker.variant, self._current[worker.variant]
+        self._deliver(run, events.Failed(name, f"timed out after {timeout:.0f} s: stopped (ask for fewer tokens, "
+                                               "or allow more time)", request_id=request_id))
+        self._current[name] = request_id          # still in flight: wait for its (dropped) answer
+        self._discard.add(request_id)
+        worker.cancel.set()
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        while name in self._current and name in self.workers and time.monotonic() < deadline:
+            if worker.conn.poll(0.2):
+                self._read(run, worker)
+        if name in self._current:                 # it did not stop: end the process
+            self._current.pop(name, None)
+            self._stop_worker(name, timeout=1.0)
+        worker.cancel.clear()
 
     def _deliver(self, run: Run, event) -> None:
         """Record an event in the outcome it belongs to and pass it on (warm-up requests stay inside)."""

@@ -242,3 +242,14 @@ def test_compiled_decoder_matches_generate_and_compiles_outside_the_clock():
     reference = eager.generate(Request(3, PROMPT, 12, ignore_eos=True), never)
     assert short.token_ids == reference.token_ids                # the same greedy tokens as generate()
     assert sorted(compiled.decoder.caches) == [(1, 256), (1, 512)]      # one cache (and graph) per bucket
+
+
+def test_a_request_past_its_timeout_fails_and_the_worker_serves_the_next():
+    with Engine(presets.load("small"), request_timeout_s=1.0) as small:
+        report = list(small.run(PROMPT, ["sdpa"], 512))[-1].report   # about 4 s of work on this CPU
+        row = rows(report)["sdpa"]
+        assert row["status"] == "failed" and row["reason"].startswith("timed out after 1 s")
+        pid = small.workers["sdpa"].process.pid
+        again = rows(list(small.run(PROMPT, ["sdpa"], 4))[-1].report)["sdpa"]
+        assert again["status"] == "ok" and again["output_tokens"] == 4
+        assert small.workers["sdpa"].process.pid == pid       # the worker obeyed the cancel and stayed
