@@ -387,7 +387,8 @@ def explanation_html(name: str, quick: bool) -> str:
     """The experiment's paragraph (what its chart shows and why) and the grid it measures."""
     experiment = sweeps.get(name)
     cells, repeats = len(experiment.grid(quick)), sweeps.repeats_for(quick)
-    plan = (f"{'Quick' if quick else 'Full'} grid: {cells} cells per variant, {repeats} measured "
+    plan = (f"{'Quick' if quick else 'Full'} grid: {cells} cells per variant (those beyond the preset's context "
+            f"are left out), {repeats} measured "
             f"request{'s' if repeats > 1 else ''} per cell{' (the median is kept)' if repeats > 1 else ''}, "
             "each cell after one warm-up request. Fair mode: one variant on the device at a time.")
     return (f'<div class="exp-explain" data-experiment="{_e(name)}"><div class="exp-kicker">What the chart shows, '
