@@ -17,12 +17,6 @@ PROMPT = "Why does decoding wait on memory bandwidth?"
 
 
 @pytest.fixture(scope="module")
-def engine():
-    with Engine(presets.load("tiny"), request_timeout_s=120) as eng:
-        yield eng
-
-
-@pytest.fixture(scope="module")
 def six_run(engine):
     """One fair run of six variants; the events and the report."""
     seen = list(engine.run(PROMPT, SIX, 24))

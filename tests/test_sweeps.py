@@ -6,15 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from engine import events, hardware, presets
-from engine.pool import Engine
 from engine.sweeps import EXPERIMENTS, LiveSweep, derive, get, run_sweep, start_sweep, to_csv
 from engine.worker import Request, Runner, WorkerSpec
-
-
-@pytest.fixture(scope="module")
-def engine():
-    with Engine(presets.load("tiny"), request_timeout_s=120) as eng:
-        yield eng
 
 
 @pytest.fixture(scope="module")
