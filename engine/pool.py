@@ -450,11 +450,11 @@ class Engine:
                     if mode == "race" and len(ready) > 1:
                         for name in ready:
                             self._outcomes[(name, cell)].contended = True
-                        self._generate(run, ready, lambda n: make_request(n, cell, discard))
+                        self._generate(run, {name: make_request(name, cell, discard) for name in ready})
                     else:
                         for name in ready:
                             if not run.cancelled.is_set():
-                                self._generate(run, [name], lambda n: make_request(n, cell, discard))
+                                self._generate(run, {name: make_request(name, cell, discard)})
             if group is not resident:
                 for name in group:
                     run.queue.put(events.Status(name, "unloading"))
@@ -538,12 +538,12 @@ class Engine:
             if worker is not None and worker.failed and not worker.loaded:
                 self._stop_worker(name)
 
-    def _generate(self, run: Run, names: list[str], make_request) -> None:
-        """Send one request to each named worker at once and wait for all answers."""
-        for name in names:
+    def _generate(self, run: Run, requests: dict[str, Request]) -> None:
+        """Send each named worker its request at once and wait for all answers."""
+        for name, request in requests.items():
             try:
-                self.workers[name].conn.send(make_request(name))
+                self.workers[name].conn.send(request)
             except (OSError, BrokenPipeError):
                 self._fail(run, self.workers[name], "the worker process is gone; it will be restarted")
-        self._receive(run, names, lambda: not any(n in self._current for n in names),
-                      self.request_timeout_s)
+        names = list(requests)
+        self._receive(run, names, lambda: not any(n in self._current for n in names), self.request_timeout_s)
