@@ -203,3 +203,25 @@ def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_by
         except OSError:
             pass
     return bandwidth
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak resident-set measurement for this process (Linux: clear_refs 5); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process since the last reset (VmHWM), or since it started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

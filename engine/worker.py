@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine import events
+from engine import events, hardware
 from engine.presets import Preset
 from engine.variants import CATALOG
 
@@ -225,6 +225,7 @@ class Runner:
         input_ids, mask = self.encode(request)
         if self.cuda_index is not None:
             torch.cuda.reset_peak_memory_stats(self.cuda_index)
+        self.peak_rss_scope = "request" if hardware.reset_peak_rss() else "process"
         streamer = TimingStreamer(self.tokenizer, self.emit, self.spec.variant, request.request_id,
                                   prompt_first=self.decoder is None)
         sampler = MemorySampler(self.emit, self.spec.variant, self.cuda_index)
@@ -245,18 +246,15 @@ class Runner:
             memory=self.memory(), cache=dict(self.cache_shape))
 
     def memory(self) -> dict:
-        """Peak allocator figures (CUDA), NVML's view of this process (CUDA), and RSS."""
+        """Peak allocator figures and NVML's view of this process (CUDA), and the request's peak RSS."""
         import psutil
-
-        from engine.hardware import process_gpu_bytes
-        import resource
-        result = {"rss_bytes": int(psutil.Process().memory_info().rss),
-                  "peak_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
+        result = {"rss_bytes": int(psutil.Process().memory_info().rss), "peak_rss_bytes": hardware.peak_rss_bytes(),
+                  "peak_rss_scope": self.peak_rss_scope}     # "request" where Linux lets the peak be reset
         if self.cuda_index is not None:
             torch = self.torch
             result["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(self.cuda_index))
             result["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(self.cuda_index))
-            result["nvml_bytes"] = process_gpu_bytes(os.getpid(), self.cuda_index)
+            result["nvml_bytes"] = hardware.process_gpu_bytes(os.getpid(), self.cuda_index)
         return result
 
     def probe(self, probe: Probe) -> events.Measured:

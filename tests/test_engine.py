@@ -247,3 +247,18 @@ def test_a_request_past_its_timeout_fails_and_the_worker_serves_the_next():
         again = rows(list(small.run(PROMPT, ["sdpa"], 4))[-1].report)["sdpa"]
         assert again["status"] == "ok" and again["output_tokens"] == 4
         assert small.workers["sdpa"].process.pid == pid       # the worker obeyed the cancel and stayed
+
+
+def test_cpu_peak_memory_is_measured_per_request():
+    from engine import hardware
+    from engine.worker import Request, Runner, WorkerSpec
+    runner = Runner(WorkerSpec(presets.load("tiny"), "sdpa", "cpu"), lambda event: None)
+    never = type("Never", (), {"is_set": lambda self: False})()
+    ballast = bytearray(400 * 2**20)
+    ballast[::4096] = b"x" * len(ballast[::4096])               # touch the pages: 400 MiB resident
+    high_water = hardware.peak_rss_bytes()
+    del ballast
+    memory = runner.generate(Request(1, PROMPT, 4, ignore_eos=True), never).memory
+    assert memory["peak_rss_scope"] == "request"
+    assert memory["peak_rss_bytes"] < high_water - 300 * 2**20  # the ballast's peak is not this request's
+    assert memory["peak_rss_bytes"] >= memory["rss_bytes"] * 0.9
