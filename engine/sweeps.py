@@ -30,8 +30,7 @@ class Experiment:
     variants: tuple[str, ...]
     grid: Callable[[bool], list[tuple[dict, Cell]]]   # quick -> [(labels of the cell, cell)]
     max_new_tokens: Callable[[bool], int]
-    x: str                                            # the row field drawn on the x axis
-    y: tuple[str, ...]                                # the row fields drawn on the y axis
+    y: tuple[str, ...]                                # the row fields the summary table shows
 
 
 def _attention_grid(quick: bool):
@@ -75,27 +74,27 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         "kernel still processes, which shrinks the gain. Prefill rows time the first token (the prompt pass); "
         "generation rows time the whole answer, where decoding, bound by memory bandwidth, dilutes the gain.",
         ("baseline", "sdpa", "sdpa-flash", "fa2"), _attention_grid, lambda quick: 8 if quick else 64,
-        "prompt_length", ("speedup_vs_baseline", "peak_memory_bytes")),
+        ("speedup_vs_baseline", "peak_memory_bytes")),
     Experiment(
         "batch", "Batching: throughput against time per token",
         "A decode step reads all the weights once, whatever the batch: with more sequences per step the same "
         "bytes serve more tokens, so throughput (tokens per second across the batch) rises almost in "
         "proportion while memory bandwidth is the limit. Each step does more arithmetic, so every user's "
         "tokens arrive a little slower (TPOT rises), until compute, not bandwidth, is the limit.",
-        ("sdpa",), _batch_grid, lambda quick: 16 if quick else 64, "batch_size", ("tokens_per_s", "tpot_s")),
+        ("sdpa",), _batch_grid, lambda quick: 16 if quick else 64, ("tokens_per_s", "tpot_s")),
     Experiment(
         "kv-cache", "The KV cache: time per token against output length, with and without it",
         "With the cache each new token computes its own keys and values and reads the cached ones, so a step "
         "costs about the same all along. Without it every step recomputes the whole sequence so far: a step "
         "costs more with every token, and the total grows with the square of the output length.",
-        ("sdpa", "no-kv-cache"), _kv_grid, lambda quick: 8 if quick else 16, "max_new_tokens", ("tpot_s", "e2e_s")),
+        ("sdpa", "no-kv-cache"), _kv_grid, lambda quick: 8 if quick else 16, ("tpot_s", "e2e_s")),
     Experiment(
         "quantization", "Quantization: memory, speed and agreement with full precision",
         "4-bit NF4 and 8-bit weights take a quarter and a half of the memory of 16-bit ones. Decoding reads "
         "every weight each step, so fewer bytes can mean faster tokens, but the kernels must dequantize on "
         "the fly, which at batch 1 often costs more than it saves. Rounding the weights changes the logits a "
         "little: greedy outputs agree with the full-precision baseline for a while, then may part ways.",
-        ("baseline", "bnb-4bit", "bnb-8bit"), _quant_grid, lambda quick: 16 if quick else 64, "variant",
+        ("baseline", "bnb-4bit", "bnb-8bit"), _quant_grid, lambda quick: 16 if quick else 64,
         ("weights_bytes", "tpot_s", "identical_token_share")),
     Experiment(
         "lengths", "Latency against output and input length",
@@ -103,7 +102,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         "E2E = TTFT + TPOT x (N - 1), a straight line in the output length, predicted here from the "
         "longest answer's TTFT and TPOT. TTFT is the prompt pass: it grows with the input length, "
         "slowly while the GPU has idle capacity, then in proportion.",
-        ("sdpa",), _lengths_grid, lambda quick: 4 if quick else 16, "max_new_tokens",
+        ("sdpa",), _lengths_grid, lambda quick: 4 if quick else 16,
         ("e2e_s", "predicted_e2e_s", "ttft_s")),
 )}
 

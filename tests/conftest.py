@@ -15,3 +15,18 @@ def engine():
     """An engine on the tiny preset, shared by the tests of one module (its workers load once)."""
     with Engine(presets.load("tiny"), request_timeout_s=120) as eng:
         yield eng
+
+
+@pytest.fixture(scope="module")
+def url(request):
+    """The real app (`python app.py` on a free port) for one test module; its log is named after the module."""
+    from app_server import serve
+    with serve(name=request.module.__name__.rsplit(".", 1)[-1]) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    """A gradio_client Client of that app."""
+    from gradio_client import Client
+    return Client(url, verbose=False)

@@ -15,7 +15,6 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from app_server import serve
 from gradio_client import Client
 from gradio_client.utils import Status
 
@@ -30,17 +29,6 @@ SELECTED = ["baseline", "sdpa", "bnb-4bit"]
 PROMPT = "Explain why attention is memory-bound during decoding."
 REPORT_KEYS = {"created", "device", "versions", "preset", "prompt", "prompt_tokens", "mode", "repeats", "batch_size",
                "decoding", "cancelled", "results"}
-
-
-@pytest.fixture(scope="module")
-def url():
-    with serve(name="test_app") as address:
-        yield address
-
-
-@pytest.fixture(scope="module")
-def client(url):
-    return Client(url, verbose=False)
 
 
 def stage(card: str) -> str | None:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from app_server import ARTIFACTS, serve
+from app_server import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
@@ -36,12 +36,6 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
-
-
-@pytest.fixture(scope="module")
-def url():
-    with serve(name="test_browser") as address:
-        yield address
 
 
 def set_max_tokens(page, tokens: int) -> None:

@@ -14,24 +14,12 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from app_server import serve
 from gradio_client import Client
 from gradio_client.utils import Status
 
 from engine import sweeps
 
 MESSAGE, PLOT, TABLE, SWEEP, JSON_FILE, CSV_FILE, HTML_FILE = range(7)
-
-
-@pytest.fixture(scope="module")
-def url():
-    with serve(name="test_experiments_tab") as address:
-        yield address
-
-
-@pytest.fixture(scope="module")
-def client(url):
-    return Client(url, verbose=False)
 
 
 def progress(message: str) -> float:
