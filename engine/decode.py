@@ -24,10 +24,17 @@ def cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _decode_step(model, token: torch.Tensor, cache_position: torch.Tensor, cache, keyword: str) -> torch.Tensor:
-    """One token for every sequence: token (batch, 1) at position cache_position (1,) -> (batch, 1)."""
-    logits = model(input_ids=token, position_ids=cache_position.expand(token.shape[0], 1),
-                   cache_position=cache_position, use_cache=True, **{keyword: cache}).logits
+def _decode_step(model, token: torch.Tensor, position_ids: torch.Tensor, cache_position: torch.Tensor,
+                 attention_mask: torch.Tensor, cache, keyword: str) -> torch.Tensor:
+    """One token for every sequence: token (batch, 1) at cache_position (1,) -> the next (batch, 1).
+
+    `attention_mask` (batch, cache length) is 0 at the prompt's pad positions and 1 elsewhere: its
+    shape never changes, so the step compiles once (without it, some models build a mask from the
+    cache's fill level, a data-dependent shape that cannot be compiled), and positions past the
+    current one are hidden by the causal mask.
+    """
+    logits = model(input_ids=token, position_ids=position_ids, cache_position=cache_position,
+                   attention_mask=attention_mask, use_cache=True, **{keyword: cache}).logits
     return logits[:, -1].argmax(-1, keepdim=True)
 
 
@@ -69,23 +76,34 @@ class CompiledDecoder:
         return cache
 
     def run(self, input_ids: torch.Tensor, max_new_tokens: int, on_token: Callable[[torch.Tensor], None],
-            should_stop: Callable[[torch.Tensor], bool]) -> None:
-        """Prefill, then decode up to max_new_tokens; `on_token` gets each new (batch,) token on the host."""
+            should_stop: Callable[[torch.Tensor], bool], attention_mask: torch.Tensor | None = None) -> None:
+        """Prefill, then decode up to max_new_tokens; `on_token` gets each new (batch,) token on the host.
+
+        `attention_mask` (batch, prompt) marks left padding with 0, as for generate(): padded rows
+        then get the same positions and see the same tokens as they would alone.
+        """
         batch, length = input_ids.shape
-        cache = self._cache(self.key(input_ids, max_new_tokens))
-        positions = torch.arange(length, device=input_ids.device)
-        logits = self.model(input_ids=input_ids, position_ids=positions.expand(batch, -1), cache_position=positions,
-                            use_cache=True, **{self.keyword: cache}).logits
+        key = self.key(input_ids, max_new_tokens)
+        cache = self._cache(key)
+        prompt_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.dtype)
+        mask = torch.ones(batch, key[1], dtype=input_ids.dtype, device=input_ids.device)
+        mask[:, :length] = prompt_mask
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)         # as generate() numbers left-padded rows
+        cache_positions = torch.arange(length, device=input_ids.device)
+        logits = self.model(input_ids=input_ids, position_ids=positions, cache_position=cache_positions,
+                            attention_mask=mask[:, :length], use_cache=True, **{self.keyword: cache}).logits
         token = logits[:, -1].argmax(-1, keepdim=True)
         host = token.cpu()
         on_token(host[:, 0])
+        position = positions[:, -1:] + 1
         cache_position = torch.tensor([length], device=input_ids.device)
         for _ in range(max_new_tokens - 1):
             if should_stop(host):
                 return
-            token = self.step(self.model, token, cache_position, cache, self.keyword).clone()  # graphs reuse outputs
+            token = self.step(self.model, token, position, cache_position, mask, cache, self.keyword).clone()
             host = token.cpu()                     # a loop must see each token (end of sequence): one sync a step
-            on_token(host[:, 0])
+            on_token(host[:, 0])                   # (.clone() above: a CUDA graph reuses its output buffer)
+            position += 1
             cache_position += 1
 
 

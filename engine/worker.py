@@ -209,7 +209,8 @@ class Runner:
             eos = self.tokenizer.eos_token_id
             ignore = self.ignores_eos(request)
             self.decoder.run(input_ids, request.max_new_tokens, streamer.put,
-                             lambda host: cancel.is_set() or (not ignore and bool((host == eos).all())))
+                             lambda host: cancel.is_set() or (not ignore and bool((host == eos).all())),
+                             attention_mask=mask)
             return
 
         class Cancelled(StoppingCriteria):
@@ -234,7 +235,8 @@ class Runner:
             # a new cache bucket compiles a new graph: do it before the clock starts, as warm-up
             self.emit(events.Status(self.spec.variant, "warming", "compiling the decode step for this length"))
             with torch.inference_mode():
-                self.decoder.run(input_ids, min(request.max_new_tokens, 4), lambda token: None, lambda host: False)
+                self.decoder.run(input_ids, min(request.max_new_tokens, 4), lambda token: None, lambda host: False,
+                                 attention_mask=mask)
         t_start = time.perf_counter()
         self.emit(events.Started(self.spec.variant, request.request_id, t_start, int(input_ids.shape[1])))
         with sampler, self.attention_context(), torch.inference_mode():

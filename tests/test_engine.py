@@ -238,6 +238,37 @@ def test_compiled_decoder_matches_generate_and_compiles_outside_the_clock():
     assert sorted(compiled.decoder.caches) == [(1, 256), (1, 512)]      # one cache (and graph) per bucket
 
 
+@pytest.mark.parametrize("model_type", ["llama", "opt"])
+def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_type):
+    """Rows padded on the left keep their own positions (OPT learns absolute ones) and never see the pads.
+
+    OPT also builds its mask from the cache's fill level when given none: a data-dependent shape
+    that transformers 5.17 cannot compile. The decoder passes a mask of the cache's fixed length.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.decode import CompiledDecoder
+    shape = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, pad_token_id=0,
+                 max_position_embeddings=512)
+    shape.update(dict(ffn_dim=128, word_embed_proj_dim=32) if model_type == "opt" else
+                 dict(intermediate_size=128, num_key_value_heads=2))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **shape), attn_implementation="sdpa")
+    model.eval().generation_config.eos_token_id = None        # random weights: decode all the tokens asked for
+    ids = torch.randint(3, 500, (3, 24))
+    mask = torch.ones_like(ids)
+    ids[1, :9], mask[1, :9] = 0, 0                              # row 1 is 15 tokens, row 2 is 24, both left-aligned
+    decoder, got = CompiledDecoder(model, 512, "cpu"), []
+    with torch.inference_mode():
+        decoder.run(ids, 10, got.append, lambda host: False, attention_mask=mask)
+        reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
+        alone = model.generate(input_ids=ids[1:2, 9:], max_new_tokens=10, do_sample=False)
+    tokens = torch.stack(got, 1)
+    assert tokens.tolist() == reference[:, 24:].tolist()
+    assert tokens[1].tolist() == alone[0, 15:].tolist()         # the padded row decodes as it would alone
+
+
 def test_a_request_past_its_timeout_fails_and_the_worker_serves_the_next():
     with Engine(presets.load("small"), request_timeout_s=1.0) as small:
         report = list(small.run(PROMPT, ["sdpa"], 512))[-1].report   # about 4 s of work on this CPU
