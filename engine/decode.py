@@ -40,6 +40,11 @@ def _decode_step(model, token: torch.Tensor, position_ids: torch.Tensor, cache_p
 
 MIN_BUCKET = 256
 
+# On a GPU: capture the step as a CUDA graph ("reduce-overhead"), and gpt-fast's setting,
+# coordinate-descent tuning, under which inductor turns every one-row matmul of a decode step
+# (a GEMV) into a Triton reduction whose block sizes it tunes, instead of calling cuBLAS.
+CUDA_INDUCTOR = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
+
 
 def bucket(tokens: int, context_length: int) -> int:
     """The static cache length for a request of `tokens` positions: a power of two, within the context."""
@@ -49,15 +54,31 @@ def bucket(tokens: int, context_length: int) -> int:
     return min(size, context_length)
 
 
+def _fused_step(fused, token, position_ids, cache_position, attention_mask, cache, keyword) -> torch.Tensor:
+    return fused(token, position_ids, cache_position, attention_mask, cache)
+
+
 class CompiledDecoder:
     """Greedy decoding with a static KV cache and a compiled one-token step."""
 
-    def __init__(self, model, context_length: int, device: str):
+    def __init__(self, model, context_length: int, device: str, inductor: dict | None = None,
+                 fused: bool | None = None):
+        """`inductor`: inductor's options for the step (default: CUDA_INDUCTOR on a GPU, none on a CPU).
+        `fused`: the engine's fused step for Llama-family models (engine/fused.py) instead of the
+        model's forward; None uses it where the model qualifies."""
+        from engine.fused import FusedLlamaStep, unsupported_reason
         self.model, self.context_length, self.device = model, context_length, device
         self.keyword = cache_keyword(model)
         self.caches: dict[tuple[int, int], object] = {}   # (batch, bucket) -> StaticCache; graphs keep its addresses
-        mode = "reduce-overhead" if device.startswith("cuda") else "default"
-        self.step = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
+        self.cuda = device.startswith("cuda")
+        self.inductor = dict(CUDA_INDUCTOR if self.cuda else {}) if inductor is None else dict(inductor)
+        reason = unsupported_reason(model)
+        if fused and reason:
+            raise ValueError(f"the fused decode step does not support this model: {reason}")
+        self.fused = FusedLlamaStep(model) if (fused or fused is None) and reason is None else None
+        self.step_kind = "fused Llama step" if self.fused is not None else "transformers forward"
+        self.step = torch.compile(_fused_step if self.fused is not None else _decode_step,
+                                  options=self.inductor or None, fullgraph=True, dynamic=False)
 
     def key(self, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[int, int]:
         batch, length = input_ids.shape
@@ -75,12 +96,19 @@ class CompiledDecoder:
         cache.reset()
         return cache
 
-    def run(self, input_ids: torch.Tensor, max_new_tokens: int, on_token: Callable[[torch.Tensor], None],
+    def run(self, input_ids: torch.Tensor, max_new_tokens: int, on_token: Callable[[torch.Tensor, object], None],
             should_stop: Callable[[torch.Tensor], bool], attention_mask: torch.Tensor | None = None) -> None:
-        """Prefill, then decode up to max_new_tokens; `on_token` gets each new (batch,) token on the host.
+        """Prefill, then decode up to max_new_tokens greedily.
 
-        `attention_mask` (batch, prompt) marks left padding with 0, as for generate(): padded rows
-        then get the same positions and see the same tokens as they would alone.
+        `on_token(tokens, ready)` gets each new (batch,) token on the host, with `ready`, a CUDA
+        event recorded when the device had it (None on a CPU). `attention_mask` (batch, prompt)
+        marks left padding with 0, as for generate(): padded rows then get the same positions and
+        see the same tokens as they would alone.
+
+        The host never leaves the device idle: step n+1 is queued before the host waits for
+        token n, so streaming a token, checking for the end and launching the next graph all
+        overlap the step that is running. A stop is seen one step late; that step's token is
+        dropped, never streamed.
         """
         batch, length = input_ids.shape
         key = self.key(input_ids, max_new_tokens)
@@ -93,32 +121,51 @@ class CompiledDecoder:
         logits = self.model(input_ids=input_ids, position_ids=positions, cache_position=cache_positions,
                             attention_mask=mask[:, :length], use_cache=True, **{self.keyword: cache}).logits
         token = logits[:, -1].argmax(-1, keepdim=True)
-        host = token.cpu()
-        on_token(host[:, 0])
         position = positions[:, -1:] + 1
         cache_position = torch.tensor([length], device=input_ids.device)
+        in_flight = self._to_host(token)
         for _ in range(max_new_tokens - 1):
+            if self.cuda:
+                torch.compiler.cudagraph_mark_step_begin()
+            token = self.step(self.fused if self.fused is not None else self.model, token, position,
+                              cache_position, mask, cache, self.keyword).clone()
+            position += 1                          # (.clone(): a CUDA graph reuses its output buffer)
+            cache_position += 1
+            host, ready = in_flight
+            in_flight = self._to_host(token)       # queued behind the step: the device stays busy
+            if ready is not None:
+                ready.synchronize()
+            on_token(host[:, 0], ready)
             if should_stop(host):
                 return
-            token = self.step(self.model, token, position, cache_position, mask, cache, self.keyword).clone()
-            host = token.cpu()                     # a loop must see each token (end of sequence): one sync a step
-            on_token(host[:, 0])                   # (.clone() above: a CUDA graph reuses its output buffer)
-            position += 1
-            cache_position += 1
+        host, ready = in_flight
+        if ready is not None:
+            ready.synchronize()
+        on_token(host[:, 0], ready)
+
+    def _to_host(self, token: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """Start copying a token to the host; (host tensor, CUDA event to wait on, or None on a CPU)."""
+        if not self.cuda:
+            return token, None
+        host = token.to("cpu", non_blocking=True)                     # into pinned memory, asynchronously
+        ready = torch.cuda.Event(enable_timing=True)
+        ready.record()
+        return host, ready
 
 
 class TokenClock:
-    """Times tokens after the first: CUDA events on a GPU (device timeline), perf_counter on a CPU."""
+    """Times tokens after the first: on the device's timeline on a GPU, perf_counter on a CPU.
+
+    Called as `clock(tokens, ready)`: `ready` is the CUDA event of the token (None on a CPU).
+    """
 
     def __init__(self, cuda: bool):
         self.cuda, self.count, self.first, self.last = cuda, 0, None, None
 
-    def __call__(self, token) -> None:
+    def __call__(self, token, ready=None) -> None:
         self.count += 1
         if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            mark = event
+            mark = ready
         else:
             mark = time.perf_counter()
         if self.count == 1:

@@ -123,7 +123,8 @@ CATALOG: dict[str, Variant] = {v.name: v for v in (
     Variant("bnb-8bit", "8-bit LLM.int8()", "bitsandbytes 8-bit weights: half the memory of 16-bit, "
             "outliers kept in 16 bits.", quantization="int8"),
     Variant("compiled", "Static cache + torch.compile", "A fixed-size KV cache lets torch.compile "
-            "capture the decode step; compile time counts as warm-up.", compile=True),
+            "capture the decode step as one CUDA graph (for Llama-family models, a step with fused "
+            "q/k/v and gate/up weights); compile time counts as warm-up.", compile=True),
     Variant("no-kv-cache", "No KV cache", "Recomputes keys and values of every position at every step: "
             "what the KV cache saves.", use_cache=False),
 )}

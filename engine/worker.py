@@ -208,7 +208,7 @@ class Runner:
         if self.decoder is not None:
             eos = self.tokenizer.eos_token_id
             ignore = self.ignores_eos(request)
-            self.decoder.run(input_ids, request.max_new_tokens, streamer.put,
+            self.decoder.run(input_ids, request.max_new_tokens, lambda tokens, ready: streamer.put(tokens),
                              lambda host: cancel.is_set() or (not ignore and bool((host == eos).all())),
                              attention_mask=mask)
             return
@@ -235,7 +235,7 @@ class Runner:
             # a new cache bucket compiles a new graph: do it before the clock starts, as warm-up
             self.emit(events.Status(self.spec.variant, "warming", "compiling the decode step for this length"))
             with torch.inference_mode():
-                self.decoder.run(input_ids, min(request.max_new_tokens, 4), lambda token: None, lambda host: False,
+                self.decoder.run(input_ids, min(request.max_new_tokens, 4), lambda *token: None, lambda host: False,
                                  attention_mask=mask)
         t_start = time.perf_counter()
         self.emit(events.Started(self.spec.variant, request.request_id, t_start, int(input_ids.shape[1])))
@@ -318,8 +318,11 @@ def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[objec
         gc.collect()
         gc.freeze()
         runner.emit = emit
+        label = runner.variant.display_label()
+        if runner.decoder is not None:
+            label += f" ({runner.decoder.step_kind})"
         emit(events.Loaded(name, load_s, time.perf_counter() - t1, runner.weights_bytes, spec.device,
-                           spec.preset.dtype, runner.variant.display_label()))
+                           spec.preset.dtype, label))
     except BaseException as error:  # noqa: BLE001 - a failure is a value, sent to the orchestrator
         emit(events.Failed(name, "could not load: " + one_line(error), traceback.format_exc()))
         return

@@ -61,7 +61,7 @@ def main() -> int:
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with profile(activities=activities) as prof:
-            decoder.run(ids, 4, lambda token: None, lambda host: False)
+            decoder.run(ids, 4, lambda *token: None, lambda host: False)
     names = {}
     for event in prof.events():
         if event.name in ("cudaGraphLaunch", "cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx",

@@ -238,35 +238,76 @@ def test_compiled_decoder_matches_generate_and_compiles_outside_the_clock():
     assert sorted(compiled.decoder.caches) == [(1, 256), (1, 512)]      # one cache (and graph) per bucket
 
 
-@pytest.mark.parametrize("model_type", ["llama", "opt"])
-def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_type):
+@pytest.mark.parametrize("model_type,fused", [("llama", None), ("llama", False), ("qwen2", None), ("opt", None)])
+def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_type, fused):
     """Rows padded on the left keep their own positions (OPT learns absolute ones) and never see the pads.
 
-    OPT also builds its mask from the cache's fill level when given none: a data-dependent shape
-    that transformers 5.17 cannot compile. The decoder passes a mask of the cache's fixed length.
+    Llama-family models get the engine's fused step (Qwen2 with q/k/v biases and tied embeddings,
+    Llama with Llama 3's rotary scaling); OPT keeps transformers' forward, which builds its mask
+    from the cache's fill level when given none: a data-dependent shape that transformers 5.17
+    cannot compile. The decoder passes a mask of the cache's fixed length.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from engine import models
     from engine.decode import CompiledDecoder
     shape = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, pad_token_id=0,
                  max_position_embeddings=512)
-    shape.update(dict(ffn_dim=128, word_embed_proj_dim=32) if model_type == "opt" else
-                 dict(intermediate_size=128, num_key_value_heads=2))
+    shape.update({"opt": dict(ffn_dim=128, word_embed_proj_dim=32),
+                  "qwen2": dict(intermediate_size=128, num_key_value_heads=2, tie_word_embeddings=True),
+                  "llama": dict(intermediate_size=128, num_key_value_heads=2, rope_scaling={
+                      "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 64})}[model_type])
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **shape), attn_implementation="sdpa")
     model.eval().generation_config.eos_token_id = None        # random weights: decode all the tokens asked for
     ids = torch.randint(3, 500, (3, 24))
     mask = torch.ones_like(ids)
     ids[1, :9], mask[1, :9] = 0, 0                              # row 1 is 15 tokens, row 2 is 24, both left-aligned
-    decoder, got = CompiledDecoder(model, 512, "cpu"), []
     with torch.inference_mode():
-        decoder.run(ids, 10, got.append, lambda host: False, attention_mask=mask)
         reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
         alone = model.generate(input_ids=ids[1:2, 9:], max_new_tokens=10, do_sample=False)
+    size = models.weights_bytes(model)
+    decoder, got = CompiledDecoder(model, 512, "cpu", fused=fused), []
+    expected_kind = "fused Llama step" if model_type != "opt" and fused is None else "transformers forward"
+    assert decoder.step_kind == expected_kind
+    assert models.weights_bytes(model) == size                  # fused weights are not stored twice
+    with torch.inference_mode():
+        decoder.run(ids, 10, lambda tokens, ready: got.append(tokens), lambda host: False, attention_mask=mask)
+        after = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
     tokens = torch.stack(got, 1)
     assert tokens.tolist() == reference[:, 24:].tolist()
     assert tokens[1].tolist() == alone[0, 15:].tolist()         # the padded row decodes as it would alone
+    assert after.tolist() == reference.tolist()                 # the model's own forward still works after fusing
+    if decoder.fused is not None:
+        attn = model.model.layers[0].self_attn                  # q, k, v are views of the fused matrix
+        assert attn.q_proj.weight.data_ptr() == decoder.fused.layers[0].qkv.data_ptr()
+        assert attn.v_proj.weight.untyped_storage().data_ptr() == decoder.fused.layers[0].qkv.data_ptr()
+    streamed = []                                               # a stop after the third token: no fourth
+    with torch.inference_mode():
+        decoder.run(ids, 10, lambda tokens, ready: streamed.append(tokens), lambda host: len(streamed) == 3,
+                    attention_mask=mask)
+    assert torch.stack(streamed, 1).tolist() == tokens[:, :3].tolist()
+
+
+def test_the_fused_step_refuses_models_it_does_not_compute():
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.decode import CompiledDecoder
+    from engine.fused import unsupported_reason
+    mistral = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "mistral", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, sliding_window=16))
+    assert unsupported_reason(mistral) == "sliding-window attention"
+    with pytest.raises(ValueError, match="sliding-window attention"):
+        CompiledDecoder(mistral, 64, "cpu", fused=True)
+    assert CompiledDecoder(mistral, 64, "cpu").step_kind == "transformers forward"
+    llama = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))
+    llama.model.layers[0].mlp.up_proj = torch.nn.Identity()     # not a plain Linear (as a quantized layer is not)
+    assert "Identity layers" in unsupported_reason(llama)
 
 
 def test_a_request_past_its_timeout_fails_and_the_worker_serves_the_next():

@@ -1,0 +1,132 @@
+"""A decode step for Llama-family models written the gpt-fast way, over the model's own weights.
+
+transformers' forward, compiled, spends a decode step in many small matrix-vector products and
+the kernels between them. This step does the same arithmetic with fewer, larger reads:
+
+- q, k and v are one matrix (and gate and up another): one GEMV reads each instead of three (two).
+  The model keeps working unchanged: its q/k/v and gate/up weights become views into the fused
+  matrices, so no weight is stored twice.
+- grouped-query attention without copying keys and values per query head: with one query
+  position, the query heads that share a key/value head become rows of one query
+  (batch, kv heads, group, head dim), so the kernel reads each cached key and value once.
+
+Prefill stays transformers' own forward: it fills the same StaticCache this step reads and writes.
+`FusedLlamaStep.supports(model)` says whether a model qualifies; the step refuses others.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+FAMILY = ("llama", "mistral", "qwen2")       # RMSNorm, rotary positions, grouped-query attention, SwiGLU
+
+
+def unsupported_reason(model) -> str | None:
+    """None when the fused step computes what this model's forward computes; else why not."""
+    config = model.config
+    if config.model_type not in FAMILY:
+        return f"model type {config.model_type!r} is not one of {', '.join(FAMILY)}"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "sliding-window attention"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r}"
+    if getattr(config, "mlp_bias", False) or getattr(config, "pretraining_tp", 1) != 1:
+        return "MLP bias or tensor-parallel slicing"
+    linears = (nn.Linear,)
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        for module in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
+                       mlp.down_proj):
+            if type(module) not in linears:
+                return f"{type(module).__name__} layers, not plain Linear ones (quantized weights, for one)"
+    return None
+
+
+def _fuse(linears: list[nn.Linear]) -> tuple[nn.Parameter, nn.Parameter | None]:
+    """One weight (and bias) for several Linear layers of the same input; they become views of it."""
+    weight = torch.cat([linear.weight.data for linear in linears])
+    for linear in linears:
+        linear.weight.data = torch.empty(0, device=weight.device, dtype=weight.dtype)   # free as we go
+    bias = None
+    if linears[0].bias is not None:
+        bias = torch.cat([linear.bias.data for linear in linears])
+    start = 0
+    for linear in linears:
+        rows = linear.out_features
+        linear.weight.data = weight[start:start + rows]
+        if bias is not None:
+            linear.bias.data = bias[start:start + rows]
+        start += rows
+    return nn.Parameter(weight, requires_grad=False), None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Exactly LlamaRMSNorm: in float32, then back to the input's dtype before the weight."""
+    hidden = x.float()
+    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * hidden.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _Layer(nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        attn, mlp = layer.self_attn, layer.mlp
+        self.qkv, self.qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.gate_up, _ = _fuse([mlp.gate_proj, mlp.up_proj])
+        self.o, self.o_bias = attn.o_proj.weight, attn.o_proj.bias
+        self.down = mlp.down_proj.weight
+        self.norm_in, self.norm_post = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+        self.eps = layer.input_layernorm.variance_epsilon
+        self.q_size, self.kv_size = attn.q_proj.out_features, attn.k_proj.out_features
+        self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        self.intermediate = mlp.gate_proj.out_features
+
+
+class FusedLlamaStep(nn.Module):
+    """`step(token, position_ids, cache_position, attention_mask, cache)` -> the next greedy token."""
+
+    def __init__(self, model):
+        super().__init__()
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"the fused decode step does not support this model: {reason}")
+        self.embed = model.model.embed_tokens.weight
+        self.rotary = model.model.rotary_emb
+        self.layers = nn.ModuleList(_Layer(layer) for layer in model.model.layers)
+        self.norm, self.eps = model.model.norm.weight, model.model.norm.variance_epsilon
+        self.head = model.lm_head.weight
+
+    def forward(self, token: torch.Tensor, position_ids: torch.Tensor, cache_position: torch.Tensor,
+                attention_mask: torch.Tensor, cache) -> torch.Tensor:
+        batch = token.shape[0]
+        x = F.embedding(token, self.embed)                                   # (batch, 1, hidden)
+        cos, sin = self.rotary(x, position_ids)                              # (batch, 1, head_dim)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        positions = torch.arange(attention_mask.shape[-1], device=token.device)
+        visible = attention_mask.bool() & (positions <= cache_position)      # (batch, cache length)
+        for layer, kv in zip(self.layers, cache.layers):
+            heads, kv_heads = layer.q_size // layer.head_dim, layer.kv_size // layer.head_dim
+            qkv = F.linear(_rms_norm(x, layer.norm_in, layer.eps), layer.qkv, layer.qkv_bias)
+            q, k, v = qkv.split((layer.q_size, layer.kv_size, layer.kv_size), dim=-1)
+            q = q.view(batch, heads, 1, layer.head_dim)                      # one position: (b, heads, 1, d)
+            k = k.view(batch, kv_heads, 1, layer.head_dim)
+            v = v.view(batch, kv_heads, 1, layer.head_dim)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            kv.keys.index_copy_(2, cache_position, k)
+            kv.values.index_copy_(2, cache_position, v)
+            # the heads of a group share one key/value head: make them the rows of one query
+            group = q.view(batch, kv_heads, heads // kv_heads, layer.head_dim)
+            out = F.scaled_dot_product_attention(group, kv.keys, kv.values, attn_mask=visible[:, None, None, :],
+                                                 scale=layer.scaling)
+            x = x + F.linear(out.reshape(batch, 1, layer.q_size), layer.o, layer.o_bias)
+            gate, up = F.linear(_rms_norm(x, layer.norm_post, layer.eps), layer.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.down)
+        logits = F.linear(_rms_norm(x[:, -1], self.norm, self.eps), self.head)
+        return logits.argmax(-1, keepdim=True)
