@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import multiprocessing.connection
+import os
 import queue
 import threading
 import time
@@ -43,9 +44,17 @@ class Cell:
         return dataclasses.asdict(self)
 
 
+def free_core(cores: list[int], taken: set[int | None]) -> int | None:
+    """A CPU core of its own for a GPU worker, or None when none is left.
+
+    A GPU worker's one Python thread launches every kernel: when it shares a core or moves between
+    cores mid-run, its TPOT jitters. The first core stays with the orchestrator and the page.
+    """
+    return next((core for core in cores[1:] if core not in taken), None)
+
+
 def _worker_main(spec, conn, cancel):
     """Child-process entry: route the worker's events into its pipe (one lock for its threads)."""
-    import os
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")     # keep the terminal for the table
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import logging
@@ -73,6 +82,7 @@ class Worker:
     process: multiprocessing.Process
     conn: multiprocessing.connection.Connection
     cancel: object
+    spec: WorkerSpec
     loaded: events.Loaded | None = None
     failed: events.Failed | None = None
 
@@ -244,13 +254,16 @@ class Engine:
     def _spawn(self, name: str) -> Worker:
         parent, child = CONTEXT.Pipe(duplex=True)
         cancel = CONTEXT.Event()
+        core = None
+        if self.device.kind == "cuda":
+            core = free_core(sorted(os.sched_getaffinity(0)), {w.spec.core for w in self.workers.values()})
         spec = WorkerSpec(self.preset, name, "cpu" if self.device.kind == "cpu" else f"cuda:{self.device.index}",
-                          self.threads)
+                          self.threads, core)
         process = CONTEXT.Process(target=_worker_main, args=(spec, child, cancel), daemon=True,
                                   name=f"worker-{name}")
         process.start()
         child.close()
-        worker = Worker(name, process, parent, cancel)
+        worker = Worker(name, process, parent, cancel, spec)
         self.workers[name] = worker
         return worker
 

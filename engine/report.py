@@ -67,7 +67,7 @@ def peak_memory(finished) -> int | None:
 
 EMPTY_METRICS = ("output_tokens", "decode_bytes_per_step", "load_s", "ttft_s", "tpot_s", "e2e_s", "tokens_per_s", "itl_p50_s",
                  "itl_p90_s", "itl_p99_s", "peak_memory_bytes", "weights_bytes", "kv_cache_bytes", "mbu",
-                 "tpot_min_s", "tpot_max_s", "queue_s", "warmup_s")
+                 "tpot_min_s", "tpot_max_s", "tpot_repeats_s", "queue_s", "warmup_s")
 
 
 def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
@@ -98,6 +98,7 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
         row[key] = _median_of(rows, key) if key.endswith(("_s", "mbu")) else rows[0][key]
     tpots = [r["tpot_s"] for r in rows if r["tpot_s"] is not None]
     row.update(tpot_min_s=min(tpots) if tpots else None, tpot_max_s=max(tpots) if tpots else None,
+               tpot_repeats_s=[r["tpot_s"] for r in rows],     # in the order run: shows a slow first repeat
                text=first.text, queue_s=first.t_start - outcome.t_ready if outcome.t_ready else None, peak_memory_bytes=peak_memory(first),
                memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
                token_times_s=metrics.relative_times(first.t_start, first.token_times))

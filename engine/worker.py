@@ -29,6 +29,7 @@ class WorkerSpec:
     variant: str
     device: str                   # "cpu" or "cuda:N"
     threads: int | None = None    # torch CPU threads (None: torch's default)
+    core: int | None = None       # pin the serving thread to this CPU core once loaded (GPU workers)
 
 
 @dataclass(frozen=True)
@@ -317,6 +318,8 @@ def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[objec
         # (66 ms on a 2-core CPU) and would stall a token at random. Frozen, they are skipped.
         gc.collect()
         gc.freeze()
+        if spec.core is not None:     # after loading, which may use every core (quantizing on the CPU)
+            os.sched_setaffinity(0, {spec.core})
         runner.emit = emit
         label = runner.variant.display_label()
         if runner.decoder is not None:

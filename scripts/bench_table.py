@@ -61,6 +61,29 @@ def bench_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def probe_markdown(data: dict) -> str:
+    """A compile_probe.py run: one row per way of compiling the step, then where a step's time goes."""
+    lines = [f"### `{data['command']}`", "",
+             f"{data['preset']} on {data['device']}, torch {data['torch']}, transformers {data['transformers']}; "
+             f"prompt {data['prompt_tokens']}, {data['new_tokens']} new tokens; weights "
+             f"{data['weights_bytes'] / 1e9:.2f} GB, copy bandwidth {data['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s.",
+             "", "| config | step | inductor options | compile + first run s | TPOT ms (median of 3) | MBU (copy) | "
+             "MBU without the input table | kernel us per step | idle us per step | kernels per step |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in data["results"]:
+        options = ", ".join(f"{key}={value}" for key, value in r["inductor"].items()) or "inductor's defaults"
+        cells = (r["config"], r["step"], options, _num(r["compile_and_first_run_s"], 1), _num(r["tpot_ms"], 2),
+                 _pct(r["mbu_vs_copy"]), _pct(r["mbu_vs_copy_without_input_table"]),
+                 _num(r.get("kernel_us_per_step"), 0), _num(r.get("idle_us_per_step"), 0),
+                 _num(r.get("kernels_per_step"), 0))
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    for r in data["results"]:
+        if r.get("us_per_step_by_kind"):
+            lines.append(f"- `{r['config']}`, us per step by kind: "
+                         + ", ".join(f"{kind} {us:.0f}" for kind, us in r["us_per_step_by_kind"].items()))
+    return "\n".join(lines)
+
+
 def main(paths: list[str]) -> int:
     for path in paths:
         data = json.loads(Path(path).read_text())
@@ -73,9 +96,11 @@ def main(paths: list[str]) -> int:
                       f"{report.get('skipped') or report.get('error')}")
                 print()
             print(f"Total wall time: {data['wall_s']:.0f} s\n")
+        elif "results" in data and "copy_bandwidth_bytes_per_s" in data:    # compile_probe.py
+            print(probe_markdown(data) + "\n")
         elif "results" in data:
             print(bench_markdown(data) + "\n")
-        else:                                 # compile_probe.py
+        else:                                 # compile_probe.py before it compared configs
             print(f"- compile probe ({'tuned inductor' if data['tuned'] else 'default inductor'}), "
                   f"{data['preset']}: TPOT {data['tpot_ms']:.2f} ms, {data['bytes_per_step_gb']:.2f} GB per step, "
                   f"copy bandwidth {data['copy_bandwidth_gbs']:.0f} GB/s, MBU {data['mbu_vs_copy']:.0%}; "

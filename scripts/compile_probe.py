@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
-"""Where does the compiled decoder's time go? One process, one model, the compiled step loop:
+"""Where does the compiled decoder's time go? One process, one model, several ways to compile the step:
 
-    python scripts/compile_probe.py [--preset llama-3.1-8b-random] [--tokens 64] [--tuned]
+    python scripts/compile_probe.py [--preset llama-3.1-8b-random] [--configs fused-tuned,forward-tuned]
+                                    [--prompt 128] [--tokens 128]
+    python scripts/compile_probe.py --device cpu --preset tiny --tokens 8     # a dry run
 
-Prints TPOT (CUDA events), the bytes a step must read, MBU against the measured copy
-bandwidth, and a profile of one decode step: how many CUDA graph launches and kernel launches
-it makes (a step captured as a CUDA graph shows one graph launch and no kernel launches).
---tuned adds gpt-fast's inductor settings (coordinate-descent tuning) before compiling.
+A config is STEP-INDUCTOR: STEP is `fused` (engine/fused.py) or `forward` (transformers' forward);
+INDUCTOR is `tuned` (the engine's CUDA settings: CUDA graphs + coordinate-descent tuning) or
+`graphs` (CUDA graphs only). For each config it prints and writes (compile_probe.json under
+$OUT, else runs/): the compile time, TPOT on the device's clock (median of 3 runs), MBU against
+the measured copy bandwidth, and the kernels of one decode step from the profiler: GPU time per
+step by kind (GEMVs, attention, pointwise, copies), the top kernels, and the idle time between
+them (TPOT minus kernel time). Decode kernels are those of a run of N+1 tokens minus those of a
+run of 1 token (the prefill), divided by N. Inductor's caches are off, so the compile times are
+those of a fresh machine. On a CPU every config compiles with inductor's defaults (no CUDA graphs
+or Triton there): only the step differs.
 """
 from __future__ import annotations
 
@@ -14,71 +22,172 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+INDUCTOR = {"graphs": {"triton.cudagraphs": True}, "tuned": None}      # None: the engine's default
+PROFILED_STEPS = 8
+
+
+def kind_of(kernel: str) -> str:
+    """A kernel's kind, from its name (cuBLAS, Triton from inductor, attention libraries, copies)."""
+    name = kernel.lower()
+    if "memcpy" in name or "memset" in name:
+        return "copies"
+    if any(key in name for key in ("flash", "fmha", "attention", "cudnn", "sdpa")):
+        return "attention"
+    if name.startswith(("triton_red", "triton_per")):
+        return "triton reductions (GEMVs, norms)"
+    if name.startswith("triton_poi"):
+        return "triton pointwise"
+    if any(key in name for key in ("gemm", "gemv", "nvjet", "cutlass", "xmma", "sm90")):
+        return "cuBLAS matmuls"
+    return "other"
+
+
+def kernel_times(decoder, ids, new_tokens: int) -> dict[str, list[float]]:
+    """Kernel name -> [calls, microseconds] on the device during one decoder.run."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        decoder.run(ids, new_tokens, lambda *token: None, lambda host: False)
+        torch.cuda.synchronize()
+    totals: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = totals.setdefault(event.name, [0, 0.0])
+            entry[0] += 1
+            entry[1] += event.time_range.elapsed_us()
+    return totals
+
+
+def step_profile(decoder, ids) -> dict:
+    """The kernels of one decode step: (run of N+1 tokens) - (run of 1 token), over N."""
+    longer, prefill = kernel_times(decoder, ids, PROFILED_STEPS + 1), kernel_times(decoder, ids, 1)
+    per_step = {}
+    for name, (calls, us) in longer.items():
+        base_calls, base_us = prefill.get(name, (0, 0.0))
+        if calls - base_calls > 0:
+            per_step[name] = ((calls - base_calls) / PROFILED_STEPS, max(us - base_us, 0.0) / PROFILED_STEPS)
+    kinds: dict[str, float] = {}
+    for name, (_, us) in per_step.items():
+        kinds[kind_of(name)] = kinds.get(kind_of(name), 0.0) + us
+    top = sorted(per_step.items(), key=lambda item: -item[1][1])[:12]
+    return {"kernel_us_per_step": sum(us for _, us in per_step.values()),
+            "kernels_per_step": sum(calls for calls, _ in per_step.values()),
+            "us_per_step_by_kind": dict(sorted(kinds.items(), key=lambda item: -item[1])),
+            "top_kernels": [{"name": name[:120], "calls_per_step": calls, "us_per_step": us}
+                            for name, (calls, us) in top]}
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="llama-3.1-8b-random")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--configs", default="fused-tuned,forward-tuned")
+    parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--prompt", type=int, default=128)
-    parser.add_argument("--tuned", action="store_true")
+    parser.add_argument("--out", default=os.environ.get("OUT") or "runs")
     args = parser.parse_args()
+    configs = [c for c in args.configs.split(",") if c]
+    for config in configs:
+        step, _, inductor = config.partition("-")
+        if step not in ("fused", "forward") or inductor not in INDUCTOR:
+            parser.error(f"unknown config {config!r}: use STEP-INDUCTOR with STEP fused or forward and "
+                         f"INDUCTOR {' or '.join(INDUCTOR)}")
     import torch
+    import torch._inductor.config
 
     from engine import models, presets
     from engine.decode import CompiledDecoder, TokenClock
     from engine.hardware import measure_copy_bandwidth
     from engine.variants import CATALOG
-    if args.tuned:
-        import torch._inductor.config as inductor
-        inductor.coordinate_descent_tuning = True
-        inductor.triton.unique_kernel_names = True
-    preset = dataclasses.replace(presets.load(args.preset), device=args.device)
     cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        print("error: no CUDA device is visible: run on a GPU machine, or pass --device cpu", file=sys.stderr)
+        return 2
+    torch._inductor.config.force_disable_caches = True          # compile times as on a fresh machine
+    preset = dataclasses.replace(presets.load(args.preset), device=args.device)
     t0 = time.perf_counter()
     model, _ = models.load_model(preset, CATALOG["compiled"], args.device)
     if cuda:
         torch.cuda.empty_cache()
     weights = models.weights_bytes(model)
+    embedding = model.get_input_embeddings().weight
+    gathered = embedding.numel() * embedding.element_size()       # the input table: one row is read per token
+    if model.config.tie_word_embeddings:
+        gathered = 0                                              # the same matrix is read whole as the output head
     print(f"loaded {weights / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s", flush=True)
-    decoder = CompiledDecoder(model, preset.context_length, args.device)
-    ids = torch.randint(3, 200, (1, args.prompt), device=args.device)
-    t1 = time.perf_counter()
-    tpots = []
-    with torch.inference_mode():
-        for i in range(4):
-            clock = TokenClock(cuda)
-            decoder.run(ids, args.tokens, clock, lambda host: False)
-            tpots.append(clock.tpot_s())
-            if i == 0:
-                print(f"first run (compiles) {time.perf_counter() - t1:.1f} s", flush=True)
-        from torch.profiler import ProfilerActivity, profile
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        with profile(activities=activities) as prof:
-            decoder.run(ids, 4, lambda *token: None, lambda host: False)
-    names = {}
-    for event in prof.events():
-        if event.name in ("cudaGraphLaunch", "cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx",
-                          "cudaLaunchKernelExC", "cudaMemcpyAsync", "cudaStreamSynchronize"):
-            names[event.name] = names.get(event.name, 0) + 1
     shape = models.kv_cache_shape(model)
-    kv = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * (args.prompt + args.tokens / 2) * 2
-    bandwidth = measure_copy_bandwidth(torch.cuda.get_device_name() if cuda else "cpu", args.device, use_cache=False)
-    tpot = sorted(tpots[1:])[1]
-    result = {"preset": preset.name, "tuned": args.tuned, "tpot_ms": tpot * 1000, "runs_ms": [t * 1000 for t in tpots],
-              "bytes_per_step_gb": (weights + kv) / 1e9, "copy_bandwidth_gbs": bandwidth / 1e9,
-              "mbu_vs_copy": (weights + kv) / tpot / bandwidth,
-              "launches_in_3_decode_steps": names, "torch": torch.__version__}
-    print(json.dumps(result))
-    out = os.environ.get("OUT")
-    if out:
-        Path(out, f"compile_probe{'_tuned' if args.tuned else ''}.json").write_text(json.dumps(result, indent=1))
+    kv = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * (args.prompt + args.tokens / 2) \
+        * embedding.element_size()
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    bandwidth = measure_copy_bandwidth(device_name, args.device, use_cache=False)
+    ids = torch.randint(3, 200, (1, args.prompt), device=args.device)
+    with torch.inference_mode():
+        reference = model.generate(input_ids=ids, max_new_tokens=args.tokens, do_sample=False,
+                                   min_new_tokens=args.tokens)[0, args.prompt:].tolist()
+    results = []
+    for config in configs:
+        step, _, inductor = config.partition("-")
+        torch._dynamo.reset()
+        options = INDUCTOR[inductor] if cuda else {}             # CUDA graphs and Triton exist on a GPU only
+        decoder = CompiledDecoder(model, preset.context_length, args.device, inductor=options, fused=step == "fused")
+        with torch.inference_mode():
+            t1 = time.perf_counter()
+            tokens = []
+            decoder.run(ids, args.tokens, lambda token, ready: tokens.append(int(token[0])), lambda host: False)
+            compile_s = time.perf_counter() - t1
+            tpots = []
+            for _ in range(3):
+                clock = TokenClock(cuda)
+                decoder.run(ids, args.tokens, clock, lambda host: False)
+                tpots.append(clock.tpot_s())
+            profile = step_profile(decoder, ids) if cuda else {}
+        tpot = statistics.median(tpots)
+        first_diff = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
+        result = {"config": config, "step": decoder.step_kind, "inductor": decoder.inductor,
+                  "compile_and_first_run_s": compile_s, "tpot_ms": tpot * 1000,
+                  "tpot_runs_ms": [t * 1000 for t in tpots],
+                  "mbu_vs_copy": (weights + kv) / tpot / bandwidth,
+                  "mbu_vs_copy_without_input_table": (weights - gathered + kv) / tpot / bandwidth,
+                  "first_token_unlike_generate": first_diff, **profile}
+        if profile:
+            result["idle_us_per_step"] = tpot * 1e6 - profile["kernel_us_per_step"]
+        results.append(result)
+        print(json.dumps(result), flush=True)
+        del decoder
+        if cuda:
+            torch.cuda.empty_cache()
+    summary = {"command": "python scripts/compile_probe.py " + " ".join(sys.argv[1:]), "preset": preset.name,
+               "device": device_name, "torch": torch.__version__,
+               "transformers": __import__("transformers").__version__, "prompt_tokens": args.prompt,
+               "new_tokens": args.tokens, "weights_bytes": weights, "input_table_bytes": gathered,
+               "kv_bytes_mean": kv, "copy_bandwidth_bytes_per_s": bandwidth, "results": results,
+               "wall_s": time.perf_counter() - t0}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compile_probe.json").write_text(json.dumps(summary, indent=1))
+    print(f"\n{preset.name} on {device_name}: weights {weights / 1e9:.2f} GB, copy bandwidth "
+          f"{bandwidth / 1e9:.0f} GB/s, prompt {args.prompt}, {args.tokens} new tokens")
+    print(f"{'config':16} {'compile s':>9} {'TPOT ms':>8} {'MBU':>5} {'busy us':>8} {'idle us':>8} {'kernels':>8}"
+          "  same tokens as generate")
+    for r in results:
+        busy = r.get("kernel_us_per_step")
+        print(f"{r['config']:16} {r['compile_and_first_run_s']:9.1f} {r['tpot_ms']:8.2f} {r['mbu_vs_copy']:5.0%} "
+              f"{'-' if busy is None else f'{busy:8.0f}':>8} "
+              f"{'-' if busy is None else format(r['idle_us_per_step'], '8.0f'):>8} "
+              f"{'-' if busy is None else format(r['kernels_per_step'], '8.0f'):>8}  "
+              f"{'all' if r['first_token_unlike_generate'] is None else 'from token ' + str(r['first_token_unlike_generate'])}")
+    for r in results:
+        if r.get("us_per_step_by_kind"):
+            kinds = ", ".join(f"{kind} {us:.0f}" for kind, us in r["us_per_step_by_kind"].items())
+            print(f"{r['config']}: us per step by kind: {kinds}")
+    print(f"wrote {out / 'compile_probe.json'} ({summary['wall_s']:.0f} s)")
     return 0
 
 

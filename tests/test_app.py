@@ -70,7 +70,8 @@ def test_compare_streams_every_variant_and_ends_with_the_run_json(url, client):
         partial |= any(isinstance(t, str) and t and len(t) < len(full) and full.startswith(t) for t in texts)
     assert partial, "no update carried a partly generated answer"
     assert any(stage(u[CARD0]) == "loading" for u in before_end), "the first run shows its workers loading"
-    assert any(stage(u[CARD0]) == "generating" for u in before_end)
+    cards = [CARD0 + NAMES.index(name) for name in SELECTED]   # a tiny model's turn can fall between two updates
+    assert any(stage(u[card]) == "generating" for u in before_end for card in cards)
 
     # the charts: plotly figures, a bar per variant (TTFT), a line per variant (ITL, race, memory)
     figures = [json.loads(final[index]["plot"]) for index in PLOTS]

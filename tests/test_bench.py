@@ -19,6 +19,8 @@ def test_bench_gives_a_cell_per_variant_and_length_with_spread_and_overhead():
     for row in cells.values():
         assert row["status"] == "ok" and row["repeats"] == 3 and row["output_tokens"] == 8
         assert row["tpot_min_s"] <= row["tpot_s"] <= row["tpot_max_s"]
+        assert len(row["tpot_repeats_s"]) == 3 and sorted(row["tpot_repeats_s"]) == \
+            [row["tpot_min_s"], row["tpot_s"], row["tpot_max_s"]]
         assert row["mbu_measured"] == pytest.approx(row["decode_bytes_per_step"] / row["tpot_s"]
                                                     / report["peak_bandwidth_bytes_per_s"]["measured"])
     ref = report["overhead_reference"]
@@ -72,3 +74,23 @@ def test_bench_table_renders_saved_results():
     data = json.loads(saved.read_text())
     compiled = next(r for r in data["runs"][0]["results"] if r["variant"] == "compiled" and r["prompt_length"] == 128)
     assert f"| compiled | 128 | ok | {compiled['ttft_s'] * 1000:.2f} | {compiled['tpot_s'] * 1000:.2f} |" in done.stdout
+
+
+def test_compile_probe_dry_run_on_the_cpu(tmp_path):
+    probe = [sys.executable, str(ROOT / "scripts" / "compile_probe.py"), "--device", "cpu", "--preset", "tiny"]
+    done = subprocess.run(probe + ["--configs", "fused-tuned,warp"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "unknown config 'warp'" in done.stderr
+    done = subprocess.run(probe + ["--tokens", "8", "--configs", "fused-tuned,forward-graphs", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "compile_probe.json").read_text())
+    fused, forward = summary["results"]
+    assert (fused["step"], forward["step"]) == ("fused Llama step", "transformers forward")
+    for result in (fused, forward):
+        assert len(result["tpot_runs_ms"]) == 3 and result["tpot_ms"] == sorted(result["tpot_runs_ms"])[1]
+        assert result["mbu_vs_copy"] == pytest.approx(
+            (summary["weights_bytes"] + summary["kv_bytes_mean"]) / (result["tpot_ms"] / 1000)
+            / summary["copy_bandwidth_bytes_per_s"])
+        assert result["first_token_unlike_generate"] is None      # float32 on a CPU: the same greedy tokens
+        assert f"{result['config']:16} {result['compile_and_first_run_s']:9.1f} {result['tpot_ms']:8.2f}" \
+            in done.stdout

@@ -334,3 +334,34 @@ def test_cpu_peak_memory_is_measured_per_request():
     assert memory["peak_rss_scope"] == "request"
     assert memory["peak_rss_bytes"] < high_water - 300 * 2**20  # the ballast's peak is not this request's
     assert memory["peak_rss_bytes"] >= memory["rss_bytes"] * 0.9
+
+
+def test_gpu_workers_get_a_core_each_and_cpu_workers_none(engine, six_run):
+    from engine.pool import free_core
+    assert free_core([0, 1, 2, 3], set()) == 1                  # core 0 stays with the orchestrator
+    assert free_core([0, 1, 2, 3], {1, None}) == 2
+    assert free_core([4, 5, 6], {5, 6}) is None                 # no core left: the worker is not pinned
+    assert free_core([0], set()) is None
+    assert engine.workers and all(w.spec.core is None for w in engine.workers.values())   # a CPU run: not pinned
+
+
+def test_a_worker_given_a_core_serves_from_it_once_loaded():
+    from engine.pool import CONTEXT, _worker_main
+    from engine.worker import WorkerSpec
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("one core: nothing to pin to")
+    parent, child = CONTEXT.Pipe(duplex=True)
+    spec = WorkerSpec(presets.load("tiny"), "sdpa", "cpu", 1, cores[-1])
+    cancel = CONTEXT.Event()                                   # kept referenced until the child has it
+    process = CONTEXT.Process(target=_worker_main, args=(spec, child, cancel), daemon=True)
+    process.start()
+    child.close()                                               # the child's death ends parent.recv()
+    try:
+        while not isinstance(event := parent.recv(), (events.Loaded, events.Failed)):
+            pass
+        assert isinstance(event, events.Loaded), event
+        assert psutil.Process(process.pid).cpu_affinity() == [cores[-1]]
+    finally:
+        parent.send(None)
+        process.join(30)
