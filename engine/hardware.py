@@ -160,8 +160,13 @@ def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_by
                            repeats: int = 20, use_cache: bool = True) -> float:
     """Peak memory bandwidth in bytes/s from a large device-to-device copy (bytes read + written).
 
-    Measured once per device name and cached on disk. Worker side: imports torch.
+    The best of `repeats` timed copies, as STREAM reports: a peak, so the slowest copies (another
+    process, a clock ramping up) do not lower it. On a GPU it is measured once per device name
+    and cached on disk; on a CPU, where other programs share the memory and a copy takes a
+    second at most, it is measured afresh every time. Worker side: imports torch.
     """
+    cuda = torch_device.startswith("cuda")
+    use_cache = use_cache and cuda
     cache_path = _bandwidth_cache_path()
     cache = {}
     if use_cache and cache_path.exists():
@@ -174,26 +179,26 @@ def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_by
     import time
 
     import torch
-    size_bytes = size_bytes or (1 << 30 if torch_device.startswith("cuda") else 1 << 28)   # far above any cache
-    src = torch.empty(size_bytes // 4, dtype=torch.float32, device=torch_device)
-    dst = torch.empty_like(src)
+    size_bytes = size_bytes or (1 << 30 if cuda else 1 << 28)   # far above any cache
+    src = torch.rand(size_bytes // 4, dtype=torch.float32, device=torch_device)   # written: every page is real
+    dst = torch.zeros_like(src)
     for _ in range(3):
         dst.copy_(src)
-    if torch_device.startswith("cuda"):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        for _ in range(repeats):
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
             dst.copy_(src)
-        end.record()
-        end.synchronize()
-        seconds = start.elapsed_time(end) / 1000
-    else:
-        t0 = time.perf_counter()
-        for _ in range(repeats):
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
             dst.copy_(src)
-        seconds = time.perf_counter() - t0
-    bandwidth = 2 * src.numel() * src.element_size() * repeats / seconds
+            times.append(time.perf_counter() - t0)
+    seconds = min(times)
+    bandwidth = 2 * src.numel() * src.element_size() / seconds
     del src, dst
     if use_cache:
         cache[device_name] = bandwidth
