@@ -6,13 +6,14 @@
     python scripts/compile_probe.py --device cpu --preset tiny --tokens 8     # a dry run
 
 A config is STEP-INDUCTOR: STEP is `fused` (engine/fused.py) or `forward` (transformers' forward);
-INDUCTOR is `tuned` (the engine's CUDA settings: CUDA graphs + coordinate-descent tuning) or
-`graphs` (CUDA graphs only). For each config it prints and writes (compile_probe.json under
-$OUT, else runs/): the compile time, TPOT on the device's clock (median of 3 runs), MBU against
-the measured copy bandwidth, and the kernels of one decode step from the profiler: GPU time per
-step by kind (GEMVs, attention, pointwise, copies), the top kernels, and the idle time between
-them (TPOT minus kernel time). Decode kernels are those of a run of N+1 tokens minus those of a
-run of 1 token (the prefill), divided by N. Inductor's caches are off, so the compile times are
+INDUCTOR is `tuned` (the engine's CUDA settings: CUDA graphs + coordinate-descent tuning),
+`graphs` (CUDA graphs only) or `autotune` (tuned + inductor's max-autotune: slow to compile).
+For each config it prints and writes (compile_probe.json under $OUT, else runs/): the
+compile time, TPOT on the device's clock (median of 3 runs), MBU against the measured copy
+bandwidth, and the kernels of one decode step from the profiler: GPU time per step by kind
+(GEMVs, attention, pointwise, copies), the top kernels, and the idle time between them (TPOT
+minus kernel time). Decode kernels are those of a run of N+1 tokens minus those of a run of 1
+token (the prefill), divided by N. Inductor's caches are off, so the compile times are
 those of a fresh machine. On a CPU every config compiles with inductor's defaults (no CUDA graphs
 or Triton there): only the step differs.
 """
@@ -29,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-INDUCTOR = {"graphs": {"triton.cudagraphs": True}, "tuned": None}      # None: the engine's default
+INDUCTOR = {"graphs": {"triton.cudagraphs": True}, "tuned": None,     # None: the engine's default
+            "autotune": {"triton.cudagraphs": True, "coordinate_descent_tuning": True, "max_autotune": True}}
 PROFILED_STEPS = 8
 
 
