@@ -9,6 +9,10 @@ Each decode step attends over the whole static cache (masked past the current po
 cache of the preset's full context makes short requests read and score thousands of empty
 positions per layer. The cache is sized in power-of-two buckets of the request instead
 (prompt + new tokens, at least MIN_BUCKET): one cache and one compiled graph per bucket.
+
+The step is the engine's fused step for Llama-family models (engine/fused.py), else the
+model's own forward. The loop queues the next step before it waits for the current token, so
+the host's work per token overlaps the device's.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from engine.fused import FusedLlamaStep, unsupported_reason
 
 
 def cache_keyword(model) -> str:
@@ -55,6 +61,7 @@ def bucket(tokens: int, context_length: int) -> int:
 
 
 def _fused_step(fused, token, position_ids, cache_position, attention_mask, cache, keyword) -> torch.Tensor:
+    """_decode_step's signature over the fused step (which has no use for the cache keyword)."""
     return fused(token, position_ids, cache_position, attention_mask, cache)
 
 
@@ -66,16 +73,17 @@ class CompiledDecoder:
         """`inductor`: inductor's options for the step (default: CUDA_INDUCTOR on a GPU, none on a CPU).
         `fused`: the engine's fused step for Llama-family models (engine/fused.py) instead of the
         model's forward; None uses it where the model qualifies."""
-        from engine.fused import FusedLlamaStep, unsupported_reason
         self.model, self.context_length, self.device = model, context_length, device
         self.keyword = cache_keyword(model)
         self.caches: dict[tuple[int, int], object] = {}   # (batch, bucket) -> StaticCache; graphs keep its addresses
         self.cuda = device.startswith("cuda")
         self.inductor = dict(CUDA_INDUCTOR if self.cuda else {}) if inductor is None else dict(inductor)
         reason = unsupported_reason(model)
-        if fused and reason:
+        if fused is None:
+            fused = reason is None
+        elif fused and reason:
             raise ValueError(f"the fused decode step does not support this model: {reason}")
-        self.fused = FusedLlamaStep(model) if (fused or fused is None) and reason is None else None
+        self.fused = FusedLlamaStep(model) if fused else None
         self.step_kind = "fused Llama step" if self.fused is not None else "transformers forward"
         self.step = torch.compile(_fused_step if self.fused is not None else _decode_step,
                                   options=self.inductor or None, fullgraph=True, dynamic=False)

@@ -67,6 +67,13 @@ def kernel_times(decoder, ids, new_tokens: int) -> dict[str, list[float]]:
     return totals
 
 
+def greedy_tokens(decoder, ids, new_tokens: int) -> list[int]:
+    """The first sequence's tokens from one decoder.run."""
+    seen = []
+    decoder.run(ids, new_tokens, lambda tokens, ready: seen.append(int(tokens[0])), lambda host: False)
+    return seen
+
+
 def step_profile(decoder, ids) -> dict:
     """The kernels of one decode step: (run of N+1 tokens) - (run of 1 token), over N."""
     longer, prefill = kernel_times(decoder, ids, PROFILED_STEPS + 1), kernel_times(decoder, ids, 1)
@@ -141,8 +148,7 @@ def main() -> int:
         decoder = CompiledDecoder(model, preset.context_length, args.device, inductor=options, fused=step == "fused")
         with torch.inference_mode():
             t1 = time.perf_counter()
-            tokens = []
-            decoder.run(ids, args.tokens, lambda token, ready: tokens.append(int(token[0])), lambda host: False)
+            tokens = greedy_tokens(decoder, ids, args.tokens)   # compiles; checked against generate() below
             compile_s = time.perf_counter() - t1
             tpots = []
             for _ in range(3):
