@@ -8,7 +8,9 @@ from Python. Prefill runs uncompiled (its length varies).
 Each decode step attends over the whole static cache (masked past the current position), so a
 cache of the preset's full context makes short requests read and score thousands of empty
 positions per layer. The cache is sized in power-of-two buckets of the request instead
-(prompt + new tokens, at least MIN_BUCKET): one cache and one compiled graph per bucket.
+(prompt + new tokens, at least MIN_BUCKET): one cache and one CUDA graph per bucket, and the
+cache's length is a dynamic dimension of the compiled step, so a new bucket does not compile
+again (the batch stays static: inductor turns one-row matmuls into tuned GEMVs only for batch 1).
 
 The step is the engine's fused step for Llama-family models (engine/fused.py), else the
 model's own forward. The loop queues the next step before it waits for the current token, so
@@ -77,6 +79,11 @@ class CompiledDecoder:
         self.keyword = cache_keyword(model)
         self.caches: dict[tuple[int, int], object] = {}   # (batch, bucket) -> StaticCache; graphs keep its addresses
         self.cuda = device.startswith("cuda")
+        # one compile per batch size (and per bucket where the step fixes the cache's length): past
+        # dynamo's default of 8 it would run the step uncompiled, unannounced; allow more, and fail
+        # loudly rather than fall back (this process serves one variant: the settings are its own)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
         self.inductor = dict(CUDA_INDUCTOR if self.cuda else {}) if inductor is None else dict(inductor)
         reason = unsupported_reason(model)
         if fused is None:
@@ -128,6 +135,13 @@ class CompiledDecoder:
         cache_positions = torch.arange(length, device=input_ids.device)
         logits = self.model(input_ids=input_ids, position_ids=positions, cache_position=cache_positions,
                             attention_mask=mask[:, :length], use_cache=True, **{self.keyword: cache}).logits
+        # the cache's length may vary between compiled steps (the prefill has just made its tensors):
+        # one compile serves every bucket, each bucket costs only its CUDA graph. A step that fixes
+        # the length (transformers' mask code reads it as a Python int) compiles once per bucket.
+        for layer in cache.layers:
+            torch._dynamo.maybe_mark_dynamic(layer.keys, 2)
+            torch._dynamo.maybe_mark_dynamic(layer.values, 2)
+        torch._dynamo.maybe_mark_dynamic(mask, 1)
         token = logits[:, -1].argmax(-1, keepdim=True)
         position = positions[:, -1:] + 1
         cache_position = torch.tensor([length], device=input_ids.device)

@@ -233,8 +233,8 @@ class Runner:
                                   prompt_first=self.decoder is None)
         sampler = MemorySampler(self.emit, self.spec.variant, self.cuda_index)
         if self.decoder is not None and not self.decoder.is_compiled_for(input_ids, request.max_new_tokens):
-            # a new cache bucket compiles a new graph: do it before the clock starts, as warm-up
-            self.emit(events.Status(self.spec.variant, "warming", "compiling the decode step for this length"))
+            # a new cache bucket needs its CUDA graph (or a compile): make it before the clock starts
+            self.emit(events.Status(self.spec.variant, "warming", "preparing the decode step for this length"))
             with torch.inference_mode():
                 self.decoder.run(input_ids, min(request.max_new_tokens, 4), lambda *token: None, lambda host: False,
                                  attention_mask=mask)

@@ -92,5 +92,6 @@ def test_compile_probe_dry_run_on_the_cpu(tmp_path):
             (summary["weights_bytes"] + summary["kv_bytes_mean"]) / (result["tpot_ms"] / 1000)
             / summary["copy_bandwidth_bytes_per_s"])
         assert result["first_token_unlike_generate"] is None      # float32 on a CPU: the same greedy tokens
-        assert f"{result['config']:16} {result['compile_and_first_run_s']:9.1f} {result['tpot_ms']:8.2f}" \
-            in done.stdout
+        assert f"{result['config']:16} {result['compile_and_first_run_s']:9.1f} " \
+               f"{result['next_bucket_first_run_s']:10.2f} {result['tpot_ms']:8.2f}" in done.stdout
+    assert summary["next_bucket_prompt_tokens"] == 257       # 128 + 8 tokens fill bucket 256: the next is 512

@@ -217,6 +217,8 @@ def test_workers_outside_a_run_stay_loaded_when_memory_allows(engine, six_run):
 
 
 def test_compiled_decoder_matches_generate_and_compiles_outside_the_clock():
+    from torch._dynamo.utils import counters
+
     from engine.decode import bucket
     from engine.worker import Request, Runner, WorkerSpec
     assert [bucket(n, 4608) for n in (1, 256, 257, 2176, 4000, 9000)] == [256, 256, 512, 4096, 4096, 4608]
@@ -224,18 +226,21 @@ def test_compiled_decoder_matches_generate_and_compiles_outside_the_clock():
     seen = []
     compiled = Runner(WorkerSpec(tiny, "compiled", "cpu"), seen.append)
     never = type("Never", (), {"is_set": lambda self: False})()
+    graphs = counters["stats"]["unique_graphs"]
     short = compiled.generate(Request(1, PROMPT, 12, ignore_eos=True), never)
     longer = compiled.generate(Request(2, "x", 12, ignore_eos=True, prompt_tokens=300), never)   # bucket 512
+    assert counters["stats"]["unique_graphs"] - graphs == 1     # the cache's length is dynamic: one compile
     stages = [e.detail for e in seen if isinstance(e, events.Status)]
-    assert stages == ["compiling the decode step for this length"] * 2
+    assert stages == ["preparing the decode step for this length"] * 2
     started = [e for e in seen if isinstance(e, events.Started)]
     assert [s.request_id for s in started] == [1, 2]
-    # the clock starts after the compile: every token came after its own request's start
+    # the clock starts after the warm-up: every token came after its own request's start
     assert longer.token_times[0] > longer.t_start and len(longer.token_ids) == 12
     eager = Runner(WorkerSpec(tiny, "sdpa", "cpu"), lambda e: None)
     reference = eager.generate(Request(3, PROMPT, 12, ignore_eos=True), never)
     assert short.token_ids == reference.token_ids                # the same greedy tokens as generate()
-    assert sorted(compiled.decoder.caches) == [(1, 256), (1, 512)]      # one cache (and graph) per bucket
+    assert longer.token_ids == eager.generate(Request(4, "x", 12, ignore_eos=True, prompt_tokens=300), never).token_ids
+    assert sorted(compiled.decoder.caches) == [(1, 256), (1, 512)]      # one cache (and CUDA graph) per bucket
 
 
 @pytest.mark.parametrize("model_type,fused", [("llama", None), ("llama", False), ("qwen2", None), ("opt", None)])
