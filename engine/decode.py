@@ -99,8 +99,9 @@ class CompiledDecoder:
         batch, length = input_ids.shape
         return batch, bucket(length + max_new_tokens, self.context_length)
 
-    def is_compiled_for(self, input_ids: torch.Tensor, max_new_tokens: int) -> bool:
-        """False when this request's shape needs a new graph (compile it in a warm-up, not in a measurement)."""
+    def is_ready_for(self, input_ids: torch.Tensor, max_new_tokens: int) -> bool:
+        """False when this request's shape needs a new cache and CUDA graph (or a compile): make them in a
+        warm-up, not in a measurement."""
         return self.key(input_ids, max_new_tokens) in self.caches
 
     def _cache(self, key: tuple[int, int]):

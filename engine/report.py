@@ -67,7 +67,7 @@ def peak_memory(finished) -> int | None:
 
 EMPTY_METRICS = ("output_tokens", "decode_bytes_per_step", "load_s", "ttft_s", "tpot_s", "e2e_s", "tokens_per_s", "itl_p50_s",
                  "itl_p90_s", "itl_p99_s", "peak_memory_bytes", "weights_bytes", "kv_cache_bytes", "mbu",
-                 "tpot_min_s", "tpot_max_s", "tpot_repeats_s", "queue_s", "warmup_s")
+                 "tpot_min_s", "tpot_max_s", "queue_s", "warmup_s")
 
 
 def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
@@ -77,6 +77,7 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
     row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
            "text": "", "first_diff_token": None, "identical_token_share": None, "contended": outcome.contended,
            "placement": outcome.placement, "repeats": len(outcome.finished), "token_times_s": [],
+           "tpot_repeats_s": [],
            "memory": {}}
     row.update({key: None for key in EMPTY_METRICS})
     loaded = outcome.loaded

@@ -232,7 +232,7 @@ class Runner:
         streamer = TimingStreamer(self.tokenizer, self.emit, self.spec.variant, request.request_id,
                                   prompt_first=self.decoder is None)
         sampler = MemorySampler(self.emit, self.spec.variant, self.cuda_index)
-        if self.decoder is not None and not self.decoder.is_compiled_for(input_ids, request.max_new_tokens):
+        if self.decoder is not None and not self.decoder.is_ready_for(input_ids, request.max_new_tokens):
             # a new cache bucket needs its CUDA graph (or a compile): make it before the clock starts
             self.emit(events.Status(self.spec.variant, "warming", "preparing the decode step for this length"))
             with torch.inference_mode():

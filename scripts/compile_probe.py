@@ -9,14 +9,14 @@ A config is STEP-INDUCTOR: STEP is `fused` (engine/fused.py) or `forward` (trans
 INDUCTOR is `tuned` (the engine's CUDA settings: CUDA graphs + coordinate-descent tuning),
 `graphs` (CUDA graphs only) or `autotune` (tuned + inductor's max-autotune: slow to compile).
 For each config it prints and writes (compile_probe.json under $OUT, else runs/): the
-compile time, the first run of a prompt long enough for the next cache bucket (a compile, or
-only a CUDA graph where the cache's length is dynamic), TPOT on the device's clock (median of 3 runs), MBU against the measured copy
-bandwidth, and the kernels of one decode step from the profiler: GPU time per step by kind
-(GEMVs, attention, pointwise, copies), the top kernels, and the idle time between them (TPOT
-minus kernel time). Decode kernels are those of a run of N+1 tokens minus those of a run of 1
-token (the prefill), divided by N. Inductor's caches are off, so the compile times are
-those of a fresh machine. On a CPU every config compiles with inductor's defaults (no CUDA graphs
-or Triton there): only the step differs.
+compile time; the first run of a prompt long enough for the next cache bucket (a compile, or
+only a CUDA graph where the cache's length is dynamic); TPOT on the device's clock (median of
+3 runs); MBU against the measured copy bandwidth; and the kernels of one decode step from the
+profiler: GPU time per step by kind (GEMVs, attention, pointwise, copies), the top kernels,
+and the idle time between them (TPOT minus kernel time). Decode kernels are those of a run of
+N+1 tokens minus those of a run of 1 token (the prefill), divided by N. Inductor's caches are
+off, so the compile times are those of a fresh machine. On a CPU every config compiles with
+inductor's defaults (no CUDA graphs or Triton there): only the step differs.
 """
 from __future__ import annotations
 
@@ -191,16 +191,18 @@ def main() -> int:
     (out / "compile_probe.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{preset.name} on {device_name}: weights {weights / 1e9:.2f} GB, copy bandwidth "
           f"{bandwidth / 1e9:.0f} GB/s, prompt {args.prompt}, {args.tokens} new tokens")
-    print(f"{'config':16} {'compile s':>9} {'bucket 2 s':>10} {'TPOT ms':>8} {'MBU':>5} {'busy us':>8} {'idle us':>8} {'kernels':>8}"
-          "  same tokens as generate")
+    print(f"{'config':16} {'compile s':>9} {'bucket 2 s':>10} {'TPOT ms':>8} {'MBU':>5} {'busy us':>8} "
+          f"{'idle us':>8} {'kernels':>8}  same tokens as generate")
+
+    def cell(value, spec: str) -> str:
+        return "-".rjust(8) if value is None else format(value, spec)
+
     for r in results:
-        busy = r.get("kernel_us_per_step")
+        same = r["first_token_unlike_generate"]
         print(f"{r['config']:16} {r['compile_and_first_run_s']:9.1f} {r['next_bucket_first_run_s']:10.2f} "
-              f"{r['tpot_ms']:8.2f} {r['mbu_vs_copy']:5.0%} "
-              f"{'-' if busy is None else f'{busy:8.0f}':>8} "
-              f"{'-' if busy is None else format(r['idle_us_per_step'], '8.0f'):>8} "
-              f"{'-' if busy is None else format(r['kernels_per_step'], '8.0f'):>8}  "
-              f"{'all' if r['first_token_unlike_generate'] is None else 'from token ' + str(r['first_token_unlike_generate'])}")
+              f"{r['tpot_ms']:8.2f} {r['mbu_vs_copy']:5.0%} {cell(r.get('kernel_us_per_step'), '8.0f')} "
+              f"{cell(r.get('idle_us_per_step'), '8.0f')} {cell(r.get('kernels_per_step'), '8.0f')}  "
+              f"{'all' if same is None else f'from token {same}'}")
     for r in results:
         if r.get("us_per_step_by_kind"):
             kinds = ", ".join(f"{kind} {us:.0f}" for kind, us in r["us_per_step_by_kind"].items())
