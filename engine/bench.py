@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from engine import events
+from engine import events, metrics
 from engine.pool import Engine
 from engine.presets import Preset
 
@@ -15,8 +15,10 @@ FILLER = "The quick brown fox jumps over the lazy dog while the attention kernel
 def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], new_tokens: int, repeats: int,
               batch_size: int = 1, log=None, request_timeout_s: float = 900.0) -> dict:
     """Measure every cell; returns the run report with `overhead_ratio` and the bandwidths added."""
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
+    if log is None:                  # a timeline on stderr: where a long GPU run spends its minutes
+        def log(line: str) -> None:
+            print(f"[{time.perf_counter() - t0:5.0f} s] {line}", file=sys.stderr, flush=True)
     with Engine(preset, request_timeout_s=request_timeout_s) as engine:
         reasons = {name: reason for name, _, reason in engine.variant_choices()}
         first = next((v for v in variants if v in reasons and reasons[v] is None), None)
@@ -29,6 +31,10 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
                     f"({event.label})")
             elif isinstance(event, (events.Failed, events.Unavailable)):
                 log(f"  {event.variant}: {event.reason}")
+            elif isinstance(event, events.Finished) and len(event.token_times) > 1:
+                times = event.token_times
+                log(f"  {event.variant}, prompt {event.prompt_tokens}: {len(times)} tokens, TTFT "
+                    f"{(times[0] - event.t_start) * 1000:.1f} ms, TPOT {metrics.tpot_s(times) * 1000:.2f} ms")
             elif isinstance(event, events.RunDone):
                 report = event.report
         reference = next((r for r in report["results"] if r["variant"] == first and r["status"] == "ok"), None)
