@@ -38,20 +38,17 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
             elif isinstance(event, events.RunDone):
                 report = event.report
         reference = next((r for r in report["results"] if r["variant"] == first and r["status"] == "ok"), None)
-        bare = bandwidth = None
+        bare = None
         if reference is not None:
-            # after the run: a large copy disturbs the next measurements on a CPU for seconds
             try:
                 bare = engine.probe(first, "bare_tpot", prompt_tokens=reference["prompt_length"],
                                     new_tokens=new_tokens)
-                bandwidth = engine.probe(first, "bandwidth")["bytes_per_s"]
-                log(f"measured copy bandwidth: {bandwidth / 1e9:.0f} GB/s ({engine.device.name})")
             except RuntimeError as error:
                 log(f"probe failed: {error}")
         device = engine.device
-    for row in report["results"]:
-        row["mbu_measured"] = (row["decode_bytes_per_step"] / row["tpot_s"] / bandwidth
-                               if bandwidth and row["tpot_s"] and row["decode_bytes_per_step"] else None)
+    bandwidth = report["peak_bandwidth_bytes_per_s"]["measured"]       # measured by the engine in the run
+    if bandwidth:
+        log(f"measured copy bandwidth: {bandwidth / 1e9:.0f} GB/s ({device.name})")
     report["overhead_ratio"] = reference["tpot_s"] / bare["tpot_s"] if reference and bare else None
     report["overhead_reference"] = {
         "variant": first, "prompt_length": reference["prompt_length"] if reference else None,
@@ -60,7 +57,6 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
         "clock": "cuda events" if device.kind == "cuda" else "perf_counter",
         "bare_loop": "the same decode path without the engine's streamer, events and memory sampler: "
                      "generate() timed as (T(N) - T(1)) / (N - 1), or the compiled step loop"}
-    report["peak_bandwidth_bytes_per_s"] = {"measured": bandwidth, "datasheet": device.datasheet_bandwidth_bytes_per_s}
     report["new_tokens"] = new_tokens
     report["prompt_lengths"] = prompt_lengths
     report["wall_s"] = time.perf_counter() - t0

@@ -46,7 +46,11 @@ reached the host (the copy to the host waits for the device). The prompt is not 
 - **Tokens/s** = new tokens of all sequences / E2E latency.
 - **Speedup** = TPOT of the baseline / TPOT of the variant (above 1: faster decoding).
 - **MBU** (model bandwidth utilisation) = (weight bytes + mean KV-cache bytes) / TPOT / peak
-  memory bandwidth of the device. Known only where the device's bandwidth is (GPUs in the table).
+  memory bandwidth of the device, against two peaks: *measured copy*, the best of 20 large copies
+  on this device (bytes read + written, measured once after the first run's timed requests), and
+  *datasheet*, the vendor's figure (GPUs in the engine's table only). Near 100% of the measured
+  peak, a step reads its bytes as fast as this device can; far below it, something else
+  (launching kernels from Python, say) sets the pace.
 - **Peak memory**: the worker process's own memory: peak reserved by the torch allocator on a GPU,
   peak resident set size on a CPU. Whole-GPU memory mixes variants and is never shown as one's.
 - **First diff**: index of the first new token that differs from the baseline's (greedy decoding).
@@ -369,7 +373,15 @@ def speedup(report: dict, row: dict) -> float | None:
 
 
 SUMMARY_HEADERS = ("Variant", "Status", "Tokens", "TTFT ms", "TPOT ms", "Speedup (TPOT)", "Tokens/s",
-                   "Peak memory MiB", "Weights MiB", "MBU", "First diff", "Timings")
+                   "Peak memory MiB", "Weights MiB", "MBU (measured copy)", "MBU (datasheet)", "First diff",
+                   "Timings")
+
+
+def _percent(value: float | None) -> str:
+    """A share: one decimal below 10% (a small model's MBU on a CPU is a fraction of a percent)."""
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if value < 0.1 else f"{value:.0%}"
 
 
 def summary_rows(report: dict) -> list[list[str]]:
@@ -392,7 +404,7 @@ def summary_rows(report: dict) -> list[list[str]]:
             r["variant"], r["status"], str(r.get("output_tokens") or "-"), _fmt(r.get("ttft_s"), 1000),
             _fmt(r.get("tpot_s"), 1000, 2), "-" if ratio is None else f"{ratio:.2f}x",
             _fmt(r.get("tokens_per_s")), _fmt(r.get("peak_memory_bytes"), 1 / MIB, 0),
-            _fmt(r.get("weights_bytes"), 1 / MIB, 2), "-" if r.get("mbu") is None else f"{r['mbu']:.0%}",
+            _fmt(r.get("weights_bytes"), 1 / MIB, 2), _percent(r.get("mbu_measured")), _percent(r.get("mbu")),
             diff, timings])
     return rows
 

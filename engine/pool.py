@@ -148,6 +148,7 @@ class Engine:
         self.load_timeout_s = load_timeout_s
         self.threads = threads
         self.workers: dict[str, Worker] = {}
+        self.bandwidth: float | None = None        # the device's measured copy bandwidth, bytes/s
         self.active: Run | None = None
         self._lock = threading.Lock()
         self._request_ids = itertools.count(1)
@@ -359,6 +360,14 @@ class Engine:
     def _deliver(self, run: Run, event) -> None:
         """Record an event in the outcome it belongs to and pass it on (warm-up requests stay inside)."""
         request_id = getattr(event, "request_id", None)
+        if request_id is not None and request_id in self._probes:
+            if isinstance(event, (events.Measured, events.Failed)):
+                self._current.pop(event.variant, None)
+                if isinstance(event, events.Measured):
+                    self._measured = event
+                else:
+                    self._probe_failure = event
+            return
         if request_id is not None and request_id in self._cell_of:
             outcomes = [self._outcomes.get((event.variant, self._cell_of[request_id]))]
         else:                                          # a load failure concerns every cell of the variant
@@ -372,9 +381,6 @@ class Engine:
                 return
             for outcome in outcomes:
                 outcome.finished.append(event)
-        elif isinstance(event, events.Measured):
-            self._current.pop(event.variant, None)
-            self._measured = event
         elif isinstance(event, events.Failed):
             self._current.pop(event.variant, None)
             for outcome in outcomes:
@@ -407,6 +413,8 @@ class Engine:
         self._cell_of: dict[int, int] = {}        # request id -> index of its cell
         self._discard: set[int] = set()           # warm-up requests: measured by nobody
         self._measured: events.Measured | None = None
+        self._probes: set[int] = set()            # probe ids: their answers stay out of the outcomes
+        self._probe_failure: events.Failed | None = None
 
     def _run(self, run: Run, prompt, names, max_new_tokens, mode, repeats, ignore_eos, batch_size,
              grid, warmup_requests, prompt_token_count) -> None:
@@ -443,7 +451,8 @@ class Engine:
             return request
 
         self._load(run, resident)
-        for group in [resident] + [[name] for name in swapped]:
+        groups = [group for group in [resident] + [[name] for name in swapped] if group]
+        for group in groups:
             if run.cancelled.is_set():
                 break
             if group is not resident:
@@ -468,12 +477,15 @@ class Engine:
                         for name in ready:
                             if not run.cancelled.is_set():
                                 self._generate(run, {name: make_request(name, cell, discard)})
+            if group is groups[-1] and not run.cancelled.is_set():
+                self._measure_bandwidth(group)       # after every timed request, before the last unload
             if group is not resident:
                 for name in group:
                     run.queue.put(events.Status(name, "unloading"))
                     self._stop_worker(name)
         built = report.build(self.preset, self.device, prompt, prompt_token_count, self._outcomes, names, cells,
                              mode, repeats, batch_size, cancelled=run.cancelled.is_set())
+        report.add_measured_bandwidth(built, self.bandwidth)
         run.queue.put(events.RunDone(built))
 
     def probe(self, variant: str, kind: str, prompt_tokens: int = 128, new_tokens: int = 64,
@@ -488,14 +500,35 @@ class Engine:
             if worker is None or not worker.ready:
                 failed = self._outcomes[(variant, 0)].failed
                 raise RuntimeError(f"{variant} could not load: {failed.reason if failed else 'unknown'}")
-            probe = Probe(next(self._request_ids), kind, prompt_tokens, new_tokens)
-            self._current[variant] = probe.request_id
-            worker.conn.send(probe)
-            self._receive(run, [variant], lambda: variant not in self._current, timeout or self.request_timeout_s)
-            if self._measured is None:
-                failed = self._outcomes[(variant, 0)].failed
-                raise RuntimeError(f"{variant}: {kind} failed: {failed.reason if failed else 'no answer'}")
-            return dict(self._measured.values)
+            return self._measure(variant, Probe(next(self._request_ids), kind, prompt_tokens, new_tokens), timeout)
+
+    def _measure(self, variant: str, probe, timeout: float | None = None) -> dict:
+        """Send a probe to the variant's loaded worker and wait for its values (the lock is held).
+
+        Its answer, or its failure, stays out of the run's outcomes: a probe never fails a cell.
+        """
+        self._probes.add(probe.request_id)
+        self._measured = self._probe_failure = None
+        self._current[variant] = probe.request_id
+        self.workers[variant].conn.send(probe)
+        self._receive(Run(), [variant], lambda: variant not in self._current, timeout or self.request_timeout_s)
+        if self._measured is None:
+            failed = self._probe_failure
+            raise RuntimeError(f"{variant}: {probe.kind} failed: {failed.reason if failed else 'no answer'}")
+        return dict(self._measured.values)
+
+    def _measure_bandwidth(self, names: list[str]) -> None:
+        """The device's copy bandwidth, measured once per engine in a loaded worker (after the timed
+        requests, so the large copy disturbs none of them); left unknown if that fails."""
+        from engine.worker import Probe
+        loaded = [n for n in names if n in self.workers and self.workers[n].ready]
+        if self.bandwidth is not None or not loaded:
+            return
+        try:
+            self.bandwidth = self._measure(loaded[0], Probe(next(self._request_ids), "bandwidth"),
+                                           timeout=120.0)["bytes_per_s"]
+        except RuntimeError:
+            pass
 
     def _held_bytes(self, names) -> int:
         """Device memory that the named loaded workers hold (their weights)."""

@@ -148,3 +148,12 @@ def build(preset: Preset, device: Device, prompt: str, prompt_tokens: int, outco
         "cancelled": cancelled,
         "results": results,
     }
+
+
+def add_measured_bandwidth(report: dict, measured: float | None) -> None:
+    """MBU against the device's measured copy bandwidth beside the datasheet's, on every row."""
+    report["peak_bandwidth_bytes_per_s"] = {"measured": measured,
+                                            "datasheet": report["device"].get("peak_bandwidth_bytes_per_s")}
+    for row in report["results"]:
+        row["mbu_measured"] = (row["decode_bytes_per_step"] / row["tpot_s"] / measured
+                               if measured and row.get("tpot_s") and row.get("decode_bytes_per_step") else None)

@@ -37,7 +37,7 @@ def test_report_replaces_live_figures_and_stages():
     view = fold_fair_run()
     row = {"variant": "baseline", "label": "Eager attention", "status": "ok", "reason": None, "text": "abc",
            "output_tokens": 3, "ttft_s": 0.11, "tpot_s": 0.2, "tokens_per_s": 6.0, "peak_memory_bytes": 400,
-           "weights_bytes": 1000, "mbu": None, "first_diff_token": None, "contended": False,
+           "weights_bytes": 1000, "mbu": None, "mbu_measured": 0.4321, "first_diff_token": None, "contended": False,
            "token_times_s": [0.1, 0.3, 0.5], "memory": {"rss_bytes": 400}}
     stopped = dict(row, variant="sdpa", status="cancelled", reason="the run was stopped before this variant's turn",
                    text="", output_tokens=None, ttft_s=None, tpot_s=None, tokens_per_s=None)
@@ -49,7 +49,9 @@ def test_report_replaces_live_figures_and_stages():
     assert view.lanes["sdpa"].stage == "cancelled" and "stopped" in view.lanes["sdpa"].reason
     rows = charts.summary_rows(report)
     assert rows[0][:6] == ["baseline", "ok", "3", "110.0", "200.00", "1.00x"]
-    assert rows[0][10] == "reference" and rows[1][1] == "cancelled"
+    assert rows[0][9:12] == ["43%", "-", "reference"] and rows[1][1] == "cancelled"   # MBU measured, datasheet
+    assert len(rows[0]) == len(charts.SUMMARY_HEADERS)
+    assert charts.summary_rows({"results": [dict(row, mbu=0.0042)]})[0][10] == "0.4%"
     table = list(csv.DictReader(io.StringIO(charts.report_csv(report))))
     assert [r["variant"] for r in table] == ["baseline", "sdpa"]
     assert table[0]["ttft_s"] == "0.11" and table[0]["memory_rss_bytes"] == "400" and "token_times_s" not in table[0]

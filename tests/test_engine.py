@@ -40,7 +40,10 @@ def test_every_variant_streams_tokens_with_consistent_metrics(six_run):
         assert row["e2e_s"] == pytest.approx(row["ttft_s"] + row["tpot_s"] * 23, rel=1e-9)
         assert row["itl_p50_s"] <= row["itl_p90_s"] <= row["itl_p99_s"]
         assert row["tokens_per_s"] == pytest.approx(24 / row["e2e_s"])
-        assert row["mbu"] is None                             # a CPU has no known peak bandwidth
+        assert row["mbu"] is None                             # a CPU has no datasheet bandwidth
+        assert row["mbu_measured"] == pytest.approx(row["decode_bytes_per_step"] / row["tpot_s"]
+                                                    / report["peak_bandwidth_bytes_per_s"]["measured"])
+        assert 0 < row["mbu_measured"] < 1
         assert row["placement"] == "resident" and row["contended"] is False
         assert row["peak_memory_bytes"] > 0 and row["weights_bytes"] > 0 and row["queue_s"] >= 0
         tokens = [e for e in seen if isinstance(e, events.Token) and e.variant == name]
@@ -206,6 +209,15 @@ def test_cli_run_prints_a_table_and_writes_the_json(tmp_path):
         assert required <= set(row)
     assert by["baseline"]["output_tokens"] == 6
     assert _processes_marked(mark) == []
+
+
+def test_the_engine_measures_the_copy_bandwidth_once_after_the_timed_requests(engine, six_run):
+    seen, report = six_run
+    bandwidth = report["peak_bandwidth_bytes_per_s"]
+    assert bandwidth["datasheet"] is None and bandwidth["measured"] == engine.bandwidth > 1e8
+    assert not any(isinstance(e, events.Failed) for e in seen)
+    again = list(engine.run(PROMPT, ["sdpa"], 2))[-1].report             # no second measurement
+    assert again["peak_bandwidth_bytes_per_s"]["measured"] == bandwidth["measured"]
 
 
 def test_workers_outside_a_run_stay_loaded_when_memory_allows(engine, six_run):

@@ -34,6 +34,9 @@ def test_every_quick_grid_is_complete_and_well_formed(sweeps):
                 assert row["reason"]                 # fa2 on a CPU: a row with its reason, not a crash
         parsed = list(csv.DictReader(io.StringIO(to_csv(sweep))))
         assert len(parsed) == len(sweep["rows"]) and parsed[0]["experiment"] == name
+        decoded = [(row, line) for row, line in zip(sweep["rows"], parsed) if row["tpot_s"]]   # prefill rows: none
+        assert decoded and all(row["mbu_measured"] > 0 and float(line["mbu_measured"]) == pytest.approx(
+            row["mbu_measured"]) for row, line in decoded)
 
 
 def test_attention_speedup_is_the_ratio_of_measured_times(sweeps):
