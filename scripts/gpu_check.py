@@ -41,6 +41,52 @@ def plan(args) -> list[dict]:
     return jobs
 
 
+OVERHEAD_MAX, COMPILED_MBU_MIN, SPREAD_MAX = 1.02, 0.75, 0.05
+WALL_S_MAX = {"full": 480.0, "quick": 240.0}
+
+
+def check_targets(summary: dict, quick: bool) -> list[dict]:
+    """The GPU work's targets, each with the measured value and whether it is met."""
+    checks = []
+
+    def check(target: str, value, met: bool, detail: str = "") -> None:
+        checks.append({"target": target, "value": value, "met": bool(met), "detail": detail})
+
+    for report in summary["runs"]:
+        if "results" not in report:
+            continue
+        name, rows = report["preset"]["name"], report["results"]
+        ratio = report.get("overhead_ratio")
+        check(f"{name}: worker TPOT / bare-loop TPOT <= {OVERHEAD_MAX}", ratio,
+              ratio is not None and ratio <= OVERHEAD_MAX)
+        if name == "llama-3.1-8b-random":
+            for row in rows:
+                if row["variant"] == "compiled":
+                    mbu = row.get("mbu_measured")
+                    check(f"{name}: compiled, prompt {row['prompt_length']}, MBU vs measured copy >= "
+                          f"{COMPILED_MBU_MIN:.0%}", mbu, mbu is not None and mbu >= COMPILED_MBU_MIN)
+        spreads = {f"{r['variant']}@{r['prompt_length']}": r["tpot_max_s"] / r["tpot_min_s"] - 1
+                   for r in rows if r["status"] == "ok" and r["repeats"] > 1 and r["tpot_min_s"]}
+        if spreads:
+            over = {cell: spread for cell, spread in spreads.items() if spread > SPREAD_MAX}
+            check(f"{name}: TPOT spread (max / min - 1 over repeats) <= {SPREAD_MAX:.0%} in every cell",
+                  max(spreads.values()), not over, ", ".join(f"{c} {v:.0%}" for c, v in over.items()))
+        broken = sorted({r["variant"] for r in rows if r["status"] not in ("ok", "unavailable") or
+                         (r["status"] == "unavailable" and not r["reason"])})
+        check(f"{name}: every variant runs or says why not", len(broken), not broken, ", ".join(broken))
+    limit = WALL_S_MAX["quick" if quick else "full"]
+    check(f"wall time <= {limit:.0f} s", summary["wall_s"], summary["wall_s"] <= limit)
+    return checks
+
+
+def target_lines(checks: list[dict], cuda: bool) -> list[str]:
+    def shown(value) -> str:
+        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+    header = "targets:" if cuda else "targets (set for a GPU: on a CPU this only exercises the check):"
+    return [header] + [f"  [{'met' if c['met'] else 'NOT MET'}] {c['target']}: {shown(c['value'])}"
+                           + (f" ({c['detail']})" if c["detail"] else "") for c in checks]
+
+
 def flash_implementations(device: str) -> dict:
     """Which FlashAttention implementations this machine has, and whether each works."""
     found = {}
@@ -119,8 +165,9 @@ def main(argv=None) -> int:
         (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))   # kept even if a later job dies
         tables.append(f"== {preset.name} on {report['device']['name']} ({report['wall_s']:.0f} s)\n" + table(report))
     summary["wall_s"] = time.perf_counter() - t0
+    summary["targets"] = check_targets(summary, args.quick)
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
-    print("\n".join(tables))
+    print("\n".join(tables + target_lines(summary["targets"], args.device == "cuda")))
     print(f"total {summary['wall_s']:.0f} s; wrote {out / 'gpu_check.json'}")
     return 0
 

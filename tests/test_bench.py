@@ -64,6 +64,16 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
                         for v in ("baseline", "sdpa", "fa2", "compiled") for n in (32, 128)}
     assert done.stdout.strip().splitlines()[-1].startswith("total ")
     assert "overhead: worker TPOT / bare-loop TPOT" in done.stdout
+    checks = {c["target"]: c for c in summary["targets"]}        # the GPU targets, checked even on a dry run
+    overhead = checks["tiny: worker TPOT / bare-loop TPOT <= 1.02"]
+    assert overhead["value"] == run["overhead_ratio"] and overhead["met"] == (run["overhead_ratio"] <= 1.02)
+    assert checks["tiny: every variant runs or says why not"]["met"]          # fa2 is unavailable, with a reason
+    assert checks["wall time <= 480 s"]["value"] == summary["wall_s"]
+    spread = checks["tiny: TPOT spread (max / min - 1 over repeats) <= 5% in every cell"] \
+        if run["repeats"] > 1 else None
+    assert spread is None or spread["value"] >= 0
+    for check in summary["targets"]:
+        assert f"[{'met' if check['met'] else 'NOT MET'}] {check['target']}" in done.stdout
 
 
 def test_bench_table_renders_saved_results():
