@@ -46,7 +46,7 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
             except RuntimeError as error:
                 log(f"probe failed: {error}")
         device = engine.device
-    bandwidth = report["peak_bandwidth_bytes_per_s"]["measured"]       # measured by the engine in the run
+    bandwidth = report.get("peak_bandwidth_bytes_per_s", {}).get("measured")   # measured by the engine
     if bandwidth:
         log(f"measured copy bandwidth: {bandwidth / 1e9:.0f} GB/s ({device.name})")
     report["overhead_ratio"] = reference["tpot_s"] / bare["tpot_s"] if reference and bare else None

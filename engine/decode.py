@@ -121,10 +121,12 @@ class CompiledDecoder:
         marks left padding with 0, as for generate(): padded rows then get the same positions and
         see the same tokens as they would alone.
 
-        The host never leaves the device idle: step n+1 is queued before the host waits for
-        token n, so streaming a token, checking for the end and launching the next graph all
-        overlap the step that is running. A stop is seen one step late; that step's token is
-        dropped, never streamed.
+        On a GPU the host never leaves the device idle: step n+1 is queued before the host waits
+        for token n, so streaming a token, checking for the end and launching the next graph all
+        overlap the step that is running; a stop is seen one step late and that step's token is
+        dropped, never streamed. On a CPU, where a step runs to its end before the call returns,
+        each token is streamed before the next step starts (waiting would delay every token by a
+        step).
         """
         batch, length = input_ids.shape
         key = self.key(input_ids, max_new_tokens)
@@ -146,25 +148,30 @@ class CompiledDecoder:
         token = logits[:, -1].argmax(-1, keepdim=True)
         position = positions[:, -1:] + 1
         cache_position = torch.tensor([length], device=input_ids.device)
-        in_flight = self._to_host(token)
+        lag = 1 if self.cuda else 0                # steps queued ahead of the token being streamed
+        pending = [self._to_host(token)]
         for _ in range(max_new_tokens - 1):
+            if len(pending) > lag and self._stream(pending.pop(0), on_token, should_stop):
+                return
             if self.cuda:
                 torch.compiler.cudagraph_mark_step_begin()
             token = self.step(self.fused if self.fused is not None else self.model, token, position,
                               cache_position, mask, cache, self.keyword).clone()
             position += 1                          # (.clone(): a CUDA graph reuses its output buffer)
             cache_position += 1
-            host, ready = in_flight
-            in_flight = self._to_host(token)       # queued behind the step: the device stays busy
-            if ready is not None:
-                ready.synchronize()
-            on_token(host[:, 0], ready)
-            if should_stop(host):
+            pending.append(self._to_host(token))   # queued behind the step
+        while pending:
+            if self._stream(pending.pop(0), on_token, should_stop):
                 return
-        host, ready = in_flight
+
+    @staticmethod
+    def _stream(copied: tuple[torch.Tensor, object], on_token, should_stop) -> bool:
+        """Wait for a token's copy to the host, hand it on; True when the loop must stop."""
+        host, ready = copied
         if ready is not None:
             ready.synchronize()
         on_token(host[:, 0], ready)
+        return should_stop(host)
 
     def _to_host(self, token: torch.Tensor) -> tuple[torch.Tensor, object]:
         """Start copying a token to the host; (host tensor, CUDA event to wait on, or None on a CPU)."""

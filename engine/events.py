@@ -27,6 +27,8 @@ class Loaded:
     device: str
     dtype: str
     label: str                      # what actually runs, e.g. "4-bit NF4 + SDPA"
+    input_table_bytes: int = 0      # the input embedding table, when not shared with the output head:
+                                    # a decode step reads one row of it per sequence, not all of it
 
 
 @dataclass(frozen=True)

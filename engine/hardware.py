@@ -153,7 +153,7 @@ def process_gpu_bytes(pid: int, index: int = 0) -> int | None:
 
 def _bandwidth_cache_path() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "sidebyside" / "bandwidth.json"
+    return base / "sidebyside" / "copy-bandwidth-best.json"   # best of the copies (older files held a mean)
 
 
 def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_bytes: int | None = None,

@@ -25,7 +25,7 @@ def versions() -> dict:
 
 
 def measure(finished, weights_bytes: int, peak_bandwidth: float | None, use_cache: bool) -> dict:
-    """Metrics of one Finished event (one repeat)."""
+    """Metrics of one Finished event (one repeat); `weights_bytes`: the weights a decode step reads."""
     times = metrics.relative_times(finished.t_start, finished.token_times)
     n = len(times)
     tpot = metrics.tpot_s(times)
@@ -93,7 +93,8 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
     if not outcome.finished:
         row.update(status="cancelled", reason="the run was stopped before this variant's turn")
         return row
-    rows = [measure(f, row["weights_bytes"] or 0, peak_bandwidth, variant.use_cache) for f in outcome.finished]
+    read = (row["weights_bytes"] or 0) - (loaded.input_table_bytes if loaded is not None else 0)
+    rows = [measure(f, read, peak_bandwidth, variant.use_cache) for f in outcome.finished]
     first = outcome.finished[0]
     for key in rows[0]:
         row[key] = _median_of(rows, key) if key.endswith(("_s", "mbu")) else rows[0][key]

@@ -146,16 +146,20 @@ class Runner:
         self.variant = CATALOG[spec.variant]
         self.torch = torch
         self.cuda_index = int(spec.device.split(":")[1]) if spec.device.startswith("cuda") else None
-        self.model, self.tokenizer = models.load_model(spec.preset, self.variant, spec.device)
         if self.cuda_index is not None:
-            torch.cuda.empty_cache()      # quantizing in place frees the 16-bit weights: return them to the device
+            torch.cuda.set_device(self.cuda_index)   # events and streams without a device name use this one
+        self.model, self.tokenizer = models.load_model(spec.preset, self.variant, spec.device)
         self.weights_bytes = models.weights_bytes(self.model)
+        self.input_table_bytes = models.input_table_bytes(self.model)
         self.cache_shape = models.kv_cache_shape(self.model)
         self.cache_shape["bytes_per_element"] = torch.finfo(getattr(torch, spec.preset.dtype)).bits // 8
         self.decoder = None
         if self.variant.compile:
             from engine.decode import CompiledDecoder
             self.decoder = CompiledDecoder(self.model, spec.preset.context_length, spec.device)
+        if self.cuda_index is not None:
+            # quantizing in place frees the 16-bit weights, fusing frees the unfused ones: give them back
+            torch.cuda.empty_cache()
 
     def attention_context(self):
         """The SDPA backend forced by the variant, or nothing."""
@@ -319,13 +323,14 @@ def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[objec
         gc.collect()
         gc.freeze()
         if spec.core is not None:     # after loading, which may use every core (quantizing on the CPU)
-            os.sched_setaffinity(0, {spec.core})
+            with contextlib.suppress(OSError):      # an optimisation: never a reason to fail a load
+                os.sched_setaffinity(0, {spec.core})
         runner.emit = emit
         label = runner.variant.display_label()
         if runner.decoder is not None:
             label += f" ({runner.decoder.step_kind})"
         emit(events.Loaded(name, load_s, time.perf_counter() - t1, runner.weights_bytes, spec.device,
-                           spec.preset.dtype, label))
+                           spec.preset.dtype, label, runner.input_table_bytes))
     except BaseException as error:  # noqa: BLE001 - a failure is a value, sent to the orchestrator
         emit(events.Failed(name, "could not load: " + one_line(error), traceback.format_exc()))
         return

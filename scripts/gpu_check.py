@@ -53,7 +53,8 @@ def check_targets(summary: dict, quick: bool) -> list[dict]:
         checks.append({"target": target, "value": value, "met": bool(met), "detail": detail})
 
     for report in summary["runs"]:
-        if "results" not in report:
+        if "results" not in report:               # a preset that failed or was skipped meets nothing
+            check(f"{report['preset']}: measured", None, False, report.get("error") or report.get("skipped"))
             continue
         name, rows = report["preset"]["name"], report["results"]
         ratio = report.get("overhead_ratio")

@@ -76,6 +76,15 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         assert f"[{'met' if check['met'] else 'NOT MET'}] {check['target']}" in done.stdout
 
 
+def test_gpu_check_targets_count_a_preset_that_never_ran_as_not_met():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gpu_check import check_targets
+    checks = check_targets({"runs": [{"preset": "opt-350m-random", "skipped": "time budget spent (470 s)"}],
+                            "wall_s": 470.0}, quick=False)
+    assert [(c["target"], c["met"], c["detail"]) for c in checks] == [
+        ("opt-350m-random: measured", False, "time budget spent (470 s)"), ("wall time <= 480 s", True, "")]
+
+
 def test_bench_table_renders_saved_results():
     saved = ROOT / "benchmarks" / "results" / "gpu_check-h200-2026-11-26.json"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(saved)],
@@ -99,7 +108,8 @@ def test_compile_probe_dry_run_on_the_cpu(tmp_path):
     for result in (fused, forward):
         assert len(result["tpot_runs_ms"]) == 3 and result["tpot_ms"] == sorted(result["tpot_runs_ms"])[1]
         assert result["mbu_vs_copy"] == pytest.approx(
-            (summary["weights_bytes"] + summary["kv_bytes_mean"]) / (result["tpot_ms"] / 1000)
+            (summary["weights_bytes"] - summary["input_table_bytes"] + summary["kv_bytes_mean"])
+            / (result["tpot_ms"] / 1000)
             / summary["copy_bandwidth_bytes_per_s"])
         assert result["first_token_unlike_generate"] is None      # float32 on a CPU: the same greedy tokens
         assert f"{result['config']:16} {result['compile_and_first_run_s']:9.1f} " \

@@ -211,6 +211,21 @@ def test_cli_run_prints_a_table_and_writes_the_json(tmp_path):
     assert _processes_marked(mark) == []
 
 
+def test_a_decode_step_counts_one_row_of_an_untied_input_table_not_all_of_it(six_run):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine import models
+    shape = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4)
+    untied = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", tie_word_embeddings=False, **shape))
+    tied = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", tie_word_embeddings=True, **shape))
+    assert models.input_table_bytes(untied) == 512 * 64 * 4 and models.input_table_bytes(tied) == 0
+    tiny = presets.load("tiny").config                          # untied, float32
+    table = tiny["vocab_size"] * tiny["hidden_size"] * torch.finfo(torch.float32).bits // 8
+    row = rows(six_run[1])["no-kv-cache"]                       # no cache: a step reads the weights only
+    assert row["decode_bytes_per_step"] == row["weights_bytes"] - table
+
+
 def test_the_engine_measures_the_copy_bandwidth_once_after_the_timed_requests(engine, six_run):
     seen, report = six_run
     bandwidth = report["peak_bandwidth_bytes_per_s"]
@@ -306,6 +321,23 @@ def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_typ
         decoder.run(ids, 10, lambda tokens, ready: streamed.append(tokens), lambda host: len(streamed) == 3,
                     attention_mask=mask)
     assert torch.stack(streamed, 1).tolist() == tokens[:, :3].tolist()
+
+
+def test_on_a_cpu_each_token_is_streamed_before_the_next_step_runs():
+    """A CPU step runs to its end inside the call: streaming a token after the next step would add
+    a step to TTFT and put the last two tokens at the same instant."""
+    import torch
+
+    from engine import models
+    from engine.decode import CompiledDecoder
+    from engine.variants import CATALOG
+    model, _ = models.load_model(presets.load("tiny"), CATALOG["compiled"], "cpu")
+    decoder, log = CompiledDecoder(model, 512, "cpu"), []
+    step = decoder.step
+    decoder.step = lambda *args: log.append("step") or step(*args)
+    with torch.inference_mode():
+        decoder.run(torch.tensor([[5, 6, 7]]), 4, lambda tokens, ready: log.append("token"), lambda host: False)
+    assert log == ["token", "step", "token", "step", "token", "step", "token"]
 
 
 def test_the_fused_step_refuses_models_it_does_not_compute():
