@@ -134,6 +134,16 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+PRESET_ERRORS = (presets.PresetError, DeviceError, ValueError, OSError)   # a preset that cannot be used here
+
+
+def refusal(error: Exception, cannot: str) -> str:
+    """Why a run did not start: the input (the user's to change) or, after `cannot`, the preset."""
+    if isinstance(error, InputError):
+        return f"Nothing was run: {_e(error)}."
+    return f"{cannot}: {_e(error)}"
+
+
 def _ms(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -608,7 +618,7 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
         def on_preset(name):
             try:
                 engine = engines.get(name)
-            except (presets.PresetError, DeviceError, ValueError, OSError) as error:
+            except PRESET_ERRORS as error:
                 return (gr.skip(), gr.skip(), gr.skip(), message_html(f"Cannot use preset {_e(name)}: {_e(error)}",
                                                                       "error"), *[gr.skip()] * len(answers))
             new_choices, selected, css = variant_choices(engine)
@@ -656,11 +666,8 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
                 engines.get(preset_name).validate(prompt_text or "", selected, int(max_new_tokens), run_mode)
                 engine = engines.activate(preset_name)      # valid input: now switching presets unloads
                 run = engine.start(prompt_text or "", selected, int(max_new_tokens), mode=run_mode)
-            except InputError as error:
-                yield failure_frame(view, f"Nothing was run: {_e(error)}.")
-                return
-            except (presets.PresetError, DeviceError, ValueError, OSError) as error:
-                yield failure_frame(view, f"Preset {_e(preset_name)} cannot be used: {_e(error)}")
+            except (InputError, *PRESET_ERRORS) as error:
+                yield failure_frame(view, refusal(error, f"Preset {_e(preset_name)} cannot be used"))
                 return
             session_state.run_id, session_state.preset, session_state.view = run.id, preset_name, view
             session_state.stopping = False
@@ -728,7 +735,7 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
             """A new experiment: its paragraph, its own variants selected, its empty chart."""
             try:
                 engine = engines.get(preset_name)
-            except (presets.PresetError, DeviceError, ValueError, OSError):
+            except PRESET_ERRORS:
                 engine = None
             variants = gr.skip() if engine is None else gr.update(value=experiment_variants(engine, name)[1])
             return (explanation_html(name, quick), variants, plot_value(empty_sweep_figure(name), name),
@@ -738,7 +745,7 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
             """A new preset: its banner, which variants can run there, quick grid on for a CPU."""
             try:
                 engine = engines.get(preset_name)
-            except (presets.PresetError, DeviceError, ValueError, OSError) as error:
+            except PRESET_ERRORS as error:
                 return (gr.skip(), gr.skip(), gr.skip(),
                         message_html(f"Cannot use preset {_e(preset_name)}: {_e(error)}", "error"))
             new_choices, selected, css = experiment_variants(engine, name)
@@ -776,11 +783,9 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
                                      f"{', '.join(sweeps.get(name).variants)})")
                 engine = engines.activate(preset_name)
                 run, live = sweeps.start_sweep(name, engine, bool(quick), selected)
-            except InputError as error:
-                yield sweep_failure(name, f"Nothing was run: {_e(error)}.")
-                return
-            except (presets.PresetError, DeviceError, ValueError, OSError) as error:
-                yield sweep_failure(name, f"Experiment {_e(name)} on preset {_e(preset_name)} cannot run: {_e(error)}")
+            except (InputError, *PRESET_ERRORS) as error:
+                yield sweep_failure(name, refusal(error, f"Experiment {_e(name)} on preset {_e(preset_name)} "
+                                                         "cannot run"))
                 return
             session_state.run_id, session_state.preset, session_state.stopping = run.id, preset_name, False
             started = time.perf_counter()

@@ -130,7 +130,6 @@ class RunView:
         self.report: dict | None = None
         self.error: str | None = None      # a failure of the whole run (not of one variant)
         self.events = 0                    # events folded so far
-        self.last_event_t: float | None = None   # newest event timestamp seen (perf_counter)
         self.revisions = {"ttft": 0, "itl": 0, "race": 0, "memory": 0, "report": 0}
 
     @property
@@ -174,14 +173,12 @@ class RunView:
         if isinstance(event, events.Token):
             lane.pieces.append(event.text)
             lane.token_times.append(event.t)
-            self.last_event_t = event.t
             self.revisions["itl"] += 1
             self.revisions["race"] += 1
             if event.index == 0:
                 self.revisions["ttft"] += 1
         elif isinstance(event, events.MemorySample):
             lane.memory.append((event.t, event.bytes))
-            self.last_event_t = event.t
             self.revisions["memory"] += 1
         elif isinstance(event, events.Status):
             if lane.stage in FINAL_STAGES:           # e.g. "unloading" after a swapped variant's turn

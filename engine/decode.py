@@ -91,9 +91,13 @@ class CompiledDecoder:
         elif fused and reason:
             raise ValueError(f"the fused decode step does not support this model: {reason}")
         self.fused = FusedLlamaStep(model) if fused else None
-        self.step_kind = "fused Llama step" if self.fused is not None else "transformers forward"
+        self.stepper = self.fused if self.fused is not None else model     # what the compiled step calls
         self.step = torch.compile(_fused_step if self.fused is not None else _decode_step,
                                   options=self.inductor or None, fullgraph=True, dynamic=False)
+
+    @property
+    def step_kind(self) -> str:
+        return "fused Llama step" if self.fused is not None else "transformers forward"
 
     def key(self, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[int, int]:
         batch, length = input_ids.shape
@@ -155,8 +159,7 @@ class CompiledDecoder:
                 return
             if self.cuda:
                 torch.compiler.cudagraph_mark_step_begin()
-            token = self.step(self.fused if self.fused is not None else self.model, token, position,
-                              cache_position, mask, cache, self.keyword).clone()
+            token = self.step(self.stepper, token, position, cache_position, mask, cache, self.keyword).clone()
             position += 1                          # (.clone(): a CUDA graph reuses its output buffer)
             cache_position += 1
             pending.append(self._to_host(token))   # queued behind the step

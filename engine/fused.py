@@ -33,12 +33,11 @@ def unsupported_reason(model) -> str | None:
         return f"activation {config.hidden_act!r}"
     if getattr(config, "mlp_bias", False) or getattr(config, "pretraining_tp", 1) != 1:
         return "MLP bias or tensor-parallel slicing"
-    linears = (nn.Linear,)
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         for module in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
                        mlp.down_proj):
-            if type(module) not in linears:
+            if type(module) is not nn.Linear:          # a subclass (bitsandbytes) stores other weights
                 return f"{type(module).__name__} layers, not plain Linear ones (quantized weights, for one)"
     return None
 
@@ -46,15 +45,13 @@ def unsupported_reason(model) -> str | None:
 def _fuse(linears: list[nn.Linear]) -> tuple[nn.Parameter, nn.Parameter | None]:
     """One weight (and bias) for several Linear layers of the same input; they become views of it."""
     weight = torch.cat([linear.weight.data for linear in linears])
-    for linear in linears:
-        linear.weight.data = torch.empty(0, device=weight.device, dtype=weight.dtype)   # free as we go
     bias = None
     if linears[0].bias is not None:
         bias = torch.cat([linear.bias.data for linear in linears])
     start = 0
     for linear in linears:
         rows = linear.out_features
-        linear.weight.data = weight[start:start + rows]
+        linear.weight.data = weight[start:start + rows]          # the unfused tensor is freed here
         if bias is not None:
             linear.bias.data = bias[start:start + rows]
         start += rows
@@ -85,7 +82,6 @@ class _Layer(nn.Module):
         self.eps = layer.input_layernorm.variance_epsilon
         self.q_size, self.kv_size = attn.q_proj.out_features, attn.k_proj.out_features
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
-        self.intermediate = mlp.gate_proj.out_features
 
 
 class FusedLlamaStep(nn.Module):

@@ -156,5 +156,5 @@ def add_measured_bandwidth(report: dict, measured: float | None) -> None:
     report["peak_bandwidth_bytes_per_s"] = {"measured": measured,
                                             "datasheet": report["device"].get("peak_bandwidth_bytes_per_s")}
     for row in report["results"]:
-        row["mbu_measured"] = (row["decode_bytes_per_step"] / row["tpot_s"] / measured
-                               if measured and row.get("tpot_s") and row.get("decode_bytes_per_step") else None)
+        read = row.get("decode_bytes_per_step")
+        row["mbu_measured"] = metrics.mbu(read, 0, row.get("tpot_s"), measured) if read else None

@@ -112,7 +112,7 @@ def main() -> int:
     import torch
     import torch._inductor.config
 
-    from engine import models, presets
+    from engine import metrics, models, presets
     from engine.decode import CompiledDecoder, TokenClock
     from engine.hardware import measure_copy_bandwidth
     from engine.variants import CATALOG
@@ -128,11 +128,11 @@ def main() -> int:
         torch.cuda.empty_cache()
     weights = models.weights_bytes(model)
     gathered = models.input_table_bytes(model)       # an untied input table: a step reads one row of it
-    element = model.get_input_embeddings().weight.element_size()
     print(f"loaded {weights / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s", flush=True)
     shape = models.kv_cache_shape(model)
-    kv = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * (args.prompt + args.tokens / 2) \
-        * element
+    kv = metrics.kv_cache_bytes(shape["layers"], shape["kv_heads"], shape["head_dim"],
+                                metrics.mean_decode_context(args.prompt, args.tokens), 1,
+                                model.get_input_embeddings().weight.element_size())
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
     bandwidth = measure_copy_bandwidth(device_name, args.device, use_cache=False)
     ids = torch.randint(3, 200, (1, args.prompt), device=args.device)
@@ -162,14 +162,13 @@ def main() -> int:
             greedy_tokens(decoder, longer_ids, args.tokens)
             new_bucket_s = time.perf_counter() - t2
         tpot = statistics.median(tpots)
-        first_diff = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
         result = {"config": config, "step": decoder.step_kind, "inductor": decoder.inductor,
                   "compile_and_first_run_s": compile_s, "tpot_ms": tpot * 1000,
                   "next_bucket_first_run_s": new_bucket_s,
                   "tpot_runs_ms": [t * 1000 for t in tpots],
-                  "mbu_vs_copy": (weights - gathered + kv) / tpot / bandwidth,     # as the engine counts
-                  "mbu_vs_copy_counting_input_table": (weights + kv) / tpot / bandwidth,
-                  "first_token_unlike_generate": first_diff, **profile}
+                  "mbu_vs_copy": metrics.mbu(weights - gathered, kv, tpot, bandwidth),   # as the engine counts
+                  "mbu_vs_copy_counting_input_table": metrics.mbu(weights, kv, tpot, bandwidth),
+                  "first_token_unlike_generate": metrics.first_difference(reference, tokens), **profile}
         if profile:
             result["idle_us_per_step"] = tpot * 1e6 - profile["kernel_us_per_step"]
             if not profile["kernels_per_step"]:

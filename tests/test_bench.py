@@ -69,9 +69,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert overhead["value"] == run["overhead_ratio"] and overhead["met"] == (run["overhead_ratio"] <= 1.02)
     assert checks["tiny: every variant runs, or is unavailable with its reason"]["met"]   # fa2: unavailable, says why
     assert checks["wall time <= 480 s"]["value"] == summary["wall_s"]
-    spread = checks["tiny: TPOT spread (max / min - 1 over repeats) <= 5% in every cell"] \
-        if run["repeats"] > 1 else None
-    assert spread is None or spread["value"] >= 0
+    spread = "tiny: TPOT spread (max / min - 1 over repeats) <= 5% in every cell"
+    assert (spread in checks) == (run["repeats"] > 1)              # one repeat here: no spread to judge
     for check in summary["targets"]:
         assert f"[{'met' if check['met'] else 'NOT MET'}] {check['target']}" in done.stdout
 
@@ -83,6 +82,23 @@ def test_gpu_check_targets_count_a_preset_that_never_ran_as_not_met():
                             "wall_s": 470.0}, quick=False)
     assert [(c["target"], c["met"], c["detail"]) for c in checks] == [
         ("opt-350m-random: measured", False, "time budget spent (470 s)"), ("wall time <= 480 s", True, "")]
+
+
+def test_gpu_check_spread_target_names_the_cells_over_it():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gpu_check import check_targets
+    cell = dict(status="ok", repeats=3, reason=None, variant="sdpa", prompt_length=128, tpot_min_s=0.010,
+                tpot_max_s=0.0103, mbu_measured=None)
+    rows = [cell, dict(cell, variant="baseline", tpot_max_s=0.0108), dict(cell, variant="fa2", status="unavailable",
+                                                                          reason="no flash_attn")]
+    summary = {"runs": [{"preset": {"name": "opt-350m-random"}, "results": rows, "overhead_ratio": 1.01}],
+               "wall_s": 500.0}
+    checks = {c["target"]: c for c in check_targets(summary, quick=False)}
+    spread = checks["opt-350m-random: TPOT spread (max / min - 1 over repeats) <= 5% in every cell"]
+    assert not spread["met"] and spread["value"] == pytest.approx(0.08) and spread["detail"] == "baseline@128 8%"
+    assert checks["opt-350m-random: worker TPOT / bare-loop TPOT <= 1.02"]["met"]
+    assert checks["opt-350m-random: every variant runs, or is unavailable with its reason"]["met"]
+    assert not checks["wall time <= 480 s"]["met"]
 
 
 def test_bench_table_renders_saved_results():
