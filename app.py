@@ -36,7 +36,7 @@ import gradio as gr  # noqa: E402
 
 from gradio.components.plot import PlotData  # noqa: E402
 
-from engine import CATALOG, Engine, InputError, charts, presets, sweeps  # noqa: E402
+from engine import CATALOG, Engine, InputError, charts, hardware, presets, sweeps  # noqa: E402
 from engine.hardware import DeviceError  # noqa: E402
 from engine.sweep_charts import UNITS, sweep_figure  # noqa: E402
 
@@ -80,8 +80,8 @@ EXAMPLES = ((QUESTION, "short question"), (sized_prompt(256), "~256 tokens"),
 class Engines:
     """The app's engines, one per preset, made on first use; only one preset keeps workers loaded."""
 
-    def __init__(self, threads: int | None = None):
-        self.threads = threads
+    def __init__(self, threads: int | None = None, spare_cores: int = 1):
+        self.threads, self.spare_cores = threads, spare_cores      # see Engine: the page needs a core
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
@@ -90,7 +90,8 @@ class Engines:
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
-                engine = self._engines[name] = Engine(presets.load(name), threads=self.threads)
+                engine = self._engines[name] = Engine(presets.load(name), threads=self.threads,
+                                                          spare_cores=self.spare_cores)
             return engine
 
     def activate(self, name: str) -> Engine:
@@ -163,8 +164,14 @@ def banner_html(engine: Engine) -> str:
     preset = engine.preset
     noise = ('<span class="sbs-pill sbs-pill-warn">random weights: the text is noise, the timings are real</span>'
              if preset.random_weights else "")
+    cores = ""
+    if engine.device.kind == "cpu" and engine.threads:
+        total = len(hardware.usable_cores())
+        cores = (f'<div class="sbs-sub">Each worker computes on {engine.threads} of the {total} CPU cores this '
+                 f'server may use{"; the rest draw this page while the variants run" if engine.threads < total else ""}.'
+                 '</div>')
     return (f'<div class="sbs-banner"><div><b>{_e(preset.title)}</b> on <b>{_e(engine.device.name)}</b> '
-            f'{noise}</div><div class="sbs-sub">{_e(preset.description.strip())}</div></div>')
+            f'{noise}</div><div class="sbs-sub">{_e(preset.description.strip())}</div>{cores}</div>')
 
 
 def message_html(text: str, kind: str = "info") -> str:
@@ -208,6 +215,8 @@ def card_html(lane: charts.Lane, now: float) -> str:
                                                    else "live estimate"))
         if lane.result and lane.result.get("contended"):
             note += "; contended (race mode)"
+        if lane.result and lane.result.get("host_busy"):
+            note += f"; CPU busy: other processes took {lane.result['host_others_cores']:.1f} cores, figures slowed"
     return (f'<div class="sbs-card" data-variant="{_e(lane.variant)}" data-stage="{_e(stage)}" '
             f'style="--lane:{charts.color_of(lane.variant)}">'
             f'<div class="sbs-head"><span class="sbs-dot"></span><span class="sbs-name">{_e(lane.variant)}</span>'
@@ -856,7 +865,8 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--share", action="store_true", help="ask Gradio for a public link")
     top.add_argument("--preset", default="tiny", help=f"preset shown first: {', '.join(presets.available())}")
     top.add_argument("--mode", choices=("fair", "race"), default="fair", help="mode selected first")
-    top.add_argument("--threads", type=int, help="torch CPU threads per worker (default: torch's)")
+    top.add_argument("--threads", type=int, help="torch CPU threads per worker (default: on a CPU device, "
+                     "all cores but one, which is left to the page; on a GPU host, torch's)")
     return top
 
 

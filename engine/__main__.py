@@ -9,6 +9,7 @@ from pathlib import Path
 from engine import events, presets
 from engine.hardware import DeviceError
 from engine.pool import Engine, InputError
+from engine.report import host_note
 
 EXIT_BAD_INPUT = 2
 
@@ -34,8 +35,9 @@ def table(report: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     for r in report["results"]:
-        if r["reason"]:
-            lines.append(f"  {r['variant']}: {r['reason']}")
+        for note in (r["reason"], host_note(r)):
+            if note:
+                lines.append(f"  {r['variant']}: {note}")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ import time
 from engine import events, metrics
 from engine.pool import Engine
 from engine.presets import Preset
+from engine.report import host_note
 
 FILLER = "The quick brown fox jumps over the lazy dog while the attention kernel streams its weights. "
 
@@ -87,6 +88,9 @@ def table(report: dict) -> str:
         if r["reason"] and r["variant"] not in seen:
             seen.add(r["variant"])
             lines.append(f"  {r['variant']}: {r['reason']}")
+    for r in report["results"]:
+        if host_note(r):
+            lines.append(f"  {r['variant']}, prompt {r.get('prompt_length', '-')}: {host_note(r)}")
     ratio = report.get("overhead_ratio")
     ref = report.get("overhead_reference", {})
     if ratio is not None:

@@ -57,6 +57,9 @@ reached the host (the copy to the host waits for the device). The prompt is not 
 - **First diff**: index of the first new token that differs from the baseline's (greedy decoding).
 - **Fair** mode runs one variant at a time on a device, so no variant slows another. **Race** mode
   runs them all at once: their timings are marked *contended*. *Replay* plays fair timings as a race.
+- **CPU busy**: while each request is timed the worker counts the CPU time other processes spent
+  on its cores. Past the cores it leaves spare, its timings are marked *CPU busy* with the cores
+  taken: that variant was slowed by something else (a browser, another job), not by its kernels.
 - Every variant is warmed up before it is measured; while a run streams, the figures are live
   estimates from the tokens so far, and the report's numbers replace them at the end.
 """
@@ -258,11 +261,12 @@ def pump(source, view: RunView, interval_s: float = 0.1, clock=time.perf_counter
 
 # ---------------------------------------------------------------------------------------- figures
 def _layout(x_title: str, y_title: str, **extra) -> dict:
-    """Transparent background and neutral greys: readable in light and dark themes alike."""
+    """Transparent background and neutral greys: readable in light and dark themes alike. The
+    legend goes under the x axis: the band above the plot holds the chart's label on the page."""
     layout = dict(
-        height=270, margin=dict(l=56, r=12, t=36, b=44), paper_bgcolor="rgba(0,0,0,0)",
+        height=300, margin=dict(l=56, r=12, t=36, b=44), paper_bgcolor="rgba(0,0,0,0)",
         plot_bgcolor="rgba(0,0,0,0)", font=dict(size=12, color="#7c828d"),
-        legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom", bgcolor="rgba(0,0,0,0)"),
+        legend=dict(orientation="h", x=0, xanchor="left", y=-0.28, yanchor="top", bgcolor="rgba(0,0,0,0)"),
         xaxis=dict(title=dict(text=x_title), gridcolor=GRID, zeroline=False),
         yaxis=dict(title=dict(text=y_title), gridcolor=GRID, zeroline=False, rangemode="tozero"),
         uirevision="keep", hovermode="closest", showlegend=True)
@@ -396,6 +400,8 @@ def summary_rows(report: dict) -> list[list[str]]:
             diff = "none" if r.get("first_diff_token") is None else f"token {r['first_diff_token']}"
         if r.get("output_tokens"):
             timings = "contended (race)" if r.get("contended") else "alone on the device"
+            if r.get("host_busy"):
+                timings += f"; CPU busy ({r['host_others_cores']:.1f} cores taken)"
         else:
             timings = "-"
         rows.append([

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -230,3 +231,70 @@ def peak_rss_bytes() -> int:
         pass
     import resource
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+try:
+    TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")      # the unit the kernel counts CPU time in
+except (AttributeError, ValueError, OSError):
+    TICK_S = 0.01
+
+
+def usable_cores() -> set[int]:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(psutil.cpu_count() or 1))
+
+
+def _busy_s(times) -> float:
+    """CPU seconds a core has spent working (steal included: a hypervisor that runs another guest
+    takes the core as surely as a local process; guest time is already inside user time)."""
+    busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return busy - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+
+
+def busy_cpu_s(cores: set[int] | None = None) -> float:
+    """CPU seconds spent working on the given cores (all of them when None), by every process."""
+    per_core = psutil.cpu_times(percpu=True)
+    if cores is None or max(cores, default=0) >= len(per_core):
+        return _busy_s(psutil.cpu_times())
+    return sum(_busy_s(per_core[core]) for core in cores)
+
+
+def own_cpu_s() -> float:
+    """CPU seconds this process has used, all its threads."""
+    own = psutil.Process().cpu_times()
+    return own.user + own.system
+
+
+class HostLoad:
+    """How many cores other processes kept busy, on the cores this process runs on, over a span.
+
+    A decode step that needs the cores it was given is slowed by anything else that runs there: a
+    browser drawing the page on the same machine, another job, a neighbouring VM (steal).
+    others_cores = (CPU time of those cores - this process's own) / wall time: a lower bound where
+    some of this process's threads may run elsewhere (a pinned GPU worker's driver threads), never
+    an alarm raised by its own work. The kernel counts CPU time in ticks (10 ms on Linux):
+    `resolution_cores` is how far off the figure may be from counting alone, large for a short span
+    (a 50 ms request on 2 cores: 0.6 cores).
+    """
+
+    def __init__(self, cores: set[int] | None = None, clock=time.perf_counter, machine=busy_cpu_s, own=own_cpu_s,
+                 tick_s: float = TICK_S):
+        self.cores = cores
+        self._clock, self._machine, self._own, self._tick_s = clock, machine, own, tick_s
+        self.others_cores: float | None = None
+        self.resolution_cores: float | None = None
+
+    def __enter__(self) -> "HostLoad":
+        self._t, self._m, self._o = self._clock(), self._machine(self.cores), self._own()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = self._clock() - self._t
+        others = (self._machine(self.cores) - self._m) - (self._own() - self._o)
+        if wall > 0:
+            counted = len(self.cores) if self.cores else (psutil.cpu_count() or 1)
+            self.others_cores = max(others, 0.0) / wall
+            self.resolution_cores = (counted + 1) * self._tick_s / wall    # each core's count and our own

@@ -142,11 +142,17 @@ class Engine:
     """The workers of one preset, kept loaded between runs; one run at a time per engine."""
 
     def __init__(self, preset: Preset, request_timeout_s: float = 900.0, load_timeout_s: float = 3600.0,
-                 threads: int | None = None):
+                 threads: int | None = None, spare_cores: int = 0):
+        """`threads`: torch CPU threads per worker (None: torch's default, one per core). On a CPU
+        device, `spare_cores` leaves that many cores to other work instead (the dashboard leaves one
+        to itself and the browser: a decode step that waits for every core stalls whenever one of
+        them is taken away, and the page is drawn while the variants run)."""
         self.preset = preset
         self.device = hardware.resolve(preset.device)
         self.request_timeout_s = request_timeout_s
         self.load_timeout_s = load_timeout_s
+        if threads is None and spare_cores and self.device.kind == "cpu":
+            threads = max(len(hardware.usable_cores()) - spare_cores, 1)
         self.threads = threads
         self.workers: dict[str, Worker] = {}
         self.bandwidth: float | None = None        # the device's measured copy bandwidth, bytes/s

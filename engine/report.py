@@ -67,7 +67,30 @@ def peak_memory(finished) -> int | None:
 
 EMPTY_METRICS = ("output_tokens", "decode_bytes_per_step", "load_s", "ttft_s", "tpot_s", "e2e_s", "tokens_per_s", "itl_p50_s",
                  "itl_p90_s", "itl_p99_s", "peak_memory_bytes", "weights_bytes", "kv_cache_bytes", "mbu",
-                 "tpot_min_s", "tpot_max_s", "queue_s", "warmup_s")
+                 "tpot_min_s", "tpot_max_s", "queue_s", "warmup_s", "cpu_threads", "host_others_cores", "host_busy")
+# Other processes may keep this much of a core busy beyond the cores a worker leaves spare before
+# its timings count as disturbed (kernel threads and the orchestrator use a little all the time).
+HOST_BUSY_MARGIN_CORES = 0.25
+
+
+def host_load(finished: list) -> dict:
+    """The CPU around the timed requests: the worker's threads, the most cores other processes kept
+    busy on its cores in any repeat, and `host_busy` when that surely went past the cores it left
+    spare (beyond the margin, less the figure's resolution: short requests are judged leniently)."""
+    hosts = [f.host for f in finished if f.host and f.host.get("others_cores") is not None]
+    if not hosts:
+        return {}
+    return {"cpu_threads": hosts[0]["threads"], "host_others_cores": max(h["others_cores"] for h in hosts),
+            "host_busy": any(h["others_cores"] - h["resolution_cores"] > h["spare_cores"] + HOST_BUSY_MARGIN_CORES
+                             for h in hosts)}
+
+
+def host_note(row: dict) -> str | None:
+    """Why a row's timings are slower than the device can do, when other processes took its CPU."""
+    if not row.get("host_busy"):
+        return None
+    return (f"other processes kept {row['host_others_cores']:.1f} of its CPU cores busy while it was timed: "
+            "its figures are slower than this device can do (close them, or leave a core spare)")
 
 
 def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
@@ -104,6 +127,9 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
                text=first.text, queue_s=first.t_start - outcome.t_ready if outcome.t_ready else None, peak_memory_bytes=peak_memory(first),
                memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
                token_times_s=metrics.relative_times(first.t_start, first.token_times))
+    row.update(host_load(outcome.finished))
+    if outcome.contended and row["host_busy"] is not None:
+        row["host_busy"] = None          # in a race the other variants take the cores: "contended" says so
     if baseline_ids is not None and outcome.variant != "baseline":
         row["first_diff_token"] = metrics.first_difference(baseline_ids, first.token_ids)
         row["identical_token_share"] = metrics.identical_share(baseline_ids, first.token_ids)

@@ -242,16 +242,22 @@ class Runner:
             with torch.inference_mode():
                 self.decoder.run(input_ids, min(request.max_new_tokens, 4), lambda *token: None, lambda host: False,
                                  attention_mask=mask)
+        cores = hardware.usable_cores()
+        # a CPU worker computes on `threads` cores; a GPU worker's one thread launches the kernels
+        threads = torch.get_num_threads() if self.cuda_index is None else 1
+        host = hardware.HostLoad(cores)
         t_start = time.perf_counter()
         self.emit(events.Started(self.spec.variant, request.request_id, t_start, int(input_ids.shape[1])))
-        with sampler, self.attention_context(), torch.inference_mode():
+        with host, sampler, self.attention_context(), torch.inference_mode():
             self._decode(input_ids, mask, request, streamer, cancel)
         return events.Finished(
             variant=self.spec.variant, request_id=request.request_id, t_start=t_start,
             token_times=tuple(streamer.times), token_ids=tuple(streamer.ids), text=streamer.text,
             prompt_tokens=int(input_ids.shape[1]), batch_size=request.batch_size,
             cancelled=cancel.is_set() and len(streamer.ids) < request.max_new_tokens,
-            memory=self.memory(), cache=dict(self.cache_shape))
+            memory=self.memory(), cache=dict(self.cache_shape),
+            host={"cores": len(cores), "threads": threads, "spare_cores": max(len(cores) - threads, 0),
+                  "others_cores": host.others_cores, "resolution_cores": host.resolution_cores})
 
     def memory(self) -> dict:
         """Peak allocator figures and NVML's view of this process (CUDA), and the request's peak RSS."""

@@ -70,8 +70,10 @@ def check_targets(summary: dict, quick: bool) -> list[dict]:
                    for r in rows if r["status"] == "ok" and r["repeats"] > 1 and r["tpot_min_s"]}
         if spreads:
             over = {cell: spread for cell, spread in spreads.items() if spread > SPREAD_MAX}
+            busy = {f"{r['variant']}@{r['prompt_length']}" for r in rows if r.get("host_busy")}
             check(f"{name}: TPOT spread (max / min - 1 over repeats) <= {SPREAD_MAX:.0%} in every cell",
-                  max(spreads.values()), not over, ", ".join(f"{c} {v:.0%}" for c, v in over.items()))
+                  max(spreads.values()), not over,
+                  ", ".join(f"{c} {v:.0%}" + (" (CPU busy)" if c in busy else "") for c, v in over.items()))
         broken = sorted({r["variant"] for r in rows if r["status"] not in ("ok", "unavailable") or
                          (r["status"] == "unavailable" and not r["reason"])})
         check(f"{name}: every variant runs, or is unavailable with its reason", len(broken), not broken,

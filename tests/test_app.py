@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import time
 import urllib.parse
@@ -56,6 +57,8 @@ def test_compare_streams_every_variant_and_ends_with_the_run_json(url, client):
         assert row["output_tokens"] == 64 and len(row["token_times_s"]) == 64     # random weights ignore EOS
         assert row["ttft_s"] > 0 and row["tpot_s"] > 0 and row["tokens_per_s"] > 0 and row["peak_memory_bytes"] > 0
         assert not row["contended"]
+        assert row["cpu_threads"] == max(len(os.sched_getaffinity(0)) - 1, 1)   # a core left to the page
+        assert isinstance(row["host_busy"], bool) and row["host_others_cores"] >= 0
         answer = final[ANSWER0 + NAMES.index(row["variant"])]
         assert answer == row["text"] and answer
         assert stage(final[CARD0 + NAMES.index(row["variant"])]) == "done"
@@ -111,6 +114,7 @@ def test_race_mode_marks_timings_contended(client):
     final = compare(client, tokens=8, mode="race").result()
     rows = final[REPORT]["results"]
     assert final[REPORT]["mode"] == "race" and all(r["status"] == "ok" and r["contended"] for r in rows)
+    assert all(r["host_busy"] is None for r in rows)      # the variants share the cores: not judged as "busy"
     assert {row[-1] for row in final[SUMMARY]["data"]} == {"contended (race)"}
     assert "contended" in final[CARD0]
 

@@ -59,6 +59,8 @@ def test_run_three_variants_then_stop_a_run(browser, url):
     page.goto(url)
     page.wait_for_selector("#sbs-run", timeout=30_000)
     assert "random weights" in page.inner_text(".sbs-banner")
+    cores = len(os.sched_getaffinity(0))
+    assert f"computes on {max(cores - 1, 1)} of the {cores} CPU cores" in page.inner_text(".sbs-banner")
 
     page.fill("#sbs-prompt textarea", "Why does FlashAttention save memory?")
     for name in ["baseline", "sdpa", "sdpa-flash", "fa2", "bnb-4bit", "bnb-8bit", "compiled", "no-kv-cache"]:

@@ -52,6 +52,9 @@ def test_report_replaces_live_figures_and_stages():
     assert rows[0][9:12] == ["43%", "-", "reference"] and rows[1][1] == "cancelled"   # MBU measured, datasheet
     assert len(rows[0]) == len(charts.SUMMARY_HEADERS)
     assert charts.summary_rows({"results": [dict(row, mbu=0.0042)]})[0][10] == "0.4%"
+    assert rows[0][-1] == "alone on the device"
+    busy = dict(row, host_busy=True, host_others_cores=1.24)
+    assert charts.summary_rows({"results": [busy]})[0][-1] == "alone on the device; CPU busy (1.2 cores taken)"
     table = list(csv.DictReader(io.StringIO(charts.report_csv(report))))
     assert [r["variant"] for r in table] == ["baseline", "sdpa"]
     assert table[0]["ttft_s"] == "0.11" and table[0]["memory_rss_bytes"] == "400" and "token_times_s" not in table[0]
@@ -68,3 +71,17 @@ def test_failed_and_unavailable_lanes_carry_their_reason():
     assert view.lanes["bnb-4bit"].stage == "failed" and "boom" in view.lanes["bnb-4bit"].detail
     view.apply([events.Failed("*", "the run stopped: bug")])
     assert view.error == "the run stopped: bug"
+
+
+def test_a_card_says_when_other_processes_slowed_its_variant():
+    import app                                    # the page's card builder (imports gradio, starts nothing)
+    view = fold_fair_run()
+    row = {"variant": "baseline", "label": "Eager attention", "status": "ok", "reason": None, "text": "abc",
+           "output_tokens": 3, "ttft_s": 0.11, "tpot_s": 0.2, "tokens_per_s": 6.0, "peak_memory_bytes": 400,
+           "weights_bytes": 1000, "contended": False, "token_times_s": [0.1, 0.3, 0.5], "memory": {},
+           "host_busy": True, "host_others_cores": 1.26}
+    view.apply([events.RunDone({"mode": "fair", "results": [row]})], now=3.0)
+    card = app.card_html(view.lanes["baseline"], now=3.0)
+    assert "CPU busy: other processes took 1.3 cores, figures slowed" in card
+    view.lanes["baseline"].result = dict(row, host_busy=False)
+    assert "CPU busy" not in app.card_html(view.lanes["baseline"], now=3.0)

@@ -414,3 +414,54 @@ def test_a_worker_given_a_core_serves_from_it_once_loaded():
     finally:
         parent.send(None)
         process.join(30)
+
+
+def test_host_load_counts_other_processes_cpu_time_on_the_workers_cores():
+    from engine.hardware import HostLoad
+    clock, machine, own = iter([0.0, 2.0]), iter([100.0, 105.0]), iter([10.0, 12.0])
+    with HostLoad({0, 1, 2, 3}, clock=lambda: next(clock), machine=lambda cores: next(machine),
+                  own=lambda: next(own), tick_s=0.01) as load:
+        pass
+    assert load.others_cores == pytest.approx((5.0 - 2.0) / 2.0)          # 3 CPU seconds of others over 2 s
+    assert load.resolution_cores == pytest.approx(5 * 0.01 / 2.0)         # four cores' counts and our own
+    clock, machine, own = iter([0.0, 1.0]), iter([100.0, 100.5]), iter([10.0, 10.52])
+    with HostLoad({0}, clock=lambda: next(clock), machine=lambda cores: next(machine),
+                  own=lambda: next(own)) as load:
+        pass
+    assert load.others_cores == 0.0                      # tick rounding never gives a negative load
+
+
+def test_a_busy_host_marks_the_timings_it_slowed():
+    from engine.report import HOST_BUSY_MARGIN_CORES, host_load, host_note
+
+    def timed(others, resolution, spare=0, threads=2):
+        host = {"cores": 2, "threads": threads, "spare_cores": spare, "others_cores": others,
+                "resolution_cores": resolution}
+        return events.Finished("sdpa", 1, 0.0, (0.1, 0.2), (1, 2), "", 4, 1, False, {}, {}, host)
+
+    quiet = host_load([timed(0.05, 0.02), timed(0.1, 0.02)])
+    assert quiet == {"cpu_threads": 2, "host_others_cores": 0.1, "host_busy": False}
+    assert host_note(quiet) is None
+    busy = host_load([timed(0.05, 0.02), timed(1.2, 0.05)])                 # one repeat disturbed is enough
+    assert busy["host_busy"] and busy["host_others_cores"] == 1.2
+    assert "1.2 of its CPU cores" in host_note(busy)
+    assert not host_load([timed(0.6, 0.67)])["host_busy"]                   # a 50 ms request: within counting error
+    assert not host_load([timed(0.9, 0.02, spare=1, threads=1)])["host_busy"]   # the core it left spare
+    assert host_load([timed(1.0 + HOST_BUSY_MARGIN_CORES + 0.1, 0.02, spare=1, threads=1)])["host_busy"]
+    assert host_load([events.Finished("sdpa", 1, 0.0, (0.1,), (1,), "", 4, 1, False)]) == {}
+
+
+def test_every_timed_request_reports_its_threads_and_the_host_load(six_run):
+    _, report = six_run
+    for row in report["results"]:
+        assert row["cpu_threads"] == __import__("torch").get_num_threads()   # the engine's default: torch's
+        assert row["host_others_cores"] >= 0 and isinstance(row["host_busy"], bool)
+
+
+def test_an_engine_that_leaves_cores_spare_gives_each_cpu_worker_the_rest():
+    from engine import hardware
+    cores = len(hardware.usable_cores())
+    assert Engine(presets.load("tiny"), spare_cores=1).threads == max(cores - 1, 1)
+    assert Engine(presets.load("tiny"), spare_cores=cores + 4).threads == 1
+    assert Engine(presets.load("tiny"), threads=3, spare_cores=1).threads == 3     # an explicit count wins
+    assert Engine(presets.load("tiny")).threads is None                          # torch's default
