@@ -478,6 +478,11 @@ def sweep_message(live: sweeps.LiveSweep, device: str, stopping: bool, elapsed_s
                                       if row["status"] in ("failed", "unavailable") and row["reason"]))
         text = (f"{'Stopped' if sweep['cancelled'] else 'Done'}: {name}, {ok} of {len(sweep['rows'])} "
                 f"(variant, cell) pairs measured in {sweep['wall_s']:.1f} s on {_e(device)}.")
+        busy = [row for row in sweep["rows"] if row.get("host_busy")]
+        if busy:
+            problems.append(f"{len(busy)} of them slowed by other processes on the CPU (CPU busy, up to "
+                            f"{max(row['host_others_cores'] for row in busy):.1f} cores taken): "
+                            "rerun with less running beside the dashboard")
         text += "".join(f"<br>{problem}" for problem in problems)
         kind = "warn" if problems or sweep["cancelled"] else "ok"
     elif stopping:

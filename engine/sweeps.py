@@ -109,7 +109,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
 ROW_FIELDS = ("experiment", "variant", "status", "reason", "phase", "axis", "prompt_length", "max_new_tokens",
               "batch_size", "pad_ratio", "ttft_s", "tpot_s", "e2e_s", "time_s", "speedup_vs_baseline",
               "predicted_e2e_s", "tokens_per_s", "output_tokens", "peak_memory_bytes", "weights_bytes",
-              "kv_cache_bytes", "first_diff_token", "identical_token_share", "mbu", "mbu_measured")
+              "kv_cache_bytes", "first_diff_token", "identical_token_share", "mbu", "mbu_measured", "cpu_threads",
+              "host_others_cores", "host_busy")
 
 
 def get(name: str) -> Experiment:

@@ -37,6 +37,7 @@ def test_every_quick_grid_is_complete_and_well_formed(sweeps):
         decoded = [(row, line) for row, line in zip(sweep["rows"], parsed) if row["tpot_s"]]   # prefill rows: none
         assert decoded and all(row["mbu_measured"] > 0 and float(line["mbu_measured"]) == pytest.approx(
             row["mbu_measured"]) for row, line in decoded)
+        assert all(line["host_busy"] in ("True", "False") and int(line["cpu_threads"]) >= 1 for _, line in decoded)
 
 
 def test_attention_speedup_is_the_ratio_of_measured_times(sweeps):
