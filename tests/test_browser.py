@@ -92,10 +92,15 @@ def test_run_three_variants_then_stop_a_run(browser, url):
     assert page.locator("#sbs-json").is_enabled() and page.locator("#sbs-csv").is_enabled()
     page.screenshot(path=str(ARTIFACTS / "browser-done.png"), full_page=True)
 
-    # a second run, stopped mid-way: the page stays usable
+    # a second run, stopped mid-way: the page stays usable. The ~4k-token example and 256 new tokens
+    # keep the three variants busy for seconds (eager prefill alone takes most of one), so the Stop
+    # lands mid-run however fast the CPU decodes the tiny model.
+    page.get_by_text("~4k tokens", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#sbs-prompt textarea').value.length > 3500",
+                           timeout=10_000)
     set_max_tokens(page, 256)
     page.click("#sbs-run")
-    page.wait_for_function(f"() => ({VISIBLE_STAGES})().includes('generating')", timeout=60_000, polling=100)
+    page.wait_for_function(f"() => ({VISIBLE_STAGES})().includes('generating')", timeout=60_000, polling=50)
     page.click("#sbs-stop")
     stages = wait_until_all_final(page, 3, 60)
     assert "cancelled" in stages, stages

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import psutil
@@ -465,3 +466,46 @@ def test_an_engine_that_leaves_cores_spare_gives_each_cpu_worker_the_rest():
     assert Engine(presets.load("tiny"), spare_cores=cores + 4).threads == 1
     assert Engine(presets.load("tiny"), threads=3, spare_cores=1).threads == 3     # an explicit count wins
     assert Engine(presets.load("tiny")).threads is None                          # torch's default
+
+
+def test_the_outbox_batches_tokens_and_keeps_every_event_in_order():
+    from engine.pool import Outbox, unbatch
+    sent = []
+    outbox = Outbox(sent.append, period_s=3600.0)              # the timer never fires during this test
+    tokens = [events.Token("sdpa", 1, i, i, "x", float(i)) for i in range(3)]
+    sample = events.MemorySample("sdpa", 0.5, 100)
+    for event in (*tokens[:2], sample, tokens[2]):
+        outbox.emit(event)
+    assert sent == []                                          # no wake-up of the orchestrator per token
+    done = events.Status("sdpa", "done")
+    outbox.emit(done)
+    assert sent == [[tokens[0], tokens[1], sample, tokens[2]], done]   # the batch first, then what followed it
+    outbox.emit(done)
+    assert sent[-1] is done and len(sent) == 3                 # nothing pending: no empty batch
+    outbox.emit(tokens[0])
+    outbox.close()
+    assert sent[-1] == [tokens[0]]                             # closing sends what waits
+    assert [e for message in sent for e in unbatch(message)] == [*tokens[:2], sample, tokens[2], done, done,
+                                                                 tokens[0]]
+
+
+def test_the_outbox_sends_a_waiting_batch_after_its_period():
+    from engine.pool import Outbox
+    sent, arrived = [], threading.Event()
+    outbox = Outbox(lambda message: (sent.append(message), arrived.set()), period_s=0.01)
+    token = events.Token("sdpa", 1, 0, 7, "a", 1.0)
+    outbox.emit(token)
+    assert arrived.wait(5.0) and sent == [[token]]
+    outbox.close()
+
+
+def test_closing_the_outbox_while_a_batch_waits_sends_it_once_and_returns():
+    from engine.pool import Outbox
+    sent = []
+    outbox = Outbox(sent.append, period_s=0.2)
+    token = events.Token("sdpa", 1, 0, 7, "a", 1.0)
+    outbox.emit(token)
+    started = time.monotonic()
+    outbox.close()
+    assert time.monotonic() - started < 2.0 and not outbox._thread.is_alive()
+    assert sent == [[token]]
