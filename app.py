@@ -317,9 +317,10 @@ CSS = """
 .sbs-kpi-value { font-weight: 700; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .sbs-note { font-size: .75em; color: var(--body-text-color-subdued); margin-top: 4px; min-height: 1em; }
 .sbs-defs { font-size: .86em; }
-/* tables keep one word per header line and scroll sideways on a phone instead of stacking letters */
+/* headers wrap between words, never inside one; on a phone the tables scroll sideways instead */
 #sbs-summary table, #exp-table table { min-width: 680px; }
-#sbs-summary th, #sbs-summary th *, #exp-table th, #exp-table th * { white-space: nowrap; word-break: normal; }
+#sbs-summary th, #sbs-summary th *, #exp-table th, #exp-table th * { white-space: normal; word-break: normal;
+  overflow-wrap: normal; }
 .js-plotly-plot .main-svg text { fill: var(--body-text-color-subdued) !important; }
 /* experiments tab */
 .exp-bar { height: 6px; border-radius: 3px; background: rgba(128,128,128,.2); overflow: hidden; margin-top: 6px; }
