@@ -45,6 +45,7 @@ CHART_TICK_S = 0.25          # chart refresh period (each chart update re-sends 
 REPLAY_MAX_S = 20.0          # a longer run is replayed faster than real time
 STOP_WAIT_S = 15.0           # how long a new run waits for an abandoned one of another preset to end
 KEEP_DOWNLOADS_S = 3600.0    # run files (JSON, CSV) older than this are deleted
+REPEATS_MAX = 5               # timed requests per variant a visitor may ask for in one run
 SWEEP_TICK_S = 0.25          # experiment status refresh period; the chart is redrawn only when a cell finished
 SWEEP_PLOT_HEIGHT = 420      # px
 FIGURE_NAMES = ("ttft", "itl", "race", "memory")
@@ -213,10 +214,14 @@ def card_html(lane: charts.Lane, now: float) -> str:
     if figures["tokens"]:
         note = (f"{figures['tokens']} tokens; " + ("figures from the report" if figures["final"]
                                                    else "live estimate"))
-        if lane.result and lane.result.get("contended"):
+        result = lane.result or {}
+        if (result.get("repeats") or 0) > 1 and result.get("tpot_min_s") is not None:
+            note += (f"; medians of {result['repeats']} requests, TPOT {result['tpot_min_s'] * 1000:.2f}-"
+                     f"{result['tpot_max_s'] * 1000:.2f} ms")
+        if result.get("contended"):
             note += "; contended (race mode)"
-        if lane.result and lane.result.get("host_busy"):
-            note += f"; CPU busy: other processes took {lane.result['host_others_cores']:.1f} cores, figures slowed"
+        if result.get("host_busy"):
+            note += f"; CPU busy: other processes took {result['host_others_cores']:.1f} cores, figures slowed"
     return (f'<div class="sbs-card" data-variant="{_e(lane.variant)}" data-stage="{_e(stage)}" '
             f'style="--lane:{charts.color_of(lane.variant)}">'
             f'<div class="sbs-head"><span class="sbs-dot"></span><span class="sbs-name">{_e(lane.variant)}</span>'
@@ -237,7 +242,8 @@ def run_message(view: charts.RunView, session: Session, started: float, now: flo
         ok = counts.get("done", 0)
         text = (f"{'Stopped' if report.get('cancelled') else 'Done'}: {ok} of {len(view.lanes)} variants "
                 f"answered in {now - started:.1f} s; prompt {report.get('prompt_tokens')} tokens, "
-                f"{report.get('mode')} mode.")
+                f"{report.get('mode')} mode" + (f", {report['repeats']} timed requests each (medians)"
+                                                if (report.get("repeats") or 1) > 1 else "") + ".")
         problems = [f"{_e(lane.variant)}: {_e(lane.reason)}" for lane in view.lanes.values()
                     if lane.stage in ("failed", "unavailable") and lane.reason]
         if problems:
@@ -556,9 +562,11 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
                         with gr.Row():
                             max_new = gr.Slider(1, first.preset.max_new_tokens_cap, value=first.preset.max_new_tokens,
                                                 step=1, label="Max new tokens", min_width=160, elem_id="sbs-max")
-                            mode_box = gr.Radio(["fair", "race"], value=mode, label="Mode", min_width=160,
-                                                info="fair: one at a time; race: all at once (contended)",
-                                                elem_id="sbs-mode")
+                            repeats_box = gr.Slider(1, REPEATS_MAX, value=1, step=1, label="Repeats", min_width=160,
+                                                    info="medians and spread", elem_id="sbs-repeats")
+                        mode_box = gr.Radio(["fair", "race"], value=mode, label="Mode",
+                                            info="fair: one at a time; race: all at once (contended)",
+                                            elem_id="sbs-mode")
                         with gr.Row():
                             run_button = gr.Button("Run", variant="primary", elem_id="sbs-run")
                             stop_button = gr.Button("Stop", variant="stop", elem_id="sbs-stop")
@@ -668,7 +676,7 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
                     *[empty[key] for key in FIGURE_NAMES],
                     *[card_html(view.lanes[n], now) if n in view.lanes else "" for n in names], *[""] * len(names))
 
-        def compare(prompt_text, preset_name, selected, max_new_tokens, run_mode, session_state: Session):
+        def compare(prompt_text, preset_name, selected, max_new_tokens, run_mode, repeats, session_state: Session):
             """Run the prompt through the selected variants, streaming the page (API: /compare)."""
             session_state.pending = False
             selected = list(selected or [])
@@ -678,9 +686,11 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
                 yield failure_frame(view, "Stopped before the run started.")
                 return
             try:
-                engines.get(preset_name).validate(prompt_text or "", selected, int(max_new_tokens), run_mode)
+                engines.get(preset_name).validate(prompt_text or "", selected, int(max_new_tokens), run_mode,
+                                                  int(repeats or 1))
                 engine = engines.activate(preset_name)      # valid input: now switching presets unloads
-                run = engine.start(prompt_text or "", selected, int(max_new_tokens), mode=run_mode)
+                run = engine.start(prompt_text or "", selected, int(max_new_tokens), mode=run_mode,
+                                   repeats=int(repeats or 1))
             except (InputError, *PRESET_ERRORS) as error:
                 yield failure_frame(view, refusal(error, f"Preset {_e(preset_name)} cannot be used"))
                 return
@@ -738,8 +748,8 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
             prepare, [variants_box, session],
             [message, *columns, *cards, *answers, *[plots[k] for k in FIGURE_NAMES], summary, replay_button,
              json_button, csv_button], queue=False, api_visibility="private", show_progress="hidden")
-        prepared.then(compare, [prompt, preset_box, variants_box, max_new, mode_box, session], run_outputs,
-                      api_name="compare", concurrency_limit=1, concurrency_id="device",
+        prepared.then(compare, [prompt, preset_box, variants_box, max_new, mode_box, repeats_box, session],
+                      run_outputs, api_name="compare", concurrency_limit=1, concurrency_id="device",
                       show_progress="full", show_progress_on=[message])
         stop_button.click(stop, [session], [message], queue=False, api_name="stop", show_progress="hidden")
         replay_button.click(replay, [session], [message, plots["race"], *answers], api_name="replay",

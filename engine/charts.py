@@ -45,6 +45,9 @@ reached the host (the copy to the host waits for the device). The prompt is not 
 - **E2E latency** = t(last token) - t(request start) = TTFT + TPOT x (N - 1).
 - **Tokens/s** = new tokens of all sequences / E2E latency.
 - **Speedup** = TPOT of the baseline / TPOT of the variant (above 1: faster decoding).
+- **Repeats**: with more than one, each variant's request is timed that many times (after the
+  warm-up); the figures are medians, with the TPOT range in brackets. A speedup is marked
+  *(noise)* when the two TPOT ranges overlap and the medians differ by less than the wider range.
 - **MBU** (model bandwidth utilisation) = (weight bytes a step reads + mean KV-cache bytes) /
   TPOT / peak memory bandwidth of the device. A step reads every weight but an input embedding
   table that the output head does not share (it gathers one row of it). Against two peaks: *measured copy*, the best of 20 large copies
@@ -374,7 +377,29 @@ def speedup(report: dict, row: dict) -> float | None:
     return base["tpot_s"] / row["tpot_s"]
 
 
-SUMMARY_HEADERS = ("Variant", "Status", "Tokens", "TTFT ms", "TPOT ms", "Speedup (TPOT)", "Tokens/s",
+def _tpot_range(row: dict) -> tuple[float, float] | None:
+    """The row's TPOT spread over its repeats, when it has more than one."""
+    if (row.get("repeats") or 0) < 2 or row.get("tpot_min_s") is None or row.get("tpot_max_s") is None:
+        return None
+    return row["tpot_min_s"], row["tpot_max_s"]
+
+
+def within_noise(report: dict, row: dict) -> bool | None:
+    """Whether the difference from the baseline's TPOT is noise: their ranges over the repeats overlap
+    and their medians differ by less than the wider range (one slow repeat widens a range without
+    making a large difference noise). None when either ran once: no spread to judge by."""
+    base = next((r for r in report.get("results", []) if r["variant"] == "baseline"), None)
+    if base is None or base is row:
+        return None
+    mine, theirs = _tpot_range(row), _tpot_range(base)
+    if mine is None or theirs is None or row.get("tpot_s") is None or base.get("tpot_s") is None:
+        return None
+    overlap = mine[0] <= theirs[1] and theirs[0] <= mine[1]
+    spread = max(mine[1] - mine[0], theirs[1] - theirs[0])
+    return overlap and abs(row["tpot_s"] - base["tpot_s"]) < spread
+
+
+SUMMARY_HEADERS = ("Variant", "Status", "Tokens", "TTFT ms", "TPOT ms (min-max)", "Speedup (TPOT)", "Tokens/s",
                    "Peak memory MiB", "Weights MiB", "MBU (measured copy)", "MBU (datasheet)", "First diff",
                    "Timings")
 
@@ -404,9 +429,13 @@ def summary_rows(report: dict) -> list[list[str]]:
                 timings += f"; CPU busy ({r['host_others_cores']:.1f} cores taken)"
         else:
             timings = "-"
+        spread = _tpot_range(r)
+        speed = "-" if ratio is None else f"{ratio:.2f}x" + (" (noise)" if within_noise(report, r) else "")
         rows.append([
             r["variant"], r["status"], str(r.get("output_tokens") or "-"), _fmt(r.get("ttft_s"), 1000),
-            _fmt(r.get("tpot_s"), 1000, 2), "-" if ratio is None else f"{ratio:.2f}x",
+            _fmt(r.get("tpot_s"), 1000, 2) + ("" if spread is None else
+                                              f" ({spread[0] * 1000:.2f}-{spread[1] * 1000:.2f})"),
+            speed,
             _fmt(r.get("tokens_per_s")), _fmt(r.get("peak_memory_bytes"), 1 / MIB, 0),
             _fmt(r.get("weights_bytes"), 1 / MIB, 2), _percent(r.get("mbu_measured")), _percent(r.get("mbu")),
             diff, timings])

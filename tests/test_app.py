@@ -17,6 +17,7 @@ import urllib.request
 
 import pytest
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 
 from engine.variants import CATALOG
@@ -42,7 +43,8 @@ def compare(client, variants=SELECTED, tokens=24, prompt=PROMPT, preset="tiny", 
 
 
 def test_compare_streams_every_variant_and_ends_with_the_run_json(url, client):
-    job = compare(client, tokens=64)
+    tokens = 256
+    job = compare(client, tokens=tokens)    # ~0.3 s a variant on a CPU: a few page updates while it generates
     updates = [list(update) for update in job]
     final = job.outputs()[-1]
     assert len(final) == ANSWER0 + len(NAMES)
@@ -54,7 +56,7 @@ def test_compare_streams_every_variant_and_ends_with_the_run_json(url, client):
     assert [r["variant"] for r in report["results"]] == SELECTED
     for row in report["results"]:
         assert row["status"] == "ok", row["reason"]
-        assert row["output_tokens"] == 64 and len(row["token_times_s"]) == 64     # random weights ignore EOS
+        assert row["output_tokens"] == tokens and len(row["token_times_s"]) == tokens   # random weights ignore EOS
         assert row["ttft_s"] > 0 and row["tpot_s"] > 0 and row["tokens_per_s"] > 0 and row["peak_memory_bytes"] > 0
         assert not row["contended"]
         assert row["cpu_threads"] == max(len(os.sched_getaffinity(0)) - 1, 1)   # a core left to the page
@@ -144,6 +146,20 @@ def test_bad_input_gets_a_message_and_crashes_nothing(client, prompt, variants, 
     result = client.predict(prompt, preset, variants, tokens, "fair", api_name="/compare")
     assert expected in result[MESSAGE] and 'data-kind="error"' in result[MESSAGE]
     assert result[REPORT] is None
+
+
+def test_repeats_give_medians_and_the_spread_and_stay_within_their_limit(client):
+    final = client.predict(PROMPT, "tiny", ["baseline", "sdpa"], 8, "fair", 3, api_name="/compare")
+    report = final[REPORT]
+    assert report["repeats"] == 3 and "3 timed requests each" in final[MESSAGE]
+    for row, line in zip(report["results"], final[SUMMARY]["data"]):
+        assert row["status"] == "ok" and len(row["tpot_repeats_s"]) == 3
+        assert row["tpot_min_s"] <= row["tpot_s"] <= row["tpot_max_s"]
+        assert line[4] == (f"{row['tpot_s'] * 1000:.2f} ({row['tpot_min_s'] * 1000:.2f}-"
+                           f"{row['tpot_max_s'] * 1000:.2f})")
+    assert "medians of 3 requests" in final[CARD0]
+    with pytest.raises(AppError, match="greater than maximum value 5"):     # the slider's own limit
+        client.predict(PROMPT, "tiny", SELECTED, 8, "fair", 9, api_name="/compare")
 
 
 def test_next_run_after_bad_input_works_without_reloading(client):

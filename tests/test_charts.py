@@ -48,7 +48,7 @@ def test_report_replaces_live_figures_and_stages():
     assert view.lanes["baseline"].stage == "done" and view.lanes["baseline"].figures()["ttft_s"] == 0.11
     assert view.lanes["sdpa"].stage == "cancelled" and "stopped" in view.lanes["sdpa"].reason
     rows = charts.summary_rows(report)
-    assert rows[0][:6] == ["baseline", "ok", "3", "110.0", "200.00", "1.00x"]
+    assert rows[0][:6] == ["baseline", "ok", "3", "110.0", "200.00", "1.00x"]     # one request: no spread
     assert rows[0][9:12] == ["43%", "-", "reference"] and rows[1][1] == "cancelled"   # MBU measured, datasheet
     assert len(rows[0]) == len(charts.SUMMARY_HEADERS)
     assert charts.summary_rows({"results": [dict(row, mbu=0.0042)]})[0][10] == "0.4%"
@@ -99,3 +99,23 @@ def test_a_finished_sweep_says_how_many_cells_other_processes_slowed():
     assert 'data-kind="warn"' in text and "1 of them slowed by other processes" in text and "1.3 cores" in text
     rows[1]["host_busy"] = False
     assert 'data-kind="ok"' in app.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
+
+
+def test_repeats_show_the_spread_and_a_speedup_inside_it_is_called_noise():
+    def row(variant, tpot, low, high, repeats=3):
+        return {"variant": variant, "status": "ok", "output_tokens": 8, "tpot_s": tpot, "tpot_min_s": low,
+                "tpot_max_s": high, "repeats": repeats}
+    base, close, far = row("baseline", 0.0100, 0.0098, 0.0104), row("sdpa", 0.0097, 0.0095, 0.0099), \
+        row("compiled", 0.0050, 0.0049, 0.0052)
+    report = {"results": [base, close, far]}
+    assert charts.within_noise(report, close) is True and charts.within_noise(report, far) is False
+    tight = row("sdpa", 0.0097, 0.0096, 0.00975)       # every repeat faster than every baseline repeat
+    assert charts.within_noise(report, tight) is False
+    slow_repeat = {"results": [row("baseline", 0.0011, 0.0011, 0.0020), row("bnb-4bit", 0.0026, 0.0017, 0.0030)]}
+    assert charts.within_noise(slow_repeat, slow_repeat["results"][1]) is False   # 1.5 ms apart, ranges < 1.3 ms
+    assert charts.within_noise(report, base) is None
+    assert charts.within_noise({"results": [base, row("sdpa", 0.0097, 0.0097, 0.0097, repeats=1)]},
+                               row("sdpa", 0.0097, 0.0097, 0.0097, repeats=1)) is None   # one request: cannot tell
+    table = charts.summary_rows(report)
+    assert [r[4] for r in table] == ["10.00 (9.80-10.40)", "9.70 (9.50-9.90)", "5.00 (4.90-5.20)"]
+    assert [r[5] for r in table] == ["1.00x", "1.03x (noise)", "2.00x"]
