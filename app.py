@@ -194,6 +194,8 @@ def card_html(lane: charts.Lane, now: float) -> str:
         detail += "waiting for its turn on the device"
     elif stage == "ready":
         detail = "loaded and warmed up"
+    elif stage == "generating" and lane.repeats > 1 and lane.requests:
+        detail = f"timed request {lane.requests} of {lane.repeats}"
     elif stage == "waiting":
         detail = detail or "waiting for the device"
     elif stage == "done" and lane.loaded and not lane.reason:
@@ -680,7 +682,7 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
             """Run the prompt through the selected variants, streaming the page (API: /compare)."""
             session_state.pending = False
             selected = list(selected or [])
-            view = charts.RunView([n for n in selected if n in CATALOG], run_mode)
+            view = charts.RunView([n for n in selected if n in CATALOG], run_mode, repeats=int(repeats or 1))
             if session_state.stop_requested:
                 session_state.stop_requested = False
                 yield failure_frame(view, "Stopped before the run started.")

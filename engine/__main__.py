@@ -28,7 +28,10 @@ def table(report: dict) -> str:
             "diff@", "placement")
     rows = [head]
     for r in report["results"]:
-        rows.append((r["variant"], r["status"], str(r["output_tokens"] or "-"), _ms(r["ttft_s"]), _ms(r["tpot_s"]),
+        tpot = _ms(r["tpot_s"])
+        if (r.get("repeats") or 0) > 1 and r.get("tpot_min_s") is not None:      # the median, and its range
+            tpot += f" ({_ms(r['tpot_min_s'])}-{_ms(r['tpot_max_s'])})"
+        rows.append((r["variant"], r["status"], str(r["output_tokens"] or "-"), _ms(r["ttft_s"]), tpot,
                      "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}", _gib(r["peak_memory_bytes"]),
                      _gib(r["weights_bytes"]), "-" if r["mbu"] is None else f"{r['mbu']:.0%}",
                      "-" if r["first_diff_token"] is None else str(r["first_diff_token"]), r["placement"] or "-"))

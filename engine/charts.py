@@ -94,6 +94,8 @@ class Lane:
     reason: str | None = None              # why it failed, is unavailable or was stopped
     result: dict | None = None             # the report's row, once the run is done
     revision: int = 0                      # bumped by every event that changes this lane
+    repeats: int = 1                       # timed requests the run makes of this variant
+    requests: int = 0                      # of which started so far
 
     @property
     def text(self) -> str:
@@ -127,11 +129,12 @@ class Lane:
 class RunView:
     """Per-run view state: fold events in with `apply`; read lanes, revisions and the report."""
 
-    def __init__(self, variants: Iterable[str], mode: str = "fair", labels: dict | None = None):
+    def __init__(self, variants: Iterable[str], mode: str = "fair", labels: dict | None = None, repeats: int = 1):
         labels = labels or {}
         self.mode = mode
         self.lanes: dict[str, Lane] = {
-            name: Lane(name, labels.get(name) or (CATALOG[name].display_label() if name in CATALOG else name))
+            name: Lane(name, labels.get(name) or (CATALOG[name].display_label() if name in CATALOG else name),
+                       repeats=repeats)
             for name in variants}
         self.report: dict | None = None
         self.error: str | None = None      # a failure of the whole run (not of one variant)
@@ -204,6 +207,7 @@ class RunView:
         elif isinstance(event, events.Started):
             lane.t_start, lane.prompt_tokens = event.t_start, event.prompt_tokens
             lane.pieces, lane.token_times, lane.memory = [], [], []      # a repeat starts afresh
+            lane.requests += 1
             self._stage(lane, "generating", now)
             self.revisions["race"] += 1
         elif isinstance(event, events.Finished):

@@ -119,3 +119,17 @@ def test_repeats_show_the_spread_and_a_speedup_inside_it_is_called_noise():
     table = charts.summary_rows(report)
     assert [r[4] for r in table] == ["10.00 (9.80-10.40)", "9.70 (9.50-9.90)", "5.00 (4.90-5.20)"]
     assert [r[5] for r in table] == ["1.00x", "1.03x (noise)", "2.00x"]
+
+
+def test_a_card_counts_the_timed_requests_of_a_variant_with_repeats():
+    import app
+    view = charts.RunView(["sdpa"], "fair", repeats=3)
+    for request_id in (1, 2):
+        view.apply([events.Started("sdpa", request_id, 10.0 * request_id, 5),
+                    events.Token("sdpa", request_id, 0, 7, "a", 10.0 * request_id + 0.1)], now=1.0)
+    lane = view.lanes["sdpa"]
+    assert lane.requests == 2 and lane.text == "a"                  # each repeat starts its answer afresh
+    assert "timed request 2 of 3" in app.card_html(lane, now=1.0)
+    once = charts.RunView(["sdpa"], "fair")
+    once.apply([events.Started("sdpa", 1, 10.0, 5)], now=1.0)
+    assert "timed request" not in app.card_html(once.lanes["sdpa"], now=1.0)

@@ -212,6 +212,17 @@ def test_cli_run_prints_a_table_and_writes_the_json(tmp_path):
     assert _processes_marked(mark) == []
 
 
+def test_cli_table_shows_the_tpot_range_of_repeats_and_why_a_row_is_slow():
+    from engine.__main__ import table
+    row = {"variant": "sdpa", "status": "ok", "reason": None, "output_tokens": 8, "ttft_s": 0.004, "tpot_s": 0.0012,
+           "tokens_per_s": 800.0, "peak_memory_bytes": 2**30, "weights_bytes": 2**20, "mbu": None,
+           "first_diff_token": None, "placement": "resident", "repeats": 3, "tpot_min_s": 0.0011,
+           "tpot_max_s": 0.0016, "host_busy": True, "host_others_cores": 1.3}
+    lines = table({"results": [row, dict(row, variant="baseline", repeats=1, host_busy=False)]}).splitlines()
+    assert "1.2 (1.1-1.6)" in lines[1] and " 1.2 " in lines[2] and "(" not in lines[2]
+    assert lines[3].startswith("  sdpa: other processes kept 1.3 of its CPU cores busy") and len(lines) == 4
+
+
 def test_a_decode_step_counts_one_row_of_an_untied_input_table_not_all_of_it(six_run):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
