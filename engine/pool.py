@@ -59,13 +59,14 @@ class Outbox:
     """A worker's events on their way to the orchestrator, through its pipe.
 
     Every message wakes the orchestrator, and a wake-up per token cost the decode loop about 0.2 ms
-    a token on a CPU (more than the streamer's own work): tokens and memory samples therefore wait
-    in a batch, sent as one list at most `period_s` after the first of them. Any other event sends
-    the batch first, then itself, so the order is kept. The timestamps are taken when a token
-    reaches the host, so batching moves no measurement; the page refreshes less often than this.
+    a token on a CPU (more than the streamer's own work): what a worker sends while a request is
+    timed (its start, tokens, memory samples) therefore waits in a batch, sent as one list at most
+    `period_s` after the first of them. Any other event sends the batch first, then itself, so the
+    order is kept. The timestamps are taken when a token reaches the host, so batching moves no
+    measurement; the page refreshes less often than this.
     """
 
-    BATCHED = (events.Token, events.MemorySample)
+    BATCHED = (events.Started, events.Token, events.MemorySample)     # sent inside a timed request
 
     def __init__(self, send, period_s: float = 0.05):
         self._send, self._period_s = send, period_s

@@ -245,10 +245,11 @@ class Runner:
         cores = hardware.usable_cores()
         # a CPU worker computes on `threads` cores; a GPU worker's one thread launches the kernels
         threads = torch.get_num_threads() if self.cuda_index is None else 1
-        host = hardware.HostLoad(cores)
-        t_start = time.perf_counter()
-        self.emit(events.Started(self.spec.variant, request.request_id, t_start, int(input_ids.shape[1])))
-        with host, sampler, self.attention_context(), torch.inference_mode():
+        # everything but the decode itself is set up before the clock starts: reading every core's
+        # CPU time or starting the sampler's thread must not count in the time to first token
+        with hardware.HostLoad(cores) as host, sampler, self.attention_context(), torch.inference_mode():
+            t_start = time.perf_counter()
+            self.emit(events.Started(self.spec.variant, request.request_id, t_start, int(input_ids.shape[1])))
             self._decode(input_ids, mask, request, streamer, cancel)
         return events.Finished(
             variant=self.spec.variant, request_id=request.request_id, t_start=t_start,
