@@ -256,7 +256,7 @@ def _busy_s(times) -> float:
 
 def busy_cpu_s(cores: set[int] | None = None) -> float:
     """CPU seconds spent working on the given cores (all of them when None), by every process."""
-    per_core = psutil.cpu_times(percpu=True)
+    per_core = psutil.cpu_times(percpu=True)      # in /proc/stat order: index = core id, no core offline
     if cores is None or max(cores, default=0) >= len(per_core):
         return _busy_s(psutil.cpu_times())
     return sum(_busy_s(per_core[core]) for core in cores)
