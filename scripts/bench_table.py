@@ -26,6 +26,15 @@ def _gib(value) -> str:
     return "-" if value is None else f"{value / 2**30:.2f}"
 
 
+def _threads(report: dict) -> str:
+    """The workers' torch CPU threads and any row timed on a busy CPU (recorded since these fields exist)."""
+    threads = sorted({r["cpu_threads"] for r in report["results"] if r.get("cpu_threads")})
+    busy = [f"{r['variant']}@{r.get('prompt_length', '-')}" for r in report["results"] if r.get("host_busy")]
+    plural = "" if threads == [1] else "s"
+    text = f"; {'/'.join(map(str, threads))} torch CPU thread{plural} per worker" if threads else ""
+    return text + (f"; timed while other processes kept its CPU busy: {', '.join(busy)}" if busy else "")
+
+
 def bench_markdown(report: dict) -> str:
     """One table per bench report, with the facts that make it reproducible."""
     v, device = report["versions"], report["device"]
@@ -33,7 +42,7 @@ def bench_markdown(report: dict) -> str:
              f"torch {v['torch']}, transformers {v['transformers']}, bitsandbytes {v['bitsandbytes']}, "
              f"driver {device.get('driver')}; {report['preset']['dtype']}, batch {report['batch_size']}, "
              f"{report['new_tokens']} new tokens, {report['repeats']} repeats after one warm-up request per cell, "
-             f"fair mode, greedy; random weights (seed {report['preset']['seed']}).", "",
+             f"fair mode, greedy; random weights (seed {report['preset']['seed']}){_threads(report)}.", "",
              "| variant | prompt | status | TTFT ms | TPOT ms (median) | TPOT min-max ms | spread | tok/s | "
              "MBU (datasheet) | MBU (copy) | peak reserved GiB | weights GiB | placement |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]

@@ -113,6 +113,16 @@ def test_bench_table_renders_saved_results():
     data = json.loads(saved.read_text())
     compiled = next(r for r in data["runs"][0]["results"] if r["variant"] == "compiled" and r["prompt_length"] == 128)
     assert f"| compiled | 128 | ok | {compiled['ttft_s'] * 1000:.2f} | {compiled['tpot_s'] * 1000:.2f} |" in done.stdout
+    assert "per worker" not in done.stdout         # recorded before the runs kept the thread count
+
+
+def test_bench_table_names_the_threads_and_the_cells_timed_on_a_busy_cpu():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_table import bench_markdown
+    report = json.loads((ROOT / "benchmarks" / "results" / "bench-tiny-per-token-after-cpu-2026-11-26-1.json").read_text())
+    assert "; 2 torch CPU threads per worker." in bench_markdown(report)
+    report["results"][0]["host_busy"] = True
+    assert "timed while other processes kept its CPU busy: sdpa@128." in bench_markdown(report)
 
 
 def test_compile_probe_dry_run_on_the_cpu(tmp_path):
