@@ -246,6 +246,8 @@ def run_message(view: charts.RunView, session: Session, started: float, now: flo
                 f"answered in {now - started:.1f} s; prompt {report.get('prompt_tokens')} tokens, "
                 f"{report.get('mode')} mode" + (f", {report['repeats']} timed requests each (medians)"
                                                 if (report.get("repeats") or 1) > 1 else "") + ".")
+        if (report.get("repeats") or 1) == 1 and ok > 1 and not report.get("cancelled"):
+            text += " One timed request each: set Repeats to 3 or more to tell a speedup from noise."
         problems = [f"{_e(lane.variant)}: {_e(lane.reason)}" for lane in view.lanes.values()
                     if lane.stage in ("failed", "unavailable") and lane.reason]
         if problems:
