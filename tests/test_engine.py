@@ -15,6 +15,7 @@ from engine.pool import Engine, InputError
 
 SIX = ["baseline", "sdpa", "sdpa-flash", "bnb-4bit", "bnb-8bit", "no-kv-cache"]
 PROMPT = "Why does decoding wait on memory bandwidth?"
+LONG_PROMPT = PROMPT + " " + PROMPT * 90      # ~4k tokens: slower steps leave time to act mid-run
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_baseline_and_sdpa_give_the_same_logits():
 
 def test_a_killed_worker_fails_alone_and_restarts_next_run(engine, six_run):
     killed = threading.Event()
-    run = engine.start(PROMPT, ["baseline", "sdpa", "no-kv-cache"], 200)
+    run = engine.start(LONG_PROMPT, ["baseline", "sdpa", "no-kv-cache"], 200)
     report = None
     for event in run:
         if isinstance(event, events.Token) and event.variant == "sdpa" and event.index == 3 and not killed.is_set():
@@ -112,7 +113,7 @@ def test_a_killed_worker_fails_alone_and_restarts_next_run(engine, six_run):
 
 
 def test_cancel_stops_a_run_early(engine, six_run):
-    run = engine.start(PROMPT, ["baseline", "sdpa"], 256)
+    run = engine.start(LONG_PROMPT, ["baseline", "sdpa"], 256)
     report = None
     for event in run:
         if isinstance(event, events.Token) and event.index == 5:
