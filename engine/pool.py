@@ -58,8 +58,8 @@ def free_core(cores: list[int], taken: set[int | None]) -> int | None:
 class Outbox:
     """A worker's events on their way to the orchestrator, through its pipe.
 
-    Every message wakes the orchestrator, and a wake-up per token cost the decode loop about 0.2 ms
-    a token on a CPU (more than the streamer's own work): what a worker sends while a request is
+    Every message wakes the orchestrator, and a message per token cost the decode loop 0.12-0.16 ms
+    a token on a 2-core CPU (see BENCHMARKS.md): what a worker sends while a request is
     timed (its start, tokens, memory samples) therefore waits in a batch, sent as one list at most
     `period_s` after the first of them. Any other event sends the batch first, then itself, so the
     order is kept. The timestamps are taken when a token reaches the host, so batching moves no
