@@ -892,6 +892,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
+        return 2
     engines = Engines(threads=args.threads)
     try:
         demo = build_app(engines, args.preset, args.mode)

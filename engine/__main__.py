@@ -12,6 +12,8 @@ from engine.pool import Engine, InputError
 from engine.report import host_note
 
 EXIT_BAD_INPUT = 2
+THREADS_HELP = ("torch CPU threads per worker (default: torch's, one per core; the dashboard leaves one core "
+                "to the page: --threads N-1 gives its CPU figures)")
 
 
 def _ms(value) -> str:
@@ -48,7 +50,7 @@ def cmd_run(args) -> int:
     preset = presets.load(args.preset)
     variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
     max_new = preset.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
-    with Engine(preset, request_timeout_s=args.timeout) as engine:
+    with Engine(preset, request_timeout_s=args.timeout, threads=args.threads) as engine:
         run = engine.start(args.prompt, variants, max_new, mode=args.mode, repeats=args.repeats,
                            ignore_eos=args.ignore_eos)
         print(f"{preset.title} on {engine.device.name}; mode {args.mode}"
@@ -90,7 +92,8 @@ def cmd_bench(args) -> int:
     from engine.bench import run_bench, table as bench_table
     preset = presets.load(args.preset)
     variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
-    report = run_bench(preset, variants, args.prompt_lengths, args.new_tokens, args.repeats, args.batch_size)
+    report = run_bench(preset, variants, args.prompt_lengths, args.new_tokens, args.repeats, args.batch_size,
+                       threads=args.threads)
     print(bench_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
@@ -102,7 +105,7 @@ def cmd_sweep(args) -> int:
     from engine.sweeps import run_sweep, summary, to_csv
     preset = presets.load(args.preset)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
-    sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants)
+    sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants, threads=args.threads)
     print(summary(sweep))
     if args.json:
         Path(args.json).write_text(json.dumps(sweep, indent=1))
@@ -130,6 +133,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--repeats", type=int, default=1, help="report medians and the TPOT spread over N runs")
     run.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     run.add_argument("--timeout", type=float, default=900.0, help="seconds one request may take")
+    run.add_argument("--threads", type=int, help=THREADS_HELP)
     run.add_argument("--json", help="write the report to this path")
     run.set_defaults(func=cmd_run)
     bench = sub.add_parser("bench", help="every (variant, prompt length) cell in fair mode after a warm-up")
@@ -139,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--new-tokens", type=int, default=128)
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--batch-size", type=int, default=1)
+    bench.add_argument("--threads", type=int, help=THREADS_HELP)
     bench.add_argument("--json", help="write the report to this path")
     bench.set_defaults(func=cmd_bench)
     from engine.sweeps import EXPERIMENTS
@@ -147,6 +152,7 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--preset", default="tiny", help=f"one of: {', '.join(presets.available())}")
     sweep.add_argument("--variants", help="comma-separated (default: the experiment's)")
     sweep.add_argument("--quick", action="store_true", help="a small grid (about a minute on tiny on a CPU)")
+    sweep.add_argument("--threads", type=int, help=THREADS_HELP)
     sweep.add_argument("--json", help="write the rows and settings here")
     sweep.add_argument("--csv", help="write the rows as CSV here")
     sweep.add_argument("--html", help="write the chart as a standalone HTML page here")

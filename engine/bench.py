@@ -14,13 +14,13 @@ FILLER = "The quick brown fox jumps over the lazy dog while the attention kernel
 
 
 def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], new_tokens: int, repeats: int,
-              batch_size: int = 1, log=None, request_timeout_s: float = 900.0) -> dict:
+              batch_size: int = 1, log=None, request_timeout_s: float = 900.0, threads: int | None = None) -> dict:
     """Measure every cell; returns the run report with `overhead_ratio` and the bandwidths added."""
     t0 = time.perf_counter()
     if log is None:                  # a timeline on stderr: where a long GPU run spends its minutes
         def log(line: str) -> None:
             print(f"[{time.perf_counter() - t0:5.0f} s] {line}", file=sys.stderr, flush=True)
-    with Engine(preset, request_timeout_s=request_timeout_s) as engine:
+    with Engine(preset, request_timeout_s=request_timeout_s, threads=threads) as engine:
         reasons = {name: reason for name, _, reason in engine.variant_choices()}
         first = next((v for v in variants if v in reasons and reasons[v] is None), None)
         run = engine.start(FILLER, variants, new_tokens, repeats=repeats, ignore_eos=True, batch_size=batch_size,

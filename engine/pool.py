@@ -221,6 +221,8 @@ class Engine:
         self.device = hardware.resolve(preset.device)
         self.request_timeout_s = request_timeout_s
         self.load_timeout_s = load_timeout_s
+        if threads is not None and threads < 1:
+            raise InputError(f"threads must be at least 1, got {threads}")
         if threads is None and spare_cores and self.device.kind == "cpu":
             threads = max(len(hardware.usable_cores()) - spare_cores, 1)
         self.threads = threads

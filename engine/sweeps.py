@@ -280,7 +280,8 @@ def start_sweep(name: str, engine: Engine, quick: bool = False, variants: list[s
 
 
 def run_sweep(name: str, preset: Preset, quick: bool = False, variants: list[str] | None = None,
-              on_event: Callable[[object], None] | None = None, engine: Engine | None = None) -> dict:
+              on_event: Callable[[object], None] | None = None, engine: Engine | None = None,
+              threads: int | None = None) -> dict:
     """Measure every (variant, cell) of an experiment; returns {experiment, preset, device, versions, rows}.
 
     Pass an `engine` to reuse loaded workers (the dashboard does); `on_event` sees every engine event.
@@ -288,7 +289,7 @@ def run_sweep(name: str, preset: Preset, quick: bool = False, variants: list[str
     get(name)
     t0 = time.perf_counter()
     own = engine is None
-    engine = engine or Engine(preset)
+    engine = engine or Engine(preset, threads=threads)
     try:
         run, live = start_sweep(name, engine, quick, variants, t0)
         for event in run:

@@ -11,11 +11,14 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
+from app_server import ROOT
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
@@ -218,3 +221,12 @@ def test_a_page_closed_mid_run_leaves_no_worker_busy(url, client):
     after = Client(url, verbose=False).predict(PROMPT, "tiny", ["no-kv-cache"], 4, "fair", api_name="/compare")
     assert all(r["status"] == "ok" for r in after[REPORT]["results"])
     assert time.monotonic() - t0 < 5, "the abandoned run kept the worker busy"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+])
+def test_bad_command_line_exits_2_with_what_to_fix(args, message):
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]

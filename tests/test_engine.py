@@ -180,6 +180,7 @@ def _processes_marked(mark):
     (["--preset", "nope"], "unknown preset 'nope'"),
     (["--variants", "baseline,warp"], "unknown variant 'warp'"),
     (["--preset", "opt-350m"], "is not in the local Hugging Face cache"),
+    (["--threads", "0"], "threads must be at least 1, got 0"),
 ])
 def test_cli_bad_input_exits_2_with_one_line_and_no_worker(args, message):
     mark = uuid.uuid4().hex
@@ -194,7 +195,8 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_worker(args, message):
 def test_cli_run_prints_a_table_and_writes_the_json(tmp_path):
     out = tmp_path / "run.json"
     mark = uuid.uuid4().hex
-    done = _cli("--variants", "baseline,sdpa,fa2", "--max-new-tokens", "6", "--json", str(out), env_mark=mark)
+    done = _cli("--variants", "baseline,sdpa,fa2", "--max-new-tokens", "6", "--threads", "1", "--json", str(out),
+                env_mark=mark)
     assert done.returncode == 0, done.stderr
     assert "random weights: the text is noise, the timings are real" in done.stderr
     header = done.stdout.splitlines()[0].split()
@@ -210,6 +212,7 @@ def test_cli_run_prints_a_table_and_writes_the_json(tmp_path):
     for row in report["results"]:
         assert required <= set(row)
     assert by["baseline"]["output_tokens"] == 6
+    assert by["baseline"]["cpu_threads"] == 1 == by["sdpa"]["cpu_threads"]      # --threads reached the workers
     assert _processes_marked(mark) == []
 
 
