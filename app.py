@@ -38,6 +38,7 @@ from gradio.components.plot import PlotData  # noqa: E402
 
 from engine import CATALOG, Engine, InputError, charts, hardware, presets, sweeps  # noqa: E402
 from engine.hardware import DeviceError  # noqa: E402
+from engine.report import tpot_range  # noqa: E402
 from engine.sweep_charts import UNITS, sweep_figure  # noqa: E402
 
 TICK_S = 0.1                 # text and status refresh period while a run streams
@@ -168,9 +169,9 @@ def banner_html(engine: Engine) -> str:
     cores = ""
     if engine.device.kind == "cpu" and engine.threads:
         total = len(hardware.usable_cores())
+        rest = "; the rest draw this page while the variants run" if engine.threads < total else ""
         cores = (f'<div class="sbs-sub">Each worker computes on {engine.threads} of the {total} CPU cores this '
-                 f'server may use{"; the rest draw this page while the variants run" if engine.threads < total else ""}.'
-                 '</div>')
+                 f'server may use{rest}.</div>')
     return (f'<div class="sbs-banner"><div><b>{_e(preset.title)}</b> on <b>{_e(engine.device.name)}</b> '
             f'{noise}</div><div class="sbs-sub">{_e(preset.description.strip())}</div>{cores}</div>')
 
@@ -217,9 +218,9 @@ def card_html(lane: charts.Lane, now: float) -> str:
         note = (f"{figures['tokens']} tokens; " + ("figures from the report" if figures["final"]
                                                    else "live estimate"))
         result = lane.result or {}
-        if (result.get("repeats") or 0) > 1 and result.get("tpot_min_s") is not None:
-            note += (f"; medians of {result['repeats']} requests, TPOT {result['tpot_min_s'] * 1000:.2f}-"
-                     f"{result['tpot_max_s'] * 1000:.2f} ms")
+        spread = tpot_range(result)
+        if spread is not None:
+            note += f"; medians of {result['repeats']} requests, TPOT {spread[0] * 1000:.2f}-{spread[1] * 1000:.2f} ms"
         if result.get("contended"):
             note += "; contended (race mode)"
         if result.get("host_busy"):
@@ -683,18 +684,16 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.
         def compare(prompt_text, preset_name, selected, max_new_tokens, run_mode, repeats, session_state: Session):
             """Run the prompt through the selected variants, streaming the page (API: /compare)."""
             session_state.pending = False
-            selected = list(selected or [])
-            view = charts.RunView([n for n in selected if n in CATALOG], run_mode, repeats=int(repeats or 1))
+            selected, repeats = list(selected or []), int(repeats or 1)
+            view = charts.RunView([n for n in selected if n in CATALOG], run_mode, repeats=repeats)
             if session_state.stop_requested:
                 session_state.stop_requested = False
                 yield failure_frame(view, "Stopped before the run started.")
                 return
             try:
-                engines.get(preset_name).validate(prompt_text or "", selected, int(max_new_tokens), run_mode,
-                                                  int(repeats or 1))
+                engines.get(preset_name).validate(prompt_text or "", selected, int(max_new_tokens), run_mode, repeats)
                 engine = engines.activate(preset_name)      # valid input: now switching presets unloads
-                run = engine.start(prompt_text or "", selected, int(max_new_tokens), mode=run_mode,
-                                   repeats=int(repeats or 1))
+                run = engine.start(prompt_text or "", selected, int(max_new_tokens), mode=run_mode, repeats=repeats)
             except (InputError, *PRESET_ERRORS) as error:
                 yield failure_frame(view, refusal(error, f"Preset {_e(preset_name)} cannot be used"))
                 return

@@ -9,7 +9,7 @@ from pathlib import Path
 from engine import events, presets
 from engine.hardware import DeviceError
 from engine.pool import Engine, InputError
-from engine.report import host_note
+from engine.report import host_note, tpot_range
 
 EXIT_BAD_INPUT = 2
 THREADS_HELP = ("torch CPU threads per worker (default: torch's, one per core; the dashboard leaves one core "
@@ -30,9 +30,9 @@ def table(report: dict) -> str:
             "diff@", "placement")
     rows = [head]
     for r in report["results"]:
-        tpot = _ms(r["tpot_s"])
-        if (r.get("repeats") or 0) > 1 and r.get("tpot_min_s") is not None:      # the median, and its range
-            tpot += f" ({_ms(r['tpot_min_s'])}-{_ms(r['tpot_max_s'])})"
+        tpot, spread = _ms(r["tpot_s"]), tpot_range(r)
+        if spread is not None:                                                   # the median, and its range
+            tpot += f" ({_ms(spread[0])}-{_ms(spread[1])})"
         rows.append((r["variant"], r["status"], str(r["output_tokens"] or "-"), _ms(r["ttft_s"]), tpot,
                      "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}", _gib(r["peak_memory_bytes"]),
                      _gib(r["weights_bytes"]), "-" if r["mbu"] is None else f"{r['mbu']:.0%}",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import plotly.graph_objects as go
 
 from engine import events, metrics
+from engine.report import tpot_range
 from engine.variants import CATALOG
 
 # One colour per catalog variant, in catalog order, shared by the cards and every chart.
@@ -374,29 +375,26 @@ def _fmt(value, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}{unit}"
 
 
+def _baseline(report: dict) -> dict | None:
+    return next((r for r in report.get("results", []) if r["variant"] == "baseline"), None)
+
+
 def speedup(report: dict, row: dict) -> float | None:
     """Baseline TPOT / this variant's TPOT; None without a measured baseline in the run."""
-    base = next((r for r in report.get("results", []) if r["variant"] == "baseline"), None)
+    base = _baseline(report)
     if base is None or not base.get("tpot_s") or not row.get("tpot_s"):
         return None
     return base["tpot_s"] / row["tpot_s"]
-
-
-def _tpot_range(row: dict) -> tuple[float, float] | None:
-    """The row's TPOT spread over its repeats, when it has more than one."""
-    if (row.get("repeats") or 0) < 2 or row.get("tpot_min_s") is None or row.get("tpot_max_s") is None:
-        return None
-    return row["tpot_min_s"], row["tpot_max_s"]
 
 
 def within_noise(report: dict, row: dict) -> bool | None:
     """Whether the difference from the baseline's TPOT is noise: their ranges over the repeats overlap
     and their medians differ by less than the wider range (one slow repeat widens a range without
     making a large difference noise). None when either ran once: no spread to judge by."""
-    base = next((r for r in report.get("results", []) if r["variant"] == "baseline"), None)
+    base = _baseline(report)
     if base is None or base is row:
         return None
-    mine, theirs = _tpot_range(row), _tpot_range(base)
+    mine, theirs = tpot_range(row), tpot_range(base)
     if mine is None or theirs is None or row.get("tpot_s") is None or base.get("tpot_s") is None:
         return None
     overlap = mine[0] <= theirs[1] and theirs[0] <= mine[1]
@@ -434,7 +432,7 @@ def summary_rows(report: dict) -> list[list[str]]:
                 timings += f"; CPU busy ({r['host_others_cores']:.1f} cores taken)"
         else:
             timings = "-"
-        spread = _tpot_range(r)
+        spread = tpot_range(r)
         speed = "-" if ratio is None else f"{ratio:.2f}x" + (" (noise)" if within_noise(report, r) else "")
         rows.append([
             r["variant"], r["status"], str(r.get("output_tokens") or "-"), _fmt(r.get("ttft_s"), 1000),

@@ -85,12 +85,9 @@ class CompiledDecoder:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         torch._dynamo.config.fail_on_recompile_limit_hit = True
         self.inductor = dict(CUDA_INDUCTOR if self.cuda else {}) if inductor is None else dict(inductor)
-        reason = unsupported_reason(model)
         if fused is None:
-            fused = reason is None
-        elif fused and reason:
-            raise ValueError(f"the fused decode step does not support this model: {reason}")
-        self.fused = FusedLlamaStep(model) if fused else None
+            fused = unsupported_reason(model) is None
+        self.fused = FusedLlamaStep(model) if fused else None      # refuses, with the reason, a model it cannot do
         self.stepper = self.fused if self.fused is not None else model     # what the compiled step calls
         self.step = torch.compile(_fused_step if self.fused is not None else _decode_step,
                                   options=self.inductor or None, fullgraph=True, dynamic=False)

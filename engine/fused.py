@@ -11,7 +11,7 @@ the kernels between them. This step does the same arithmetic with fewer, larger 
   (batch, kv heads, group, head dim), so the kernel reads each cached key and value once.
 
 Prefill stays transformers' own forward: it fills the same StaticCache this step reads and writes.
-`FusedLlamaStep.supports(model)` says whether a model qualifies; the step refuses others.
+`unsupported_reason(model)` says why a model does not qualify (None when it does); the step refuses those.
 """
 from __future__ import annotations
 

@@ -177,8 +177,6 @@ def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_by
             cache = {}
         if device_name in cache:
             return float(cache[device_name])
-    import time
-
     import torch
     size_bytes = size_bytes or (1 << 30 if cuda else 1 << 28)   # far above any cache
     src = torch.rand(size_bytes // 4, dtype=torch.float32, device=torch_device)   # written: every page is real

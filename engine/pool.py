@@ -81,8 +81,10 @@ class Outbox:
     def emit(self, event) -> None:
         if isinstance(event, self.BATCHED):
             with self._pending_lock:
+                first = not self._pending
                 self._pending.append(event)
-            self._waiting.set()
+            if first:                            # wake the flusher once a batch, not once a token
+                self._waiting.set()
             return
         with self._send_lock:
             self._send_batch()
@@ -336,7 +338,7 @@ class Engine:
         cancel = CONTEXT.Event()
         core = None
         if self.device.kind == "cuda":
-            core = free_core(sorted(os.sched_getaffinity(0)), {w.spec.core for w in self.workers.values()})
+            core = free_core(sorted(hardware.usable_cores()), {w.spec.core for w in self.workers.values()})
         spec = WorkerSpec(self.preset, name, "cpu" if self.device.kind == "cpu" else f"cuda:{self.device.index}",
                           self.threads, core)
         process = CONTEXT.Process(target=_worker_main, args=(spec, child, cancel), daemon=True,

@@ -73,16 +73,28 @@ EMPTY_METRICS = ("output_tokens", "decode_bytes_per_step", "load_s", "ttft_s", "
 HOST_BUSY_MARGIN_CORES = 0.25
 
 
-def host_load(finished: list) -> dict:
+def host_load(finished: list, judged: bool = True) -> dict:
     """The CPU around the timed requests: the worker's threads, the most cores other processes kept
     busy on its cores in any repeat, and `host_busy` when that surely went past the cores it left
-    spare (beyond the margin, less the figure's resolution: short requests are judged leniently)."""
+    spare (beyond the margin, less the figure's resolution: short requests are judged leniently).
+    Not `judged` (None) in a race, where the other variants take the cores and "contended" says so."""
     hosts = [f.host for f in finished if f.host and f.host.get("others_cores") is not None]
     if not hosts:
         return {}
+
+    def busy(host: dict) -> bool:
+        spare = max(host["cores"] - host["threads"], 0)
+        return host["others_cores"] - host["resolution_cores"] > spare + HOST_BUSY_MARGIN_CORES
+
     return {"cpu_threads": hosts[0]["threads"], "host_others_cores": max(h["others_cores"] for h in hosts),
-            "host_busy": any(h["others_cores"] - h["resolution_cores"] > h["spare_cores"] + HOST_BUSY_MARGIN_CORES
-                             for h in hosts)}
+            "host_busy": any(busy(h) for h in hosts) if judged else None}
+
+
+def tpot_range(row: dict) -> tuple[float, float] | None:
+    """The row's TPOT (min, max) over its repeats, when it has more than one."""
+    if (row.get("repeats") or 0) < 2 or row.get("tpot_min_s") is None or row.get("tpot_max_s") is None:
+        return None
+    return row["tpot_min_s"], row["tpot_max_s"]
 
 
 def host_note(row: dict) -> str | None:
@@ -127,9 +139,7 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
                text=first.text, queue_s=first.t_start - outcome.t_ready if outcome.t_ready else None, peak_memory_bytes=peak_memory(first),
                memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
                token_times_s=metrics.relative_times(first.t_start, first.token_times))
-    row.update(host_load(outcome.finished))
-    if outcome.contended and row["host_busy"] is not None:
-        row["host_busy"] = None          # in a race the other variants take the cores: "contended" says so
+    row.update(host_load(outcome.finished, judged=not outcome.contended))
     if baseline_ids is not None and outcome.variant != "baseline":
         row["first_diff_token"] = metrics.first_difference(baseline_ids, first.token_ids)
         row["identical_token_share"] = metrics.identical_share(baseline_ids, first.token_ids)

@@ -257,8 +257,8 @@ class Runner:
             prompt_tokens=int(input_ids.shape[1]), batch_size=request.batch_size,
             cancelled=cancel.is_set() and len(streamer.ids) < request.max_new_tokens,
             memory=self.memory(), cache=dict(self.cache_shape),
-            host={"cores": len(cores), "threads": threads, "spare_cores": max(len(cores) - threads, 0),
-                  "others_cores": host.others_cores, "resolution_cores": host.resolution_cores})
+            host={"cores": len(cores), "threads": threads, "others_cores": host.others_cores,
+                  "resolution_cores": host.resolution_cores})
 
     def memory(self) -> dict:
         """Peak allocator figures and NVML's view of this process (CUDA), and the request's peak RSS."""

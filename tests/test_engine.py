@@ -451,8 +451,7 @@ def test_a_busy_host_marks_the_timings_it_slowed():
     from engine.report import HOST_BUSY_MARGIN_CORES, host_load, host_note
 
     def timed(others, resolution, spare=0, threads=2):
-        host = {"cores": 2, "threads": threads, "spare_cores": spare, "others_cores": others,
-                "resolution_cores": resolution}
+        host = {"cores": threads + spare, "threads": threads, "others_cores": others, "resolution_cores": resolution}
         return events.Finished("sdpa", 1, 0.0, (0.1, 0.2), (1, 2), "", 4, 1, False, {}, {}, host)
 
     quiet = host_load([timed(0.05, 0.02), timed(0.1, 0.02)])
