@@ -26,7 +26,6 @@ from engine.worker import Request, WorkerSpec
 MODES = ("fair", "race")
 CONTEXT = multiprocessing.get_context("spawn")
 CANCEL_GRACE_S = 10.0             # after a cancel or timeout, how long a worker may take to stop
-WARMUP_NEW_TOKENS = 8             # new tokens of an unmeasured warm-up request
 
 
 class InputError(ValueError):
@@ -520,11 +519,11 @@ class Engine:
 
         def make_request(name: str, cell: int, discard: bool) -> Request:
             c = cells[cell] or Cell()
-            new = c.max_new_tokens or max_new_tokens
-            if discard:                   # a warm-up runs the cell's prefill shape and a few decode steps
-                new = min(new, WARMUP_NEW_TOKENS)
-            request = Request(next(self._request_ids), prompt, new, ignore_eos, c.batch_size or batch_size,
-                              c.prompt_tokens, c.pad_ratio)
+            # a warm-up is the measured request itself: every sequence length the cell's decode meets
+            # must have been seen (PyTorch's default SDPA on a Hopper GPU builds a cuDNN plan for each
+            # new one: 8-token warm-ups left the first timed repeat 2-3x slower, see BENCHMARKS.md)
+            request = Request(next(self._request_ids), prompt, c.max_new_tokens or max_new_tokens, ignore_eos,
+                              c.batch_size or batch_size, c.prompt_tokens, c.pad_ratio)
             self._current[name] = request.request_id
             self._cell_of[request.request_id] = cell
             if discard:
@@ -571,7 +570,7 @@ class Engine:
 
     def probe(self, variant: str, kind: str, prompt_tokens: int = 128, new_tokens: int = 64,
               timeout: float | None = None) -> dict:
-        """A measurement in the variant's worker (loading it if needed): "bare_tpot" or "bandwidth"."""
+        """A measurement in the variant's worker (loading it if needed): "overhead" or "bandwidth"."""
         from engine.worker import Probe
         with self._lock:
             run = Run()

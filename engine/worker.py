@@ -8,17 +8,19 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import statistics
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine import events, hardware
+from engine import events, hardware, metrics
 from engine.presets import Preset
 from engine.variants import CATALOG
 
 MEMORY_SAMPLE_S = 0.05            # memory timeline resolution during generation
+OVERHEAD_PAIRS = 3                # timed (engine, bare loop) pairs of the overhead probe
 WARMUP_PROMPT = "Warm-up: the quick brown fox jumps over the lazy dog."
 
 
@@ -34,7 +36,7 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class Probe:
-    """A measurement that is not a request: "bare_tpot" (the bare decode loop) or "bandwidth"."""
+    """A measurement that is not a request: "overhead" (the engine against a bare decode loop) or "bandwidth"."""
     request_id: int
     kind: str
     prompt_tokens: int = 128
@@ -272,37 +274,55 @@ class Runner:
             result["nvml_bytes"] = hardware.process_gpu_bytes(os.getpid(), self.cuda_index)
         return result
 
-    def probe(self, probe: Probe) -> events.Measured:
-        """Measurements outside a request: the bare decode loop's TPOT, or the copy bandwidth."""
+    def probe(self, probe: Probe, cancel) -> events.Measured:
+        """Measurements outside a request: the engine's overhead per token, or the copy bandwidth."""
         torch = self.torch
         if probe.kind == "bandwidth":
             from engine.hardware import measure_copy_bandwidth
             name = torch.cuda.get_device_name(self.cuda_index) if self.cuda_index is not None else "cpu"
             value = measure_copy_bandwidth(name, self.spec.device)
             return events.Measured(self.spec.variant, probe.request_id, probe.kind, {"bytes_per_s": value})
-        if probe.kind != "bare_tpot":
+        if probe.kind != "overhead":
             raise ValueError(f"unknown probe {probe.kind!r}")
+        # the same request through the engine's path (streamer, events, memory sampler) and through
+        # the bare loop, in pairs run back to back: a machine that drifts over minutes (clocks,
+        # other work) moves both halves of a pair alike, where a request timed in the run and a
+        # bare loop timed afterwards could differ by the drift alone. The order alternates within
+        # pairs (ABBA) so a drift within a pair cancels too; the first pair warms up.
+        request = Request(probe.request_id, "x", probe.new_tokens, True, 1, probe.prompt_tokens)
+        input_ids, mask = self.encode(request)
+        worker, bare = [], []
+        for pair in range(1 + OVERHEAD_PAIRS):
+            for half in ("worker", "bare") if pair % 2 else ("bare", "worker"):
+                if half == "worker":
+                    worker.append(metrics.tpot_s(self.generate(request, cancel).token_times))
+                else:
+                    bare.append(self._bare_tpot(input_ids, mask, probe.new_tokens))
+        worker, bare = worker[1:], bare[1:]
+        ratios = [w / b for w, b in zip(worker, bare)]
+        return events.Measured(self.spec.variant, probe.request_id, probe.kind, {
+            "ratio": statistics.median(ratios), "pair_ratios": ratios,
+            "worker_tpot_s": statistics.median(worker), "bare_tpot_s": statistics.median(bare),
+            "worker_runs_s": worker, "bare_runs_s": bare})
+
+    def _bare_tpot(self, input_ids, mask, new_tokens: int) -> float:
+        """TPOT of the decode path without the engine's streamer, events and memory sampler: the
+        compiled loop (each token still copied to the host), or generate() timed as
+        (T(N) - T(1)) / (N - 1), which removes the prefill; on the device's clock on a GPU."""
         from engine.decode import SpanClock, TokenClock
-        input_ids, mask = self.encode(Request(probe.request_id, "x", probe.new_tokens, True, 1, probe.prompt_tokens))
-        cuda = self.cuda_index is not None
-        tpots = []
+        torch, cuda = self.torch, self.cuda_index is not None
         with self.attention_context(), torch.inference_mode():
-            for _ in range(4):                         # the first run warms up; the median of the rest
-                if self.decoder is not None:           # the compiled loop, every token still copied to the host
-                    clock = TokenClock(cuda)
-                    self.decoder.run(input_ids, probe.new_tokens, clock, lambda host: False)
-                    tpots.append(clock.tpot_s())
-                    continue
-                spans = []                             # generate() without the engine's streamer and events:
-                for n in (probe.new_tokens, 1):        # (T(N) - T(1)) / (N - 1) removes the prefill
-                    kwargs = self.generation_kwargs(Request(0, "x", n, True))
-                    with SpanClock(cuda) as span:
-                        self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-                    spans.append(span.seconds)
-                tpots.append((spans[0] - spans[1]) / (probe.new_tokens - 1))
-        tpots = sorted(tpots[1:])
-        return events.Measured(self.spec.variant, probe.request_id, probe.kind,
-                               {"tpot_s": tpots[len(tpots) // 2], "runs_s": tpots})
+            if self.decoder is not None:
+                clock = TokenClock(cuda)
+                self.decoder.run(input_ids, new_tokens, clock, lambda host: False, attention_mask=mask)
+                return clock.tpot_s()
+            spans = []
+            for n in (new_tokens, 1):
+                with SpanClock(cuda) as span:
+                    self.model.generate(input_ids=input_ids, attention_mask=mask,
+                                        **self.generation_kwargs(Request(0, "x", n, True)))
+                spans.append(span.seconds)
+        return (spans[0] - spans[1]) / (new_tokens - 1)
 
     def warm_up(self, cancel) -> None:
         """Two short generations: the first picks kernels (and compiles), the second confirms."""
@@ -347,7 +367,7 @@ def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[objec
             return
         try:
             if isinstance(request, Probe):
-                emit(runner.probe(request))
+                emit(runner.probe(request, cancel))
                 continue
             emit(events.Status(name, "generating"))
             emit(runner.generate(request, cancel))

@@ -35,6 +35,13 @@ def _threads(report: dict) -> str:
     return text + (f"; timed while other processes kept its CPU busy: {', '.join(busy)}" if busy else "")
 
 
+def _repeats(row: dict) -> str:
+    """Each repeat's TPOT in the order timed (a slow first repeat is not noise), else the range."""
+    if row.get("tpot_repeats_s"):
+        return ", ".join(_ms(t) for t in row["tpot_repeats_s"])
+    return f"{_ms(row['tpot_min_s'])}-{_ms(row['tpot_max_s'])}" if row["tpot_min_s"] else "-"
+
+
 def bench_markdown(report: dict) -> str:
     """One table per bench report, with the facts that make it reproducible."""
     v, device = report["versions"], report["device"]
@@ -43,13 +50,13 @@ def bench_markdown(report: dict) -> str:
              f"driver {device.get('driver')}; {report['preset']['dtype']}, batch {report['batch_size']}, "
              f"{report['new_tokens']} new tokens, {report['repeats']} repeats after one warm-up request per cell, "
              f"fair mode, greedy; random weights (seed {report['preset']['seed']}){_threads(report)}.", "",
-             "| variant | prompt | status | TTFT ms | TPOT ms (median) | TPOT min-max ms | spread | tok/s | "
-             "MBU (datasheet) | MBU (copy) | peak reserved GiB | weights GiB | placement |",
+             "| variant | prompt | status | TTFT ms | TPOT ms (median) | TPOT ms per repeat, in order | spread | "
+             "tok/s | MBU (datasheet) | MBU (copy) | peak reserved GiB | weights GiB | placement |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in report["results"]:
         spread = f"{r['tpot_max_s'] / r['tpot_min_s'] - 1:.0%}" if r["tpot_min_s"] else "-"
         cells = (r["variant"], r.get("prompt_length", "-"), r["status"], _ms(r["ttft_s"]), _ms(r["tpot_s"]),
-                 f"{_ms(r['tpot_min_s'])}-{_ms(r['tpot_max_s'])}" if r["tpot_min_s"] else "-", spread, _num(r["tokens_per_s"], 1),
+                 _repeats(r), spread, _num(r["tokens_per_s"], 1),
                  _pct(r["mbu"]), _pct(r.get("mbu_measured")), _gib(r["peak_memory_bytes"]),
                  _gib(r["weights_bytes"]), r["placement"] or "-")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -60,7 +67,9 @@ def bench_markdown(report: dict) -> str:
     lines += [""] + [f"- `{name}`: {reason}" for name, reason in reasons.items()]
     ref, bw = report.get("overhead_reference") or {}, report.get("peak_bandwidth_bytes_per_s") or {}
     if report.get("overhead_ratio") is not None:
-        lines.append(f"- overhead: worker TPOT / bare-loop TPOT = {report['overhead_ratio']:.3f} "
+        how = (f"median of {len(ref['pair_ratios'])} back-to-back pairs" if ref.get("pair_ratios")
+               else "the run's median against a bare loop timed after the run")   # recorded before the pairs
+        lines.append(f"- overhead: worker TPOT / bare-loop TPOT = {report['overhead_ratio']:.3f}, {how} "
                      f"({ref['variant']}, prompt {ref['prompt_length']}: {_ms(ref['worker_tpot_s'])} / "
                      f"{_ms(ref['bare_tpot_s'])} ms, {ref['clock']})")
     if bw.get("measured"):
