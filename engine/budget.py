@@ -16,7 +16,8 @@ QUANTIZED_BYTES_PER_PARAM = {"nf4": 0.5 + 0.0625, "int8": 1.0 + 0.0625}     # + 
 GATED_MLP = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "granite", "smollm3"}
 ACTIVATION_MARGIN = 0.15          # share of weights + cache kept free for activations and fragmentation
 CUDA_CONTEXT_BYTES = 600 * 2**20  # each CUDA process holds a context of roughly this size
-HEADROOM = 0.10                   # share of free memory never planned: prefill peaks, fragmentation, others
+HEADROOM = 0.10                   # share of free memory never planned: fragmentation, other processes,
+HEADROOM_MAX_BYTES = 4 * 2**30    # at most this much: on a large card the estimates' own margins cover the rest
 
 
 def _first(config: dict, *keys, default=None):
@@ -87,7 +88,7 @@ def plan(preset: Preset, variants: list[Variant], free_bytes: int, cuda: bool) -
     after another in that room, each unloaded before the next. A variant whose footprint is
     unknown (no cached config) counts as the largest known one.
     """
-    free_bytes = int(free_bytes * (1 - HEADROOM))
+    free_bytes = int(free_bytes - min(free_bytes * HEADROOM, HEADROOM_MAX_BYTES))
     estimates = {v.name: footprint(preset, v, cuda) for v in variants}
     known = [f.total_bytes for f in estimates.values() if f is not None]
     sizes = {name: (f.total_bytes if f else max(known, default=0)) for name, f in estimates.items()}
