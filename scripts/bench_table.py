@@ -103,6 +103,22 @@ def probe_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _shown(value) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def first_shape_markdown(data: dict) -> str:
+    """sdpa_first_shape.py: three identical generate() calls per SDPA setting."""
+    settings = {"default": "PyTorch's default SDPA dispatch, prompt 128",
+                "no-cudnn": "cuDNN attention turned off, prompt 128",
+                "default-again-new-length": "default dispatch again, a 300-token prompt (lengths not met before)"}
+    lines = [f"torch {data['torch']}; ms per generated token (prefill included) of three identical calls, in order:",
+             "", "| SDPA setting | call 1 | call 2 | call 3 |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {label} | " + " | ".join(f"{t:.2f}" for t in data[key]) + " |"
+              for key, label in settings.items() if key in data]
+    return "\n".join(lines)
+
+
 def main(paths: list[str]) -> int:
     for path in paths:
         data = json.loads(Path(path).read_text())
@@ -115,6 +131,12 @@ def main(paths: list[str]) -> int:
                       f"{report.get('skipped') or report.get('error')}")
                 print()
             print(f"Total wall time: {data['wall_s']:.0f} s\n")
+            if data.get("targets"):
+                print("Targets, as the script judged them:\n")
+                print("\n".join(f"- {'met' if c['met'] else '**not met**'}: {c['target']}: {_shown(c['value'])}"
+                                 + (f" ({c['detail']})" if c["detail"] else "") for c in data["targets"]) + "\n")
+        elif "cudnn_sdp_enabled" in data:      # sdpa_first_shape.py
+            print(first_shape_markdown(data) + "\n")
         elif "results" in data and "copy_bandwidth_bytes_per_s" in data:    # compile_probe.py
             print(probe_markdown(data) + "\n")
         elif "results" in data:

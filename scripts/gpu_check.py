@@ -41,7 +41,7 @@ def plan(args) -> list[dict]:
     return jobs
 
 
-OVERHEAD_MAX, COMPILED_MBU_MIN, SPREAD_MAX = 1.02, 0.75, 0.05
+OVERHEAD_MIN, OVERHEAD_MAX, COMPILED_MBU_MIN, SPREAD_MAX = 0.98, 1.02, 0.75, 0.05
 WALL_S_MAX = {"full": 480.0, "quick": 240.0}
 
 
@@ -58,8 +58,11 @@ def check_targets(summary: dict, quick: bool) -> list[dict]:
             continue
         name, rows = report["preset"]["name"], report["results"]
         ratio = report.get("overhead_ratio")
+        # the engine adds work to the bare loop: well below 1, the two were not timed alike
         check(f"{name}: worker TPOT / bare-loop TPOT <= {OVERHEAD_MAX}", ratio,
-              ratio is not None and ratio <= OVERHEAD_MAX)
+              ratio is not None and OVERHEAD_MIN <= ratio <= OVERHEAD_MAX,
+              f"below {OVERHEAD_MIN}: the bare loop ran slower than the engine's path, the comparison is broken"
+              if ratio is not None and ratio < OVERHEAD_MIN else "")
         if name == "llama-3.1-8b-random":
             for row in rows:
                 if row["variant"] == "compiled":
