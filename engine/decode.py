@@ -71,10 +71,11 @@ class CompiledDecoder:
     """Greedy decoding with a static KV cache and a compiled one-token step."""
 
     def __init__(self, model, context_length: int, device: str, inductor: dict | None = None,
-                 fused: bool | None = None):
+                 fused: bool | None = None, fused_attention: str = "sdpa"):
         """`inductor`: inductor's options for the step (default: CUDA_INDUCTOR on a GPU, none on a CPU).
         `fused`: the engine's fused step for Llama-family models (engine/fused.py) instead of the
-        model's forward; None uses it where the model qualifies."""
+        model's forward; None uses it where the model qualifies. `fused_attention`: its formulation
+        of attention, "sdpa" or "reduce" (see engine/fused.py)."""
         self.model, self.context_length, self.device = model, context_length, device
         self.keyword = cache_keyword(model)
         self.caches: dict[tuple[int, int], object] = {}   # (batch, bucket) -> StaticCache; graphs keep its addresses
@@ -87,14 +88,17 @@ class CompiledDecoder:
         self.inductor = dict(CUDA_INDUCTOR if self.cuda else {}) if inductor is None else dict(inductor)
         if fused is None:
             fused = unsupported_reason(model) is None
-        self.fused = FusedLlamaStep(model) if fused else None      # refuses, with the reason, a model it cannot do
+        self.fused = FusedLlamaStep(model, fused_attention) if fused else None   # refuses a model it cannot do
         self.stepper = self.fused if self.fused is not None else model     # what the compiled step calls
         self.step = torch.compile(_fused_step if self.fused is not None else _decode_step,
                                   options=self.inductor or None, fullgraph=True, dynamic=False)
 
     @property
     def step_kind(self) -> str:
-        return "fused Llama step" if self.fused is not None else "transformers forward"
+        if self.fused is None:
+            return "transformers forward"
+        attention = "" if self.fused.attention == "sdpa" else f", {self.fused.attention} attention"
+        return "fused Llama step" + attention
 
     def key(self, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[int, int]:
         batch, length = input_ids.shape

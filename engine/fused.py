@@ -10,6 +10,16 @@ the kernels between them. This step does the same arithmetic with fewer, larger 
   position, the query heads that share a key/value head become rows of one query
   (batch, kv heads, group, head dim), so the kernel reads each cached key and value once.
 
+Attention comes in two formulations of the same maths. "sdpa" calls scaled_dot_product_attention
+with a boolean mask. On an H200 (Llama-3.1-8B shape, bf16, batch 1) the compiled step takes
+4.85 ms with a 256-position cache but 7.32 ms with 4096 positions, though the cache is a small
+part of the bytes a step reads next to 15 GB of weights: likely because a masked SDPA kernel parallelises over batch x heads x
+query blocks, 8 blocks here, so a few SMs read the whole cache. "reduce" writes the scores,
+softmax and weighted sum as float32 products and sums, which inductor turns into reductions that
+it splits over the cache's length when their output is small and the reduction long (the
+parallelism of flash-decoding). Which one is the default is for a measurement on a GPU to
+decide (scripts/compile_probe.py --long-prompt 2048: fused against fusedreduce).
+
 Prefill stays transformers' own forward: it fills the same StaticCache this step reads and writes.
 `unsupported_reason(model)` says why a model does not qualify (None when it does); the step refuses those.
 """
@@ -20,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 FAMILY = ("llama", "mistral", "qwen2")       # RMSNorm, rotary positions, grouped-query attention, SwiGLU
+ATTENTION = ("sdpa", "reduce")
 
 
 def unsupported_reason(model) -> str | None:
@@ -70,6 +81,20 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _reduce_attention(group: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """SDPA's result for group (batch, kv heads, group, d) over keys and values (batch, kv heads, cache, d).
+
+    Products and sums, not matmuls: inductor keeps them as reductions (a batched matmul would go to
+    cuBLAS, with no split over the cache) and fuses the broadcasts, so (group, cache, d) is never
+    stored when compiled; eager, which only tests use, does store it.
+    """
+    scores = (group.float()[..., None, :] * keys.float()[:, :, None]).sum(-1) * scale     # (b, kv, group, cache)
+    scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return (probs[..., None] * values.float()[:, :, None]).sum(-2).to(group.dtype)
+
+
 class _Layer(nn.Module):
     def __init__(self, layer):
         super().__init__()
@@ -85,13 +110,19 @@ class _Layer(nn.Module):
 
 
 class FusedLlamaStep(nn.Module):
-    """`step(token, position_ids, cache_position, attention_mask, cache)` -> the next greedy token."""
+    """`step(token, position_ids, cache_position, attention_mask, cache)` -> the next greedy token.
 
-    def __init__(self, model):
+    `attention`: "sdpa" or "reduce", the formulation of attention (see the module's docstring)."""
+
+    def __init__(self, model, attention: str = "sdpa"):
         super().__init__()
+        if attention not in ATTENTION:
+            raise ValueError(f"unknown attention {attention!r} for the fused decode step: use "
+                             f"{' or '.join(map(repr, ATTENTION))}")
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"the fused decode step does not support this model: {reason}")
+        self.attention = attention
         self.embed = model.model.embed_tokens.weight
         self.rotary = model.model.rotary_emb
         self.layers = nn.ModuleList(_Layer(layer) for layer in model.model.layers)
@@ -119,8 +150,11 @@ class FusedLlamaStep(nn.Module):
             kv.values.index_copy_(2, cache_position, v)
             # the heads of a group share one key/value head: make them the rows of one query
             group = q.view(batch, kv_heads, heads // kv_heads, layer.head_dim)
-            out = F.scaled_dot_product_attention(group, kv.keys, kv.values, attn_mask=visible[:, None, None, :],
-                                                 scale=layer.scaling)
+            if self.attention == "sdpa":
+                out = F.scaled_dot_product_attention(group, kv.keys, kv.values, attn_mask=visible[:, None, None, :],
+                                                     scale=layer.scaling)
+            else:
+                out = _reduce_attention(group, kv.keys, kv.values, visible, layer.scaling)
             x = x + F.linear(out.reshape(batch, 1, layer.q_size), layer.o, layer.o_bias)
             gate, up = F.linear(_rms_norm(x, layer.norm_post, layer.eps), layer.gate_up).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, layer.down)

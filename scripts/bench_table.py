@@ -81,13 +81,15 @@ def bench_markdown(report: dict) -> str:
 
 def probe_markdown(data: dict) -> str:
     """A compile_probe.py run: one row per way of compiling the step, then where a step's time goes."""
+    long = any("long_tpot_ms" in r for r in data["results"])
     lines = [f"### `{data['command']}`", "",
              f"{data['preset']} on {data['device']}, torch {data['torch']}, transformers {data['transformers']}; "
              f"prompt {data['prompt_tokens']}, {data['new_tokens']} new tokens; weights "
              f"{data['weights_bytes'] / 1e9:.2f} GB, copy bandwidth {data['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s.",
              "", "| config | step | inductor options | compile + first run s | next bucket's first run s | TPOT ms (median of 3) | MBU (copy) | "
-             "MBU counting all of the input table | kernel us per step | idle us per step | kernels per step |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "MBU counting all of the input table | kernel us per step | idle us per step | kernels per step |"
+             + (f" TPOT ms at prompt {data['next_bucket_prompt_tokens']} | MBU (copy) there |" if long else ""),
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if long else "")]
     for r in data["results"]:
         options = ", ".join(f"{key}={value}" for key, value in r["inductor"].items()) or "inductor's defaults"
         cells = (r["config"], r["step"], options, _num(r["compile_and_first_run_s"], 1),
@@ -95,11 +97,16 @@ def probe_markdown(data: dict) -> str:
                  _pct(r["mbu_vs_copy"]), _pct(r["mbu_vs_copy_counting_input_table"]),
                  _num(r.get("kernel_us_per_step"), 0), _num(r.get("idle_us_per_step"), 0),
                  _num(r.get("kernels_per_step"), 0))
+        if long:                              # probes since the long prompt's TPOT was measured
+            cells += (_num(r.get("long_tpot_ms"), 2), _pct(r.get("long_mbu_vs_copy")))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     for r in data["results"]:
         if r.get("us_per_step_by_kind"):
             lines.append(f"- `{r['config']}`, us per step by kind: "
                          + ", ".join(f"{kind} {us:.0f}" for kind, us in r["us_per_step_by_kind"].items()))
+        if r.get("long_us_per_step_by_kind"):
+            lines.append(f"- `{r['config']}` at prompt {data['next_bucket_prompt_tokens']}, us per step by kind: "
+                         + ", ".join(f"{kind} {us:.0f}" for kind, us in r["long_us_per_step_by_kind"].items()))
     return "\n".join(lines)
 
 

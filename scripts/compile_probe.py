@@ -2,19 +2,26 @@
 """Where does the compiled decoder's time go? One process, one model, several ways to compile the step:
 
     python scripts/compile_probe.py [--preset llama-3.1-8b-random] [--configs fused-tuned,forward-tuned]
-                                    [--prompt 128] [--tokens 128]
+                                    [--prompt 128] [--long-prompt 2048] [--tokens 128]
     python scripts/compile_probe.py --device cpu --preset tiny --tokens 8     # a dry run
+    python scripts/compile_probe.py --configs fused-tuned,fusedreduce-tuned --long-prompt 2048  # attention's share
 
-A config is STEP-INDUCTOR: STEP is `fused` (engine/fused.py) or `forward` (transformers' forward);
+A config is STEP-INDUCTOR: STEP is `fused` (engine/fused.py, attention by SDPA), `fusedreduce` (the
+same step with its attention written as reductions that inductor can split over the cache, see
+engine/fused.py) or `forward` (transformers' forward);
 INDUCTOR is `tuned` (the engine's CUDA settings: CUDA graphs + coordinate-descent tuning),
 `graphs` (CUDA graphs only) or `autotune` (tuned + inductor's max-autotune: slow to compile).
 For each config it prints and writes (compile_probe.json under $OUT, else runs/): the
-compile time; the first run of a prompt long enough for the next cache bucket (a compile, or
+compile time at --prompt; the first run of --long-prompt, in a later cache bucket (a compile, or
 only a CUDA graph where the cache's length is dynamic); TPOT on the device's clock (median of
-3 runs); MBU against the measured copy bandwidth; and the kernels of one decode step from the
+3 runs) at both prompts, the long one served by the first compile as in the engine (which
+compiles at its warm-up's short prompt); MBU against the measured copy bandwidth; and, at both
+prompts, the kernels of one decode step from the
 profiler: GPU time per step by kind (GEMVs, attention, pointwise, copies), the top kernels,
-and the idle time between them (TPOT minus kernel time). Decode kernels are those of a run of
-N+1 tokens minus those of a run of 1 token (the prefill), divided by N. Inductor's caches are
+and the idle time between them (TPOT minus kernel time). Inductor names its kernels after the
+ops they fuse: fusedreduce's softmax kernels get a kind of their own, but its score products may
+count among the reductions; compare the totals with fused's. Decode kernels are those of a run
+of N+1 tokens minus those of a run of 1 token (the prefill), divided by N. Inductor's caches are
 off, so the compile times are those of a fresh machine. On a CPU every config compiles with
 inductor's defaults (no CUDA graphs or Triton there): only the step differs.
 """
@@ -34,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 INDUCTOR = {"graphs": {"triton.cudagraphs": True}, "tuned": None,     # None: the engine's default
             "autotune": {"triton.cudagraphs": True, "coordinate_descent_tuning": True, "max_autotune": True}}
 PROFILED_STEPS = 8
+STEPS = {"fused": "sdpa", "fusedreduce": "reduce", "forward": None}     # step -> the fused step's attention
 
 
 def kind_of(kernel: str) -> str:
@@ -43,6 +51,8 @@ def kind_of(kernel: str) -> str:
         return "copies"
     if any(key in name for key in ("flash", "fmha", "attention", "cudnn", "sdpa")):
         return "attention"
+    if name.startswith("triton") and ("softmax" in name or "amax" in name):
+        return "triton softmax (reduce attention)"
     if name.startswith(("triton_red", "triton_per")):
         return "triton reductions (GEMVs, norms)"
     if name.startswith("triton_poi"):
@@ -101,13 +111,16 @@ def main() -> int:
     parser.add_argument("--configs", default="fused-tuned,forward-tuned")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--long-prompt", type=int, default=None,
+                        help="the prompt of the runs in a later cache bucket, served by the same compile as "
+                             "the engine does (default: one token past the first bucket)")
     parser.add_argument("--out", default=os.environ.get("OUT") or "runs")
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
     for config in configs:
         step, _, inductor = config.partition("-")
-        if step not in ("fused", "forward") or inductor not in INDUCTOR:
-            parser.error(f"unknown config {config!r}: use STEP-INDUCTOR with STEP fused or forward and "
+        if step not in STEPS or inductor not in INDUCTOR:
+            parser.error(f"unknown config {config!r}: use STEP-INDUCTOR with STEP {' or '.join(STEPS)} and "
                          f"INDUCTOR {' or '.join(INDUCTOR)}")
     import torch
     import torch._inductor.config
@@ -140,14 +153,19 @@ def main() -> int:
         reference = model.generate(input_ids=ids, max_new_tokens=args.tokens, do_sample=False,
                                    min_new_tokens=args.tokens)[0, args.prompt:].tolist()
     from engine.decode import bucket
-    longer = min(bucket(args.prompt + args.tokens, preset.context_length) + 1, preset.context_length - args.tokens)
+    longer = args.long_prompt or bucket(args.prompt + args.tokens, preset.context_length) + 1
+    longer = min(longer, preset.context_length - args.tokens)
+    long_kv = metrics.kv_cache_bytes(shape["layers"], shape["kv_heads"], shape["head_dim"],
+                                     metrics.mean_decode_context(longer, args.tokens), 1,
+                                     model.get_input_embeddings().weight.element_size())
     longer_ids = torch.randint(3, 200, (1, longer), device=args.device)
     results = []
     for config in configs:
         step, _, inductor = config.partition("-")
         torch._dynamo.reset()
         options = INDUCTOR[inductor] if cuda else {}             # CUDA graphs and Triton exist on a GPU only
-        decoder = CompiledDecoder(model, preset.context_length, args.device, inductor=options, fused=step == "fused")
+        decoder = CompiledDecoder(model, preset.context_length, args.device, inductor=options,
+                                  fused=STEPS[step] is not None, fused_attention=STEPS[step] or "sdpa")
         with torch.inference_mode():
             t1 = time.perf_counter()
             tokens = greedy_tokens(decoder, ids, args.tokens)   # compiles; checked against generate() below
@@ -158,17 +176,27 @@ def main() -> int:
                 decoder.run(ids, args.tokens, clock, lambda host: False)
                 tpots.append(clock.tpot_s())
             profile = step_profile(decoder, ids) if cuda else {}
-            t2 = time.perf_counter()                    # a longer prompt, in the next cache bucket
+            t2 = time.perf_counter()                    # a longer prompt, in a later cache bucket
             greedy_tokens(decoder, longer_ids, args.tokens)
             new_bucket_s = time.perf_counter() - t2
-        tpot = statistics.median(tpots)
+            long_tpots = []                             # served by the first compile, as in the engine
+            for _ in range(3):
+                clock = TokenClock(cuda)
+                decoder.run(longer_ids, args.tokens, clock, lambda host: False)
+                long_tpots.append(clock.tpot_s())
+            long_profile = step_profile(decoder, longer_ids) if cuda else {}
+        tpot, long_tpot = statistics.median(tpots), statistics.median(long_tpots)
         result = {"config": config, "step": decoder.step_kind, "inductor": decoder.inductor,
                   "compile_and_first_run_s": compile_s, "tpot_ms": tpot * 1000,
                   "next_bucket_first_run_s": new_bucket_s,
                   "tpot_runs_ms": [t * 1000 for t in tpots],
                   "mbu_vs_copy": metrics.mbu(weights - gathered, kv, tpot, bandwidth),   # as the engine counts
                   "mbu_vs_copy_counting_input_table": metrics.mbu(weights, kv, tpot, bandwidth),
-                  "first_token_unlike_generate": metrics.first_difference(reference, tokens), **profile}
+                  "first_token_unlike_generate": metrics.first_difference(reference, tokens),
+                  "long_tpot_ms": long_tpot * 1000, "long_tpot_runs_ms": [t * 1000 for t in long_tpots],
+                  "long_mbu_vs_copy": metrics.mbu(weights - gathered, long_kv, long_tpot, bandwidth),
+                  **{f"long_{key}": long_profile[key] for key in ("kernel_us_per_step", "us_per_step_by_kind")
+                     if key in long_profile}, **profile}
         if profile:
             result["idle_us_per_step"] = tpot * 1e6 - profile["kernel_us_per_step"]
             if not profile["kernels_per_step"]:
@@ -190,23 +218,28 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "compile_probe.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{preset.name} on {device_name}: weights {weights / 1e9:.2f} GB, copy bandwidth "
-          f"{bandwidth / 1e9:.0f} GB/s, prompt {args.prompt}, {args.tokens} new tokens")
-    print(f"{'config':16} {'compile s':>9} {'bucket 2 s':>10} {'TPOT ms':>8} {'MBU':>5} {'busy us':>8} "
-          f"{'idle us':>8} {'kernels':>8}  same tokens as generate")
+          f"{bandwidth / 1e9:.0f} GB/s, prompt {args.prompt}, {args.tokens} new tokens; long: prompt {longer}")
+    width = max(16, *map(len, configs))
+    print(f"{'config':{width}} {'compile s':>9} {'bucket 2 s':>10} {'TPOT ms':>8} {'MBU':>5} {'busy us':>8} "
+          f"{'idle us':>8} {'kernels':>8} {'long TPOT':>9} {'long MBU':>8}  same tokens as generate")
 
     def cell(value, spec: str) -> str:
         return "-".rjust(8) if value is None else format(value, spec)
 
     for r in results:
         same = r["first_token_unlike_generate"]
-        print(f"{r['config']:16} {r['compile_and_first_run_s']:9.1f} {r['next_bucket_first_run_s']:10.2f} "
+        print(f"{r['config']:{width}} {r['compile_and_first_run_s']:9.1f} {r['next_bucket_first_run_s']:10.2f} "
               f"{r['tpot_ms']:8.2f} {r['mbu_vs_copy']:5.0%} {cell(r.get('kernel_us_per_step'), '8.0f')} "
-              f"{cell(r.get('idle_us_per_step'), '8.0f')} {cell(r.get('kernels_per_step'), '8.0f')}  "
+              f"{cell(r.get('idle_us_per_step'), '8.0f')} {cell(r.get('kernels_per_step'), '8.0f')} "
+              f"{r['long_tpot_ms']:9.2f} {r['long_mbu_vs_copy']:8.0%}  "
               f"{'all' if same is None else f'from token {same}'}")
     for r in results:
         if r.get("us_per_step_by_kind"):
             kinds = ", ".join(f"{kind} {us:.0f}" for kind, us in r["us_per_step_by_kind"].items())
             print(f"{r['config']}: us per step by kind: {kinds}")
+        if r.get("long_us_per_step_by_kind"):
+            kinds = ", ".join(f"{kind} {us:.0f}" for kind, us in r["long_us_per_step_by_kind"].items())
+            print(f"{r['config']}, prompt {longer}: us per step by kind: {kinds}")
     print(f"wrote {out / 'compile_probe.json'} ({summary['wall_s']:.0f} s)")
     return 0
 

@@ -191,3 +191,10 @@ def test_compile_probe_dry_run_on_the_cpu(tmp_path):
         assert f"{result['config']:16} {result['compile_and_first_run_s']:9.1f} " \
                f"{result['next_bucket_first_run_s']:10.2f} {result['tpot_ms']:8.2f}" in done.stdout
     assert summary["next_bucket_prompt_tokens"] == 257       # 128 + 8 tokens fill bucket 256: the next is 512
+    for result in (fused, forward):                          # the later bucket, served by the same compile
+        assert len(result["long_tpot_runs_ms"]) == 3
+        assert result["long_tpot_ms"] == sorted(result["long_tpot_runs_ms"])[1]
+    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(tmp_path / "compile_probe.json")],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "| TPOT ms at prompt 257 | MBU (copy) there |" in table
+    assert f"| {fused['long_tpot_ms']:.2f} | {fused['long_mbu_vs_copy']:.0%} |" in table

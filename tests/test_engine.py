@@ -259,11 +259,18 @@ def test_workers_outside_a_run_stay_loaded_when_memory_allows(engine, six_run):
     assert after["bnb-4bit"] == before["bnb-4bit"] and after["bnb-8bit"] == before["bnb-8bit"]
 
 
-def test_compiled_decoder_matches_generate_and_compiles_outside_the_clock():
+@pytest.mark.parametrize("attention", ["sdpa", "reduce"])
+def test_compiled_decoder_matches_generate_and_compiles_outside_the_clock(attention, monkeypatch):
+    import functools
+
     from torch._dynamo.utils import counters
 
+    from engine import decode
     from engine.decode import bucket
     from engine.worker import Request, Runner, WorkerSpec
+    # the worker builds its decoder with the defaults: hand it the formulation under test
+    monkeypatch.setattr(decode, "CompiledDecoder",
+                        functools.partial(decode.CompiledDecoder, fused_attention=attention))
     assert [bucket(n, 4608) for n in (1, 256, 257, 2176, 4000, 9000)] == [256, 256, 512, 4096, 4096, 4608]
     tiny = presets.load("tiny")
     seen = []
@@ -284,10 +291,13 @@ def test_compiled_decoder_matches_generate_and_compiles_outside_the_clock():
     assert short.token_ids == reference.token_ids                # the same greedy tokens as generate()
     assert longer.token_ids == eager.generate(Request(4, "x", 12, ignore_eos=True, prompt_tokens=300), never).token_ids
     assert sorted(compiled.decoder.caches) == [(1, 256), (1, 512)]      # one cache (and CUDA graph) per bucket
+    assert compiled.decoder.fused.attention == attention
 
 
-@pytest.mark.parametrize("model_type,fused", [("llama", None), ("llama", False), ("qwen2", None), ("opt", None)])
-def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_type, fused):
+@pytest.mark.parametrize("model_type,fused,attention", [("llama", None, "sdpa"), ("llama", None, "reduce"),
+                                                        ("llama", False, "sdpa"), ("qwen2", None, "sdpa"),
+                                                        ("opt", None, "sdpa")])
+def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_type, fused, attention):
     """Rows padded on the left keep their own positions (OPT learns absolute ones) and never see the pads.
 
     Llama-family models get the engine's fused step (Qwen2 with q/k/v biases and tied embeddings,
@@ -317,8 +327,10 @@ def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_typ
         reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
         alone = model.generate(input_ids=ids[1:2, 9:], max_new_tokens=10, do_sample=False)
     size = models.weights_bytes(model)
-    decoder, got = CompiledDecoder(model, 512, "cpu", fused=fused), []
+    decoder, got = CompiledDecoder(model, 512, "cpu", fused=fused, fused_attention=attention), []
     expected_kind = "fused Llama step" if model_type != "opt" and fused is None else "transformers forward"
+    if attention == "reduce":
+        expected_kind += ", reduce attention"
     assert decoder.step_kind == expected_kind
     assert models.weights_bytes(model) == size                  # fused weights are not stored twice
     with torch.inference_mode():
@@ -337,6 +349,46 @@ def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_typ
         decoder.run(ids, 10, lambda tokens, ready: streamed.append(tokens), lambda host: len(streamed) == 3,
                     attention_mask=mask)
     assert torch.stack(streamed, 1).tolist() == tokens[:, :3].tolist()
+
+
+def test_the_fused_steps_two_attentions_agree_uncompiled():
+    """Attention as products and sums ("reduce", for inductor to split over the cache) is SDPA's maths:
+    eager, it gives SDPA's result, masked and grouped alike, and the same tokens as generate()."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine import decode
+    from engine.fused import FusedLlamaStep, _reduce_attention
+    torch.manual_seed(0)
+    group, keys, values = torch.randn(2, 2, 3, 16), torch.randn(2, 2, 40, 16), torch.randn(2, 2, 40, 16)
+    visible = torch.rand(2, 40) > 0.5
+    visible[:, 0] = True
+    sdpa = torch.nn.functional.scaled_dot_product_attention(group, keys, values, attn_mask=visible[:, None, None, :],
+                                                            scale=0.25)
+    torch.testing.assert_close(_reduce_attention(group, keys, values, visible, 0.25), sdpa)
+    half = [t.bfloat16() for t in (group, keys, values)]           # float32 inside, the model's dtype out
+    assert _reduce_attention(*half, visible, 0.25).dtype == torch.bfloat16
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0), attn_implementation="sdpa")
+    model.eval().generation_config.eos_token_id = None
+    ids = torch.randint(3, 500, (2, 12))
+    mask = torch.ones_like(ids)
+    ids[1, :5], mask[1, :5] = 0, 0
+    with torch.inference_mode():
+        reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+
+    def decoded(attention: str) -> list:
+        decoder, got = decode.CompiledDecoder(model, 64, "cpu", fused=True, fused_attention=attention), []
+        decoder.step = decode._fused_step                            # uncompiled
+        with torch.inference_mode():
+            decoder.run(ids, 8, lambda tokens, ready: got.append(tokens), lambda host: False, attention_mask=mask)
+        return torch.stack(got, 1).tolist()
+
+    assert decoded("reduce") == decoded("sdpa") == reference[:, 12:].tolist()
+    with pytest.raises(ValueError, match="unknown attention 'flash'.*'sdpa' or 'reduce'"):
+        FusedLlamaStep(model, attention="flash")
 
 
 def test_on_a_cpu_each_token_is_streamed_before_the_next_step_runs():
@@ -403,11 +455,34 @@ def test_cpu_peak_memory_is_measured_per_request():
 
 def test_gpu_workers_get_a_core_each_and_cpu_workers_none(engine, six_run):
     from engine.pool import free_core
-    assert free_core([0, 1, 2, 3], set()) == 1                  # core 0 stays with the orchestrator
-    assert free_core([0, 1, 2, 3], {1, None}) == 2
-    assert free_core([4, 5, 6], {5, 6}) is None                 # no core left: the worker is not pinned
-    assert free_core([0], set()) is None
+
+    def alone(core):
+        return frozenset({core})
+    assert free_core([0, 1, 2, 3], set(), alone) == 1           # core 0 stays with the orchestrator
+    assert free_core([0, 1, 2, 3], {1, None}, alone) == 2
+    assert free_core([4, 5, 6], {5, 6}, alone) is None          # no core left: the worker is not pinned
+    assert free_core([0], set(), alone) is None
+
+    def pairs(core):                                            # hyper-threads 0-1, 2-3, ...
+        return frozenset({core - core % 2, core - core % 2 + 1})
+
+    def halves(core):                                           # hyper-threads 0-4, 1-5, ...
+        return frozenset({core % 4, core % 4 + 4})
+    assert free_core(list(range(8)), set(), pairs) == 2         # not 1: it shares core 0's physical core
+    assert free_core(list(range(8)), {2, None}, pairs) == 4
+    assert free_core(list(range(8)), {2, 4, 6}, pairs) == 1     # no physical core left whole: a hyper-thread
+    assert free_core(list(range(8)), {1, 2}, halves) == 3
+    assert free_core(list(range(8)), {1, 2, 3}, halves) == 4
     assert engine.workers and all(w.spec.core is None for w in engine.workers.values())   # a CPU run: not pinned
+
+
+def test_core_siblings_read_linux_topology(tmp_path):
+    from engine.hardware import core_siblings
+    for core, text in ((0, "0,8\n"), (1, "1-2\n"), (3, "3\n")):
+        (tmp_path / f"cpu{core}" / "topology").mkdir(parents=True)
+        (tmp_path / f"cpu{core}" / "topology" / "thread_siblings_list").write_text(text)
+    assert [core_siblings(core, tmp_path) for core in (0, 1, 3, 5)] == [
+        {0, 8}, {1, 2}, {3}, {5}]                                   # cpu5: no topology, stands alone
 
 
 def test_a_worker_given_a_core_serves_from_it_once_loaded():
