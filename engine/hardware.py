@@ -245,6 +245,22 @@ def usable_cores() -> set[int]:
         return set(range(psutil.cpu_count() or 1))
 
 
+def core_siblings(core: int, cpus: Path = Path("/sys/devices/system/cpu")) -> frozenset[int]:
+    """The logical CPUs that share `core`'s physical core (itself included): its hyper-threads.
+
+    Read from Linux's topology files ("0,8" or "0-1"); a core whose topology is unknown stands alone.
+    """
+    try:
+        text = (cpus / f"cpu{core}" / "topology" / "thread_siblings_list").read_text().strip()
+    except OSError:
+        return frozenset({core})
+    siblings = set()
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        siblings.update(range(int(first), int(last or first) + 1))
+    return frozenset(siblings | {core})
+
+
 def _busy_s(times) -> float:
     """CPU seconds a core has spent working (steal included: a hypervisor that runs another guest
     takes the core as surely as a local process; guest time is already inside user time)."""

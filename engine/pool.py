@@ -44,14 +44,19 @@ class Cell:
         return dataclasses.asdict(self)
 
 
-def free_core(cores: list[int], taken: set[int | None]) -> int | None:
+def free_core(cores: list[int], taken: set[int | None], siblings=hardware.core_siblings) -> int | None:
     """A CPU core of its own for a GPU worker, or None when none is left.
 
     A GPU worker's one Python thread launches every kernel: when it shares a core or moves between
     cores mid-run, its TPOT jitters. The first core is left to the orchestrator, the page and the
-    rest of the machine (none of which is pinned).
+    rest of the machine (none of which is pinned). Two hyper-threads of one physical core share
+    its execution units, so a core whose physical core is free (not the first core's, not another
+    worker's) comes first; a hyper-thread of a taken one only when no such core is left.
     """
-    return next((core for core in cores[1:] if core not in taken), None)
+    taken = {core for core in taken if core is not None}
+    free = [core for core in cores[1:] if core not in taken]
+    shared = set().union(*(siblings(core) for core in [*cores[:1], *taken]))
+    return next((core for core in free if not siblings(core) & shared), free[0] if free else None)
 
 
 class Outbox:
