@@ -54,6 +54,7 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
     report["overhead_ratio"] = overhead["ratio"] if overhead else None
     report["overhead_reference"] = {
         "variant": first, "prompt_length": reference["prompt_length"] if reference else None,
+        "run_tpot_s": reference["tpot_s"] if reference else None,      # the cell's median in the run, for scale
         **{key: overhead[key] if overhead else None
            for key in ("worker_tpot_s", "bare_tpot_s", "worker_runs_s", "bare_runs_s", "pair_ratios")},
         "clock": "cuda events" if device.kind == "cuda" else "perf_counter",

@@ -73,7 +73,9 @@ class Finished:
     cancelled: bool
     memory: dict = field(default_factory=dict)   # peak_allocated_bytes, peak_reserved_bytes, nvml_bytes, rss_bytes
     cache: dict = field(default_factory=dict)    # KV-cache shape facts: layers, kv_heads, head_dim, bytes_per_element
-    host: dict = field(default_factory=dict)     # the CPU around it: cores, threads, others_cores, resolution_cores
+    # the machine around it: cores, threads, others_cores, resolution_cores, preemptions (of the
+    # serving thread) and, on a GPU, sm_clock_mhz and sm_clock_mhz_min
+    host: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

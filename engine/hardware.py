@@ -6,6 +6,7 @@ stays free of torch. Peak bandwidth comes from a datasheet table; `measure_copy_
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -152,6 +153,33 @@ def process_gpu_bytes(pid: int, index: int = 0) -> int | None:
         pynvml.nvmlShutdown()
 
 
+class ClockReader:
+    """The GPU's SM clock in MHz through NVML, one handle for many reads; read() is None where unknown."""
+
+    def __init__(self, index: int):
+        self.handle = None
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            self._nvml, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception:
+            return
+
+    def read(self) -> int | None:
+        if self.handle is None:
+            return None
+        try:
+            return int(self._nvml.nvmlDeviceGetClockInfo(self.handle, self._nvml.NVML_CLOCK_SM))
+        except Exception:
+            return None
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle = None
+            with contextlib.suppress(Exception):
+                self._nvml.nvmlShutdown()
+
+
 def _bandwidth_cache_path() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "sidebyside" / "copy-bandwidth-best.json"   # best of the copies (older files held a mean)
@@ -276,6 +304,12 @@ def busy_cpu_s(cores: set[int] | None = None) -> float:
     return sum(_busy_s(per_core[core]) for core in cores)
 
 
+def preemptions() -> int:
+    """How often the kernel has taken the CPU from this process's main thread, the one that serves
+    requests (involuntary context switches), as Linux counts them in /proc/PID/status."""
+    return int(psutil.Process().num_ctx_switches().involuntary)
+
+
 def own_cpu_s() -> float:
     """CPU seconds this process has used, all its threads."""
     own = psutil.Process().cpu_times()
@@ -295,19 +329,21 @@ class HostLoad:
     """
 
     def __init__(self, cores: set[int] | None = None, clock=time.perf_counter, machine=busy_cpu_s, own=own_cpu_s,
-                 tick_s: float = TICK_S):
+                 tick_s: float = TICK_S, switches=preemptions):
         self.cores = cores
-        self._clock, self._machine, self._own, self._tick_s = clock, machine, own, tick_s
+        self._clock, self._machine, self._own, self._tick_s, self._switches = clock, machine, own, tick_s, switches
         self.others_cores: float | None = None
         self.resolution_cores: float | None = None
+        self.preemptions: int | None = None
 
     def __enter__(self) -> "HostLoad":
-        self._t, self._m, self._o = self._clock(), self._machine(self.cores), self._own()
+        self._t, self._m, self._o, self._p = self._clock(), self._machine(self.cores), self._own(), self._switches()
         return self
 
     def __exit__(self, *exc) -> None:
         wall = self._clock() - self._t
         others = (self._machine(self.cores) - self._m) - (self._own() - self._o)
+        self.preemptions = self._switches() - self._p
         if wall > 0:
             counted = len(self.cores) if self.cores else (psutil.cpu_count() or 1)
             self.others_cores = max(others, 0.0) / wall

@@ -112,7 +112,7 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
     row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
            "text": "", "first_diff_token": None, "identical_token_share": None, "contended": outcome.contended,
            "placement": outcome.placement, "repeats": len(outcome.finished), "token_times_s": [],
-           "tpot_repeats_s": [],
+           "tpot_repeats_s": [], "preemptions_repeats": [], "sm_clock_mhz_repeats": [],
            "memory": {}}
     row.update({key: None for key in EMPTY_METRICS})
     loaded = outcome.loaded
@@ -136,6 +136,10 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
     tpots = [r["tpot_s"] for r in rows if r["tpot_s"] is not None]
     row.update(tpot_min_s=min(tpots) if tpots else None, tpot_max_s=max(tpots) if tpots else None,
                tpot_repeats_s=[r["tpot_s"] for r in rows],     # in the order run: shows a slow first repeat
+               # beside each repeat, what could have slowed it: the serving thread taken off its core,
+               # a lower GPU clock
+               preemptions_repeats=[f.host.get("preemptions") for f in outcome.finished],
+               sm_clock_mhz_repeats=[f.host.get("sm_clock_mhz") for f in outcome.finished],
                text=first.text, queue_s=first.t_start - outcome.t_ready if outcome.t_ready else None, peak_memory_bytes=peak_memory(first),
                memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
                token_times_s=metrics.relative_times(first.t_start, first.token_times))

@@ -102,12 +102,15 @@ class TimingStreamer:
 
 
 class MemorySampler:
-    """Samples the worker's memory every MEMORY_SAMPLE_S seconds in a thread while generating."""
+    """Samples the worker's memory every MEMORY_SAMPLE_S seconds in a thread while generating, and
+    on a GPU its SM clock: a repeat slower than the others at a lower clock was slowed by the GPU."""
 
     def __init__(self, emit, variant: str, cuda_index: int | None):
         self.emit, self.variant, self.cuda_index = emit, variant, cuda_index
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._clock = hardware.ClockReader(cuda_index) if cuda_index is not None else None
+        self.clocks_mhz: list[int] = []
 
     def read(self) -> int:
         if self.cuda_index is not None:
@@ -119,7 +122,16 @@ class MemorySampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.emit(events.MemorySample(self.variant, time.perf_counter(), self.read()))
+            clock = self._clock.read() if self._clock is not None else None
+            if clock is not None:
+                self.clocks_mhz.append(clock)
             self._stop.wait(MEMORY_SAMPLE_S)
+
+    def clock_mhz(self) -> dict:
+        """The SM clock over the request: its median and lowest sample (empty where unknown)."""
+        if not self.clocks_mhz:
+            return {}
+        return {"sm_clock_mhz": statistics.median(self.clocks_mhz), "sm_clock_mhz_min": min(self.clocks_mhz)}
 
     def __enter__(self):
         self._thread.start()
@@ -128,6 +140,8 @@ class MemorySampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        if self._clock is not None:
+            self._clock.close()
         self.emit(events.MemorySample(self.variant, time.perf_counter(), self.read()))
 
 
@@ -260,7 +274,8 @@ class Runner:
             cancelled=cancel.is_set() and len(streamer.ids) < request.max_new_tokens,
             memory=self.memory(), cache=dict(self.cache_shape),
             host={"cores": len(cores), "threads": threads, "others_cores": host.others_cores,
-                  "resolution_cores": host.resolution_cores})
+                  "resolution_cores": host.resolution_cores, "preemptions": host.preemptions,
+                  **sampler.clock_mhz()})
 
     def memory(self) -> dict:
         """Peak allocator figures and NVML's view of this process (CUDA), and the request's peak RSS."""

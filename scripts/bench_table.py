@@ -42,6 +42,25 @@ def _repeats(row: dict) -> str:
     return f"{_ms(row['tpot_min_s'])}-{_ms(row['tpot_max_s'])}" if row["tpot_min_s"] else "-"
 
 
+def _spread_notes(report: dict, limit: float = 0.05) -> list[str]:
+    """For each cell whose repeats spread past `limit`: what each repeat saw beside its TPOT (runs
+    recorded since these fields exist)."""
+    notes = []
+    for r in report["results"]:
+        clocks, taken = r.get("sm_clock_mhz_repeats") or [], r.get("preemptions_repeats") or []
+        if not r.get("tpot_min_s") or r["tpot_max_s"] / r["tpot_min_s"] - 1 <= limit:
+            continue
+        if not any(c is not None for c in clocks) and not any(p is not None for p in taken):
+            continue
+        seen = [f"TPOT {_repeats(r)} ms"]
+        if any(c is not None for c in clocks):
+            seen.append("SM clock " + ", ".join("-" if c is None else f"{c:.0f}" for c in clocks) + " MHz")
+        if any(p is not None for p in taken):
+            seen.append("serving thread preempted " + ", ".join("-" if p is None else str(p) for p in taken) + " times")
+        notes.append(f"- repeats of `{r['variant']}` at prompt {r.get('prompt_length', '-')}: " + "; ".join(seen))
+    return notes
+
+
 def bench_markdown(report: dict) -> str:
     """One table per bench report, with the facts that make it reproducible."""
     v, device = report["versions"], report["device"]
@@ -65,6 +84,7 @@ def bench_markdown(report: dict) -> str:
         if r["reason"]:
             reasons.setdefault(r["variant"], r["reason"])
     lines += [""] + [f"- `{name}`: {reason}" for name, reason in reasons.items()]
+    lines += _spread_notes(report)
     ref, bw = report.get("overhead_reference") or {}, report.get("peak_bandwidth_bytes_per_s") or {}
     if report.get("overhead_ratio") is not None:
         how = (f"median of {len(ref['pair_ratios'])} back-to-back pairs" if ref.get("pair_ratios")

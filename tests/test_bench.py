@@ -162,6 +162,19 @@ def test_bench_table_renders_each_repeat_the_targets_and_the_sdpa_probe():
         " | ".join(f"{t:.2f}" for t in probe["default-again-new-length"]) + " |" in done.stdout
 
 
+def test_bench_table_shows_what_each_repeat_of_a_spread_cell_saw():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_table import bench_markdown
+    report = json.loads((ROOT / "benchmarks" / "results" / "bench-tiny-per-token-after-cpu-2026-11-26-1.json").read_text())
+    row = report["results"][0]
+    row.update(tpot_repeats_s=[0.0300, 0.0200, 0.0201], tpot_min_s=0.0200, tpot_max_s=0.0300,
+               sm_clock_mhz_repeats=[1410, 1980, 1980], preemptions_repeats=[12, 0, 1])
+    assert ("- repeats of `sdpa` at prompt 128: TPOT 30.00, 20.00, 20.10 ms; SM clock 1410, 1980, 1980 MHz; "
+            "serving thread preempted 12, 0, 1 times") in bench_markdown(report)
+    row.update(tpot_max_s=0.0205)                             # within 5%: nothing to explain
+    assert "- repeats of" not in bench_markdown(report)
+
+
 def test_bench_table_names_the_threads_and_the_cells_timed_on_a_busy_cpu():
     sys.path.insert(0, str(ROOT / "scripts"))
     from bench_table import bench_markdown

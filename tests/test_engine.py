@@ -510,10 +510,12 @@ def test_a_worker_given_a_core_serves_from_it_once_loaded():
 def test_host_load_counts_other_processes_cpu_time_on_the_workers_cores():
     from engine.hardware import HostLoad
     clock, machine, own = iter([0.0, 2.0]), iter([100.0, 105.0]), iter([10.0, 12.0])
+    switches = iter([40, 47])
     with HostLoad({0, 1, 2, 3}, clock=lambda: next(clock), machine=lambda cores: next(machine),
-                  own=lambda: next(own), tick_s=0.01) as load:
+                  own=lambda: next(own), tick_s=0.01, switches=lambda: next(switches)) as load:
         pass
     assert load.others_cores == pytest.approx((5.0 - 2.0) / 2.0)          # 3 CPU seconds of others over 2 s
+    assert load.preemptions == 7                          # the serving thread was taken off its core 7 times
     assert load.resolution_cores == pytest.approx(5 * 0.01 / 2.0)         # four cores' counts and our own
     clock, machine, own = iter([0.0, 1.0]), iter([100.0, 100.5]), iter([10.0, 10.52])
     with HostLoad({0}, clock=lambda: next(clock), machine=lambda cores: next(machine),
@@ -546,6 +548,33 @@ def test_every_timed_request_reports_its_threads_and_the_host_load(six_run):
     for row in report["results"]:
         assert row["cpu_threads"] == __import__("torch").get_num_threads()   # the engine's default: torch's
         assert row["host_others_cores"] >= 0 and isinstance(row["host_busy"], bool)
+        # beside each repeat: how often its serving thread was preempted; no GPU clock on a CPU
+        assert len(row["preemptions_repeats"]) == row["repeats"]
+        assert all(isinstance(p, int) and p >= 0 for p in row["preemptions_repeats"])
+        assert row["sm_clock_mhz_repeats"] == [None] * row["repeats"]
+
+
+def test_the_memory_sampler_reports_the_gpu_clock_it_read():
+    from engine.hardware import ClockReader
+    from engine.worker import MemorySampler
+    assert ClockReader(0).read() is None or __import__("torch").cuda.is_available()   # no GPU: unknown, no error
+    samples = []
+    sampler = MemorySampler(samples.append, "sdpa", None)
+    assert sampler.clock_mhz() == {}                          # a CPU: no clock
+    reads = iter([1980, 1980, 1410] + [1980] * 100)
+
+    class Clock:
+        def read(self):
+            return next(reads)
+
+        def close(self):
+            pass
+    sampler._clock = Clock()
+    with sampler:
+        __import__("time").sleep(0.12)
+    assert sampler.clocks_mhz[:3] == [1980, 1980, 1410]
+    assert sampler.clock_mhz() == {"sm_clock_mhz": 1980, "sm_clock_mhz_min": 1410}
+    assert samples                                            # the memory samples went out as before
 
 
 def test_an_engine_that_leaves_cores_spare_gives_each_cpu_worker_the_rest():
