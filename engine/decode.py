@@ -33,17 +33,46 @@ def cache_keyword(model) -> str:
 
 
 def _decode_step(model, token: torch.Tensor, position_ids: torch.Tensor, cache_position: torch.Tensor,
-                 attention_mask: torch.Tensor, cache, keyword: str) -> torch.Tensor:
+                 attention_mask: torch.Tensor, cache, keyword: str, mask_kind: str | None = None) -> torch.Tensor:
     """One token for every sequence: token (batch, 1) at cache_position (1,) -> the next (batch, 1).
 
     `attention_mask` (batch, cache length) is 0 at the prompt's pad positions and 1 elsewhere: its
     shape never changes, so the step compiles once (without it, some models build a mask from the
-    cache's fill level, a data-dependent shape that cannot be compiled), and positions past the
-    current one are hidden by the causal mask.
+    cache's fill level, a data-dependent shape that cannot be compiled).
+
+    `mask_kind` ("bool" for SDPA, "additive" for eager attention; see `mask_kind`) makes the step
+    build the attention's own 4D mask, pads and positions past the current one hidden, which
+    transformers passes through as it is. transformers' mask code reads the cache's length as a
+    Python number, so given the 2D mask the step compiles again for every cache bucket; given the
+    4D one, one compile serves them all. None: the 2D mask, for transformers to build the rest.
     """
+    if mask_kind is not None:
+        positions = torch.arange(attention_mask.shape[-1], device=token.device)
+        visible = (attention_mask.bool() & (positions <= cache_position))[:, None, None, :]   # (batch, 1, 1, cache)
+        if mask_kind == "bool":
+            attention_mask = visible
+        else:
+            dtype = model.get_input_embeddings().weight.dtype
+            attention_mask = torch.zeros(visible.shape, dtype=dtype, device=token.device).masked_fill(
+                ~visible, torch.finfo(dtype).min)
     logits = model(input_ids=token, position_ids=position_ids, cache_position=cache_position,
                    attention_mask=attention_mask, use_cache=True, **{keyword: cache}).logits
     return logits[:, -1].argmax(-1, keepdim=True)
+
+
+def mask_kind(model) -> str | None:
+    """The 4D mask the forward step can build itself for this model, or None to leave masks to transformers.
+
+    Only where every layer attends causally to every earlier position (no sliding window, no
+    chunks, no layers of another type) and the attention is SDPA (a boolean mask) or eager (an
+    additive one); any other model keeps transformers' own masks, and a compile per bucket.
+    """
+    config = model.config
+    if getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None):
+        return None
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+        return None
+    return {"sdpa": "bool", "eager": "additive"}.get(getattr(config, "_attn_implementation", None))
 
 
 MIN_BUCKET = 256
@@ -62,8 +91,9 @@ def bucket(tokens: int, context_length: int) -> int:
     return min(size, context_length)
 
 
-def _fused_step(fused, token, position_ids, cache_position, attention_mask, cache, keyword) -> torch.Tensor:
-    """_decode_step's signature over the fused step (which has no use for the cache keyword)."""
+def _fused_step(fused, token, position_ids, cache_position, attention_mask, cache, keyword,
+                mask_kind=None) -> torch.Tensor:
+    """_decode_step's signature over the fused step (which builds its own mask from the 2D one)."""
     return fused(token, position_ids, cache_position, attention_mask, cache)
 
 
@@ -90,6 +120,7 @@ class CompiledDecoder:
             fused = unsupported_reason(model) is None
         self.fused = FusedLlamaStep(model, fused_attention) if fused else None   # refuses a model it cannot do
         self.stepper = self.fused if self.fused is not None else model     # what the compiled step calls
+        self.mask_kind = None if self.fused is not None else mask_kind(model)
         self.step = torch.compile(_fused_step if self.fused is not None else _decode_step,
                                   options=self.inductor or None, fullgraph=True, dynamic=False)
 
@@ -145,7 +176,7 @@ class CompiledDecoder:
                             attention_mask=mask[:, :length], use_cache=True, **{self.keyword: cache}).logits
         # the cache's length may vary between compiled steps (the prefill has just made its tensors):
         # one compile serves every bucket, each bucket costs only its CUDA graph. A step that fixes
-        # the length (transformers' mask code reads it as a Python int) compiles once per bucket.
+        # the length (transformers' mask code, where mask_kind left it the masks) compiles once per bucket.
         for layer in cache.layers:
             torch._dynamo.maybe_mark_dynamic(layer.keys, 2)
             torch._dynamo.maybe_mark_dynamic(layer.values, 2)
@@ -160,7 +191,8 @@ class CompiledDecoder:
                 return
             if self.cuda:
                 torch.compiler.cudagraph_mark_step_begin()
-            token = self.step(self.stepper, token, position, cache_position, mask, cache, self.keyword).clone()
+            token = self.step(self.stepper, token, position, cache_position, mask, cache, self.keyword,
+                              self.mask_kind).clone()
             position += 1                          # (.clone(): a CUDA graph reuses its output buffer)
             cache_position += 1
             pending.append(self._to_host(token))   # queued behind the step

@@ -303,7 +303,7 @@ def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_typ
     Llama-family models get the engine's fused step (Qwen2 with q/k/v biases and tied embeddings,
     Llama with Llama 3's rotary scaling); OPT keeps transformers' forward, which builds its mask
     from the cache's fill level when given none: a data-dependent shape that transformers 5.17
-    cannot compile. The decoder passes a mask of the cache's fixed length.
+    cannot compile. The decoder's step passes a mask of the cache's fixed length.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -349,6 +349,44 @@ def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_typ
         decoder.run(ids, 10, lambda tokens, ready: streamed.append(tokens), lambda host: len(streamed) == 3,
                     attention_mask=mask)
     assert torch.stack(streamed, 1).tolist() == tokens[:, :3].tolist()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_the_forward_step_serves_every_cache_bucket_with_one_compile(attn):
+    """A model without the fused step (OPT) gets a 4D mask from the step itself: transformers' own
+    mask code would fix the cache's length and compile again for each bucket."""
+    import torch
+    from torch._dynamo.utils import counters
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.decode import CompiledDecoder, mask_kind
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "opt", vocab_size=512, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+        word_embed_proj_dim=64, max_position_embeddings=1024, pad_token_id=0), attn_implementation=attn)
+    model.eval().generation_config.eos_token_id = None
+    decoder = CompiledDecoder(model, 1024, "cpu")
+    assert decoder.step_kind == "transformers forward" and decoder.mask_kind == {"sdpa": "bool", "eager": "additive"}[attn]
+    graphs = None
+    for length in (10, 300, 600):                               # buckets 256, 512 and 1024
+        ids = torch.randint(3, 500, (2, length))
+        mask = torch.ones_like(ids)
+        ids[1, :4], mask[1, :4] = 0, 0
+        got = []
+        with torch.inference_mode():
+            decoder.run(ids, 8, lambda tokens, ready: got.append(tokens), lambda host: False, attention_mask=mask)
+            reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+        assert torch.stack(got, 1).tolist() == reference[:, length:].tolist()
+        if graphs is None:
+            graphs = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == graphs          # buckets 512 and 1024: no new compile
+    assert sorted(decoder.caches) == [(2, 256), (2, 512), (2, 1024)]
+    # models whose layers do not all attend to every earlier position keep transformers' masks
+    for fields in (dict(sliding_window=64), dict(layer_types=["full_attention", "sliding_attention"])):
+        windowed = type("Model", (), {"config": type("Config", (), {"_attn_implementation": "sdpa", **fields})()})()
+        assert mask_kind(windowed) is None
+    flash = type("Model", (), {"config": type("Config", (), {"_attn_implementation": "flash_attention_2"})()})()
+    assert mask_kind(flash) is None
 
 
 def test_the_fused_steps_two_attentions_agree_uncompiled():
