@@ -49,6 +49,9 @@ reached the host (the copy to the host waits for the device). The prompt is not 
 - **Repeats**: with more than one, each variant's request is timed that many times (after the
   warm-up); the figures are medians, with the TPOT range in brackets. A speedup is marked
   *(noise)* when the two TPOT ranges overlap and the medians differ by less than the wider range.
+  The first request at sequence lengths a variant has not met before can be several times
+  slower than the next: on Hopper GPUs PyTorch's default SDPA builds a cuDNN plan for each new
+  length (BENCHMARKS.md), which the median of three or more repeats leaves out.
 - **MBU** (model bandwidth utilisation) = (weight bytes a step reads + mean KV-cache bytes) /
   TPOT / peak memory bandwidth of the device. A step reads every weight but an input embedding
   table that the output head does not share (it gathers one row of it). Against two peaks:
