@@ -112,7 +112,8 @@ CATALOG: dict[str, Variant] = {v.name: v for v in (
     Variant("baseline", "Eager attention", "Plain PyTorch attention: materialises the full attention "
             "matrix; the reference every other variant is compared with.", attn_implementation="eager"),
     Variant("sdpa", "PyTorch SDPA", "torch.nn.functional.scaled_dot_product_attention picks a fused "
-            "kernel (flash, memory-efficient or math) for each call."),
+            "kernel (flash, memory-efficient, cuDNN or math) for each call: from torch 2.11, cuDNN on "
+            "Hopper and Blackwell GPUs, which builds a plan the first time it meets a sequence length."),
     Variant("sdpa-flash", "SDPA, flash backend forced", "PyTorch's built-in FlashAttention-2 kernel, "
             "forced: fails instead of silently falling back.", sdpa_backend="FLASH_ATTENTION"),
     Variant("fa2", "FlashAttention-2", "The flash-attn package's kernels: tiled attention that never "
