@@ -7,8 +7,8 @@
 
 Needs only torch 2.11+, transformers 5.17+, pyyaml, psutil and nvidia-ml-py (bitsandbytes for the
 4/8-bit variants, flash-attn for fa2); no internet: every model is made from its config with
-random weights. Writes gpu_check.json to --out (default: $OUT, else runs/) and prints a short
-table last.
+random weights. Writes gpu_check.json and gpu_check-timeline.txt (each load and request as it
+ended) to --out (default: $OUT, else runs/) and prints a short table last.
 """
 from __future__ import annotations
 
@@ -150,6 +150,13 @@ def main(argv=None) -> int:
                "flash_attention": flash_implementations("cuda:0" if args.device == "cuda" else "cpu"),
                "runs": []}
     print("FlashAttention implementations:", json.dumps(summary["flash_attention"]), flush=True)
+    timeline_file = (out / "gpu_check-timeline.txt").open("w")
+
+    def timeline(line: str) -> None:
+        """Where the minutes go (each load, each request as it ends), on stderr and in a file beside the JSON."""
+        stamped = f"[{time.perf_counter() - t0:5.0f} s] {line}"
+        print(stamped, file=sys.stderr, flush=True)
+        print(stamped, file=timeline_file, flush=True)
     tables = []
     for job in plan(args):
         elapsed = time.perf_counter() - t0
@@ -161,7 +168,8 @@ def main(argv=None) -> int:
         print(f"== {preset.name}: prompts {job['prompt_lengths']}, {job['new_tokens']} new tokens, "
               f"{job['repeats']} repeat(s)", flush=True)
         try:
-            report = run_bench(preset, variants, job["prompt_lengths"], job["new_tokens"], job["repeats"])
+            report = run_bench(preset, variants, job["prompt_lengths"], job["new_tokens"], job["repeats"],
+                               log=timeline)
         except Exception as error:  # noqa: BLE001 - report it and go on to the next preset
             import traceback
             traceback.print_exc()
@@ -175,7 +183,8 @@ def main(argv=None) -> int:
     summary["targets"] = check_targets(summary, args.quick)
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
     print("\n".join(tables + target_lines(summary["targets"], args.device == "cuda")))
-    print(f"total {summary['wall_s']:.0f} s; wrote {out / 'gpu_check.json'}")
+    timeline_file.close()
+    print(f"total {summary['wall_s']:.0f} s; wrote {out / 'gpu_check.json'} and {timeline_file.name}")
     return 0
 
 

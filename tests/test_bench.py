@@ -88,6 +88,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert statuses == {(v, n): ("unavailable" if v == "fa2" else "ok")
                         for v in ("baseline", "sdpa", "fa2", "compiled") for n in (32, 128)}
     assert done.stdout.strip().splitlines()[-1].startswith("total ")
+    timeline = (tmp_path / "gpu_check-timeline.txt").read_text()   # each timed request as it ended, also on stderr
+    assert timeline.count("compiled, prompt 128: 8 tokens") == 1 and timeline.splitlines()[-1] in done.stderr
     assert "overhead: worker TPOT / bare-loop TPOT" in done.stdout
     checks = {c["target"]: c for c in summary["targets"]}        # the GPU targets, checked even on a dry run
     overhead = checks["tiny: worker TPOT / bare-loop TPOT <= 1.02"]
