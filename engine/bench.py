@@ -14,13 +14,22 @@ from engine.report import host_note
 FILLER = "The quick brown fox jumps over the lazy dog while the attention kernel streams its weights. "
 
 
+def timeline(t0: float, copy=None):
+    """A log of where a long GPU run spends its minutes: each line on stderr (and in `copy`, a text
+    file, if given) with the seconds since `t0`."""
+    def log(line: str) -> None:
+        stamped = f"[{time.perf_counter() - t0:5.0f} s] {line}"
+        for out in (sys.stderr, copy):
+            if out is not None:
+                print(stamped, file=out, flush=True)
+    return log
+
+
 def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], new_tokens: int, repeats: int,
               batch_size: int = 1, log=None, request_timeout_s: float = 900.0, threads: int | None = None) -> dict:
     """Measure every cell; returns the run report with `overhead_ratio` and the bandwidths added."""
     t0 = time.perf_counter()
-    if log is None:                  # a timeline on stderr: where a long GPU run spends its minutes
-        def log(line: str) -> None:
-            print(f"[{time.perf_counter() - t0:5.0f} s] {line}", file=sys.stderr, flush=True)
+    log = log or timeline(t0)
     with Engine(preset, request_timeout_s=request_timeout_s, threads=threads) as engine:
         reasons = {name: reason for name, _, reason in engine.variant_choices()}
         first = next((v for v in variants if v in reasons and reasons[v] is None), None)
@@ -93,8 +102,9 @@ def table(report: dict) -> str:
             seen.add(r["variant"])
             lines.append(f"  {r['variant']}: {r['reason']}")
     for r in report["results"]:
-        if host_note(r):
-            lines.append(f"  {r['variant']}, prompt {r.get('prompt_length', '-')}: {host_note(r)}")
+        note = host_note(r)
+        if note:
+            lines.append(f"  {r['variant']}, prompt {r.get('prompt_length', '-')}: {note}")
     ratio = report.get("overhead_ratio")
     ref = report.get("overhead_reference", {})
     if ratio is not None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from engine.fused import FusedLlamaStep, unsupported_reason
+from engine.fused import FusedLlamaStep, unsupported_reason, visible_positions
 
 
 def cache_keyword(model) -> str:
@@ -47,8 +47,7 @@ def _decode_step(model, token: torch.Tensor, position_ids: torch.Tensor, cache_p
     4D one, one compile serves them all. None: the 2D mask, for transformers to build the rest.
     """
     if mask_kind is not None:
-        positions = torch.arange(attention_mask.shape[-1], device=token.device)
-        visible = (attention_mask.bool() & (positions <= cache_position))[:, None, None, :]   # (batch, 1, 1, cache)
+        visible = visible_positions(attention_mask, cache_position)[:, None, None, :]      # (batch, 1, 1, cache)
         if mask_kind == "bool":
             attention_mask = visible
         else:

@@ -13,8 +13,8 @@ the kernels between them. This step does the same arithmetic with fewer, larger 
 Attention comes in two formulations of the same maths. "sdpa" calls scaled_dot_product_attention
 with a boolean mask. On an H200 (Llama-3.1-8B shape, bf16, batch 1) the compiled step takes
 4.85 ms with a 256-position cache but 7.32 ms with 4096 positions, though the cache is a small
-part of the bytes a step reads next to 15 GB of weights: likely because a masked SDPA kernel parallelises over batch x heads x
-query blocks, 8 blocks here, so a few SMs read the whole cache. "reduce" writes the scores,
+part of the bytes a step reads next to 15 GB of weights: likely because a masked SDPA kernel
+parallelises over batch x heads x query blocks, 8 blocks here, so a few SMs read the whole cache. "reduce" writes the scores,
 softmax and weighted sum as float32 products and sums, which inductor turns into reductions that
 it splits over the cache's length when their output is small and the reduction long (the
 parallelism of flash-decoding). Which one is the default is for a measurement on a GPU to
@@ -81,6 +81,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def visible_positions(attention_mask: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+    """(batch, cache length) True where a decode step at `cache_position` may attend: the prompt's
+    pads (0 in the 2D `attention_mask`) and the positions past the current one are hidden."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return attention_mask.bool() & (positions <= cache_position)
+
+
 def _reduce_attention(group: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
                       scale: float) -> torch.Tensor:
     """SDPA's result for group (batch, kv heads, group, d) over keys and values (batch, kv heads, cache, d).
@@ -135,8 +142,7 @@ class FusedLlamaStep(nn.Module):
         x = F.embedding(token, self.embed)                                   # (batch, 1, hidden)
         cos, sin = self.rotary(x, position_ids)                              # (batch, 1, head_dim)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        positions = torch.arange(attention_mask.shape[-1], device=token.device)
-        visible = attention_mask.bool() & (positions <= cache_position)      # (batch, cache length)
+        visible = visible_positions(attention_mask, cache_position)
         for layer, kv in zip(self.layers, cache.layers):
             heads, kv_heads = layer.q_size // layer.head_dim, layer.kv_size // layer.head_dim
             qkv = F.linear(_rms_norm(x, layer.norm_in, layer.eps), layer.qkv, layer.qkv_bias)

@@ -161,9 +161,13 @@ class ClockReader:
         try:
             import pynvml
             pynvml.nvmlInit()
-            self._nvml, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)
         except Exception:
             return
+        self._nvml = pynvml
+        try:
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception:
+            pynvml.nvmlShutdown()                 # init succeeded: undo it, as close() would
 
     def read(self) -> int | None:
         if self.handle is None:

@@ -97,6 +97,12 @@ def tpot_range(row: dict) -> tuple[float, float] | None:
     return row["tpot_min_s"], row["tpot_max_s"]
 
 
+def tpot_spread(row: dict) -> float | None:
+    """How far the slowest repeat's TPOT is above the fastest's (max / min - 1), with two or more."""
+    spread = tpot_range(row)
+    return None if spread is None or not spread[0] else spread[1] / spread[0] - 1
+
+
 def host_note(row: dict) -> str | None:
     """Why a row's timings are slower than the device can do, when other processes took its CPU."""
     if not row.get("host_busy"):

@@ -9,6 +9,11 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.report import tpot_spread           # noqa: E402
+from gpu_check import SPREAD_MAX, shown        # noqa: E402  (this script's folder is on the path)
+
 
 def _ms(value) -> str:
     return "-" if value is None else f"{value * 1000:.2f}"
@@ -42,13 +47,14 @@ def _repeats(row: dict) -> str:
     return f"{_ms(row['tpot_min_s'])}-{_ms(row['tpot_max_s'])}" if row["tpot_min_s"] else "-"
 
 
-def _spread_notes(report: dict, limit: float = 0.05) -> list[str]:
-    """For each cell whose repeats spread past `limit`: what each repeat saw beside its TPOT (runs
-    recorded since these fields exist)."""
+def _spread_notes(report: dict) -> list[str]:
+    """For each cell whose repeats spread past the GPU check's target: what each repeat saw beside
+    its TPOT (runs recorded since these fields exist)."""
     notes = []
     for r in report["results"]:
         clocks, taken = r.get("sm_clock_mhz_repeats") or [], r.get("preemptions_repeats") or []
-        if not r.get("tpot_min_s") or r["tpot_max_s"] / r["tpot_min_s"] - 1 <= limit:
+        spread = tpot_spread(r)
+        if spread is None or spread <= SPREAD_MAX:
             continue
         if not any(c is not None for c in clocks) and not any(p is not None for p in taken):
             continue
@@ -73,7 +79,7 @@ def bench_markdown(report: dict) -> str:
              "tok/s | MBU (datasheet) | MBU (copy) | peak reserved GiB | weights GiB | placement |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in report["results"]:
-        spread = f"{r['tpot_max_s'] / r['tpot_min_s'] - 1:.0%}" if r["tpot_min_s"] else "-"
+        spread = _pct(tpot_spread(r))
         cells = (r["variant"], r.get("prompt_length", "-"), r["status"], _ms(r["ttft_s"]), _ms(r["tpot_s"]),
                  _repeats(r), spread, _num(r["tokens_per_s"], 1),
                  _pct(r["mbu"]), _pct(r.get("mbu_measured")), _gib(r["peak_memory_bytes"]),
@@ -130,10 +136,6 @@ def probe_markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def _shown(value) -> str:
-    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def first_shape_markdown(data: dict) -> str:
     """sdpa_first_shape.py: three identical generate() calls per SDPA setting."""
     settings = {"default": "PyTorch's default SDPA dispatch, prompt 128",
@@ -160,7 +162,7 @@ def main(paths: list[str]) -> int:
             print(f"Total wall time: {data['wall_s']:.0f} s\n")
             if data.get("targets"):
                 print("Targets, as the script judged them:\n")
-                print("\n".join(f"- {'met' if c['met'] else '**not met**'}: {c['target']}: {_shown(c['value'])}"
+                print("\n".join(f"- {'met' if c['met'] else '**not met**'}: {c['target']}: {shown(c['value'])}"
                                  + (f" ({c['detail']})" if c["detail"] else "") for c in data["targets"]) + "\n")
         elif "cudnn_sdp_enabled" in data:      # sdpa_first_shape.py
             print(first_shape_markdown(data) + "\n")

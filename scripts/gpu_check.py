@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import presets                      # noqa: E402
-from engine.bench import run_bench, table       # noqa: E402
+from engine.bench import run_bench, table, timeline   # noqa: E402
+from engine.report import tpot_spread                # noqa: E402
 
 ALL_VARIANTS = ["baseline", "sdpa", "sdpa-flash", "fa2", "bnb-4bit", "bnb-8bit", "compiled", "no-kv-cache"]
 
@@ -69,8 +70,8 @@ def check_targets(summary: dict, quick: bool) -> list[dict]:
                     mbu = row.get("mbu_measured")
                     check(f"{name}: compiled, prompt {row['prompt_length']}, MBU vs measured copy >= "
                           f"{COMPILED_MBU_MIN:.0%}", mbu, mbu is not None and mbu >= COMPILED_MBU_MIN)
-        spreads = {f"{r['variant']}@{r['prompt_length']}": r["tpot_max_s"] / r["tpot_min_s"] - 1
-                   for r in rows if r["status"] == "ok" and r["repeats"] > 1 and r["tpot_min_s"]}
+        spreads = {f"{r['variant']}@{r['prompt_length']}": tpot_spread(r)
+                   for r in rows if r["status"] == "ok" and tpot_spread(r) is not None}
         if spreads:
             over = {cell: spread for cell, spread in spreads.items() if spread > SPREAD_MAX}
             busy = {f"{r['variant']}@{r['prompt_length']}" for r in rows if r.get("host_busy")}
@@ -86,9 +87,12 @@ def check_targets(summary: dict, quick: bool) -> list[dict]:
     return checks
 
 
+def shown(value) -> str:
+    """A target's measured value as the check prints it."""
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def target_lines(checks: list[dict], cuda: bool) -> list[str]:
-    def shown(value) -> str:
-        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
     header = "targets:" if cuda else "targets (set for a GPU: on a CPU this only exercises the check):"
     return [header] + [f"  [{'met' if c['met'] else 'NOT MET'}] {c['target']}: {shown(c['value'])}"
                            + (f" ({c['detail']})" if c["detail"] else "") for c in checks]
@@ -150,13 +154,8 @@ def main(argv=None) -> int:
                "flash_attention": flash_implementations("cuda:0" if args.device == "cuda" else "cpu"),
                "runs": []}
     print("FlashAttention implementations:", json.dumps(summary["flash_attention"]), flush=True)
-    timeline_file = (out / "gpu_check-timeline.txt").open("w")
-
-    def timeline(line: str) -> None:
-        """Where the minutes go (each load, each request as it ends), on stderr and in a file beside the JSON."""
-        stamped = f"[{time.perf_counter() - t0:5.0f} s] {line}"
-        print(stamped, file=sys.stderr, flush=True)
-        print(stamped, file=timeline_file, flush=True)
+    timeline_file = (out / "gpu_check-timeline.txt").open("w")     # the timeline, kept beside the JSON
+    log = timeline(t0, timeline_file)
     tables = []
     for job in plan(args):
         elapsed = time.perf_counter() - t0
@@ -169,7 +168,7 @@ def main(argv=None) -> int:
               f"{job['repeats']} repeat(s)", flush=True)
         try:
             report = run_bench(preset, variants, job["prompt_lengths"], job["new_tokens"], job["repeats"],
-                               log=timeline)
+                               log=log)
         except Exception as error:  # noqa: BLE001 - report it and go on to the next preset
             import traceback
             traceback.print_exc()

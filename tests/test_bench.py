@@ -123,6 +123,8 @@ def test_gpu_check_spread_target_names_the_cells_over_it():
     checks = {c["target"]: c for c in check_targets(summary, quick=False)}
     spread = checks["opt-350m-random: TPOT spread (max / min - 1 over repeats) <= 5% in every cell"]
     assert not spread["met"] and spread["value"] == pytest.approx(0.08) and spread["detail"] == "baseline@128 8%"
+    from engine.report import tpot_spread
+    assert tpot_spread(dict(cell, repeats=1)) is None            # one repeat: no spread to judge
     assert checks["opt-350m-random: worker TPOT / bare-loop TPOT <= 1.02"]["met"]
     assert checks["opt-350m-random: every variant runs, or is unavailable with its reason"]["met"]
     assert not checks["wall time <= 480 s"]["met"]
