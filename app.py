@@ -36,7 +36,8 @@ import gradio as gr  # noqa: E402
 
 from gradio.components.plot import PlotData  # noqa: E402
 
-from engine import CATALOG, Engine, InputError, charts, hardware, presets, sweeps  # noqa: E402
+from engine import CATALOG, Engine, InputError, charts, hardware, presets  # noqa: E402
+from engine.studies import sweeps  # noqa: E402
 from engine.hardware import DeviceError  # noqa: E402
 from engine.report import tpot_range  # noqa: E402
 from engine.sweep_charts import UNITS, sweep_figure  # noqa: E402
@@ -437,7 +438,7 @@ def sized(figure):
 
 def empty_sweep_figure(name: str):
     """The experiment's panels with no data yet."""
-    figure = sized(sweep_figure({"experiment": name, "rows": []}))
+    figure = sized(sweep_figure({"experiment": name, "results": []}))
     figure.update_xaxes(visible=False).update_yaxes(visible=False)     # no axes without points: titles only
     figure.add_annotation(text="Run the experiment: each point appears when its cell is measured", showarrow=False,
                           xref="paper", yref="paper", x=0.5, y=0.5, font=dict(size=13, color="#8a8f98"))
@@ -463,7 +464,7 @@ def _cell_value(value, scale: float = 1.0) -> str:
 def sweep_table(sweep: dict) -> dict:
     """The rows as a table (headers in the chart's units), for gr.Dataframe."""
     experiment = sweeps.get(sweep["experiment"])
-    rows = sweep["rows"]
+    rows = sweep["results"]
     labels = [key for key in GRID_KEYS if any(key in row for row in rows)]
     fields = [("variant", "variant", 1.0), ("status", "status", 1.0), *[(k, k, 1.0) for k in labels],
               ("prompt_length", "prompt tokens", 1.0), ("pad_ratio", "padding (%)", 100.0),
@@ -476,7 +477,7 @@ def sweep_table(sweep: dict) -> dict:
 
 def empty_table(name: str) -> dict:
     """The experiment's table headers, no rows yet."""
-    return sweep_table({"experiment": name, "rows": []})
+    return sweep_table({"experiment": name, "results": []})
 
 
 def sweep_message(live: sweeps.LiveSweep, device: str, stopping: bool, elapsed_s: float) -> str:
@@ -485,12 +486,12 @@ def sweep_message(live: sweeps.LiveSweep, device: str, stopping: bool, elapsed_s
     name = live.experiment.name
     if live.done:
         sweep = live.result
-        ok = sum(row["status"] == "ok" for row in sweep["rows"])
-        problems = list(dict.fromkeys(f"{_e(row['variant'])}: {_e(row['reason'])}" for row in sweep["rows"]
+        ok = sum(row["status"] == "ok" for row in sweep["results"])
+        problems = list(dict.fromkeys(f"{_e(row['variant'])}: {_e(row['reason'])}" for row in sweep["results"]
                                       if row["status"] in ("failed", "unavailable") and row["reason"]))
         text = (f"{'Stopped' if sweep['cancelled'] else 'Done'}: {name}, {ok} of {len(sweep['rows'])} "
                 f"(variant, cell) pairs measured in {sweep['wall_s']:.1f} s on {_e(device)}.")
-        busy = [row for row in sweep["rows"] if row.get("host_busy")]
+        busy = [row for row in sweep["results"] if row.get("host_busy")]
         if busy:
             problems.append(f"{len(busy)} of them slowed by other processes on the CPU (CPU busy, up to "
                             f"{max(row['host_others_cores'] for row in busy):.1f} cores taken): "

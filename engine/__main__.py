@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from engine import events, presets
-from engine.hardware import DeviceError
-from engine.pool import Engine, InputError
+from engine.errors import USER_ERRORS
+from engine.pool import Engine
+from engine.spec import RunSpec
 from engine.report import host_note, tpot_range
 
 EXIT_BAD_INPUT = 2
@@ -16,29 +17,18 @@ THREADS_HELP = ("torch CPU threads per worker (default: torch's, one per core; t
                 "to the page: --threads N-1 gives its CPU figures)")
 
 
-def _ms(value) -> str:
-    return "-" if value is None else f"{value * 1000:.1f}"
-
-
-def _gib(value) -> str:
-    return "-" if value is None else f"{value / 2**30:.3f}"
-
-
 def table(report: dict) -> str:
     """The results as a fixed-width table, one row per variant."""
-    head = ("variant", "status", "tokens", "TTFT ms", "TPOT ms", "tok/s", "peak GiB", "weights GiB", "MBU",
-            "diff@", "placement")
-    rows = [head]
+    from engine.views import tables
+    from engine.views.summary import tpot_text
+    rows = [("variant", "status", "tokens", "TTFT ms", "TPOT ms", "tok/s", "peak GiB", "weights GiB", "MBU",
+             "diff@", "placement")]
     for r in report["results"]:
-        tpot, spread = _ms(r["tpot_s"]), tpot_range(r)
-        if spread is not None:                                                   # the median, and its range
-            tpot += f" ({_ms(spread[0])}-{_ms(spread[1])})"
-        rows.append((r["variant"], r["status"], str(r["output_tokens"] or "-"), _ms(r["ttft_s"]), tpot,
-                     "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}", _gib(r["peak_memory_bytes"]),
-                     _gib(r["weights_bytes"]), "-" if r["mbu"] is None else f"{r['mbu']:.0%}",
-                     "-" if r["first_diff_token"] is None else str(r["first_diff_token"]), r["placement"] or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+        rows.append((r["variant"], r["status"], tables.general(r["output_tokens"] or None), tables.ms(r["ttft_s"]),
+                     tpot_text(r, 1), tables.fixed(r["tokens_per_s"]), tables.gib(r["peak_memory_bytes"], 3),
+                     tables.gib(r["weights_bytes"], 3), tables.percent(r["mbu"]),
+                     tables.general(r["first_diff_token"]), r["placement"] or tables.DASH))
+    lines = tables.fixed_width(rows).splitlines()
     for r in report["results"]:
         for note in (r["reason"], host_note(r)):
             if note:
@@ -51,8 +41,7 @@ def cmd_run(args) -> int:
     variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
     max_new = preset.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     with Engine(preset, request_timeout_s=args.timeout, threads=args.threads) as engine:
-        run = engine.start(args.prompt, variants, max_new, mode=args.mode, repeats=args.repeats,
-                           ignore_eos=args.ignore_eos)
+        run = engine.start(RunSpec(args.prompt, variants, max_new, args.mode, args.repeats, args.ignore_eos))
         print(f"{preset.title} on {engine.device.name}; mode {args.mode}"
               + ("; random weights: the text is noise, the timings are real" if preset.random_weights else ""),
               file=sys.stderr)
@@ -89,7 +78,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_bench(args) -> int:
-    from engine.bench import run_bench, table as bench_table
+    from engine.studies.bench import run_bench, table as bench_table
     preset = presets.load(args.preset)
     variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
     report = run_bench(preset, variants, args.prompt_lengths, args.new_tokens, args.repeats, args.batch_size,
@@ -102,7 +91,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from engine.sweeps import run_sweep, summary, to_csv
+    from engine.studies.sweeps import run_sweep, summary, to_csv
     preset = presets.load(args.preset)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants, threads=args.threads)
@@ -117,7 +106,7 @@ def cmd_sweep(args) -> int:
     for path in (args.json, args.csv, args.html):
         if path:
             print(f"wrote {path}", file=sys.stderr)
-    return 0 if all(r["status"] in ("ok", "unavailable") for r in sweep["rows"]) else 1
+    return 0 if all(r["status"] in ("ok", "unavailable") for r in sweep["results"]) else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -146,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help=THREADS_HELP)
     bench.add_argument("--json", help="write the report to this path")
     bench.set_defaults(func=cmd_bench)
-    from engine.sweeps import EXPERIMENTS
+    from engine.studies.sweeps import EXPERIMENTS
     sweep = sub.add_parser("sweep", help="an experiment over a grid: " + ", ".join(EXPERIMENTS))
     sweep.add_argument("name", choices=list(EXPERIMENTS))
     sweep.add_argument("--preset", default="tiny", help=f"one of: {', '.join(presets.available())}")
@@ -164,7 +153,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (InputError, presets.PresetError, DeviceError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -5,10 +5,11 @@ variant's precision, the KV cache for the preset's whole context, and a margin f
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from engine import hardware
 from engine.presets import Preset
+from engine.source import architecture
 from engine.variants import Variant
 
 BYTES_PER_PARAM = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
@@ -25,18 +26,6 @@ def _first(config: dict, *keys, default=None):
         if config.get(key) is not None:
             return config[key]
     return default
-
-
-def architecture(preset: Preset) -> dict | None:
-    """The config fields of a preset's model, from the preset or the cached config.json."""
-    if preset.random_weights:
-        return dict(preset.config)
-    from engine.models import _hub_file
-    path = _hub_file(preset.model_id, "config.json")
-    if path is None:
-        return None
-    config = json.loads(open(path).read())
-    return config.get("text_config", config)
 
 
 @dataclass(frozen=True)
@@ -103,3 +92,18 @@ def plan(preset: Preset, variants: list[Variant], free_bytes: int, cuda: bool) -
         else:
             placement[variant.name] = "swapped"
     return placement
+
+
+def free_bytes(device: hardware.Device) -> int:
+    """Memory free on the device now (NVML on a GPU, available RAM on a CPU)."""
+    if device.kind == "cpu":
+        return hardware.cpu_device().free_bytes
+    gpus = hardware.cuda_devices()
+    return gpus[device.index].free_bytes if device.index < len(gpus) else device.free_bytes
+
+
+def held_bytes(device: hardware.Device, loaded: dict, names) -> int:
+    """Device memory that the named loaded workers hold (their weights); `loaded`: name -> Loaded.
+    On a CPU their memory is already outside the available RAM the plan starts from."""
+    return 0 if device.kind == "cpu" else sum(event.weights_bytes for name, event in loaded.items()
+                                              if name in names)

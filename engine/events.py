@@ -1,13 +1,55 @@
-"""The protocol between worker processes and the orchestrator: small frozen picklable events.
+"""The protocol between worker processes and the orchestrator: small frozen picklable messages.
 
-Every event names the variant it belongs to. Times are `time.perf_counter()` seconds taken in
+Down the pipe go `Request` and `Probe` (and None: stop); a process starts from a `WorkerSpec`.
+Up the pipe come events. Every event names the variant it belongs to; those of a request carry
+its request id and its grid cell, so the orchestrator never has to guess which cell an answer
+belongs to. Times are `time.perf_counter()` seconds taken in
 the worker; on Linux that clock is shared by all processes of a machine, so times from
 different workers can be drawn on one axis (the race chart).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from engine.presets import Preset
+
+
+# ----------------------------------------------------------------------------- to a worker
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one worker process loads."""
+    preset: Preset
+    variant: str
+    device: str                   # "cpu" or "cuda:N"
+    threads: int | None = None    # torch CPU threads (None: torch's default)
+    core: int | None = None       # pin the serving thread to this CPU core once loaded (GPU workers)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation request. `prompt_tokens` replaces the prompt by a synthetic one of that length."""
+    request_id: int
+    prompt: str
+    max_new_tokens: int
+    ignore_eos: bool = False
+    batch_size: int = 1
+    prompt_tokens: int | None = None
+    pad_ratio: float = 0.0        # share of pad tokens in the batch: sequences shortened, left-padded
+    cell: int | None = None       # the grid cell it measures (None outside a run), echoed by its events
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A measurement that is not a request: "overhead" (the engine against a bare decode loop) or "bandwidth"."""
+    request_id: int
+    kind: str
+    prompt_tokens: int = 128
+    new_tokens: int = 64
+
+
+# ----------------------------------------------------------------------------- from a worker
 
 @dataclass(frozen=True)
 class Status:
@@ -38,6 +80,7 @@ class Started:
     request_id: int
     t_start: float
     prompt_tokens: int
+    cell: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +119,7 @@ class Finished:
     # the machine around it: cores, threads, others_cores, resolution_cores, preemptions (of the
     # serving thread) and, on a GPU, sm_clock_mhz and sm_clock_mhz_min
     host: dict = field(default_factory=dict)
+    cell: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +128,8 @@ class Failed:
     variant: str
     reason: str
     traceback: str = ""
-    request_id: int | None = None
+    request_id: int | None = None  # None: not about one request (the variant could not load)
+    cell: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,3 +155,8 @@ class RunDone:
 
 
 Event = Status | Loaded | Started | Token | MemorySample | Finished | Measured | Failed | Unavailable | RunDone
+
+
+def unbatch(message) -> list:
+    """The events of one pipe message: a worker sends a batch (a list) or a single event."""
+    return message if isinstance(message, list) else [message]

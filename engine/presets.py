@@ -11,16 +11,13 @@ from pathlib import Path
 
 import yaml
 
+from engine.errors import PresetError
 from engine.variants import CATALOG
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 SOURCES = ("random", "hub")
 DTYPES = ("float32", "float16", "bfloat16")
 TOKENIZERS = ("bytes", "model")
-
-
-class PresetError(ValueError):
-    """A preset is missing or malformed; the message says how to fix it."""
 
 
 @dataclass(frozen=True)

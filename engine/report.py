@@ -8,6 +8,8 @@ import time
 from engine import metrics
 from engine.hardware import Device
 from engine.presets import Preset
+from engine.spec import RunSpec
+from engine.variants import CATALOG, REFERENCE
 
 VERSIONED = ("torch", "transformers", "accelerate", "bitsandbytes", "flash-attn", "flash-attn-4", "optimum",
              "gradio", "nvidia-ml-py")
@@ -111,9 +113,8 @@ def host_note(row: dict) -> str | None:
             "its figures are slower than this device can do (close them, or leave a core spare)")
 
 
-def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
-    """One row of `results`."""
-    from engine.variants import CATALOG
+def result(outcome, reference_ids, peak_bandwidth: float | None) -> dict:
+    """One row of `results`; `reference_ids`: the reference variant's tokens in the same cell."""
     variant = CATALOG[outcome.variant]
     row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
            "text": "", "first_diff_token": None, "identical_token_share": None, "contended": outcome.contended,
@@ -150,9 +151,9 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
                memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
                token_times_s=metrics.relative_times(first.t_start, first.token_times))
     row.update(host_load(outcome.finished, judged=not outcome.contended))
-    if baseline_ids is not None and outcome.variant != "baseline":
-        row["first_diff_token"] = metrics.first_difference(baseline_ids, first.token_ids)
-        row["identical_token_share"] = metrics.identical_share(baseline_ids, first.token_ids)
+    if reference_ids is not None and outcome.variant != REFERENCE:
+        row["first_diff_token"] = metrics.first_difference(reference_ids, first.token_ids)
+        row["identical_token_share"] = metrics.identical_share(reference_ids, first.token_ids)
     if any(f.cancelled for f in outcome.finished):
         row.update(status="cancelled", reason="stopped by the user: figures cover the tokens made until then")
     elif outcome.failed is not None:
@@ -160,24 +161,24 @@ def result(outcome, baseline_ids, peak_bandwidth: float | None) -> dict:
     return row
 
 
-def build(preset: Preset, device: Device, prompt: str, prompt_tokens: int, outcomes: dict, names: list[str],
-          cells: list, mode: str, repeats: int, batch_size: int, cancelled: bool = False) -> dict:
-    """The whole report of a run; `outcomes` maps (variant, cell index) to what it produced.
+def build(spec: RunSpec, preset: Preset, device: Device, prompt_tokens: int, outcomes: dict,
+          cancelled: bool = False) -> dict:
+    """The whole report of a run of `spec`; `outcomes` maps (variant, cell index) to what it produced.
 
-    With a grid of prompt lengths (cells other than [None]) each row also carries `prompt_length`.
+    With a grid (spec.cells) each row also says which cell it measures.
     """
     peak = device.datasheet_bandwidth_bytes_per_s
     results = []
-    for cell, length in enumerate(cells):          # length: a pool.Cell, or None for the plain run
-        baseline = outcomes.get(("baseline", cell))
-        baseline_ids = baseline.finished[0].token_ids if baseline and baseline.finished else None
-        for name in names:
-            if (name, cell) in outcomes:
-                row = result(outcomes[(name, cell)], baseline_ids, peak)
-                if length is not None:               # a grid: say which cell this row measures
-                    row.update(cell=cell, prompt_length=length.prompt_tokens or prompt_tokens,
-                               max_new_tokens=length.max_new_tokens, batch_size=length.batch_size or batch_size,
-                               pad_ratio=length.pad_ratio)
+    for index, cell in enumerate(spec.grid):        # a Cell, or None for the plain run
+        reference = outcomes.get((REFERENCE, index))
+        reference_ids = reference.finished[0].token_ids if reference and reference.finished else None
+        for name in spec.variants:
+            if (name, index) in outcomes:
+                row = result(outcomes[(name, index)], reference_ids, peak)
+                if cell is not None:
+                    row.update(cell=index, prompt_length=cell.prompt_tokens or prompt_tokens,
+                               max_new_tokens=cell.max_new_tokens, batch_size=cell.batch_size or spec.batch_size,
+                               pad_ratio=cell.pad_ratio)
                 results.append(row)
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -186,11 +187,11 @@ def build(preset: Preset, device: Device, prompt: str, prompt_tokens: int, outco
         "preset": {"name": preset.name, "title": preset.title, "source": preset.source,
                    "model_id": preset.model_id, "dtype": preset.dtype, "random_weights": preset.random_weights,
                    "seed": preset.seed, "context_length": preset.context_length},
-        "prompt": prompt,
+        "prompt": spec.prompt,
         "prompt_tokens": prompt_tokens,
-        "mode": mode,
-        "repeats": repeats,
-        "batch_size": batch_size,
+        "mode": spec.mode,
+        "repeats": spec.repeats,
+        "batch_size": spec.batch_size,
         "decoding": "greedy",
         "cancelled": cancelled,
         "results": results,

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from engine.presets import Preset
 
 HALF = ("float16", "bfloat16")
+REFERENCE = "baseline"              # the variant every other is compared with (speedup, first diff)
 
 
 def installed_version(package: str) -> str | None:
@@ -109,7 +110,7 @@ BNB_HINT = "pip install bitsandbytes"
 FA_HINT = "install a flash-attn wheel built for this torch and CUDA (see README: FlashAttention-2)"
 
 CATALOG: dict[str, Variant] = {v.name: v for v in (
-    Variant("baseline", "Eager attention", "Plain PyTorch attention: materialises the full attention "
+    Variant(REFERENCE, "Eager attention", "Plain PyTorch attention: materialises the full attention "
             "matrix; the reference every other variant is compared with.", attn_implementation="eager"),
     Variant("sdpa", "PyTorch SDPA", "torch.nn.functional.scaled_dot_product_attention picks a fused "
             "kernel (flash, memory-efficient, cuDNN or math) for each call: from torch 2.11, cuDNN on "
@@ -138,11 +139,3 @@ CHECKS = {
     "bnb-4bit": (_needs_package("bitsandbytes", BNB_HINT),),
     "bnb-8bit": (_needs_package("bitsandbytes", BNB_HINT),),
 }
-
-
-def get(name: str) -> Variant:
-    """A catalog entry by name, or a ValueError listing the names."""
-    try:
-        return CATALOG[name]
-    except KeyError:
-        raise ValueError(f"unknown variant {name!r}; available: {', '.join(CATALOG)}") from None

@@ -6,9 +6,9 @@
     python scripts/compile_probe.py --device cpu --preset tiny --tokens 8     # a dry run
     python scripts/compile_probe.py --configs fused-tuned,fusedreduce-tuned --long-prompt 2048  # attention's share
 
-A config is STEP-INDUCTOR: STEP is `fused` (engine/fused.py, attention by SDPA), `fusedreduce` (the
-same step with its attention written as reductions that inductor can split over the cache, see
-engine/fused.py) or `forward` (transformers' forward);
+A config is STEP-INDUCTOR: STEP is `fused` (engine/worker/fused.py, attention by SDPA), `fusedreduce`
+(the same step with its attention written as reductions that inductor can split over the cache,
+see engine/worker/fused.py) or `forward` (transformers' forward);
 INDUCTOR is `tuned` (the engine's CUDA settings: CUDA graphs + coordinate-descent tuning),
 `graphs` (CUDA graphs only) or `autotune` (tuned + inductor's max-autotune: slow to compile).
 For each config it prints and writes (compile_probe.json under $OUT, else runs/): the
@@ -125,9 +125,10 @@ def main() -> int:
     import torch
     import torch._inductor.config
 
-    from engine import metrics, models, presets
-    from engine.decode import CompiledDecoder, TokenClock
-    from engine.hardware import measure_copy_bandwidth
+    from engine import metrics, presets
+    from engine.worker import models
+    from engine.worker.decode import CompiledDecoder, TokenClock
+    from engine.worker.probes import measure_copy_bandwidth
     from engine.variants import CATALOG
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -152,7 +153,7 @@ def main() -> int:
     with torch.inference_mode():
         reference = model.generate(input_ids=ids, max_new_tokens=args.tokens, do_sample=False,
                                    min_new_tokens=args.tokens)[0, args.prompt:].tolist()
-    from engine.decode import bucket
+    from engine.worker.decode import bucket
     longer = args.long_prompt or bucket(args.prompt + args.tokens, preset.context_length) + 1
     longer = min(longer, preset.context_length - args.tokens)
     long_kv = metrics.kv_cache_bytes(shape["layers"], shape["kv_heads"], shape["head_dim"],

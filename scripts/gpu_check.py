@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import presets                      # noqa: E402
-from engine.bench import run_bench, table, timeline   # noqa: E402
+from engine.studies.bench import run_bench, table, timeline   # noqa: E402
 from engine.report import tpot_spread                # noqa: E402
 
 ALL_VARIANTS = ["baseline", "sdpa", "sdpa-flash", "fa2", "bnb-4bit", "bnb-8bit", "compiled", "no-kv-cache"]

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch                                    # noqa: E402
 
 from engine import presets                      # noqa: E402
-from engine.models import _random_config       # noqa: E402
+from engine.worker.models import random_config  # noqa: E402
 
 NEW_TOKENS = 128
 
@@ -44,7 +44,7 @@ def main() -> int:
     results = {"torch": torch.__version__, "cudnn_sdp_enabled": torch.backends.cuda.cudnn_sdp_enabled()}
     print(results, flush=True)
     with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(_random_config(presets.load("llama-3.1-8b-random")),
+        model = AutoModelForCausalLM.from_config(random_config(presets.load("llama-3.1-8b-random")),
                                                  dtype=torch.bfloat16, attn_implementation="sdpa").eval()
     for setting, cudnn, prompt in (("default", True, 128), ("no-cudnn", False, 128),
                                    ("default-again-new-length", True, 300)):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine import events, pool, presets
-from engine.bench import FILLER, run_bench, table
-from engine.worker import Request
+from engine.studies.bench import FILLER, run_bench, table
+from engine.events import Request
 
 ROOT = Path(__file__).resolve().parent.parent
 

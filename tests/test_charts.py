@@ -94,7 +94,7 @@ def test_a_finished_sweep_says_how_many_cells_other_processes_slowed():
     rows = [{"variant": "sdpa", "status": "ok", "reason": None, "host_busy": False, "host_others_cores": 0.1},
             {"variant": "sdpa", "status": "ok", "reason": None, "host_busy": True, "host_others_cores": 1.34}]
     live = SimpleNamespace(settled=2, total=2, done=True, experiment=SimpleNamespace(name="batch"),
-                           result={"rows": rows, "cancelled": False, "wall_s": 3.0})
+                           result={"results": rows, "cancelled": False, "wall_s": 3.0})
     text = app.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
     assert 'data-kind="warn"' in text and "1 of them slowed by other processes" in text and "1.3 cores" in text
     rows[1]["host_busy"] = False

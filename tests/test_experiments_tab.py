@@ -17,7 +17,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.utils import Status
 
-from engine import sweeps
+from engine.studies import sweeps
 
 MESSAGE, PLOT, TABLE, SWEEP, JSON_FILE, CSV_FILE, HTML_FILE = range(7)
 
@@ -50,12 +50,12 @@ def test_an_experiment_streams_its_progress_and_ends_with_every_row_and_its_file
     cells = experiment.grid(True)
     assert sweep["experiment"] == "lengths" and sweep["quick"] and sweep["preset"]["name"] == "tiny"
     assert sweep["explanation"] == experiment.explanation and not sweep["cancelled"]
-    assert sorted((r["variant"], r["cell"]) for r in sweep["rows"]) == [("sdpa", c) for c in range(len(cells))]
-    for row in sweep["rows"]:
+    assert sorted((r["variant"], r["cell"]) for r in sweep["results"]) == [("sdpa", c) for c in range(len(cells))]
+    for row in sweep["results"]:
         assert row["status"] == "ok", row["reason"]
         assert row["max_new_tokens"] == (cells[row["cell"]][1].max_new_tokens or experiment.max_new_tokens(True))
         assert row["output_tokens"] == row["max_new_tokens"] and row["e2e_s"] > row["ttft_s"] > 0
-    outputs = [r for r in sweep["rows"] if r["axis"] == "output"]
+    outputs = [r for r in sweep["results"] if r["axis"] == "output"]
     assert all(r["predicted_e2e_s"] > 0 for r in outputs)
 
     # the table and the chart show the same rows
@@ -69,7 +69,7 @@ def test_an_experiment_streams_its_progress_and_ends_with_every_row_and_its_file
     assert json.loads(fetch(url, final[JSON_FILE]["value"])) == sweep
     table = list(csv.DictReader(io.StringIO(fetch(url, final[CSV_FILE]["value"]))))
     assert len(table) == 6 and {r["variant"] for r in table} == {"sdpa"} and {r["status"] for r in table} == {"ok"}
-    assert [float(r["e2e_s"]) for r in table] == [r["e2e_s"] for r in sweep["rows"]]
+    assert [float(r["e2e_s"]) for r in table] == [r["e2e_s"] for r in sweep["results"]]
     page = fetch(url, final[HTML_FILE]["value"])
     assert experiment.title in page and "Plotly.newPlot" in page and "<script src=" not in page     # standalone
 
@@ -110,7 +110,7 @@ def test_the_chart_fills_as_cells_finish_on_the_same_device_queue_as_compare(url
     other.predict(api_name="/experiment_stop")          # another visitor's Stop leaves this sweep alone
     final = job.result()
     assert "Done: attention, 16 of 16" in final[MESSAGE] and not final[SWEEP]["cancelled"]
-    assert {r["status"] for r in final[SWEEP]["rows"]} == {"ok"}
+    assert {r["status"] for r in final[SWEEP]["results"]} == {"ok"}
     assert all(r["status"] == "ok" for r in queued.result()[1]["results"])       # then the Compare run ran
 
 
@@ -120,7 +120,7 @@ def test_stop_ends_this_visitors_sweep_with_the_rows_it_has(client):
     client.predict(api_name="/experiment_stop")
     final = job.result()
     assert "Stopped" in final[MESSAGE] and 'data-kind="warn"' in final[MESSAGE], final[MESSAGE]
-    rows = final[SWEEP]["rows"]
+    rows = final[SWEEP]["results"]
     assert final[SWEEP]["cancelled"] and len(rows) == 16
     assert "ok" in {r["status"] for r in rows} and "cancelled" in {r["status"] for r in rows}
     assert {r["status"] for r in rows} <= {"ok", "cancelled"}

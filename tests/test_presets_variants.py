@@ -143,7 +143,7 @@ def test_memory_budget_keeps_what_fits_and_swaps_the_rest():
 
 
 def test_copy_bandwidth_on_a_cpu_is_the_best_copy_and_never_cached(tmp_path, monkeypatch):
-    from engine.hardware import measure_copy_bandwidth
+    from engine.worker.probes import measure_copy_bandwidth
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     (tmp_path / "sidebyside").mkdir()
     value = measure_copy_bandwidth("cpu", "cpu", size_bytes=1 << 24, repeats=3)

@@ -6,8 +6,9 @@ from types import SimpleNamespace
 import pytest
 
 from engine import events, hardware, presets
-from engine.sweeps import EXPERIMENTS, LiveSweep, derive, get, run_sweep, start_sweep, to_csv
-from engine.worker import Request, Runner, WorkerSpec
+from engine.studies.sweeps import EXPERIMENTS, LiveSweep, derive, get, run_sweep, start_sweep, to_csv
+from engine.events import Request, WorkerSpec
+from engine.worker.runner import Runner
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +21,8 @@ def test_every_quick_grid_is_complete_and_well_formed(sweeps):
     for name, sweep in sweeps.items():
         experiment = get(name)
         cells = experiment.grid(True)
-        assert len(sweep["rows"]) == len(cells) * len(experiment.variants), name
-        for row in sweep["rows"]:
+        assert len(sweep["results"]) == len(cells) * len(experiment.variants), name
+        for row in sweep["results"]:
             assert row["experiment"] == name and row["variant"] in experiment.variants
             assert row["status"] in ("ok", "unavailable"), (name, row["variant"], row["reason"])
             assert 0 <= row["cell"] < len(cells)
@@ -33,15 +34,15 @@ def test_every_quick_grid_is_complete_and_well_formed(sweeps):
             else:
                 assert row["reason"]                 # fa2 on a CPU: a row with its reason, not a crash
         parsed = list(csv.DictReader(io.StringIO(to_csv(sweep))))
-        assert len(parsed) == len(sweep["rows"]) and parsed[0]["experiment"] == name
-        decoded = [(row, line) for row, line in zip(sweep["rows"], parsed) if row["tpot_s"]]   # prefill rows: none
+        assert len(parsed) == len(sweep["results"]) and parsed[0]["experiment"] == name
+        decoded = [(row, line) for row, line in zip(sweep["results"], parsed) if row["tpot_s"]]   # prefill rows: none
         assert decoded and all(row["mbu_measured"] > 0 and float(line["mbu_measured"]) == pytest.approx(
             row["mbu_measured"]) for row, line in decoded)
         assert all(line["host_busy"] in ("True", "False") and int(line["cpu_threads"]) >= 1 for _, line in decoded)
 
 
 def test_attention_speedup_is_the_ratio_of_measured_times(sweeps):
-    rows = sweeps["attention"]["rows"]
+    rows = sweeps["attention"]["results"]
     assert {r["phase"] for r in rows} == {"prefill", "generation"}
     assert {r["pad_ratio"] for r in rows} == {0.0, 0.3}
     baseline = {r["cell"]: r for r in rows if r["variant"] == "baseline"}
@@ -60,7 +61,7 @@ def test_attention_speedup_is_the_ratio_of_measured_times(sweeps):
 
 
 def test_batch_rows_carry_batch_throughput_and_tpot(sweeps):
-    rows = sweeps["batch"]["rows"]
+    rows = sweeps["batch"]["results"]
     assert [r["batch_size"] for r in rows] == [1, 2, 4]
     for row in rows:
         assert row["tokens_per_s"] == pytest.approx(row["output_tokens"] / row["e2e_s"])
@@ -68,15 +69,15 @@ def test_batch_rows_carry_batch_throughput_and_tpot(sweeps):
 
 
 def test_kv_cache_and_quantization_and_lengths_rows(sweeps):
-    kv = sweeps["kv-cache"]["rows"]
+    kv = sweeps["kv-cache"]["results"]
     assert {(r["variant"], r["max_new_tokens"]) for r in kv} == {
         (v, n) for v in ("sdpa", "no-kv-cache") for n in (8, 16, 32)}
     assert all(r["kv_cache_bytes"] == 0 for r in kv if r["variant"] == "no-kv-cache")
-    quant = {r["variant"]: r for r in sweeps["quantization"]["rows"]}
+    quant = {r["variant"]: r for r in sweeps["quantization"]["results"]}
     assert quant["bnb-4bit"]["weights_bytes"] < quant["bnb-8bit"]["weights_bytes"] < quant["baseline"]["weights_bytes"]
     for name in ("bnb-4bit", "bnb-8bit"):
         assert 0 <= quant[name]["identical_token_share"] <= 1
-    lengths = sweeps["lengths"]["rows"]
+    lengths = sweeps["lengths"]["results"]
     outputs = [r for r in lengths if r["axis"] == "output"]
     longest = max(outputs, key=lambda r: r["max_new_tokens"])
     assert longest["predicted_e2e_s"] == pytest.approx(longest["e2e_s"])     # the reference predicts itself
@@ -94,9 +95,9 @@ def test_live_rows_are_the_final_rows_as_cells_finish(engine):
             partial.append((live.settled, live.sweep()))
     final = live.sweep()
     assert [settled for settled, _ in partial] == [1, 2, 3, 4, 5, 6] and live.settled == live.total == 6
-    assert [len(sweep["rows"]) for _, sweep in partial] == [1, 2, 3, 4, 5, 6]
+    assert [len(sweep["results"]) for _, sweep in partial] == [1, 2, 3, 4, 5, 6]
     assert set(partial[-1][1]) == set(final) and not final["cancelled"]
-    for row, done in zip(partial[-1][1]["rows"], final["rows"]):   # same order: cells, then variants
+    for row, done in zip(partial[-1][1]["results"], final["results"]):   # same order: cells, then variants
         assert {k for k in row if row[k] != done[k]} <= {"placement", "queue_s"}, (row, done)
 
 
@@ -118,7 +119,7 @@ def test_live_sweep_places_events_by_counting_and_closes_cells_on_failures():
     assert live.apply(finished("no-kv-cache", 4, 16)) is False and live.settled == 11
     assert live.apply(finished("no-kv-cache", 5, 16))                        # cell 1 done: 2 repeats
     assert live.apply(events.Failed("no-kv-cache", "the worker died"))       # no request: all it has left
-    rows = {(r["variant"], r["cell"]): r for r in live.sweep()["rows"]}
+    rows = {(r["variant"], r["cell"]): r for r in live.sweep()["results"]}
     assert live.settled == 6 + 2 + 6 and len(rows) == 3 + 1 + 3
     assert rows[("sdpa", 0)]["status"] == "ok" and rows[("sdpa", 0)]["max_new_tokens"] == 8
     assert rows[("sdpa", 0)]["tpot_s"] == pytest.approx(0.01) and rows[("sdpa", 0)]["ttft_s"] == pytest.approx(0.05)
@@ -153,7 +154,7 @@ def test_padding_leaves_the_asked_share_of_pad_tokens():
 
 def test_batch_raises_throughput_on_small():
     sweep = run_sweep("batch", presets.load("small"), quick=True)
-    by_batch = {r["batch_size"]: r["tokens_per_s"] for r in sweep["rows"]}
+    by_batch = {r["batch_size"]: r["tokens_per_s"] for r in sweep["results"]}
     assert by_batch[4] > by_batch[1]
 
 
@@ -163,7 +164,7 @@ def test_unknown_experiment_lists_the_choices():
 
 
 def test_cells_beyond_the_context_are_left_out_and_named():
-    from engine.sweeps import grid_for
+    from engine.studies.sweeps import grid_for
     opt = presets.load("opt-350m-random")                     # context 2048
     fits, left_out = grid_for(get("attention"), False, opt)
     assert {cell.prompt_tokens for _, cell in fits} == {256, 1024}

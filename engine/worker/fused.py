@@ -11,14 +11,14 @@ the kernels between them. This step does the same arithmetic with fewer, larger 
   (batch, kv heads, group, head dim), so the kernel reads each cached key and value once.
 
 Attention comes in two formulations of the same maths. "sdpa" calls scaled_dot_product_attention
-with a boolean mask. On an H200 (Llama-3.1-8B shape, bf16, batch 1) the compiled step takes
-4.85 ms with a 256-position cache but 7.32 ms with 4096 positions, though the cache is a small
-part of the bytes a step reads next to 15 GB of weights: likely because a masked SDPA kernel
-parallelises over batch x heads x query blocks, 8 blocks here, so a few SMs read the whole cache. "reduce" writes the scores,
-softmax and weighted sum as float32 products and sums, which inductor turns into reductions that
-it splits over the cache's length when their output is small and the reduction long (the
-parallelism of flash-decoding). Which one is the default is for a measurement on a GPU to
-decide (scripts/compile_probe.py --long-prompt 2048: fused against fusedreduce).
+with a boolean mask. A masked SDPA kernel parallelises over batch x heads x query blocks (8 blocks
+for the Llama-3.1-8B shape at batch 1), so a few SMs read the whole cache: on a GPU a long cache
+slows the step far more than its share of the bytes read (BENCHMARKS.md, the H200's second run,
+`compiled` at prompts 128 and 2048). "reduce" writes the scores, softmax and weighted sum as
+float32 products and sums, which inductor turns into reductions that it splits over the cache's
+length when their output is small and the reduction long (the parallelism of flash-decoding).
+Which one is the default is for a measurement on a GPU to decide (scripts/compile_probe.py
+--long-prompt 2048: fused against fusedreduce).
 
 Prefill stays transformers' own forward: it fills the same StaticCache this step reads and writes.
 `unsupported_reason(model)` says why a model does not qualify (None when it does); the step refuses those.
@@ -88,8 +88,8 @@ def visible_positions(attention_mask: torch.Tensor, cache_position: torch.Tensor
     return attention_mask.bool() & (positions <= cache_position)
 
 
-def _reduce_attention(group: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
-                      scale: float) -> torch.Tensor:
+def reduce_attention(group: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
+                     scale: float) -> torch.Tensor:
     """SDPA's result for group (batch, kv heads, group, d) over keys and values (batch, kv heads, cache, d).
 
     Products and sums, not matmuls: inductor keeps them as reductions (a batched matmul would go to
@@ -160,7 +160,7 @@ class FusedLlamaStep(nn.Module):
                 out = F.scaled_dot_product_attention(group, kv.keys, kv.values, attn_mask=visible[:, None, None, :],
                                                      scale=layer.scaling)
             else:
-                out = _reduce_attention(group, kv.keys, kv.values, visible, layer.scaling)
+                out = reduce_attention(group, kv.keys, kv.values, visible, layer.scaling)
             x = x + F.linear(out.reshape(batch, 1, layer.q_size), layer.o, layer.o_bias)
             gate, up = F.linear(_rms_norm(x, layer.norm_post, layer.eps), layer.gate_up).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, layer.down)

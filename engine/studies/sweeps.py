@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine import events, models, report
-from engine.pool import Cell, Engine, Outcome, Run
+from engine import events, report
+from engine.outcomes import Outcome
+from engine.pool import Engine, Run
 from engine.presets import Preset
+from engine.spec import Cell, RunSpec
 
 PROMPT = "Attention reads every cached key and value for each new token, so memory bandwidth sets the pace. "
 
@@ -164,40 +166,37 @@ class LiveSweep:
     """A sweep in progress: fold its run's events in with `apply`; `sweep()` gives the rows of the
     (variant, cell) pairs finished so far, and `run_sweep`'s result once the run is done.
 
-    Finished events do not name their cell, but the engine measures each variant's cells in grid
-    order, `repeats` requests a cell (warm-up requests never reach the consumer): counting a
-    variant's Finished events places them. A failed request ends its cell; a failure with no
-    request (the worker could not load) ends all of the variant's cells.
+    Every answer names its cell. A cell is finished when its timed requests have all answered or one
+    failed; a failure outside any request (the worker could not load), or an unavailable variant,
+    finishes all of the variant's cells.
     """
 
-    def __init__(self, experiment: Experiment, engine: Engine, variants: list[str], quick: bool, repeats: int,
-                 t0: float):
-        self.experiment, self.variants, self.quick, self.repeats, self.t0 = experiment, variants, quick, repeats, t0
+    def __init__(self, experiment: Experiment, engine: Engine, spec: RunSpec, quick: bool, grid: list,
+                 left_out: list[str], t0: float):
+        self.experiment, self.spec, self.quick, self.grid, self.left_out, self.t0 = \
+            experiment, spec, quick, grid, left_out, t0
+        self.variants, self.repeats = list(spec.variants), spec.repeats
         self.preset, self.device = engine.preset, engine.device
-        self.grid, self.left_out = grid_for(experiment, quick, engine.preset)
-        self.prompt_tokens = models.count_prompt_tokens(engine.preset, PROMPT)
-        # workers kept loaded from an earlier run send no Loaded event: start from what the engine holds
-        self.loaded = {name: worker.loaded for name, worker in engine.workers.items() if worker.loaded}
+        self.prompt_tokens = engine.validate(spec)              # raises InputError; the engine keeps the count
+        self.loaded = engine.loaded()     # workers kept loaded from an earlier run send no Loaded event
         self.stages: dict[str, str] = {}                        # variant -> its last Status stage
+        self._open = {(name, cell): Outcome(name) for name in self.variants for cell in range(len(grid))}
         self.outcomes: dict[tuple[str, int], Outcome] = {}      # finished (variant, cell) pairs only
-        self._cell = {name: 0 for name in variants}             # the cell each variant measures now
-        self._open = {name: Outcome(name) for name in variants}
         self.revision = 0                                       # +1 whenever a pair finishes
         self.result: dict | None = None
 
     @property
     def total(self) -> int:
         """Measured requests of the whole sweep: variants x cells x repeats."""
-        return len(self.variants) * len(self.grid) * self.repeats
+        return len(self._open) * self.repeats
 
     @property
     def settled(self) -> int:
         """Measured requests finished so far, counting those a failure or unavailability skipped."""
         if self.result is not None:
             return self.total
-        return sum(min(self._cell[name], len(self.grid)) * self.repeats
-                   + (len(self._open[name].finished) if self._cell[name] < len(self.grid) else 0)
-                   for name in self.variants)
+        return sum(self.repeats if key in self.outcomes else len(outcome.finished)
+                   for key, outcome in self._open.items())
 
     @property
     def done(self) -> bool:
@@ -205,48 +204,44 @@ class LiveSweep:
 
     def apply(self, event) -> bool:
         """Fold one engine event in; True when the rows changed (a pair finished, or the run ended)."""
-        name = getattr(event, "variant", None)
         if isinstance(event, events.RunDone):
             self.result = _sweep(self.experiment, self.quick, self.grid, self.left_out, event.report, self.t0)
             self.revision += 1
             return True
-        if name not in self._cell:
+        name = getattr(event, "variant", None)
+        if name not in self.variants:
             return False
+        every = [(name, cell) for cell in range(len(self.grid))]
         if isinstance(event, events.Status):
             self.stages[name] = event.stage
         elif isinstance(event, events.Loaded):
             self.loaded[name] = event
         elif isinstance(event, events.Unavailable):
-            return self._close(name, unavailable=event.reason, every=True)
+            return self._close(every, unavailable=event.reason)
         elif isinstance(event, events.Failed):
-            return self._close(name, failed=event, every=event.request_id is None)
-        elif isinstance(event, events.Finished) and self._cell[name] < len(self.grid):
-            self._open[name].finished.append(event)
-            if len(self._open[name].finished) == self.repeats:
-                return self._close(name)
+            return self._close(every if event.cell is None else [(name, event.cell)], failed=event)
+        elif isinstance(event, events.Finished) and (name, event.cell) in self._open:
+            outcome = self._open[(name, event.cell)]
+            outcome.finished.append(event)
+            if len(outcome.finished) == self.repeats:
+                return self._close([(name, event.cell)])
         return False
 
-    def _close(self, name: str, failed=None, unavailable=None, every: bool = False) -> bool:
-        """Finish the variant's current cell (and, with `every`, all its later ones)."""
-        closed = False
-        while self._cell[name] < len(self.grid):
-            outcome = self._open[name]
-            outcome.failed, outcome.unavailable, outcome.loaded = failed, unavailable, self.loaded.get(name)
-            self.outcomes[(name, self._cell[name])] = outcome
-            self._cell[name] += 1
-            self._open[name] = Outcome(name)
-            closed = True
-            if not every:
-                break
-        self.revision += closed
-        return closed
+    def _close(self, keys: list[tuple[str, int]], failed=None, unavailable=None) -> bool:
+        """Finish the (variant, cell) pairs that are still open."""
+        keys = [key for key in keys if key not in self.outcomes]
+        for key in keys:
+            outcome = self._open[key]
+            outcome.failed, outcome.unavailable, outcome.loaded = failed, unavailable, self.loaded.get(key[0])
+            self.outcomes[key] = outcome
+        self.revision += bool(keys)
+        return bool(keys)
 
     def sweep(self) -> dict:
         """The rows so far, shaped like `run_sweep`'s result (which it is, once the run is done)."""
         if self.result is not None:
             return self.result
-        built = report.build(self.preset, self.device, PROMPT, self.prompt_tokens, self.outcomes, self.variants,
-                             [cell for _, cell in self.grid], "fair", self.repeats, 1)
+        built = report.build(self.spec, self.preset, self.device, self.prompt_tokens, self.outcomes)
         return _sweep(self.experiment, self.quick, self.grid, self.left_out, built, self.t0)
 
 
@@ -260,7 +255,7 @@ def _sweep(experiment: Experiment, quick: bool, grid: list, left_out: list[str],
     return {"experiment": experiment.name, "title": experiment.title, "explanation": experiment.explanation,
             "quick": quick, "preset": built["preset"], "device": built["device"], "versions": built["versions"],
             "cancelled": built["cancelled"], "wall_s": time.perf_counter() - t0, "left_out": left_out,
-            "rows": derive(experiment, rows)}
+            "results": derive(experiment, rows)}
 
 
 def start_sweep(name: str, engine: Engine, quick: bool = False, variants: list[str] | None = None,
@@ -273,16 +268,17 @@ def start_sweep(name: str, engine: Engine, quick: bool = False, variants: list[s
     chosen = list(variants or experiment.variants)
     repeats = repeats_for(quick)
     t0 = time.perf_counter() if t0 is None else t0
-    live = LiveSweep(experiment, engine, chosen, quick, repeats, t0)
-    run = engine.start(PROMPT, chosen, experiment.max_new_tokens(quick), repeats=repeats, ignore_eos=True,
-                       cells=[cell for _, cell in live.grid], warmup_requests=1)
-    return run, live
+    grid, left_out = grid_for(experiment, quick, engine.preset)
+    spec = RunSpec(PROMPT, chosen, experiment.max_new_tokens(quick), repeats=repeats, ignore_eos=True,
+                   cells=tuple(cell for _, cell in grid), warmup_requests=1)
+    live = LiveSweep(experiment, engine, spec, quick, grid, left_out, t0)
+    return engine.start(spec), live
 
 
 def run_sweep(name: str, preset: Preset, quick: bool = False, variants: list[str] | None = None,
               on_event: Callable[[object], None] | None = None, engine: Engine | None = None,
               threads: int | None = None) -> dict:
-    """Measure every (variant, cell) of an experiment; returns {experiment, preset, device, versions, rows}.
+    """Measure every (variant, cell) of an experiment; returns {experiment, preset, device, versions, results}.
 
     Pass an `engine` to reuse loaded workers (the dashboard does); `on_event` sees every engine event.
     """
@@ -304,29 +300,17 @@ def run_sweep(name: str, preset: Preset, quick: bool = False, variants: list[str
 
 def to_csv(sweep: dict) -> str:
     """The rows as CSV, one column per field of ROW_FIELDS."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for row in sweep["rows"]:
-        writer.writerow({key: row.get(key) for key in ROW_FIELDS})
-    return out.getvalue()
+    from engine.views.tables import csv_text
+    return csv_text(sweep["results"], ROW_FIELDS)
 
 
 def summary(sweep: dict) -> str:
-    """A fixed-width table of the rows, for the command line."""
-    experiment = get(sweep["experiment"])
-    keys = ("variant", "status") + tuple(k for k in ("phase", "axis") if any(k in r for r in sweep["rows"])) + \
-        ("prompt_length", "pad_ratio", "batch_size", "max_new_tokens") + experiment.y
-    def show(value):
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value)
-    table = [keys] + [tuple(show(row.get(k)) for k in keys) for row in sweep["rows"]]
-    widths = [max(len(r[i]) for r in table) for i in range(len(keys))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
-    reasons = {r["variant"]: r["reason"] for r in sweep["rows"] if r["reason"]}
+    """A fixed-width table of the rows (in the chart's units), for the command line."""
+    from engine.views.sweep_charts import sweep_table
+    from engine.views.tables import fixed_width
+    headers, rows = sweep_table(sweep, get(sweep["experiment"]).y, reasons=False)
+    lines = fixed_width([headers, *rows]).splitlines()
+    reasons = {r["variant"]: r["reason"] for r in sweep["results"] if r["reason"]}
     notes = [f"  left out: {note}" for note in sweep.get("left_out", [])]
     return "\n".join(lines + [f"  {v}: {why}" for v, why in reasons.items()] + notes)
 

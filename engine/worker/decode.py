@@ -12,7 +12,7 @@ positions per layer. The cache is sized in power-of-two buckets of the request i
 cache's length is a dynamic dimension of the compiled step, so a new bucket does not compile
 again (the batch stays static: inductor turns one-row matmuls into tuned GEMVs only for batch 1).
 
-The step is the engine's fused step for Llama-family models (engine/fused.py), else the
+The step is the engine's fused step for Llama-family models (engine/worker/fused.py), else the
 model's own forward. The loop queues the next step before it waits for the current token, so
 the host's work per token overlaps the device's.
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from engine.fused import FusedLlamaStep, unsupported_reason, visible_positions
+from engine.worker.fused import FusedLlamaStep, unsupported_reason, visible_positions
 
 
 def cache_keyword(model) -> str:
@@ -102,9 +102,9 @@ class CompiledDecoder:
     def __init__(self, model, context_length: int, device: str, inductor: dict | None = None,
                  fused: bool | None = None, fused_attention: str = "sdpa"):
         """`inductor`: inductor's options for the step (default: CUDA_INDUCTOR on a GPU, none on a CPU).
-        `fused`: the engine's fused step for Llama-family models (engine/fused.py) instead of the
+        `fused`: the engine's fused step for Llama-family models (engine/worker/fused.py) instead of the
         model's forward; None uses it where the model qualifies. `fused_attention`: its formulation
-        of attention, "sdpa" or "reduce" (see engine/fused.py)."""
+        of attention, "sdpa" or "reduce" (see engine/worker/fused.py)."""
         self.model, self.context_length, self.device = model, context_length, device
         self.keyword = cache_keyword(model)
         self.caches: dict[tuple[int, int], object] = {}   # (batch, bucket) -> StaticCache; graphs keep its addresses

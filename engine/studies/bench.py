@@ -9,6 +9,7 @@ import time
 from engine import events, metrics
 from engine.pool import Engine
 from engine.presets import Preset
+from engine.spec import RunSpec, lengths
 from engine.report import host_note
 
 FILLER = "The quick brown fox jumps over the lazy dog while the attention kernel streams its weights. "
@@ -33,8 +34,8 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
     with Engine(preset, request_timeout_s=request_timeout_s, threads=threads) as engine:
         reasons = {name: reason for name, _, reason in engine.variant_choices()}
         first = next((v for v in variants if v in reasons and reasons[v] is None), None)
-        run = engine.start(FILLER, variants, new_tokens, repeats=repeats, ignore_eos=True, batch_size=batch_size,
-                           prompt_lengths=prompt_lengths, warmup_requests=1)
+        run = engine.start(RunSpec(FILLER, variants, new_tokens, repeats=repeats, ignore_eos=True,
+                                   batch_size=batch_size, cells=lengths(prompt_lengths), warmup_requests=1))
         report = None
         for event in run:
             if isinstance(event, events.Loaded):
@@ -43,9 +44,9 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
             elif isinstance(event, (events.Failed, events.Unavailable)):
                 log(f"  {event.variant}: {event.reason}")
             elif isinstance(event, events.Finished) and len(event.token_times) > 1:
-                times = event.token_times
+                times = metrics.relative_times(event.t_start, event.token_times)
                 log(f"  {event.variant}, prompt {event.prompt_tokens}: {len(times)} tokens, TTFT "
-                    f"{(times[0] - event.t_start) * 1000:.1f} ms, TPOT {metrics.tpot_s(times) * 1000:.2f} ms")
+                    f"{metrics.ttft_s(times) * 1000:.1f} ms, TPOT {metrics.tpot_s(times) * 1000:.2f} ms")
             elif isinstance(event, events.RunDone):
                 report = event.report
         reference = next((r for r in report["results"] if r["variant"] == first and r["status"] == "ok"), None)
@@ -79,23 +80,14 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
 
 def table(report: dict) -> str:
     """One line per cell."""
-    def ms(v):
-        return "-" if v is None else f"{v * 1000:.2f}"
-
-    def pct(v):
-        return "-" if v is None else f"{v:.0%}"
-
-    head = ("variant", "prompt", "status", "TTFT ms", "TPOT ms", "min-max ms", "tok/s", "MBU sheet", "MBU copy",
-            "peak GiB")
-    rows = [head]
+    from engine.views.tables import fixed, fixed_width, general, gib, ms, ms_range, percent
+    rows = [("variant", "prompt", "status", "TTFT ms", "TPOT ms", "min-max ms", "tok/s", "MBU sheet", "MBU copy",
+             "peak GiB")]
     for r in report["results"]:
-        spread = "-" if r["tpot_min_s"] is None else f"{ms(r['tpot_min_s'])}-{ms(r['tpot_max_s'])}"
-        rows.append((r["variant"], str(r.get("prompt_length", "-")), r["status"], ms(r["ttft_s"]), ms(r["tpot_s"]),
-                     spread, "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}", pct(r["mbu"]),
-                     pct(r.get("mbu_measured")),
-                     "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**30:.2f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        rows.append((r["variant"], general(r.get("prompt_length")), r["status"], ms(r["ttft_s"], 2),
+                     ms(r["tpot_s"], 2), ms_range(r["tpot_min_s"], r["tpot_max_s"]), fixed(r["tokens_per_s"]),
+                     percent(r["mbu"]), percent(r.get("mbu_measured")), gib(r["peak_memory_bytes"])))
+    lines = fixed_width(rows).splitlines()
     seen = set()
     for r in report["results"]:
         if r["reason"] and r["variant"] not in seen:
@@ -110,7 +102,7 @@ def table(report: dict) -> str:
     if ratio is not None:
         lines.append(f"overhead: worker TPOT / bare-loop TPOT = {ratio:.3f}, median of {len(ref['pair_ratios'])} "
                      f"back-to-back pairs ({ref['variant']}, prompt {ref['prompt_length']}: "
-                     f"{ms(ref['worker_tpot_s'])} / {ms(ref['bare_tpot_s'])} ms, {ref['clock']})")
+                     f"{ms(ref['worker_tpot_s'], 2)} / {ms(ref['bare_tpot_s'], 2)} ms, {ref['clock']})")
     bw = report.get("peak_bandwidth_bytes_per_s", {})
     lines.append("bandwidth: measured " + ("-" if not bw.get("measured") else f"{bw['measured'] / 1e9:.0f} GB/s")
                  + ", datasheet " + ("-" if not bw.get("datasheet") else f"{bw['datasheet'] / 1e9:.0f} GB/s"))

@@ -1,16 +1,17 @@
 """Model and tokenizer from a preset: hub id / local path, or seeded random weights from a config.
 
-The orchestrator side (`ensure_source`, `count_prompt_tokens`) needs only `tokenizers` and
-`huggingface_hub`; the loaders import torch and transformers and run in worker processes.
+Worker side: the loaders import torch and transformers. The orchestrator's view of a model (its
+files, its config, its token counts) is engine/source.py, which imports neither.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from engine.source import cache_dir
 
 if TYPE_CHECKING:
     from engine.presets import Preset
@@ -18,17 +19,6 @@ if TYPE_CHECKING:
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")           # ids 0, 1, 2
 SYLLABLES = ("ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "vu", "ze", "ba", "do", "fe", "gi", "ho", "ju")
-
-
-class ModelSourceError(ValueError):
-    """The model's files cannot be found or fetched; the message says what to do."""
-
-
-def cache_dir() -> Path:
-    """Where locally made models live: $SIDEBYSIDE_CACHE or ~/.cache/sidebyside."""
-    env = os.environ.get("SIDEBYSIDE_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sidebyside"
-    return base
 
 
 def _filler_word(index: int) -> str:
@@ -63,46 +53,6 @@ def byte_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def _hub_file(model_id: str, filename: str) -> str | None:
-    if Path(model_id).is_dir():
-        path = Path(model_id) / filename
-        return str(path) if path.exists() else None
-    from huggingface_hub import try_to_load_from_cache
-    found = try_to_load_from_cache(model_id, filename)
-    return found if isinstance(found, str) else None
-
-
-def ensure_source(preset: Preset) -> None:
-    """Make sure a hub preset's config and tokenizer are here (cached or fetchable), or explain."""
-    if preset.random_weights or _hub_file(preset.model_id, "config.json"):
-        return
-    if Path(preset.model_id).exists():
-        raise ModelSourceError(f"{preset.model_id} has no config.json: point 'model_id' at a "
-                               "folder saved with save_pretrained")
-    try:
-        from huggingface_hub import snapshot_download
-        snapshot_download(preset.model_id, allow_patterns=["*.json", "*.model", "*.txt"])
-    except Exception as error:   # offline, gated or unknown repository: all end the same way for the user
-        detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise ModelSourceError(
-            f"model {preset.model_id!r} is not in the local Hugging Face cache and cannot be fetched "
-            f"({detail}): run `hf download {preset.model_id}` on a machine with internet access and "
-            "copy the cache (HF_HOME), or choose a random-weight preset such as 'tiny'") from None
-
-
-def count_prompt_tokens(preset: Preset, prompt: str) -> int:
-    """Tokens of the prompt as the worker will encode it (before any chat template)."""
-    if preset.tokenizer == "bytes":
-        return len(prompt.encode("utf-8")) + 1           # + the <s> token
-    path = _hub_file(preset.model_id, "tokenizer.json")
-    if path is None:
-        return 0                                         # no fast tokenizer file: the worker checks
-    from tokenizers import Tokenizer
-    return len(Tokenizer.from_file(path).encode(prompt).ids)
-
-
-# ----------------------------------------------------------------------------- worker side
-
 def load_tokenizer(preset: Preset, vocab_size: int | None = None):
     """The transformers tokenizer for a preset."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -118,7 +68,8 @@ def load_tokenizer(preset: Preset, vocab_size: int | None = None):
     return tokenizer
 
 
-def _random_config(preset: Preset):
+def random_config(preset: Preset):
+    """The transformers config of a random-weight preset."""
     from transformers import AutoConfig
     fields = dict(preset.config)
     model_type = fields.pop("model_type")
@@ -137,7 +88,7 @@ def _saved_random_model(preset: Preset) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "config.json").exists():
             torch.manual_seed(preset.seed)
-            model = AutoModelForCausalLM.from_config(_random_config(preset), dtype=getattr(torch, preset.dtype))
+            model = AutoModelForCausalLM.from_config(random_config(preset), dtype=getattr(torch, preset.dtype))
             staging = target.with_name(target.name + ".tmp")
             model.save_pretrained(staging)
             load_tokenizer(preset).save_pretrained(staging)
@@ -197,7 +148,7 @@ def load_model(preset: Preset, variant: Variant, device: str):
     if preset.random_weights and not preset.cache_on_disk:
         torch.manual_seed(preset.seed)
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(_random_config(preset), **kwargs)
+            model = AutoModelForCausalLM.from_config(random_config(preset), **kwargs)
         if quant is not None:
             model = quantize_in_place(model, variant, dtype, device)
         tokenizer = load_tokenizer(preset, model.config.vocab_size)

@@ -1,0 +1,155 @@
+"""Worker processes as the orchestrator sees them: spawn, pipe, cancel flag, death, stop.
+
+The process layer knows nothing of models: a worker is an entry point named by a string
+("module:function"), imported in the child only, called with its picklable `WorkerSpec`, its end
+of a pipe and a cancel flag. Each worker has its own pipe: a worker killed mid-write cannot jam
+the others (a shared multiprocessing.Queue's lock could).
+"""
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import multiprocessing.connection
+import threading
+import time
+from collections.abc import Callable
+
+from engine import events
+from engine.events import WorkerSpec
+
+CONTEXT = multiprocessing.get_context("spawn")
+ENTRY = "engine.worker.serve:main"          # the child side (imported in the child process only)
+STOP_WAIT_S = 10.0                          # a worker asked to stop may take this long before it is killed
+
+
+def _child(entry: str, *args) -> None:
+    """The spawned process's target: import the entry point there, and run it."""
+    module, _, function = entry.partition(":")
+    getattr(importlib.import_module(module), function)(*args)
+
+
+class WorkerProcess:
+    """One worker process: its pipe, its cancel flag, and what it said about loading."""
+
+    def __init__(self, spec: WorkerSpec, entry: str = ENTRY):
+        self.spec, self.variant = spec, spec.variant
+        self.conn, child = CONTEXT.Pipe(duplex=True)
+        self.cancel = CONTEXT.Event()            # set: stop the current request at its next token
+        self.process = CONTEXT.Process(target=_child, args=(entry, spec, child, self.cancel), daemon=True,
+                                       name=f"worker-{spec.variant}")
+        self.process.start()
+        child.close()
+        self.loaded: events.Loaded | None = None
+        self.failed: events.Failed | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, warmed up and still running: it can take a request."""
+        return self.loaded is not None and self.alive
+
+    def send(self, message) -> bool:
+        """Send a Request, a Probe or None (stop); False when the pipe is gone."""
+        try:
+            self.conn.send(message)
+            return True
+        except (OSError, ValueError):            # BrokenPipeError is an OSError; ValueError: closed here
+            return False
+
+    def read(self) -> list:
+        """Every event waiting in the pipe (batches unpacked), noting Loaded and a load failure."""
+        found = []
+        try:
+            while self.conn.poll():
+                found += events.unbatch(self.conn.recv())
+        except (EOFError, OSError, ValueError):  # it died mid-message or the pipe was closed here
+            pass
+        for event in found:
+            if isinstance(event, events.Loaded):
+                self.loaded = event
+            elif isinstance(event, events.Failed) and event.request_id is None:
+                self.failed = event
+        return found
+
+    def close(self) -> None:
+        """After the process ended: release the pipe."""
+        self.conn.close()
+
+
+def stop(workers: list[WorkerProcess], timeout: float = STOP_WAIT_S) -> None:
+    """Ask every worker to stop first, then wait for all of them together; kill (by its own handle)
+    any still running at the deadline. Shutting down N workers takes one timeout, not N."""
+    for worker in workers:
+        worker.send(None)
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        worker.process.join(max(deadline - time.monotonic(), 0.0))
+    for worker in workers:
+        if worker.process.is_alive():
+            worker.process.kill()               # our own child, by its handle
+            worker.process.join(5)
+        worker.close()
+
+
+def wait(workers: list[WorkerProcess], timeout: float) -> tuple[list[WorkerProcess], list[WorkerProcess]]:
+    """Block up to `timeout` until a worker has sent something or died: (readable, dead)."""
+    handles = [w.conn for w in workers] + [w.process.sentinel for w in workers]
+    ready = multiprocessing.connection.wait(handles, timeout=timeout)
+    return ([w for w in workers if w.conn in ready], [w for w in workers if w.process.sentinel in ready])
+
+
+class WorkerSet:
+    """The worker processes of one engine, by variant. Every walk and change of the set holds its lock,
+    so a Stop or a shutdown from another thread never races a run that is spawning workers."""
+
+    def __init__(self, make_spec: Callable[[str, list[WorkerSpec]], WorkerSpec], entry: str = ENTRY):
+        self._make_spec, self._entry = make_spec, entry        # make_spec(variant, specs of the others)
+        self._workers: dict[str, WorkerProcess] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> WorkerProcess | None:
+        with self._lock:
+            return self._workers.get(name)
+
+    def all(self) -> list[WorkerProcess]:
+        with self._lock:
+            return list(self._workers.values())
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._workers)
+
+    def spawn(self, name: str) -> WorkerProcess:
+        with self._lock:
+            spec = self._make_spec(name, [w.spec for w in self._workers.values()])
+            worker = self._workers[name] = WorkerProcess(spec, self._entry)
+            return worker
+
+    def stop(self, names: list[str], timeout: float = STOP_WAIT_S) -> None:
+        """Stop the named workers together (those not running are skipped)."""
+        with self._lock:
+            gone = [self._workers.pop(name) for name in names if name in self._workers]
+        stop(gone, timeout)
+
+    def stop_all(self, timeout: float = STOP_WAIT_S) -> None:
+        self.stop(self.names(), timeout)
+
+    def cancel_all(self) -> None:
+        """Every worker stops its current request at its next token."""
+        for worker in self.all():
+            worker.cancel.set()
+
+    def clear_cancel(self) -> None:
+        for worker in self.all():
+            worker.cancel.clear()
+
+    def loaded(self) -> dict[str, events.Loaded]:
+        """The Loaded event of every worker that is ready now."""
+        return {w.variant: w.loaded for w in self.all() if w.ready}

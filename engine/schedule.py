@@ -1,0 +1,242 @@
+"""How a run uses the device, and the loop that carries it out over the engine's workers.
+
+The plan is data: which variants load together (`groups`: the resident ones, then each swapped one
+alone), and in what order requests go out (`turns`: cell by cell, warm-ups first, then the timed
+repeats; in fair mode one variant at a time, in race mode all at once). `Execution` sends the
+requests, waits on the workers' pipes and process sentinels, and turns a death, a stuck worker or a
+timeout into a `Failed` event for that variant alone.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+from engine import budget, events, process
+from engine.events import Probe, Request
+from engine.outcomes import RunState
+from engine.process import WorkerProcess, WorkerSet
+from engine.spec import RunSpec
+
+CANCEL_GRACE_S = 10.0             # after a cancel or timeout, how long a worker may take to stop
+WAIT_SLICE_S = 0.5                # the longest single wait, so a cancel is noticed promptly
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One round of requests: every ready variant answers cell `cell` once."""
+    cell: int
+    warmup: bool                  # unmeasured: the first request at new lengths can be slow
+    together: bool                # race mode: all at once; fair mode: one after another
+
+
+def turns(spec: RunSpec) -> list[Turn]:
+    """Cell by cell; in each, the warm-ups, then the timed repeats."""
+    rounds = spec.warmup_requests + spec.repeats
+    return [Turn(cell, attempt < spec.warmup_requests, spec.mode == "race")
+            for cell in range(len(spec.grid)) for attempt in range(rounds)]
+
+
+def groups(names: list[str], placement: dict[str, str]) -> list[list[str]]:
+    """Variants that are loaded at the same time: the resident ones, then each swapped one alone."""
+    resident = [name for name in names if placement[name] == "resident"]
+    return [group for group in [resident] + [[n] for n in names if placement[n] == "swapped"] if group]
+
+
+@dataclass(frozen=True)
+class Limits:
+    request_s: float = 900.0      # one request
+    load_s: float = 3600.0        # loading and warming up one worker
+
+
+class Execution:
+    """One run (or probe) over the engine's workers: sends, waits, and folds events into `state`."""
+
+    def __init__(self, workers: WorkerSet, state: RunState, emit, cancelled, ids: itertools.count,
+                 limits: Limits):
+        self.workers, self.state, self._emit = workers, state, emit
+        self.cancelled = cancelled                  # a threading.Event: the run's Stop
+        self._ids, self.limits = ids, limits
+
+    # ------------------------------------------------------------------ a run
+    def run(self, spec: RunSpec, placement: dict[str, str], after_timed=None) -> None:
+        """Load each group, then go through the turns with the variants of that group.
+
+        `after_timed(loaded names)` runs once every timed request is done, before the last group is
+        unloaded (a large measurement there disturbs no timing)."""
+        plan = groups([n for n in spec.variants if n in placement], placement)
+        for (name, _), outcome in self.state.outcomes.items():
+            outcome.placement = placement.get(name)
+        for index, group in enumerate(plan):
+            if self.cancelled.is_set():
+                return
+            self.load(group)
+            loaded = [n for n in group if self._ready(n)]
+            t_ready = time.perf_counter()
+            for name in loaded:
+                for outcome in self.state.of(name):
+                    outcome.t_ready = t_ready
+                self._emit(events.Status(name, "queued"))
+            for turn in turns(spec):
+                if self.cancelled.is_set():
+                    break
+                self._turn(spec, turn, loaded)
+            if index == len(plan) - 1 and after_timed is not None and not self.cancelled.is_set():
+                after_timed(loaded)
+            if placement.get(group[0]) == "swapped":
+                for name in group:
+                    self._emit(events.Status(name, "unloading"))
+                self.workers.stop(group)
+
+    def _turn(self, spec: RunSpec, turn: Turn, loaded: list[str]) -> None:
+        ready = [n for n in loaded if self._ready(n) and self.state.outcomes[(n, turn.cell)].failed is None]
+        if turn.together and len(ready) > 1:
+            for name in ready:
+                self.state.outcomes[(name, turn.cell)].contended = True
+            self.generate({name: self._request(spec, turn) for name in ready}, turn.warmup)
+            return
+        for name in ready:
+            if self.cancelled.is_set():
+                return
+            self.generate({name: self._request(spec, turn)}, turn.warmup)
+
+    def _request(self, spec: RunSpec, turn: Turn) -> Request:
+        cell = spec.resolved(spec.grid[turn.cell])
+        return Request(next(self._ids), spec.prompt, cell.max_new_tokens, spec.ignore_eos, cell.batch_size,
+                       cell.prompt_tokens, cell.pad_ratio, cell=turn.cell)
+
+    def _ready(self, name: str) -> bool:
+        worker = self.workers.get(name)
+        return worker is not None and worker.ready
+
+    # ------------------------------------------------------------------ workers
+    def load(self, names: list[str]) -> None:
+        """Start the named workers that are not running, and wait until each is loaded or failed."""
+        for name in names:
+            worker = self.workers.get(name)
+            if worker is not None and not worker.alive:
+                self.workers.stop([name])
+                worker = None
+            if worker is None:
+                self.workers.spawn(name)
+                self._emit(events.Status(name, "loading", "starting the worker process"))
+            elif worker.loaded:
+                self.state.fold(worker.loaded)     # kept loaded from an earlier run: no Loaded comes
+        pending = [n for n in names if (w := self.workers.get(n)) is not None and not w.loaded]
+
+        def settled() -> bool:
+            return all((w := self.workers.get(n)) is None or w.loaded or w.failed for n in pending)
+
+        self.receive(pending, settled, self.limits.load_s)
+        for name in pending:
+            worker = self.workers.get(name)
+            if worker is not None and worker.failed and not worker.loaded:
+                self.workers.stop([name])
+
+    def generate(self, requests: dict[str, Request], warmup: bool) -> None:
+        """Send each named worker its request at once and wait for all answers."""
+        for name, request in requests.items():
+            self.state.sent(name, request, warmup)
+            if not self.workers.get(name).send(request):
+                self._fail(self.workers.get(name), "the worker process is gone; it will be restarted")
+        names = list(requests)
+        self.receive(names, lambda: not self.state.waiting(names), self.limits.request_s)
+
+    def measure(self, name: str, kind: str, timeout: float, **fields) -> dict:
+        """A probe in the variant's loaded worker; its answer or failure never touches an outcome."""
+        probe = Probe(next(self._ids), kind, **fields)
+        self.state.sent(name, probe)
+        self.workers.get(name).send(probe)
+        self.receive([name], lambda: not self.state.waiting([name]), timeout)
+        answer = self.state.answer(probe.request_id)
+        if not isinstance(answer, events.Measured):
+            raise RuntimeError(f"{name}: {kind} failed: {answer.reason if answer else 'no answer'}")
+        return dict(answer.values)
+
+    def receive(self, names: list[str], until, timeout: float) -> None:
+        """Pass on events of the named workers until `until()`; handle deaths, stuck workers, timeouts."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            live = [w for n in names if (w := self.workers.get(n)) is not None]
+            if not live:
+                return
+            if self.cancelled.is_set():                # a cancelled worker stops at its next token
+                deadline = min(deadline, time.monotonic() + CANCEL_GRACE_S)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._overdue(live, timeout)
+                return
+            readable, dead = process.wait(live, min(remaining, WAIT_SLICE_S))
+            for worker in readable:
+                self._forward(worker)
+            for worker in dead:
+                if self.workers.get(worker.variant) is worker:
+                    self._died(worker)
+
+    def _forward(self, worker: WorkerProcess) -> None:
+        for event in worker.read():
+            if self.state.fold(event):
+                self._emit(event)
+
+    def _died(self, worker: WorkerProcess) -> None:
+        self._forward(worker)                          # what it sent before dying
+        worker.process.join(1.0)                       # reap it, so that its exit code is known
+        if worker.failed is not None and worker.loaded is None:
+            self.workers.stop([worker.variant], timeout=1.0)     # it said why it could not load
+            return
+        self._fail(worker, f"the worker process died (exit code {worker.process.exitcode}); "
+                           "it will be started afresh on the next run")
+
+    def _overdue(self, live: list[WorkerProcess], timeout: float) -> None:
+        for worker in live:
+            if self.cancelled.is_set():
+                self._fail(worker, f"did not stop within {CANCEL_GRACE_S:.0f} s of the cancel: "
+                                   "the worker was stopped and starts afresh next run")
+            elif worker.variant in self.state.current:
+                self._time_out(worker, timeout)
+            else:
+                self._fail(worker, f"did not load within {timeout:.0f} s: the worker was stopped")
+
+    def _fail(self, worker: WorkerProcess, reason: str) -> None:
+        """Turn a dead or stuck worker into a Failed event for its variant, and stop it."""
+        failed = self.state.failure(worker.variant, reason)
+        worker.failed = worker.failed or (failed if failed.request_id is None else None)
+        if self.state.fold(failed):
+            self._emit(failed)
+        self.workers.stop([worker.variant], timeout=1.0)
+
+    def _time_out(self, worker: WorkerProcess, timeout: float) -> None:
+        """A request ran past its time: fail it, stop it at its next token, keep the worker if it obeys."""
+        name = worker.variant
+        self._emit(self.state.give_up(name, f"timed out after {timeout:.0f} s: stopped (ask for fewer tokens, "
+                                            "or allow more time)"))
+        worker.cancel.set()
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        while name in self.state.current and self.workers.get(name) is worker and time.monotonic() < deadline:
+            if worker.conn.poll(0.2):
+                self._forward(worker)
+        if name in self.state.current:                 # it did not stop: end the process
+            self.state.current.pop(name)
+            self.workers.stop([name], timeout=1.0)
+        worker.cancel.clear()
+
+
+def place(workers: WorkerSet, runnable, preset, device) -> dict[str, str]:
+    """Plan the run against the memory free now plus what this run's own loaded workers hold.
+
+    Workers of variants outside this run stay loaded (the next run may want them) unless their room
+    is needed; a loaded worker that the plan swaps is stopped, to load in its turn.
+    """
+    names = {v.name for v in runnable}
+
+    def planned() -> dict[str, str]:
+        held = budget.held_bytes(device, {w.variant: w.loaded for w in workers.all() if w.loaded}, names)
+        return budget.plan(preset, runnable, budget.free_bytes(device) + held, device.kind == "cuda")
+
+    placement = planned()
+    idle = [n for n in workers.names() if n not in names]
+    if idle and "swapped" in placement.values():
+        workers.stop(idle)
+        placement = planned()
+    workers.stop([name for name, where in placement.items() if where == "swapped"])
+    return placement

@@ -1,0 +1,137 @@
+"""The four charts of a run (TTFT, inter-token latency, the race, memory), drawn from a RunView.
+
+`RunCharts` redraws a chart only when its data changed and a chart tick is due: each chart
+update re-sends the whole figure to the browser, so charts refresh more slowly than text.
+"""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from engine import metrics
+from engine.views import tables
+from engine.views.palette import GRID, SURFACE, color_of, note
+from engine.views.run import FIGURE_NAMES, RunView
+
+TITLES = {"ttft": "Time to first token", "itl": "Inter-token latency", "race": "Race: tokens over time",
+          "memory": "Memory per worker"}
+
+
+def _layout(x_title: str, y_title: str, **extra) -> dict:
+    """The legend goes under the x axis: the band above the plot holds the chart's label on the page."""
+    layout = dict(
+        height=300, margin=dict(l=56, r=12, t=36, b=44), **SURFACE,
+        legend=dict(orientation="h", x=0, xanchor="left", y=-0.28, yanchor="top", bgcolor="rgba(0,0,0,0)"),
+        xaxis=dict(title=dict(text=x_title), gridcolor=GRID, zeroline=False),
+        yaxis=dict(title=dict(text=y_title), gridcolor=GRID, zeroline=False, rangemode="tozero"),
+        uirevision="keep", hovermode="closest", showlegend=True)
+    layout.update(extra)
+    return layout
+
+
+def _empty(figure: go.Figure, message: str) -> go.Figure:
+    figure.update_xaxes(showticklabels=False)
+    figure.update_yaxes(showticklabels=False)
+    return note(figure, message)
+
+
+def ttft_figure(view: RunView) -> go.Figure:
+    """Time to first token per variant, as bars."""
+    rows = [(lane, lane.figures()["ttft_s"]) for lane in view.lanes.values()]
+    rows = [(lane, ttft) for lane, ttft in rows if ttft is not None]
+    figure = go.Figure(layout=_layout("", "TTFT (ms)", showlegend=False))
+    if not rows:
+        return _empty(figure, "waiting for first tokens")
+    figure.add_bar(x=[lane.variant for lane, _ in rows], y=[ttft * 1000 for _, ttft in rows],
+                   marker_color=[color_of(lane.variant) for lane, _ in rows],
+                   text=[tables.duration(ttft) for _, ttft in rows],
+                   textposition="auto", hovertext=[lane.label for lane, _ in rows],
+                   hovertemplate="%{hovertext}<br>TTFT %{y:.1f} ms<extra></extra>")
+    return figure
+
+
+def itl_figure(view: RunView) -> go.Figure:
+    """Inter-token latency (gap before each token) over the token index, one line per variant."""
+    figure = go.Figure(layout=_layout("token index", "inter-token latency (ms)"))
+    drawn = False
+    for lane in view.lanes.values():
+        gaps = metrics.itl_s(lane.times)
+        if not gaps:
+            continue
+        drawn = True
+        figure.add_scatter(x=list(range(1, len(gaps) + 1)), y=[g * 1000 for g in gaps], mode="lines",
+                           name=lane.variant, line=dict(color=color_of(lane.variant), width=1.6),
+                           hovertemplate=f"{lane.variant}<br>token %{{x}}: %{{y:.1f}} ms<extra></extra>")
+    return figure if drawn else _empty(figure, "waiting for the second token of a variant")
+
+
+def race_figure(view: RunView, replay_s: float | None = None) -> go.Figure:
+    """Tokens generated over time. Live: on the run's clock; replay: every variant from its own start."""
+    replay = replay_s is not None
+    figure = go.Figure(layout=_layout("seconds since each variant's start (replay)" if replay
+                                      else "seconds since the first request started", "tokens generated"))
+    t0 = view.t0
+    drawn = False
+    for lane in view.lanes.values():
+        if lane.t_start is None or t0 is None:
+            continue
+        times = lane.times if replay else [t - t0 for t in lane.token_times]
+        if replay:
+            times = [t for t in times if t <= replay_s]
+        start = 0.0 if replay else lane.t_start - t0
+        figure.add_scatter(x=[start] + times, y=list(range(len(times) + 1)), mode="lines", line_shape="hv",
+                           name=lane.variant, line=dict(color=color_of(lane.variant), width=2),
+                           hovertemplate=f"{lane.variant}<br>%{{x:.3f}} s: %{{y}} tokens<extra></extra>")
+        drawn = True
+    if replay:
+        ends = [lane.times[-1] for lane in view.lanes.values() if lane.times]
+        most = max((len(lane.times) for lane in view.lanes.values()), default=1)
+        figure.update_xaxes(range=[0, max(ends, default=1.0) * 1.03])
+        figure.update_yaxes(range=[0, most * 1.05], rangemode="normal")
+    return figure if drawn else _empty(figure, "waiting for a variant to start")
+
+
+def memory_figure(view: RunView) -> go.Figure:
+    """Memory of each worker process over the run's time (RSS on a CPU, allocator reserved on a GPU)."""
+    figure = go.Figure(layout=_layout("seconds since the first request started", "memory (MiB)"))
+    t0 = view.t0
+    drawn = False
+    for lane in view.lanes.values():
+        if not lane.memory:
+            continue
+        origin = t0 if t0 is not None else lane.memory[0][0]
+        figure.add_scatter(x=[t - origin for t, _ in lane.memory], y=[b / tables.MIB for _, b in lane.memory],
+                           mode="lines", name=lane.variant, line=dict(color=color_of(lane.variant), width=1.8),
+                           hovertemplate=f"{lane.variant}<br>%{{x:.2f}} s: %{{y:.1f}} MiB<extra></extra>")
+        drawn = True
+    if drawn:
+        figure.update_yaxes(rangemode="normal")
+    return figure if drawn else _empty(figure, "memory is sampled while a variant generates")
+
+
+FIGURES = {"ttft": ttft_figure, "itl": itl_figure, "race": race_figure, "memory": memory_figure}
+
+
+def empty_figures() -> dict[str, go.Figure]:
+    """The four charts before a run."""
+    view = RunView([])
+    return {name: FIGURES[name](view) for name in FIGURE_NAMES}
+
+
+class RunCharts:
+    """The four charts of one run, each rebuilt only when its data changed and a chart tick is due."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.next_s = float("-inf")
+        self.drawn: dict[str, tuple[int, go.Figure]] = {}     # chart -> (view revision, figure)
+
+    def figures(self, view: RunView, now: float) -> dict[str, go.Figure]:
+        """Every chart at clock time `now`: new ones where due (and always once the run is done)."""
+        due = now >= self.next_s or view.done
+        if now >= self.next_s:
+            self.next_s = now + self.interval_s
+        for name in FIGURE_NAMES:
+            revision, figure = self.drawn.get(name, (None, None))
+            if figure is None or (due and revision != view.revisions[name]):
+                self.drawn[name] = (view.revisions[name], FIGURES[name](view))
+        return {name: self.drawn[name][1] for name in FIGURE_NAMES}

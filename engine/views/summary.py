@@ -1,0 +1,132 @@
+"""A run's report as the summary table and the CSV file, and the definitions shown beside them.
+
+Speedups and first differences are against `variants.REFERENCE`; a speedup inside the repeats'
+spread is called noise (`within_noise`).
+"""
+from __future__ import annotations
+
+from engine.report import tpot_range
+from engine.variants import REFERENCE
+from engine.views import tables
+
+DEFINITIONS_MD = f"""\
+Timestamps are taken in the worker process with `time.perf_counter()` right after each new token
+reached the host (the copy to the host waits for the device). The prompt is not a token.
+
+- **TTFT** (time to first token) = t(first token) - t(request start in the worker).
+- **TPOT** (time per output token) = (t(last token) - t(first token)) / (N - 1); the first
+  token is excluded (vLLM's definition; GenAI-Perf calls it ITL).
+- **ITL** (inter-token latency) = the gaps between consecutive tokens; the chart shows each
+  gap, the JSON holds p50/p90/p99.
+- **E2E latency** = t(last token) - t(request start) = TTFT + TPOT x (N - 1).
+- **Tokens/s** = new tokens of all sequences / E2E latency.
+- **Speedup** = TPOT of the {REFERENCE} / TPOT of the variant (above 1: faster decoding).
+- **Repeats**: with more than one, each variant's request is timed that many times (after the
+  warm-up); the figures are medians, with the TPOT range in brackets. A speedup is marked
+  *(noise)* when the two TPOT ranges overlap and the medians differ by less than the wider range.
+  The first request at sequence lengths a variant has not met before can be several times
+  slower than the next: on Hopper GPUs PyTorch's default SDPA builds a cuDNN plan for each new
+  length (BENCHMARKS.md), which the median of three or more repeats leaves out.
+- **MBU** (model bandwidth utilisation) = (weight bytes a step reads + mean KV-cache bytes) /
+  TPOT / peak memory bandwidth of the device. A step reads every weight but an input embedding
+  table that the output head does not share (it gathers one row of it). Against two peaks:
+  *measured copy*, the best of 20 large copies on this device (bytes read + written, measured
+  once after the first run's timed requests), and *datasheet*, the vendor's figure (GPUs in the
+  engine's table only). Near 100% of the measured
+  peak, a step reads its bytes as fast as this device can; far below it, something else
+  (launching kernels from Python, say) sets the pace.
+- **Peak memory**: the worker process's own memory: peak reserved by the torch allocator on a GPU,
+  peak resident set size on a CPU. Whole-GPU memory mixes variants and is never shown as one's.
+- **First diff**: index of the first new token that differs from the {REFERENCE}'s (greedy decoding).
+- **Fair** mode runs one variant at a time on a device, so no variant slows another. **Race** mode
+  runs them all at once: their timings are marked *contended*. *Replay* plays fair timings as a race.
+- **CPU busy**: while each request is timed the worker counts the CPU time other processes spent
+  on its cores. Past the cores it leaves spare, its timings are marked *CPU busy* with the cores
+  taken: that variant was slowed by something else (a browser, another job), not by its kernels.
+- Every variant is warmed up before it is measured; while a run streams, the figures are live
+  estimates from the tokens so far, and the report's numbers replace them at the end.
+"""
+
+SUMMARY_HEADERS = ("Variant", "Status", "Tokens", "TTFT ms", "TPOT ms (min-max)", "Speedup (TPOT)", "Tokens/s",
+                   "Peak memory MiB", "Weights MiB", "MBU (measured copy)", "MBU (datasheet)", "First diff",
+                   "Timings")
+RUN_FIELDS = ("created", "mode", "prompt_tokens", "repeats", "batch_size", "decoding", "cancelled")
+
+
+def _reference(report: dict) -> dict | None:
+    return next((r for r in report.get("results", []) if r["variant"] == REFERENCE), None)
+
+
+def speedup(report: dict, row: dict) -> float | None:
+    """The reference's TPOT / this variant's TPOT; None without a measured reference in the run."""
+    base = _reference(report)
+    if base is None or not base.get("tpot_s") or not row.get("tpot_s"):
+        return None
+    return base["tpot_s"] / row["tpot_s"]
+
+
+def within_noise(report: dict, row: dict) -> bool | None:
+    """Whether the difference from the reference's TPOT is noise: their ranges over the repeats overlap
+    and their medians differ by less than the wider range (one slow repeat widens a range without
+    making a large difference noise). None when either ran once: no spread to judge by."""
+    base = _reference(report)
+    if base is None or base is row:
+        return None
+    mine, theirs = tpot_range(row), tpot_range(base)
+    if mine is None or theirs is None or row.get("tpot_s") is None or base.get("tpot_s") is None:
+        return None
+    overlap = mine[0] <= theirs[1] and theirs[0] <= mine[1]
+    spread = max(mine[1] - mine[0], theirs[1] - theirs[0])
+    return overlap and abs(row["tpot_s"] - base["tpot_s"]) < spread
+
+
+def tpot_text(row: dict, digits: int = 2) -> str:
+    """The TPOT median in ms, and its (min-max) range over the repeats when there are several."""
+    spread = tpot_range(row)
+    text = tables.ms(row.get("tpot_s"), digits)
+    return text if spread is None else f"{text} ({tables.ms_range(*spread, digits)})"
+
+
+def _first_diff(row: dict, has_reference: bool) -> str:
+    if row["variant"] == REFERENCE:
+        return "reference"
+    if not has_reference or not row.get("output_tokens"):
+        return tables.DASH
+    return "none" if row.get("first_diff_token") is None else f"token {row['first_diff_token']}"
+
+
+def _timings(row: dict) -> str:
+    if not row.get("output_tokens"):
+        return tables.DASH
+    text = "contended (race)" if row.get("contended") else "alone on the device"
+    if row.get("host_busy"):
+        text += f"; CPU busy ({row['host_others_cores']:.1f} cores taken)"
+    return text
+
+
+def summary_rows(report: dict) -> list[list[str]]:
+    """One formatted row per variant of the report (see SUMMARY_HEADERS)."""
+    results = report.get("results", [])
+    has_reference = any(r["variant"] == REFERENCE and r.get("output_tokens") for r in results)
+    rows = []
+    for r in results:
+        ratio = speedup(report, r)
+        speed = tables.DASH if ratio is None else f"{ratio:.2f}x" + (" (noise)" if within_noise(report, r) else "")
+        rows.append([r["variant"], r["status"], str(r.get("output_tokens") or tables.DASH),
+                     tables.ms(r.get("ttft_s")), tpot_text(r), speed, tables.fixed(r.get("tokens_per_s")),
+                     tables.mib(r.get("peak_memory_bytes")), tables.mib(r.get("weights_bytes"), 2),
+                     tables.percent(r.get("mbu_measured")), tables.percent(r.get("mbu")),
+                     _first_diff(r, has_reference), _timings(r)])
+    return rows
+
+
+def report_csv(report: dict) -> str:
+    """The report as CSV: one row per variant, run facts repeated on each row, lists left out."""
+    table = []
+    for r in report.get("results", []):
+        row = {"preset": report.get("preset", {}).get("name"), "device": report.get("device", {}).get("name")}
+        row.update({key: report.get(key) for key in RUN_FIELDS})
+        row.update({k: v for k, v in r.items() if not isinstance(v, (list, dict))})
+        row.update({f"memory_{k}": v for k, v in (r.get("memory") or {}).items()})
+        table.append(row)
+    return tables.csv_text(table)

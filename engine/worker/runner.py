@@ -1,0 +1,173 @@
+"""A loaded variant: its model and tokenizer, and how one request is encoded, decoded and timed.
+
+The clock of a request starts after everything but the decode is set up (the cores' CPU time read,
+the memory sampler started, a new cache bucket prepared) and each token is timed when it reaches
+the host (`instruments.TimingStreamer`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import psutil
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from engine import events, telemetry, topology
+from engine.events import Request, WorkerSpec
+from engine.variants import CATALOG
+from engine.worker import decode, models
+from engine.worker.instruments import MemorySampler, TimingStreamer
+
+WARMUP_PROMPT = "Warm-up: the quick brown fox jumps over the lazy dog."
+
+
+class Cancelled(StoppingCriteria):
+    """Stops generate() at its next step once the cancel flag is set."""
+
+    def __init__(self, cancel):
+        self.cancel = cancel
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class Runner:
+    """A loaded variant: the model, its tokenizer and how to call generate for it."""
+
+    def __init__(self, spec: WorkerSpec, emit):
+        self.spec, self.emit = spec, emit
+        self.variant = CATALOG[spec.variant]
+        self.cuda_index = int(spec.device.split(":")[1]) if spec.device.startswith("cuda") else None
+        if self.cuda_index is not None:
+            torch.cuda.set_device(self.cuda_index)   # events and streams without a device name use this one
+        self.model, self.tokenizer = models.load_model(spec.preset, self.variant, spec.device)
+        self.weights_bytes = models.weights_bytes(self.model)
+        self.input_table_bytes = models.input_table_bytes(self.model)
+        self.cache_shape = models.kv_cache_shape(self.model)
+        self.cache_shape["bytes_per_element"] = torch.finfo(getattr(torch, spec.preset.dtype)).bits // 8
+        self.decoder = None
+        if self.variant.compile:
+            self.decoder = decode.CompiledDecoder(self.model, spec.preset.context_length, spec.device)
+        if self.cuda_index is not None:
+            # quantizing in place frees the 16-bit weights, fusing frees the unfused ones: give them back
+            torch.cuda.empty_cache()
+        self.peak_rss_scope = "process"
+
+    def attention_context(self):
+        """The SDPA backend forced by the variant, or nothing."""
+        if self.variant.sdpa_backend is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        return sdpa_kernel(getattr(SDPBackend, self.variant.sdpa_backend))
+
+    def encode(self, request: Request):
+        """Input ids of shape (batch, prompt) on the device, and the attention mask."""
+        ids = self.prompt_ids(request)
+        preset = self.spec.preset
+        if len(ids) + request.max_new_tokens > preset.context_length:
+            raise ValueError(f"the prompt is {len(ids)} tokens and {request.max_new_tokens} new tokens are "
+                             f"asked for, more than the context of {preset.context_length}: shorten the prompt "
+                             "or ask for fewer tokens")
+        rows = [list(ids)] * request.batch_size
+        mask = [[1] * len(ids)] * request.batch_size
+        if request.pad_ratio and request.batch_size > 1:
+            # lengths fall linearly from L to L(1 - 2r): the batch's mean pad share is r
+            pad_id, length, last = self.tokenizer.pad_token_id, len(ids), request.batch_size - 1
+            rows, mask = [], []
+            for i in range(request.batch_size):
+                keep = max(1, round(length * (1 - 2 * request.pad_ratio * i / last)))
+                rows.append([pad_id] * (length - keep) + list(ids[length - keep:]))
+                mask.append([0] * (length - keep) + [1] * keep)
+        return (torch.tensor(rows, device=self.spec.device), torch.tensor(mask, device=self.spec.device))
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        """The prompt's token ids: repeated to `prompt_tokens` for a synthetic one, else as the chat
+        template (where the preset asks for it) or the tokenizer gives them."""
+        tokenizer = self.tokenizer
+        if request.prompt_tokens is not None:
+            ids = tokenizer(request.prompt or "x", add_special_tokens=True)["input_ids"]
+            return (ids * (request.prompt_tokens // max(len(ids), 1) + 1))[:request.prompt_tokens]
+        if self.spec.preset.chat_template and tokenizer.chat_template:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],
+                                                add_generation_prompt=True, tokenize=True)
+            return ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        return tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+
+    def generation_kwargs(self, request: Request) -> dict:
+        kwargs = {"max_new_tokens": request.max_new_tokens, "do_sample": False,
+                  "use_cache": self.variant.use_cache, "pad_token_id": self.tokenizer.pad_token_id}
+        if self.ignores_eos(request):
+            kwargs["min_new_tokens"] = request.max_new_tokens     # masks end-of-sequence until the end
+        return kwargs
+
+    def ignores_eos(self, request: Request) -> bool:
+        return request.ignore_eos or self.spec.preset.always_ignore_eos
+
+    def _decode(self, input_ids, mask, request: Request, streamer, cancel) -> None:
+        """generate() for most variants; the lean compiled loop for a compiled one."""
+        if self.decoder is None:
+            self.model.generate(input_ids=input_ids, attention_mask=mask, streamer=streamer,
+                                stopping_criteria=StoppingCriteriaList([Cancelled(cancel)]),
+                                **self.generation_kwargs(request))
+            return
+        eos, ignore = self.tokenizer.eos_token_id, self.ignores_eos(request)
+        self.decoder.run(input_ids, request.max_new_tokens, lambda tokens, ready: streamer.put(tokens),
+                         lambda host: cancel.is_set() or (not ignore and bool((host == eos).all())),
+                         attention_mask=mask)
+
+    def prepare(self, input_ids, mask, request: Request) -> None:
+        """A new cache bucket needs its CUDA graph (or a compile): make it before the clock starts."""
+        if self.decoder is None or self.decoder.is_ready_for(input_ids, request.max_new_tokens):
+            return
+        self.emit(events.Status(self.spec.variant, "warming", "preparing the decode step for this length"))
+        with torch.inference_mode():
+            self.decoder.run(input_ids, min(request.max_new_tokens, 4), lambda *token: None, lambda host: False,
+                             attention_mask=mask)
+
+    def generate(self, request: Request, cancel) -> events.Finished:
+        """Serve one request, streaming its Started and Token events; its raw measurements."""
+        input_ids, mask = self.encode(request)
+        if self.cuda_index is not None:
+            torch.cuda.reset_peak_memory_stats(self.cuda_index)
+        self.peak_rss_scope = "request" if telemetry.reset_peak_rss() else "process"
+        name = self.spec.variant
+        streamer = TimingStreamer(self.tokenizer, self.emit, name, request.request_id,
+                                  prompt_first=self.decoder is None)
+        sampler = MemorySampler(self.emit, name, self.cuda_index)
+        self.prepare(input_ids, mask, request)
+        cores = topology.usable_cores()
+        # a CPU worker computes on `threads` cores; a GPU worker's one thread launches the kernels
+        threads = torch.get_num_threads() if self.cuda_index is None else 1
+        # everything but the decode itself is set up before the clock starts: reading every core's
+        # CPU time or starting the sampler's thread must not count in the time to first token
+        with telemetry.HostLoad(cores) as host, sampler, self.attention_context(), torch.inference_mode():
+            t_start = time.perf_counter()
+            self.emit(events.Started(name, request.request_id, t_start, int(input_ids.shape[1]), request.cell))
+            self._decode(input_ids, mask, request, streamer, cancel)
+        return events.Finished(
+            variant=name, request_id=request.request_id, t_start=t_start,
+            token_times=tuple(streamer.times), token_ids=tuple(streamer.ids), text=streamer.text,
+            prompt_tokens=int(input_ids.shape[1]), batch_size=request.batch_size,
+            cancelled=cancel.is_set() and len(streamer.ids) < request.max_new_tokens,
+            memory=self.memory(), cache=dict(self.cache_shape),
+            host={"cores": len(cores), "threads": threads, "others_cores": host.others_cores,
+                  "resolution_cores": host.resolution_cores, "preemptions": host.preemptions,
+                  **sampler.clock_mhz()},
+            cell=request.cell)
+
+    def memory(self) -> dict:
+        """Peak allocator figures and NVML's view of this process (CUDA), and the request's peak RSS."""
+        result = {"rss_bytes": int(psutil.Process().memory_info().rss), "peak_rss_bytes": telemetry.peak_rss_bytes(),
+                  "peak_rss_scope": self.peak_rss_scope}     # "request" where Linux lets the peak be reset
+        if self.cuda_index is not None:
+            result["peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(self.cuda_index))
+            result["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(self.cuda_index))
+            result["nvml_bytes"] = telemetry.process_gpu_bytes(os.getpid(), self.cuda_index)
+        return result
+
+    def warm_up(self, cancel) -> None:
+        """Two short generations: the first picks kernels (and compiles), the second confirms."""
+        for i, new in enumerate((4, 8)):
+            self.generate(Request(-1 - i, WARMUP_PROMPT * (i + 1), new, ignore_eos=True), cancel)

@@ -1,0 +1,85 @@
+"""The command line, `python -m engine run`, as a person runs it: a subprocess, its exit code and its output."""
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import psutil
+import pytest
+
+
+def rows(report):
+    return {row["variant"]: row for row in report["results"]}
+
+
+def _cli(*args, env_mark):
+    env = dict(os.environ, SIDEBYSIDE_TEST_MARK=env_mark, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "engine", "run", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _processes_marked(mark):
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("SIDEBYSIDE_TEST_MARK") == mark:
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
+            pass
+    return found
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", ""], "the prompt is empty"),
+    (["--prompt", "x" * 5000], "more than the context"),
+    (["--max-new-tokens", "0"], "max new tokens must be between 1 and 256"),
+    (["--max-new-tokens", "9999"], "max new tokens must be between 1 and 256"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--variants", "baseline,warp"], "unknown variant 'warp'"),
+    (["--preset", "opt-350m"], "is not in the local Hugging Face cache"),
+    (["--threads", "0"], "threads must be at least 1, got 0"),
+])
+def test_cli_bad_input_exits_2_with_one_line_and_no_worker(args, message):
+    mark = uuid.uuid4().hex
+    done = _cli(*args, env_mark=mark)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert _processes_marked(mark) == []
+
+
+def test_cli_run_prints_a_table_and_writes_the_json(tmp_path):
+    out = tmp_path / "run.json"
+    mark = uuid.uuid4().hex
+    done = _cli("--variants", "baseline,sdpa,fa2", "--max-new-tokens", "6", "--threads", "1", "--json", str(out),
+                env_mark=mark)
+    assert done.returncode == 0, done.stderr
+    assert "random weights: the text is noise, the timings are real" in done.stderr
+    header = done.stdout.splitlines()[0].split()
+    assert header[:5] == ["variant", "status", "tokens", "TTFT", "ms"]
+    report = json.loads(out.read_text())
+    assert {"device", "versions", "preset", "prompt_tokens", "results"} <= set(report)
+    assert report["versions"]["torch"] and report["versions"]["transformers"]
+    by = rows(report)
+    assert by["fa2"]["status"] == "unavailable" and "NVIDIA GPU" in by["fa2"]["reason"]
+    required = {"variant", "status", "reason", "text", "output_tokens", "load_s", "ttft_s", "tpot_s", "e2e_s",
+                "tokens_per_s", "itl_p50_s", "itl_p90_s", "itl_p99_s", "peak_memory_bytes", "weights_bytes",
+                "kv_cache_bytes", "mbu", "first_diff_token", "contended", "placement", "queue_s"}
+    for row in report["results"]:
+        assert required <= set(row)
+    assert by["baseline"]["output_tokens"] == 6
+    assert by["baseline"]["cpu_threads"] == 1 == by["sdpa"]["cpu_threads"]      # --threads reached the workers
+    assert _processes_marked(mark) == []
+
+
+def test_cli_table_shows_the_tpot_range_of_repeats_and_why_a_row_is_slow():
+    from engine.__main__ import table
+    row = {"variant": "sdpa", "status": "ok", "reason": None, "output_tokens": 8, "ttft_s": 0.004, "tpot_s": 0.0012,
+           "tokens_per_s": 800.0, "peak_memory_bytes": 2**30, "weights_bytes": 2**20, "mbu": None,
+           "first_diff_token": None, "placement": "resident", "repeats": 3, "tpot_min_s": 0.0011,
+           "tpot_max_s": 0.0016, "host_busy": True, "host_others_cores": 1.3}
+    lines = table({"results": [row, dict(row, variant="baseline", repeats=1, host_busy=False)]}).splitlines()
+    assert "1.2 (1.1-1.6)" in lines[1] and " 1.2 " in lines[2] and "(" not in lines[2]
+    assert lines[3].startswith("  sdpa: other processes kept 1.3 of its CPU cores busy") and len(lines) == 4

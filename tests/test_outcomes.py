@@ -1,0 +1,69 @@
+"""RunState: events folded into (variant, cell) outcomes, and what the run's consumer sees (pure)."""
+from engine import events
+from engine.events import Probe, Request
+from engine.outcomes import RunState
+
+
+def finished(name, request_id, cell, tokens=(0.1, 0.2)):
+    return events.Finished(name, request_id, 0.0, tokens, (1, 2), "ab", 4, 1, False, cell=cell)
+
+
+def test_each_answer_lands_in_the_cell_it_names():
+    state = RunState(["sdpa"], cells=2)
+    for request_id, cell in ((1, 1), (2, 0)):
+        state.sent("sdpa", Request(request_id, "p", 2, cell=cell))
+        assert state.fold(events.Started("sdpa", request_id, 0.0, 4, cell))
+        assert state.fold(finished("sdpa", request_id, cell))
+    assert [f.request_id for f in state.outcomes[("sdpa", 0)].finished] == [2]
+    assert [f.request_id for f in state.outcomes[("sdpa", 1)].finished] == [1]
+    assert not state.waiting(["sdpa"])
+
+
+def test_a_warmup_stays_inside_but_its_failure_counts():
+    state = RunState(["sdpa"], cells=1)
+    state.sent("sdpa", Request(1, "p", 2, cell=0), warmup=True)
+    assert not state.fold(events.Started("sdpa", 1, 0.0, 4, 0))
+    assert not state.fold(events.Token("sdpa", 1, 0, 5, "a", 0.1))
+    assert not state.fold(finished("sdpa", 1, 0))
+    assert state.outcomes[("sdpa", 0)].finished == []
+    state.sent("sdpa", Request(2, "p", 2, cell=0), warmup=True)
+    failed = events.Failed("sdpa", "boom", request_id=2, cell=0)
+    assert state.fold(failed) and state.outcomes[("sdpa", 0)].failed is failed
+
+
+def test_a_request_given_up_on_fails_its_cell_and_its_late_answer_is_dropped():
+    state = RunState(["sdpa", "baseline"], cells=2)
+    state.sent("sdpa", Request(7, "p", 2, cell=1))
+    failed = state.give_up("sdpa", "timed out after 1 s")
+    assert (failed.request_id, failed.cell) == (7, 1)
+    assert state.outcomes[("sdpa", 1)].failed is failed and state.outcomes[("sdpa", 0)].failed is None
+    assert state.waiting(["sdpa"])                             # still in flight until the worker answers
+    assert not state.fold(events.Token("sdpa", 7, 0, 5, "a", 0.1))
+    assert not state.fold(finished("sdpa", 7, 1))
+    assert not state.waiting(["sdpa"]) and state.outcomes[("sdpa", 1)].finished == []
+
+
+def test_a_failure_outside_any_request_fails_every_cell_of_that_variant_only():
+    state = RunState(["sdpa", "baseline"], cells=2)
+    load = state.failure("sdpa", "could not load")
+    assert load.request_id is None and state.fold(load)
+    assert all(state.outcomes[("sdpa", c)].failed is load for c in (0, 1))
+    assert all(state.outcomes[("baseline", c)].failed is None for c in (0, 1))
+
+
+def test_a_probes_answer_never_touches_an_outcome():
+    state = RunState(["sdpa"], cells=1)
+    state.sent("sdpa", Probe(3, "bandwidth"))
+    measured = events.Measured("sdpa", 3, "bandwidth", {"bytes_per_s": 1e9})
+    assert not state.fold(measured)
+    assert state.answer(3) is measured and not state.waiting(["sdpa"])
+    state.sent("sdpa", Probe(4, "overhead"))
+    assert not state.fold(events.Failed("sdpa", "no", request_id=4))
+    assert state.outcomes[("sdpa", 0)].failed is None and state.answer(4).reason == "no"
+
+
+def test_a_worker_kept_loaded_from_an_earlier_run_fills_every_cell():
+    state = RunState(["sdpa"], cells=2)
+    loaded = events.Loaded("sdpa", 1.0, 2.0, 100, "cpu", "float32", "PyTorch SDPA")
+    state.fold(loaded)
+    assert all(state.outcomes[("sdpa", c)].loaded is loaded for c in (0, 1))

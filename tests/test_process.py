@@ -1,0 +1,70 @@
+"""The process layer with real child processes (entry points from tests/fake_workers.py)."""
+import json
+import threading
+
+from engine import events, process
+from engine.events import WorkerSpec
+from engine.process import WorkerProcess, WorkerSet
+
+
+def spec_for(name, others=()):
+    return WorkerSpec(None, name, "cpu")
+
+
+def test_stopping_workers_signals_them_all_before_waiting_for_any(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIDEBYSIDE_FAKE_LOG", str(tmp_path))
+    workers = WorkerSet(spec_for, entry="fake_workers:slow_to_stop")
+    for name in ("a", "b", "c"):
+        workers.spawn(name)
+    for worker in workers.all():                         # each says it loaded
+        readable, dead = process.wait([worker], 30)
+        assert readable == [worker] and not dead
+        assert [type(e) for e in worker.read()] == [events.Loaded] and worker.ready
+    assert set(workers.loaded()) == {"a", "b", "c"}
+    workers.stop_all(timeout=20)
+    logs = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b", "c")]
+    # every worker had its stop message before the first of them ended: the waits overlap
+    assert max(log["received"] for log in logs) < min(log["exited"] for log in logs)
+    assert workers.names() == [] and workers.loaded() == {}
+
+
+def test_a_dying_worker_is_seen_through_its_sentinel_with_what_it_sent_first():
+    worker = WorkerProcess(spec_for("x"), entry="fake_workers:crash")
+    seen, dead = [], []
+    while not dead:
+        readable, dead = process.wait([worker], 30)
+        seen += worker.read()
+    worker.process.join(5)
+    assert [e.stage for e in seen] == ["loading"] and worker.process.exitcode == 3
+    assert not worker.ready and worker.send(None) in (True, False)     # a send to the dead never raises
+    process.stop([worker], timeout=1)
+
+
+def test_the_worker_set_can_be_walked_and_cancelled_while_another_thread_spawns(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIDEBYSIDE_FAKE_LOG", str(tmp_path))
+    workers = WorkerSet(spec_for, entry="fake_workers:slow_to_stop")
+    errors, spawned = [], threading.Event()
+
+    def spawn_many():
+        try:
+            for i in range(8):
+                workers.spawn(f"w{i}")
+        finally:
+            spawned.set()
+
+    def walk():
+        try:
+            while not spawned.is_set():
+                workers.cancel_all()
+                workers.clear_cancel()
+                workers.loaded()
+        except Exception as error:  # noqa: BLE001 - any exception here is the defect
+            errors.append(error)
+
+    threads = [threading.Thread(target=spawn_many), threading.Thread(target=walk)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    workers.stop_all(timeout=20)
+    assert errors == [] and len(list(tmp_path.glob("w*.json"))) == 8

@@ -1,0 +1,127 @@
+"""The worker process (engine/worker/serve.py): its pipe, its core, its outbox, its parent's death."""
+import contextlib
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from engine import events, presets
+
+
+def test_a_worker_given_a_core_serves_from_it_once_loaded():
+    from engine.events import WorkerSpec
+    from engine.worker.serve import main
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("one core: nothing to pin to")
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe(duplex=True)
+    spec = WorkerSpec(presets.load("tiny"), "sdpa", "cpu", 1, cores[-1])
+    cancel = context.Event()                                   # kept referenced until the child has it
+    process = context.Process(target=main, args=(spec, child, cancel), daemon=True)
+    process.start()
+    child.close()                                               # the child's death ends parent.recv()
+    try:
+        while not isinstance(event := parent.recv(), (events.Loaded, events.Failed)):
+            pass
+        assert isinstance(event, events.Loaded), event
+        assert psutil.Process(process.pid).cpu_affinity() == [cores[-1]]
+    finally:
+        parent.send(None)
+        process.join(30)
+
+
+def test_the_outbox_batches_tokens_and_keeps_every_event_in_order():
+    from engine.events import unbatch
+    from engine.worker.serve import Outbox
+    sent = []
+    outbox = Outbox(sent.append, period_s=3600.0)              # the timer never fires during this test
+    tokens = [events.Token("sdpa", 1, i, i, "x", float(i)) for i in range(3)]
+    sample = events.MemorySample("sdpa", 0.5, 100)
+    for event in (*tokens[:2], sample, tokens[2]):
+        outbox.emit(event)
+    assert sent == []                                          # no wake-up of the orchestrator per token
+    done = events.Status("sdpa", "done")
+    outbox.emit(done)
+    assert sent == [[tokens[0], tokens[1], sample, tokens[2]], done]   # the batch first, then what followed it
+    outbox.emit(done)
+    assert sent[-1] is done and len(sent) == 3                 # nothing pending: no empty batch
+    outbox.emit(tokens[0])
+    outbox.close()
+    assert sent[-1] == [tokens[0]]                             # closing sends what waits
+    assert [e for message in sent for e in unbatch(message)] == [*tokens[:2], sample, tokens[2], done, done,
+                                                                 tokens[0]]
+
+
+def test_the_outbox_sends_a_waiting_batch_after_its_period():
+    from engine.worker.serve import Outbox
+    sent, arrived = [], threading.Event()
+    outbox = Outbox(lambda message: (sent.append(message), arrived.set()), period_s=0.01)
+    token = events.Token("sdpa", 1, 0, 7, "a", 1.0)
+    outbox.emit(token)
+    assert arrived.wait(5.0) and sent == [[token]]
+    outbox.close()
+
+
+def test_closing_the_outbox_while_a_batch_waits_sends_it_once_and_returns():
+    from engine.worker.serve import Outbox
+    sent = []
+    outbox = Outbox(sent.append, period_s=0.2)
+    token = events.Token("sdpa", 1, 0, 7, "a", 1.0)
+    outbox.emit(token)
+    started = time.monotonic()
+    outbox.close()
+    assert time.monotonic() - started < 2.0 and not outbox._thread.is_alive()
+    assert sent == [[token]]
+
+
+def _workers_of(process: psutil.Process) -> list[psutil.Process]:
+    """The worker processes a CLI started (spawned by multiprocessing; its resource tracker is not one)."""
+    found = []
+    for child in process.children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("stage", ["loading", "generating"])
+def test_workers_exit_within_seconds_of_a_killed_parent(stage, tmp_path):
+    """A CLI killed outright (SIGKILL) cannot stop its workers: each notices its parent's death and
+    exits on its own, mid-load or mid-request (a request of 256 tokens after a 4k-token prompt)."""
+    log = tmp_path / "cli.err"
+    prompt = ("Why does decoding wait on memory bandwidth? " * 91)[:4000]
+    with open(log, "w") as err:
+        cli = psutil.Popen([sys.executable, "-m", "engine", "run", "--preset", "tiny", "--variants", "sdpa",
+                            "--prompt", prompt, "--max-new-tokens", "256"], stdout=subprocess.DEVNULL, stderr=err,
+                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    started, workers = time.monotonic(), []
+    try:
+        while time.monotonic() - started < 120:
+            assert cli.poll() is None, log.read_text()
+            workers = _workers_of(cli) or workers
+            loaded = "loaded in" in log.read_text()
+            if stage == "loading" and workers and not loaded and sum(workers[0].cpu_times()[:2]) > 1.0:
+                break                                         # importing torch or loading the model
+            if stage == "generating" and workers and loaded:
+                time.sleep(1.0)                               # well inside the request (17 s on 2 cores)
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the worker never reached {stage}: {log.read_text()}")
+        assert "loaded in" in log.read_text() if stage == "generating" else workers[0].is_running()
+        cli.kill()                                            # our own child, by its handle
+        cli.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=3.0)
+        assert not alive, f"workers {[p.pid for p in alive]} outlived their parent by 3 s"
+    finally:
+        for process in [cli, *workers]:
+            with contextlib.suppress(psutil.Error):
+                process.kill()                                # leftovers of a failure, by pid
