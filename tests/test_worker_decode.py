@@ -1,7 +1,12 @@
 """The compiled static-cache decoder (engine/worker/decode.py) against generate(), on the CPU."""
+import pytest
+
 from engine import presets
 
 
+@pytest.mark.parametrize("model_type,fused,attention", [("llama", None, "sdpa"), ("llama", None, "reduce"),
+                                                        ("llama", False, "sdpa"), ("qwen2", None, "sdpa"),
+                                                        ("opt", None, "sdpa")])
 def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_type, fused, attention):
     """Rows padded on the left keep their own positions (OPT learns absolute ones) and never see the pads.
 
@@ -57,8 +62,6 @@ def test_compiled_decoder_decodes_a_left_padded_batch_as_generate_does(model_typ
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-
-
 def test_the_forward_step_serves_every_cache_bucket_with_one_compile(attn):
     """A model without the fused step (OPT) gets a 4D mask from the step itself: transformers' own
     mask code would fix the cache's length and compile again for each bucket."""

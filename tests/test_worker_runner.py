@@ -7,8 +7,6 @@ PROMPT = "Why does decoding wait on memory bandwidth?"
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "reduce"])
-
-
 def test_compiled_decoder_matches_generate_and_compiles_outside_the_clock(attention, monkeypatch):
     import functools
 

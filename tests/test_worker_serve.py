@@ -111,12 +111,12 @@ def test_workers_exit_within_seconds_of_a_killed_parent(stage, tmp_path):
             if stage == "loading" and workers and not loaded and sum(workers[0].cpu_times()[:2]) > 1.0:
                 break                                         # importing torch or loading the model
             if stage == "generating" and workers and loaded:
-                time.sleep(1.0)                               # well inside the request (17 s on 2 cores)
+                time.sleep(1.0)                               # inside the request: seconds of decoding
                 break
             time.sleep(0.05)
         else:
             pytest.fail(f"the worker never reached {stage}: {log.read_text()}")
-        assert "loaded in" in log.read_text() if stage == "generating" else workers[0].is_running()
+        assert cli.poll() is None and all(worker.is_running() for worker in workers)     # still at work
         cli.kill()                                            # our own child, by its handle
         cli.wait(10)
         _, alive = psutil.wait_procs(workers, timeout=3.0)

@@ -73,9 +73,9 @@ class Outbox:
     Every message wakes the orchestrator, and a message per token slows every decode step of a small
     model measurably (BENCHMARKS.md, "The engine's cost per token on a 2-core CPU"): what a worker
     sends while a request is timed (its start, tokens, memory samples) therefore waits in a batch,
-    sent as one list at most `period_s` after the first of them. Any other event sends the batch first, then itself, so the
-    order is kept. The timestamps are taken when a token reaches the host, so batching moves no
-    measurement; the page refreshes less often than this.
+    sent as one list at most `period_s` after the first of them. Any other event sends the batch
+    first, then itself, so the order is kept. The timestamps are taken when a token reaches the
+    host, so batching moves no measurement; the page refreshes less often than this.
     """
 
     BATCHED = (events.Started, events.Token, events.MemorySample)     # sent inside a timed request
