@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -104,7 +105,34 @@ def step_profile(decoder, ids) -> dict:
                             for name, (calls, us) in top]}
 
 
-def main() -> int:
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """What every config is timed against: the loaded model, its byte counts, the two prompts."""
+    preset: Any                  # engine.presets.Preset, on --device
+    model: Any                   # the transformers model every config compiles
+    device: str                  # --device
+    device_name: str             # the GPU's name, or "cpu"
+    prompt: int                  # --prompt, in tokens
+    new_tokens: int              # --tokens
+    weights: int                 # bytes of parameters and buffers
+    gathered: int                # bytes of an untied input table: a step reads one row of it
+    bandwidth: float             # measured copy bandwidth, bytes/s
+    kv: float                    # mean KV-cache bytes a step reads at --prompt
+    ids: Any                     # (1, prompt) token ids
+    reference: list[int]         # generate()'s greedy tokens at --prompt
+    longer: int                  # the long prompt, in tokens: a later cache bucket
+    long_kv: float               # mean KV-cache bytes a step reads at the long prompt
+    longer_ids: Any              # (1, longer) token ids
+    started_s: float             # perf_counter() before the model loaded
+
+    @property
+    def cuda(self) -> bool:
+        """Whether the probe runs on a CUDA device."""
+        return self.device.startswith("cuda")
+
+
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
+    """The command line, and its configs checked against STEPS and INDUCTOR."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="llama-3.1-8b-random")
     parser.add_argument("--device", default="cuda")
@@ -122,111 +150,150 @@ def main() -> int:
         if step not in STEPS or inductor not in INDUCTOR:
             parser.error(f"unknown config {config!r}: use STEP-INDUCTOR with STEP {' or '.join(STEPS)} and "
                          f"INDUCTOR {' or '.join(INDUCTOR)}")
+    return args, configs
+
+
+def kv_bytes(model, prompt: int, new_tokens: int) -> float:
+    """Mean KV-cache bytes one decode step reads, batch 1, over new_tokens after prompt."""
+    from engine import metrics
+    from engine.worker import models
+    shape = models.kv_cache_shape(model)
+    return metrics.kv_cache_bytes(shape["layers"], shape["kv_heads"], shape["head_dim"],
+                                  metrics.mean_decode_context(prompt, new_tokens), 1,
+                                  model.get_input_embeddings().weight.element_size())
+
+
+def load(args: argparse.Namespace) -> Probe:
+    """Load the model, count its bytes, measure the copy bandwidth, draw both prompts, run generate()."""
     import torch
     import torch._inductor.config
 
-    from engine import metrics, presets
+    from engine import presets
     from engine.worker import models
-    from engine.worker.decode import CompiledDecoder, TokenClock
+    from engine.worker.decode import bucket
     from engine.worker.probes import measure_copy_bandwidth
     from engine.variants import CATALOG
     cuda = args.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        print("error: no CUDA device is visible: run on a GPU machine, or pass --device cpu", file=sys.stderr)
-        return 2
     torch._inductor.config.force_disable_caches = True          # compile times as on a fresh machine
     preset = dataclasses.replace(presets.load(args.preset), device=args.device)
-    t0 = time.perf_counter()
+    started_s = time.perf_counter()
     model, _ = models.load_model(preset, CATALOG["compiled"], args.device)
     if cuda:
         torch.cuda.empty_cache()
     weights = models.weights_bytes(model)
-    gathered = models.input_table_bytes(model)       # an untied input table: a step reads one row of it
-    print(f"loaded {weights / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s", flush=True)
-    shape = models.kv_cache_shape(model)
-    kv = metrics.kv_cache_bytes(shape["layers"], shape["kv_heads"], shape["head_dim"],
-                                metrics.mean_decode_context(args.prompt, args.tokens), 1,
-                                model.get_input_embeddings().weight.element_size())
+    gathered = models.input_table_bytes(model)
+    print(f"loaded {weights / 1e9:.2f} GB in {time.perf_counter() - started_s:.1f} s", flush=True)
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
     bandwidth = measure_copy_bandwidth(device_name, args.device, use_cache=False)
     ids = torch.randint(3, 200, (1, args.prompt), device=args.device)
     with torch.inference_mode():
         reference = model.generate(input_ids=ids, max_new_tokens=args.tokens, do_sample=False,
                                    min_new_tokens=args.tokens)[0, args.prompt:].tolist()
-    from engine.worker.decode import bucket
     longer = args.long_prompt or bucket(args.prompt + args.tokens, preset.context_length) + 1
     longer = min(longer, preset.context_length - args.tokens)
-    long_kv = metrics.kv_cache_bytes(shape["layers"], shape["kv_heads"], shape["head_dim"],
-                                     metrics.mean_decode_context(longer, args.tokens), 1,
-                                     model.get_input_embeddings().weight.element_size())
     longer_ids = torch.randint(3, 200, (1, longer), device=args.device)
-    results = []
-    for config in configs:
-        step, _, inductor = config.partition("-")
-        torch._dynamo.reset()
-        options = INDUCTOR[inductor] if cuda else {}             # CUDA graphs and Triton exist on a GPU only
-        decoder = CompiledDecoder(model, preset.context_length, args.device, inductor=options,
-                                  fused=STEPS[step] is not None, fused_attention=STEPS[step] or "sdpa")
-        with torch.inference_mode():
-            t1 = time.perf_counter()
-            tokens = greedy_tokens(decoder, ids, args.tokens)   # compiles; checked against generate() below
-            compile_s = time.perf_counter() - t1
-            tpots = []
-            for _ in range(3):
-                clock = TokenClock(cuda)
-                decoder.run(ids, args.tokens, clock, lambda host: False)
-                tpots.append(clock.tpot_s())
-            profile = step_profile(decoder, ids) if cuda else {}
-            t2 = time.perf_counter()                    # a longer prompt, in a later cache bucket
-            greedy_tokens(decoder, longer_ids, args.tokens)
-            new_bucket_s = time.perf_counter() - t2
-            long_tpots = []                             # served by the first compile, as in the engine
-            for _ in range(3):
-                clock = TokenClock(cuda)
-                decoder.run(longer_ids, args.tokens, clock, lambda host: False)
-                long_tpots.append(clock.tpot_s())
-            long_profile = step_profile(decoder, longer_ids) if cuda else {}
-        tpot, long_tpot = statistics.median(tpots), statistics.median(long_tpots)
-        result = {"config": config, "step": decoder.step_kind, "inductor": decoder.inductor,
-                  "compile_and_first_run_s": compile_s, "tpot_ms": tpot * 1000,
-                  "next_bucket_first_run_s": new_bucket_s,
-                  "tpot_runs_ms": [t * 1000 for t in tpots],
-                  "mbu_vs_copy": metrics.mbu(weights - gathered, kv, tpot, bandwidth),   # as the engine counts
-                  "mbu_vs_copy_counting_input_table": metrics.mbu(weights, kv, tpot, bandwidth),
-                  "first_token_unlike_generate": metrics.first_difference(reference, tokens),
-                  "long_tpot_ms": long_tpot * 1000, "long_tpot_runs_ms": [t * 1000 for t in long_tpots],
-                  "long_mbu_vs_copy": metrics.mbu(weights - gathered, long_kv, long_tpot, bandwidth),
-                  **{f"long_{key}": long_profile[key] for key in ("kernel_us_per_step", "us_per_step_by_kind")
-                     if key in long_profile}, **profile}
-        if profile:
-            result["idle_us_per_step"] = tpot * 1e6 - profile["kernel_us_per_step"]
-            if not profile["kernels_per_step"]:
-                print(f"warning: {config}: the profiler saw no kernel in the decode steps (this CUDA/CUPTI may "
-                      "not report kernels inside CUDA graphs): busy and idle times are unknown", file=sys.stderr)
-        results.append(result)
-        print(json.dumps(result), flush=True)
-        del decoder
-        if cuda:
-            torch.cuda.empty_cache()
-    summary = {"command": "python scripts/compile_probe.py " + " ".join(sys.argv[1:]), "preset": preset.name,
-               "device": device_name, "torch": torch.__version__,
-               "transformers": __import__("transformers").__version__, "prompt_tokens": args.prompt,
-               "new_tokens": args.tokens, "next_bucket_prompt_tokens": longer, "weights_bytes": weights,
-               "input_table_bytes": gathered,
-               "kv_bytes_mean": kv, "copy_bandwidth_bytes_per_s": bandwidth, "results": results,
-               "wall_s": time.perf_counter() - t0}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compile_probe.json").write_text(json.dumps(summary, indent=1))
-    print(f"\n{preset.name} on {device_name}: weights {weights / 1e9:.2f} GB, copy bandwidth "
-          f"{bandwidth / 1e9:.0f} GB/s, prompt {args.prompt}, {args.tokens} new tokens; long: prompt {longer}")
-    width = max(16, *map(len, configs))
+    return Probe(preset=preset, model=model, device=args.device, device_name=device_name, prompt=args.prompt,
+                 new_tokens=args.tokens, weights=weights, gathered=gathered,
+                 bandwidth=bandwidth, kv=kv_bytes(model, args.prompt, args.tokens), ids=ids,
+                 reference=reference, longer=longer, long_kv=kv_bytes(model, longer, args.tokens),
+                 longer_ids=longer_ids, started_s=started_s)
+
+
+def tpots_s(decoder, ids, new_tokens: int, cuda: bool) -> list[float]:
+    """TPOT in seconds of 3 decoder.runs, on the device's clock."""
+    from engine.worker.decode import TokenClock
+    tpots = []
+    for _ in range(3):
+        clock = TokenClock(cuda)
+        decoder.run(ids, new_tokens, clock, lambda host: False)
+        tpots.append(clock.tpot_s())
+    return tpots
+
+
+def time_config(probe: Probe, config: str) -> dict:
+    """Compile one config at --prompt, time it there, then at the long prompt (a later cache bucket)."""
+    import torch
+
+    from engine.worker.decode import CompiledDecoder
+    step, _, inductor = config.partition("-")
+    torch._dynamo.reset()
+    options = INDUCTOR[inductor] if probe.cuda else {}           # CUDA graphs and Triton exist on a GPU only
+    decoder = CompiledDecoder(probe.model, probe.preset.context_length, probe.device, inductor=options,
+                              fused=STEPS[step] is not None, fused_attention=STEPS[step] or "sdpa")
+    with torch.inference_mode():
+        t1 = time.perf_counter()
+        tokens = greedy_tokens(decoder, probe.ids, probe.new_tokens)   # compiles; checked against generate()
+        compile_s = time.perf_counter() - t1
+        tpots = tpots_s(decoder, probe.ids, probe.new_tokens, probe.cuda)
+        profile = step_profile(decoder, probe.ids) if probe.cuda else {}
+        t2 = time.perf_counter()                    # a longer prompt, in a later cache bucket
+        greedy_tokens(decoder, probe.longer_ids, probe.new_tokens)
+        new_bucket_s = time.perf_counter() - t2
+        # served by the first compile, as in the engine
+        long_tpots = tpots_s(decoder, probe.longer_ids, probe.new_tokens, probe.cuda)
+        long_profile = step_profile(decoder, probe.longer_ids) if probe.cuda else {}
+    timed = {"step": decoder.step_kind, "inductor": decoder.inductor, "tokens": tokens, "compile_s": compile_s,
+             "tpots": tpots, "profile": profile, "new_bucket_s": new_bucket_s, "long_tpots": long_tpots,
+             "long_profile": long_profile}
+    del decoder
+    if probe.cuda:
+        torch.cuda.empty_cache()
+    return timed
+
+
+def config_result(probe: Probe, config: str, timed: dict) -> dict:
+    """One config's row of compile_probe.json, from time_config's measurements."""
+    from engine import metrics
+    tpots, long_tpots = timed["tpots"], timed["long_tpots"]
+    profile, long_profile = timed["profile"], timed["long_profile"]
+    tpot, long_tpot = statistics.median(tpots), statistics.median(long_tpots)
+    weights, bandwidth = probe.weights, probe.bandwidth
+    read = weights - probe.gathered                  # the bytes a step reads, as the engine counts them
+    result = {"config": config, "step": timed["step"], "inductor": timed["inductor"],
+              "compile_and_first_run_s": timed["compile_s"], "tpot_ms": tpot * 1000,
+              "next_bucket_first_run_s": timed["new_bucket_s"],
+              "tpot_runs_ms": [t * 1000 for t in tpots],
+              "mbu_vs_copy": metrics.mbu(read, probe.kv, tpot, bandwidth),
+              "mbu_vs_copy_counting_input_table": metrics.mbu(weights, probe.kv, tpot, bandwidth),
+              "first_token_unlike_generate": metrics.first_difference(probe.reference, timed["tokens"]),
+              "long_tpot_ms": long_tpot * 1000, "long_tpot_runs_ms": [t * 1000 for t in long_tpots],
+              "long_mbu_vs_copy": metrics.mbu(read, probe.long_kv, long_tpot, bandwidth),
+              **{f"long_{key}": long_profile[key] for key in ("kernel_us_per_step", "us_per_step_by_kind")
+                 if key in long_profile}, **profile}
+    if profile:
+        result["idle_us_per_step"] = tpot * 1e6 - profile["kernel_us_per_step"]
+        if not profile["kernels_per_step"]:
+            print(f"warning: {config}: the profiler saw no kernel in the decode steps (this CUDA/CUPTI may "
+                  "not report kernels inside CUDA graphs): busy and idle times are unknown", file=sys.stderr)
+    return result
+
+
+def summarize(probe: Probe, results: list[dict]) -> dict:
+    """compile_probe.json: the command, the machine, the byte counts and each config's row."""
+    import torch
+    return {"command": "python scripts/compile_probe.py " + " ".join(sys.argv[1:]), "preset": probe.preset.name,
+            "device": probe.device_name, "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__, "prompt_tokens": probe.prompt,
+            "new_tokens": probe.new_tokens, "next_bucket_prompt_tokens": probe.longer,
+            "weights_bytes": probe.weights, "input_table_bytes": probe.gathered,
+            "kv_bytes_mean": probe.kv, "copy_bandwidth_bytes_per_s": probe.bandwidth, "results": results,
+            "wall_s": time.perf_counter() - probe.started_s}
+
+
+def cell(value, spec: str) -> str:
+    """A table cell: the value formatted by spec, or a dash where it is unknown."""
+    return "-".rjust(8) if value is None else format(value, spec)
+
+
+def print_table(summary: dict) -> None:
+    """Print one row per config, then each config's GPU time per step by kind at both prompts."""
+    results, longer = summary["results"], summary["next_bucket_prompt_tokens"]
+    print(f"\n{summary['preset']} on {summary['device']}: weights {summary['weights_bytes'] / 1e9:.2f} GB, "
+          f"copy bandwidth {summary['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, prompt "
+          f"{summary['prompt_tokens']}, {summary['new_tokens']} new tokens; long: prompt {longer}")
+    width = max(16, *(len(r["config"]) for r in results))
     print(f"{'config':{width}} {'compile s':>9} {'bucket 2 s':>10} {'TPOT ms':>8} {'MBU':>5} {'busy us':>8} "
           f"{'idle us':>8} {'kernels':>8} {'long TPOT':>9} {'long MBU':>8}  same tokens as generate")
-
-    def cell(value, spec: str) -> str:
-        return "-".rjust(8) if value is None else format(value, spec)
-
     for r in results:
         same = r["first_token_unlike_generate"]
         print(f"{r['config']:{width}} {r['compile_and_first_run_s']:9.1f} {r['next_bucket_first_run_s']:10.2f} "
@@ -241,6 +308,26 @@ def main() -> int:
         if r.get("long_us_per_step_by_kind"):
             kinds = ", ".join(f"{kind} {us:.0f}" for kind, us in r["long_us_per_step_by_kind"].items())
             print(f"{r['config']}, prompt {longer}: us per step by kind: {kinds}")
+
+
+def main() -> int:
+    """Time each config of the command line, write compile_probe.json and print the table."""
+    args, configs = parse_args()
+    import torch
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: no CUDA device is visible: run on a GPU machine, or pass --device cpu", file=sys.stderr)
+        return 2
+    probe = load(args)
+    results = []
+    for config in configs:
+        result = config_result(probe, config, time_config(probe, config))
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    summary = summarize(probe, results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compile_probe.json").write_text(json.dumps(summary, indent=1))
+    print_table(summary)
     print(f"wrote {out / 'compile_probe.json'} ({summary['wall_s']:.0f} s)")
     return 0
 
