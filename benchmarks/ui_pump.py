@@ -2,9 +2,9 @@
 
 Synthetic workers (one producer thread) put engine events on a queue at the given rate: per
 variant, one Token every 1/rate seconds and a MemorySample every 50 ms, then Finished, then
-the RunDone. The consumer is the dashboard's own path: `charts.pump` folds each batch into a
-`RunView`, and `app.frame` builds the page update (cards, texts, figures), serialised as Gradio
-would send it (plotly figures to JSON). Reported: events per second handled, page updates per
+the RunDone. The consumer is the dashboard's own path: `pump` folds each batch into a `RunView`,
+`RunCharts` redraws the charts that are due and `ui.render.card_html` the cards; each update
+(cards, texts, figures) is serialised as Gradio would send it (plotly figures to JSON). Reported: events per second handled, page updates per
 second, and the lag of the last update (last event emitted -> the update that shows it).
 
     python benchmarks/ui_pump.py [--variants 4] [--rate 200] [--seconds 5]
@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import charts, events  # noqa: E402
+from engine import events, metrics  # noqa: E402
 from engine.pool import Run  # noqa: E402
+from engine.spec import RunSpec  # noqa: E402
 from engine.variants import CATALOG  # noqa: E402
+from engine.views.run import RunView, label_of, pump  # noqa: E402
+from engine.views.run_charts import RunCharts  # noqa: E402
+from ui.render import card_html  # noqa: E402     (pure HTML: no gradio)
 
 MEMORY_PERIOD_S = 0.05
 
@@ -31,7 +34,7 @@ class SyntheticRun(Run):
     """An engine Run whose events come from a producer thread instead of workers."""
 
     def __init__(self, variants: list[str], rate: float, seconds: float):
-        super().__init__()
+        super().__init__(RunSpec("synthetic", variants, int(rate * seconds)))
         self.variants, self.rate, self.seconds = variants, rate, seconds
         self.produced = 0
         self.tokens = int(rate * seconds)
@@ -75,11 +78,10 @@ class SyntheticRun(Run):
 
 def synthetic_report(variants: list[str], t0: float, times: dict) -> dict:
     """A report shaped like report.build's, from the synthetic timestamps."""
-    from engine import metrics
     rows = []
     for name in variants:
         rel = metrics.relative_times(t0, times[name])
-        rows.append({"variant": name, "label": CATALOG[name].display_label(), "status": "ok", "reason": None,
+        rows.append({"variant": name, "label": label_of(name), "status": "ok", "reason": None,
                      "text": "".join(f"w{i} " for i in range(len(rel))), "output_tokens": len(rel),
                      "ttft_s": metrics.ttft_s(rel), "tpot_s": metrics.tpot_s(rel), "e2e_s": metrics.e2e_s(rel),
                      "tokens_per_s": metrics.tokens_per_s(len(rel), metrics.e2e_s(rel)),
@@ -91,16 +93,20 @@ def synthetic_report(variants: list[str], t0: float, times: dict) -> dict:
             "cancelled": False, "results": rows}
 
 
+def page_update(view: RunView, charts: RunCharts, now: float) -> list:
+    """What the Compare tab sends each tick: a card and a text per lane, then the four figures."""
+    lanes = list(view.lanes.values())
+    return ([card_html(lane, now) for lane in lanes] + [lane.text for lane in lanes]
+            + list(charts.figures(view, now).values()))
+
+
 def run(variants: int = 4, rate: float = 200.0, seconds: float = 5.0, interval_s: float = 0.1,
         chart_interval_s: float = 0.25) -> dict:
     """Drive the pump with synthetic events; return counts, rates, the final view and the lags."""
-    import app                                            # the page's real update builder
     names = list(CATALOG)[:variants]
     source = SyntheticRun(names, rate, seconds)
-    view = charts.RunView(names, "race")
-    session = app.Session()
-    folder = Path(tempfile.mkdtemp(prefix="ui-pump-"))
-    figures: dict = {}
+    view = RunView(names, "race")
+    charts = RunCharts(chart_interval_s)
     busy = [0.0]                                         # seconds spent folding events and building updates
     fold = view.apply
 
@@ -114,17 +120,12 @@ def run(variants: int = 4, rate: float = 200.0, seconds: float = 5.0, interval_s
     last: dict = {}                                       # output index -> its last serialised value
     max_backlog = 0
     started = time.perf_counter()
-    next_charts = started
     source.thread.start()
-    for view in charts.pump(source, view, interval_s):
-        now = t_update = time.perf_counter()
-        due = now >= next_charts
-        if due:
-            next_charts = now + chart_interval_s
-        update = app.frame(view, session, started, figures, due, 1, folder)
-        for index, value in enumerate(update):          # bytes Gradio sends: a diff against the last update
-            text = value.to_json() if hasattr(value, "to_json") else value if isinstance(value, str) else None
-            if text is None or text == last.get(index):
+    for view in pump(source, view, interval_s):
+        t_update = time.perf_counter()
+        for index, value in enumerate(page_update(view, charts, t_update)):   # a diff against the last update
+            text = value.to_json() if hasattr(value, "to_json") else value
+            if text == last.get(index):
                 continue
             previous = last.get(index) or ""
             payload += len(text) - len(previous) if text.startswith(previous) else len(text)

@@ -10,7 +10,12 @@ from engine import events, presets
 from engine.errors import USER_ERRORS
 from engine.pool import Engine
 from engine.spec import RunSpec
-from engine.report import host_note, tpot_range
+from engine.report import host_note
+from engine.studies.bench import run_bench, table as bench_table
+from engine.studies.sweeps import EXPERIMENTS, run_sweep, summary, to_csv
+from engine.views import tables
+from engine.views.summary import tpot_text
+from engine.views.sweep_charts import sweep_figure
 
 EXIT_BAD_INPUT = 2
 THREADS_HELP = ("torch CPU threads per worker (default: torch's, one per core; the dashboard leaves one core "
@@ -19,8 +24,6 @@ THREADS_HELP = ("torch CPU threads per worker (default: torch's, one per core; t
 
 def table(report: dict) -> str:
     """The results as a fixed-width table, one row per variant."""
-    from engine.views import tables
-    from engine.views.summary import tpot_text
     rows = [("variant", "status", "tokens", "TTFT ms", "TPOT ms", "tok/s", "peak GiB", "weights GiB", "MBU",
              "diff@", "placement")]
     for r in report["results"]:
@@ -78,7 +81,6 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_bench(args) -> int:
-    from engine.studies.bench import run_bench, table as bench_table
     preset = presets.load(args.preset)
     variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
     report = run_bench(preset, variants, args.prompt_lengths, args.new_tokens, args.repeats, args.batch_size,
@@ -91,7 +93,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from engine.studies.sweeps import run_sweep, summary, to_csv
     preset = presets.load(args.preset)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants, threads=args.threads)
@@ -101,7 +102,6 @@ def cmd_sweep(args) -> int:
     if args.csv:
         Path(args.csv).write_text(to_csv(sweep))
     if args.html:
-        from engine.sweep_charts import sweep_figure
         sweep_figure(sweep).write_html(args.html, include_plotlyjs=True)
     for path in (args.json, args.csv, args.html):
         if path:
@@ -135,7 +135,6 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help=THREADS_HELP)
     bench.add_argument("--json", help="write the report to this path")
     bench.set_defaults(func=cmd_bench)
-    from engine.studies.sweeps import EXPERIMENTS
     sweep = sub.add_parser("sweep", help="an experiment over a grid: " + ", ".join(EXPERIMENTS))
     sweep.add_argument("name", choices=list(EXPERIMENTS))
     sweep.add_argument("--preset", default="tiny", help=f"one of: {', '.join(presets.available())}")

@@ -101,6 +101,9 @@ class Execution:
             self.generate({name: self._request(spec, turn)}, turn.warmup)
 
     def _request(self, spec: RunSpec, turn: Turn) -> Request:
+        # a warm-up is the timed request itself, not a shorter one: every sequence length the cell's
+        # decode meets must have been seen (PyTorch's default SDPA on a Hopper GPU builds a cuDNN plan
+        # for each new length; BENCHMARKS.md has what short warm-ups cost the first repeat)
         cell = spec.resolved(spec.grid[turn.cell])
         return Request(next(self._ids), spec.prompt, cell.max_new_tokens, spec.ignore_eos, cell.batch_size,
                        cell.prompt_tokens, cell.pad_ratio, cell=turn.cell)

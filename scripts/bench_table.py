@@ -12,23 +12,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.report import tpot_spread           # noqa: E402
-from gpu_check import SPREAD_MAX, shown        # noqa: E402  (this script's folder is on the path)
+from engine.studies.targets import SPREAD_MAX, shown   # noqa: E402
+from engine.views import tables                         # noqa: E402
 
 
 def _ms(value) -> str:
-    return "-" if value is None else f"{value * 1000:.2f}"
+    return tables.ms(value, 2)
 
 
 def _pct(value) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
-def _num(value, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _gib(value) -> str:
-    return "-" if value is None else f"{value / 2**30:.2f}"
+    """A share in whole percent, as the saved tables in BENCHMARKS.md print it."""
+    return tables.fixed(value, 0, 100, "%")
 
 
 def _threads(report: dict) -> str:
@@ -81,9 +75,9 @@ def bench_markdown(report: dict) -> str:
     for r in report["results"]:
         spread = _pct(tpot_spread(r))
         cells = (r["variant"], r.get("prompt_length", "-"), r["status"], _ms(r["ttft_s"]), _ms(r["tpot_s"]),
-                 _repeats(r), spread, _num(r["tokens_per_s"], 1),
-                 _pct(r["mbu"]), _pct(r.get("mbu_measured")), _gib(r["peak_memory_bytes"]),
-                 _gib(r["weights_bytes"]), r["placement"] or "-")
+                 _repeats(r), spread, tables.fixed(r["tokens_per_s"], 1),
+                 _pct(r["mbu"]), _pct(r.get("mbu_measured")), tables.gib(r["peak_memory_bytes"]),
+                 tables.gib(r["weights_bytes"]), r["placement"] or "-")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     reasons = {}
     for r in report["results"]:
@@ -118,13 +112,13 @@ def probe_markdown(data: dict) -> str:
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if long else "")]
     for r in data["results"]:
         options = ", ".join(f"{key}={value}" for key, value in r["inductor"].items()) or "inductor's defaults"
-        cells = (r["config"], r["step"], options, _num(r["compile_and_first_run_s"], 1),
-                 _num(r.get("next_bucket_first_run_s"), 2), _num(r["tpot_ms"], 2),
+        cells = (r["config"], r["step"], options, tables.fixed(r["compile_and_first_run_s"], 1),
+                 tables.fixed(r.get("next_bucket_first_run_s"), 2), tables.fixed(r["tpot_ms"], 2),
                  _pct(r["mbu_vs_copy"]), _pct(r["mbu_vs_copy_counting_input_table"]),
-                 _num(r.get("kernel_us_per_step"), 0), _num(r.get("idle_us_per_step"), 0),
-                 _num(r.get("kernels_per_step"), 0))
+                 tables.fixed(r.get("kernel_us_per_step"), 0), tables.fixed(r.get("idle_us_per_step"), 0),
+                 tables.fixed(r.get("kernels_per_step"), 0))
         if long:                              # probes since the long prompt's TPOT was measured
-            cells += (_num(r.get("long_tpot_ms"), 2), _pct(r.get("long_mbu_vs_copy")))
+            cells += (tables.fixed(r.get("long_tpot_ms"), 2), _pct(r.get("long_mbu_vs_copy")))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     for r in data["results"]:
         if r.get("us_per_step_by_kind"):

@@ -1,8 +1,8 @@
 """End to end through Gradio's client: the real app on a free local port, the tiny preset on the CPU.
 
 One app serves the whole module, so workers load once (about 20 s on two cores); later tests
-check that they stay loaded. Outputs of /compare, in order: message, run JSON, summary, JSON file,
-CSV file, four plots (TTFT, ITL, race, memory), a card per catalog variant, an answer per variant.
+check that they stay loaded. The outputs of /compare are found by name in ui.compare.RUN (message,
+run JSON, summary, JSON and CSV files, four plots, a card and an answer per catalog variant).
 """
 from __future__ import annotations
 
@@ -23,13 +23,17 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 
-from engine.variants import CATALOG
+from engine.variants import CATALOG, REFERENCE
+from ui.compare import PLOTS as PLOT_NAMES
+from ui.compare import REPLAY, RUN, answer, card
 
 NAMES = list(CATALOG)
-MESSAGE, REPORT, SUMMARY, JSON_FILE, CSV_FILE = range(5)
-PLOTS = range(5, 9)
-CARD0 = 9
-ANSWER0 = CARD0 + len(NAMES)
+MESSAGE, REPORT, SUMMARY, JSON_FILE, CSV_FILE = map(RUN.index, ("message", "report", "summary", "json_file",
+                                                                "csv_file"))
+PLOTS = [RUN.index(name) for name in PLOT_NAMES]            # TTFT, ITL, race, memory
+CARD = {name: RUN.index(card(name)) for name in NAMES}
+ANSWER = {name: RUN.index(answer(name)) for name in NAMES}
+REFERENCE_CARD = CARD[REFERENCE]      # the baseline's card: every run here selects it
 SELECTED = ["baseline", "sdpa", "bnb-4bit"]
 PROMPT = "Explain why attention is memory-bound during decoding."
 # ~4k tokens (byte-level tokenizer): with 256 new tokens a run lasts seconds even on a fast CPU, so
@@ -53,7 +57,7 @@ def test_compare_streams_every_variant_and_ends_with_the_run_json(url, client):
     job = compare(client, tokens=tokens)    # ~0.3 s a variant on a CPU: a few page updates while it generates
     updates = [list(update) for update in job]
     final = job.outputs()[-1]
-    assert len(final) == ANSWER0 + len(NAMES)
+    assert len(final) == len(RUN.api)
     assert "Done" in final[MESSAGE], final[MESSAGE]
     assert "set Repeats to 3 or more to tell a speedup from noise" in final[MESSAGE]
 
@@ -68,22 +72,23 @@ def test_compare_streams_every_variant_and_ends_with_the_run_json(url, client):
         assert not row["contended"]
         assert row["cpu_threads"] == max(len(os.sched_getaffinity(0)) - 1, 1)   # a core left to the page
         assert isinstance(row["host_busy"], bool) and row["host_others_cores"] >= 0
-        answer = final[ANSWER0 + NAMES.index(row["variant"])]
-        assert answer == row["text"] and answer
-        assert stage(final[CARD0 + NAMES.index(row["variant"])]) == "done"
+        shown = final[ANSWER[row["variant"]]]
+        assert shown == row["text"] and shown
+        assert stage(final[CARD[row["variant"]]]) == "done"
 
     # streamed: every variant's text shows up before the run ends, and some of it while still growing
     before_end = updates[:-1]
     partial = False
     for name in SELECTED:
-        texts = [u[ANSWER0 + NAMES.index(name)] for u in before_end]
-        full = final[ANSWER0 + NAMES.index(name)]
+        texts = [u[ANSWER[name]] for u in before_end]
+        full = final[ANSWER[name]]
         assert any(t for t in texts if isinstance(t, str)) or name == SELECTED[-1], f"{name} never streamed"
         partial |= any(isinstance(t, str) and t and len(t) < len(full) and full.startswith(t) for t in texts)
     assert partial, "no update carried a partly generated answer"
-    assert any(stage(u[CARD0]) == "loading" for u in before_end), "the first run shows its workers loading"
-    cards = [CARD0 + NAMES.index(name) for name in SELECTED]   # a tiny model's turn can fall between two updates
-    assert any(stage(u[card]) == "generating" for u in before_end for card in cards)
+    assert any(stage(u[REFERENCE_CARD]) == "loading" for u in before_end), \
+        "the first run shows its workers loading"
+    cards = [CARD[name] for name in SELECTED]   # a tiny model's turn can fall between two updates
+    assert any(stage(u[index]) == "generating" for u in before_end for index in cards)
 
     # the charts: plotly figures, a bar per variant (TTFT), a line per variant (ITL, race, memory)
     figures = [json.loads(final[index]["plot"]) for index in PLOTS]
@@ -114,9 +119,9 @@ def test_second_run_reuses_the_loaded_workers(client):
     updates = [list(u) for u in job]
     report = job.outputs()[-1][REPORT]
     assert all(r["status"] == "ok" for r in report["results"])
-    stages = {stage(u[CARD0 + NAMES.index(n)]) for u in updates for n in SELECTED}
+    stages = {stage(u[CARD[n]]) for u in updates for n in SELECTED}
     assert not stages & {"loading", "warming"}, f"a worker was reloaded: {stages}"
-    assert "kept loaded" in job.outputs()[-1][CARD0]
+    assert "kept loaded" in job.outputs()[-1][REFERENCE_CARD]
 
 
 def test_race_mode_marks_timings_contended(client):
@@ -125,21 +130,23 @@ def test_race_mode_marks_timings_contended(client):
     assert final[REPORT]["mode"] == "race" and all(r["status"] == "ok" and r["contended"] for r in rows)
     assert all(r["host_busy"] is None for r in rows)      # the variants share the cores: not judged as "busy"
     assert {row[-1] for row in final[SUMMARY]["data"]} == {"contended (race)"}
-    assert "contended" in final[CARD0]
+    assert "contended" in final[REFERENCE_CARD]
 
 
 def test_replay_plays_the_last_run_as_a_race(client):
     run = compare(client, tokens=8).result()
     job = client.submit(api_name="/replay")
     frames = [list(u) for u in job]
-    message, race, *answers = job.outputs()[-1]
-    assert "Replay" in message and len(answers) == len(NAMES)
+    final = job.outputs()[-1]
+    message, race = final[REPLAY.index("message")], final[REPLAY.index("plot:race")]
+    answers = [final[REPLAY.index(answer(name))] for name in NAMES]
+    assert "Replay" in message and len(answers) == len(NAMES) == len(final) - 2
     figure = json.loads(race["plot"])
     assert [trace["name"] for trace in figure["data"]] == SELECTED
     assert all(trace["x"][0] == 0 for trace in figure["data"])        # every variant starts at 0 s
     assert [trace["y"][-1] for trace in figure["data"]] == [8] * 3
     for name in SELECTED:
-        assert answers[NAMES.index(name)] == run[ANSWER0 + NAMES.index(name)]
+        assert answers[NAMES.index(name)] == run[ANSWER[name]]
     assert len(frames) >= 2
 
 
@@ -165,7 +172,7 @@ def test_repeats_give_medians_and_the_spread_and_stay_within_their_limit(client)
         assert row["tpot_min_s"] <= row["tpot_s"] <= row["tpot_max_s"]
         assert line[4] == (f"{row['tpot_s'] * 1000:.2f} ({row['tpot_min_s'] * 1000:.2f}-"
                            f"{row['tpot_max_s'] * 1000:.2f})")
-    assert "medians of 3 requests" in final[CARD0]
+    assert "medians of 3 requests" in final[REFERENCE_CARD]
     with pytest.raises(AppError, match="greater than maximum value 5"):     # the slider's own limit
         client.predict(PROMPT, "tiny", SELECTED, 8, "fair", 9, api_name="/compare")
 
@@ -174,13 +181,13 @@ def test_next_run_after_bad_input_works_without_reloading(client):
     job = compare(client, tokens=4)
     updates = [list(u) for u in job]
     assert all(r["status"] == "ok" for r in job.outputs()[-1][REPORT]["results"])
-    assert not {stage(u[CARD0 + NAMES.index(n)]) for u in updates for n in SELECTED} & {"loading", "warming"}
+    assert not {stage(u[CARD[n]]) for u in updates for n in SELECTED} & {"loading", "warming"}
 
 
 def wait_until_generating(job, timeout_s=60) -> None:
     deadline = time.monotonic() + timeout_s
     for update in job:
-        if any(stage(update[CARD0 + i]) == "generating" for i in range(len(NAMES))):
+        if any(stage(update[CARD[name]]) == "generating" for name in NAMES):
             return
         assert time.monotonic() < deadline, "no variant started generating"
     raise AssertionError("the run ended before any variant was seen generating")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import events, pool, presets
+from engine import events, presets, schedule
+from engine.pool import Engine
+from engine.spec import RunSpec, lengths
 from engine.studies.bench import FILLER, run_bench, table
 from engine.events import Request
 
@@ -48,10 +50,10 @@ def test_a_warm_up_request_decodes_every_token_of_its_cell(monkeypatch):
         made.append(Request(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(pool, "Request", recording)
-    with pool.Engine(presets.load("tiny")) as engine:
-        run = engine.start(FILLER, ["sdpa"], 12, repeats=2, ignore_eos=True, prompt_lengths=[16, 40],
-                           warmup_requests=1)
+    monkeypatch.setattr(schedule, "Request", recording)
+    with Engine(presets.load("tiny")) as engine:
+        run = engine.start(RunSpec(FILLER, ["sdpa"], 12, repeats=2, ignore_eos=True, cells=lengths([16, 40]),
+                                   warmup_requests=1))
         report = next(e.report for e in run if isinstance(e, events.RunDone))
     assert [(r.prompt_tokens, r.max_new_tokens) for r in made] == [(16, 12)] * 3 + [(40, 12)] * 3
     assert [row["repeats"] for row in report["results"]] == [2, 2]      # the warm-up is measured by nobody
@@ -103,8 +105,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
 
 
 def test_gpu_check_targets_count_a_preset_that_never_ran_as_not_met():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from gpu_check import check_targets
+    from engine.studies.targets import check_targets
     checks = check_targets({"runs": [{"preset": "opt-350m-random", "skipped": "time budget spent (470 s)"}],
                             "wall_s": 470.0}, quick=False)
     assert [(c["target"], c["met"], c["detail"]) for c in checks] == [
@@ -112,8 +113,7 @@ def test_gpu_check_targets_count_a_preset_that_never_ran_as_not_met():
 
 
 def test_gpu_check_spread_target_names_the_cells_over_it():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from gpu_check import check_targets
+    from engine.studies.targets import check_targets
     cell = dict(status="ok", repeats=3, reason=None, variant="sdpa", prompt_length=128, tpot_min_s=0.010,
                 tpot_max_s=0.0103, mbu_measured=None)
     rows = [cell, dict(cell, variant="baseline", tpot_max_s=0.0108), dict(cell, variant="fa2", status="unavailable",

@@ -1,13 +1,16 @@
-"""engine/charts.py: events fold into the view the page shows; figures and the summary come from it."""
+"""engine/views: events fold into the view the page shows; figures and the summary come from it."""
 import csv
 import io
 
-from engine import charts, events
+from engine import events
+from engine.views import run_charts, summary
+from engine.views.run import RunView
+from ui import render
 
 
 def fold_fair_run():
     """Two variants in fair mode: baseline loads and generates 3 tokens, sdpa is kept loaded and stopped."""
-    view = charts.RunView(["baseline", "sdpa"], "fair")
+    view = RunView(["baseline", "sdpa"], "fair")
     view.apply([events.Status("baseline", "loading", "starting the worker process"),
                 events.Status("baseline", "loading", "tiny on cpu"), events.Status("baseline", "warming")], now=1.0)
     assert view.lanes["baseline"].stage == "warming" and view.lanes["baseline"].load_step == 3
@@ -47,25 +50,25 @@ def test_report_replaces_live_figures_and_stages():
     assert view.done
     assert view.lanes["baseline"].stage == "done" and view.lanes["baseline"].figures()["ttft_s"] == 0.11
     assert view.lanes["sdpa"].stage == "cancelled" and "stopped" in view.lanes["sdpa"].reason
-    rows = charts.summary_rows(report)
+    rows = summary.summary_rows(report)
     assert rows[0][:6] == ["baseline", "ok", "3", "110.0", "200.00", "1.00x"]     # one request: no spread
     assert rows[0][9:12] == ["43%", "-", "reference"] and rows[1][1] == "cancelled"   # MBU measured, datasheet
-    assert len(rows[0]) == len(charts.SUMMARY_HEADERS)
-    assert charts.summary_rows({"results": [dict(row, mbu=0.0042)]})[0][10] == "0.4%"
+    assert len(rows[0]) == len(summary.SUMMARY_HEADERS)
+    assert summary.summary_rows({"results": [dict(row, mbu=0.0042)]})[0][10] == "0.4%"
     assert rows[0][-1] == "alone on the device"
     busy = dict(row, host_busy=True, host_others_cores=1.24)
-    assert charts.summary_rows({"results": [busy]})[0][-1] == "alone on the device; CPU busy (1.2 cores taken)"
-    table = list(csv.DictReader(io.StringIO(charts.report_csv(report))))
+    assert summary.summary_rows({"results": [busy]})[0][-1] == "alone on the device; CPU busy (1.2 cores taken)"
+    table = list(csv.DictReader(io.StringIO(summary.report_csv(report))))
     assert [r["variant"] for r in table] == ["baseline", "sdpa"]
     assert table[0]["ttft_s"] == "0.11" and table[0]["memory_rss_bytes"] == "400" and "token_times_s" not in table[0]
-    for figure in (charts.ttft_figure(view), charts.itl_figure(view), charts.race_figure(view),
-                   charts.memory_figure(view), charts.race_figure(view, replay_s=0.2)):
+    for figure in (run_charts.ttft_figure(view), run_charts.itl_figure(view), run_charts.race_figure(view),
+                   run_charts.memory_figure(view), run_charts.race_figure(view, replay_s=0.2)):
         assert figure.data, "every chart has a trace"
-    assert list(charts.race_figure(view, replay_s=0.2).data[0].y) == [0, 1]
+    assert list(run_charts.race_figure(view, replay_s=0.2).data[0].y) == [0, 1]
 
 
 def test_failed_and_unavailable_lanes_carry_their_reason():
-    view = charts.RunView(["fa2", "bnb-4bit"])
+    view = RunView(["fa2", "bnb-4bit"])
     view.apply([events.Unavailable("fa2", "needs CUDA"), events.Failed("bnb-4bit", "could not load: boom")])
     assert view.lanes["fa2"].stage == "unavailable" and view.lanes["fa2"].reason == "needs CUDA"
     assert view.lanes["bnb-4bit"].stage == "failed" and "boom" in view.lanes["bnb-4bit"].detail
@@ -74,31 +77,29 @@ def test_failed_and_unavailable_lanes_carry_their_reason():
 
 
 def test_a_card_says_when_other_processes_slowed_its_variant():
-    import app                                    # the page's card builder (imports gradio, starts nothing)
     view = fold_fair_run()
     row = {"variant": "baseline", "label": "Eager attention", "status": "ok", "reason": None, "text": "abc",
            "output_tokens": 3, "ttft_s": 0.11, "tpot_s": 0.2, "tokens_per_s": 6.0, "peak_memory_bytes": 400,
            "weights_bytes": 1000, "contended": False, "token_times_s": [0.1, 0.3, 0.5], "memory": {},
            "host_busy": True, "host_others_cores": 1.26}
     view.apply([events.RunDone({"mode": "fair", "results": [row]})], now=3.0)
-    card = app.card_html(view.lanes["baseline"], now=3.0)
+    card = render.card_html(view.lanes["baseline"], now=3.0)
     assert "CPU busy: other processes took 1.3 cores, figures slowed" in card
     view.lanes["baseline"].result = dict(row, host_busy=False)
-    assert "CPU busy" not in app.card_html(view.lanes["baseline"], now=3.0)
+    assert "CPU busy" not in render.card_html(view.lanes["baseline"], now=3.0)
 
 
 def test_a_finished_sweep_says_how_many_cells_other_processes_slowed():
     from types import SimpleNamespace
 
-    import app
     rows = [{"variant": "sdpa", "status": "ok", "reason": None, "host_busy": False, "host_others_cores": 0.1},
             {"variant": "sdpa", "status": "ok", "reason": None, "host_busy": True, "host_others_cores": 1.34}]
     live = SimpleNamespace(settled=2, total=2, done=True, experiment=SimpleNamespace(name="batch"),
                            result={"results": rows, "cancelled": False, "wall_s": 3.0})
-    text = app.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
+    text = render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
     assert 'data-kind="warn"' in text and "1 of them slowed by other processes" in text and "1.3 cores" in text
     rows[1]["host_busy"] = False
-    assert 'data-kind="ok"' in app.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
+    assert 'data-kind="ok"' in render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
 
 
 def test_repeats_show_the_spread_and_a_speedup_inside_it_is_called_noise():
@@ -108,28 +109,27 @@ def test_repeats_show_the_spread_and_a_speedup_inside_it_is_called_noise():
     base, close, far = row("baseline", 0.0100, 0.0098, 0.0104), row("sdpa", 0.0097, 0.0095, 0.0099), \
         row("compiled", 0.0050, 0.0049, 0.0052)
     report = {"results": [base, close, far]}
-    assert charts.within_noise(report, close) is True and charts.within_noise(report, far) is False
+    assert summary.within_noise(report, close) is True and summary.within_noise(report, far) is False
     tight = row("sdpa", 0.0097, 0.0096, 0.00975)       # every repeat faster than every baseline repeat
-    assert charts.within_noise(report, tight) is False
+    assert summary.within_noise(report, tight) is False
     slow_repeat = {"results": [row("baseline", 0.0011, 0.0011, 0.0020), row("bnb-4bit", 0.0026, 0.0017, 0.0030)]}
-    assert charts.within_noise(slow_repeat, slow_repeat["results"][1]) is False   # 1.5 ms apart, ranges < 1.3 ms
-    assert charts.within_noise(report, base) is None
-    assert charts.within_noise({"results": [base, row("sdpa", 0.0097, 0.0097, 0.0097, repeats=1)]},
+    assert summary.within_noise(slow_repeat, slow_repeat["results"][1]) is False   # 1.5 ms apart, ranges < 1.3 ms
+    assert summary.within_noise(report, base) is None
+    assert summary.within_noise({"results": [base, row("sdpa", 0.0097, 0.0097, 0.0097, repeats=1)]},
                                row("sdpa", 0.0097, 0.0097, 0.0097, repeats=1)) is None   # one request: cannot tell
-    table = charts.summary_rows(report)
+    table = summary.summary_rows(report)
     assert [r[4] for r in table] == ["10.00 (9.80-10.40)", "9.70 (9.50-9.90)", "5.00 (4.90-5.20)"]
     assert [r[5] for r in table] == ["1.00x", "1.03x (noise)", "2.00x"]
 
 
 def test_a_card_counts_the_timed_requests_of_a_variant_with_repeats():
-    import app
-    view = charts.RunView(["sdpa"], "fair", repeats=3)
+    view = RunView(["sdpa"], "fair", repeats=3)
     for request_id in (1, 2):
         view.apply([events.Started("sdpa", request_id, 10.0 * request_id, 5),
                     events.Token("sdpa", request_id, 0, 7, "a", 10.0 * request_id + 0.1)], now=1.0)
     lane = view.lanes["sdpa"]
     assert lane.requests == 2 and lane.text == "a"                  # each repeat starts its answer afresh
-    assert "timed request 2 of 3" in app.card_html(lane, now=1.0)
-    once = charts.RunView(["sdpa"], "fair")
+    assert "timed request 2 of 3" in render.card_html(lane, now=1.0)
+    once = RunView(["sdpa"], "fair")
     once.apply([events.Started("sdpa", 1, 10.0, 5)], now=1.0)
-    assert "timed request" not in app.card_html(once.lanes["sdpa"], now=1.0)
+    assert "timed request" not in render.card_html(once.lanes["sdpa"], now=1.0)

@@ -1,7 +1,8 @@
 """The Experiments tab end to end through Gradio's client: the real app, the tiny preset on the CPU.
 
-Outputs of /experiment, in order: status line (with its progress bar), chart, rows table, sweep JSON,
-JSON file, CSV file, chart HTML file. Inputs: experiment, preset, variants, quick grid.
+Outputs of /experiment, found by name in ui.experiments.RUN: status line (with its progress bar),
+chart, rows table, sweep JSON, JSON file, CSV file, chart HTML file. Inputs: experiment, preset,
+variants, quick grid.
 """
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from gradio_client import Client
 from gradio_client.utils import Status
 
 from engine.studies import sweeps
+from ui.compare import RUN as COMPARE
+from ui.experiments import RUN
 
-MESSAGE, PLOT, TABLE, SWEEP, JSON_FILE, CSV_FILE, HTML_FILE = range(7)
+MESSAGE, PLOT, TABLE, SWEEP, JSON_FILE, CSV_FILE, HTML_FILE = map(
+    RUN.index, ("message", "plot", "table", "sweep", "json_file", "csv_file", "html_file"))
 
 
 def progress(message: str) -> float:
@@ -36,7 +40,7 @@ def test_an_experiment_streams_its_progress_and_ends_with_every_row_and_its_file
     job = client.submit("lengths", "tiny", ["sdpa"], True, api_name="/experiment")
     updates = [list(update) for update in job]
     final = job.outputs()[-1]
-    assert len(final) == 7 and "Done: lengths, 6 of 6" in final[MESSAGE], final[MESSAGE]
+    assert len(final) == len(RUN.api) == 7 and "Done: lengths, 6 of 6" in final[MESSAGE], final[MESSAGE]
 
     # streamed: the status ticks while the worker loads, and the progress bar only moves forward
     shares = [progress(u[MESSAGE]) for u in updates]
@@ -111,7 +115,8 @@ def test_the_chart_fills_as_cells_finish_on_the_same_device_queue_as_compare(url
     final = job.result()
     assert "Done: attention, 16 of 16" in final[MESSAGE] and not final[SWEEP]["cancelled"]
     assert {r["status"] for r in final[SWEEP]["results"]} == {"ok"}
-    assert all(r["status"] == "ok" for r in queued.result()[1]["results"])       # then the Compare run ran
+    compared = queued.result()[COMPARE.index("report")]                      # then the Compare run ran
+    assert all(r["status"] == "ok" for r in compared["results"])
 
 
 def test_stop_ends_this_visitors_sweep_with_the_rows_it_has(client):

@@ -1,12 +1,14 @@
 """Experiments: the quick grids on the tiny model give complete, well-formed results."""
 import csv
 import io
-from types import SimpleNamespace
 
 import pytest
 
-from engine import events, hardware, presets
-from engine.studies.sweeps import EXPERIMENTS, LiveSweep, derive, get, run_sweep, start_sweep, to_csv
+from engine import events, presets
+from engine.pool import Engine
+from engine.spec import RunSpec
+from engine.studies.sweeps import (EXPERIMENTS, PROMPT, LiveSweep, derive, get, grid_for, run_sweep,
+                                    start_sweep, to_csv)
 from engine.events import Request, WorkerSpec
 from engine.worker.runner import Runner
 
@@ -101,23 +103,25 @@ def test_live_rows_are_the_final_rows_as_cells_finish(engine):
         assert {k for k in row if row[k] != done[k]} <= {"placement", "queue_s"}, (row, done)
 
 
-def finished(variant, request_id, tokens, batch=1):
+def finished(variant, request_id, tokens, cell, batch=1):
     return events.Finished(variant, request_id, 10.0, tuple(10.0 + 0.05 + 0.01 * i for i in range(tokens)),
-                           tuple(range(tokens)), "", 20, batch, False, {"rss_bytes": 2**20}, {})
+                           tuple(range(tokens)), "", 20, batch, False, {"rss_bytes": 2**20}, {}, cell=cell)
 
 
-def test_live_sweep_places_events_by_counting_and_closes_cells_on_failures():
-    fake = SimpleNamespace(preset=presets.load("tiny"), device=hardware.resolve("cpu"), workers={})
-    live = LiveSweep(get("kv-cache"), fake, ["sdpa", "no-kv-cache", "fa2"], quick=True, repeats=2, t0=0.0)
+def test_live_sweep_places_each_answer_in_the_cell_it_names_and_closes_cells_on_failures():
+    experiment, engine = get("kv-cache"), Engine(presets.load("tiny"))       # no worker is started
+    grid, left_out = grid_for(experiment, True, engine.preset)
+    spec = RunSpec(PROMPT, ["sdpa", "no-kv-cache", "fa2"], 8, repeats=2, cells=tuple(c for _, c in grid))
+    live = LiveSweep(experiment, engine, spec, True, grid, left_out, t0=0.0)
     assert live.total == 3 * 3 * 2 and live.settled == 0
     assert not live.apply(events.Status("sdpa", "loading")) and live.stages == {"sdpa": "loading"}
     assert live.apply(events.Unavailable("fa2", "needs CUDA"))                # every cell of fa2, at once
     assert live.settled == 6 and live.revision == 1
-    assert not live.apply(finished("sdpa", 1, 8))                            # 1 of 2 repeats of cell 0
-    assert live.apply(finished("sdpa", 2, 8)) and live.settled == 8
-    assert live.apply(events.Failed("no-kv-cache", "out of memory", request_id=3))   # ends its cell 0
-    assert live.apply(finished("no-kv-cache", 4, 16)) is False and live.settled == 11
-    assert live.apply(finished("no-kv-cache", 5, 16))                        # cell 1 done: 2 repeats
+    assert not live.apply(finished("sdpa", 1, 8, cell=0))                    # 1 of 2 repeats of cell 0
+    assert live.apply(finished("sdpa", 2, 8, cell=0)) and live.settled == 8
+    assert live.apply(events.Failed("no-kv-cache", "out of memory", request_id=3, cell=0))   # ends its cell 0
+    assert live.apply(finished("no-kv-cache", 4, 16, cell=1)) is False and live.settled == 11
+    assert live.apply(finished("no-kv-cache", 5, 16, cell=1))                # cell 1 done: 2 repeats
     assert live.apply(events.Failed("no-kv-cache", "the worker died"))       # no request: all it has left
     rows = {(r["variant"], r["cell"]): r for r in live.sweep()["results"]}
     assert live.settled == 6 + 2 + 6 and len(rows) == 3 + 1 + 3
@@ -128,7 +132,7 @@ def test_live_sweep_places_events_by_counting_and_closes_cells_on_failures():
     assert rows[("no-kv-cache", 2)]["status"] == "failed"
     assert all(rows[("fa2", c)]["status"] == "unavailable" for c in range(3))
     assert ("sdpa", 1) not in rows and not live.done
-    assert not live.apply(finished("bnb-4bit", 9, 8))                        # not in this sweep
+    assert not live.apply(finished("bnb-4bit", 9, 8, cell=0))                # not in this sweep
 
 
 def test_derive_on_hand_made_rows():
@@ -164,7 +168,6 @@ def test_unknown_experiment_lists_the_choices():
 
 
 def test_cells_beyond_the_context_are_left_out_and_named():
-    from engine.studies.sweeps import grid_for
     opt = presets.load("opt-350m-random")                     # context 2048
     fits, left_out = grid_for(get("attention"), False, opt)
     assert {cell.prompt_tokens for _, cell in fits} == {256, 1024}

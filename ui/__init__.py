@@ -6,3 +6,6 @@ stream.py is the one loop that turns a run's events into page updates; render.py
 HTML; downloads.py writes the files a visitor downloads. This file imports nothing, so that
 `ui.render` can be used without gradio.
 """
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")      # a measuring instrument phones no one

@@ -1,6 +1,7 @@
 """The app's engines (one per preset) and each visitor's session, with one phase field."""
 from __future__ import annotations
 
+import copy
 import enum
 import threading
 from dataclasses import dataclass
@@ -51,21 +52,72 @@ class Engines:
 
 
 class Phase(enum.StrEnum):
-    """Where a visitor's run is. Stop acts on each differently (stream.stop)."""
+    """Where a visitor's run is; `Session` moves it from one to the next."""
     IDLE = "idle"
     PENDING = "pending"                  # Run was pressed: the run waits in Gradio's queue, or is starting
-    STOP_REQUESTED = "stop_requested"    # Stop was pressed while it was pending: it will not start
+    STOP_REQUESTED = "stop_requested"    # Stop was pressed while it was pending: it will not run
     RUNNING = "running"
-    STOPPING = "stopping"                # Stop reached the engine; the run ends after its current token
+    STOPPING = "stopping"                # the engine cancelled it; it ends after its current token
 
 
 @dataclass
 class Session:
-    """One visitor's state in one tab (gr.State): their run, so that Stop reaches it and only it."""
+    """One visitor's run in one tab (gr.State), so that Stop reaches it and only it.
+
+    Stop is handled outside the queue, on another thread than the run's stream: each change of
+    phase happens under the session's lock.
+    """
     phase: Phase = Phase.IDLE
     run_id: int | None = None
     preset: str | None = None
     view: RunView | None = None          # the last run, for the replay
+
+    def __post_init__(self):
+        # not a field: Gradio turns the initial value into a dict with dataclasses.asdict
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo) -> Session:
+        """gr.State copies its value for each visitor; a lock cannot be copied, so each copy gets its own."""
+        return Session(self.phase, self.run_id, self.preset, copy.deepcopy(self.view, memo))
+
+    def prepare(self) -> None:
+        """Run was pressed: the run waits for the device."""
+        with self._lock:
+            self.phase = Phase.PENDING
+
+    def take_stop_request(self) -> bool:
+        """True (and idle again) when Stop came before the run left the queue."""
+        with self._lock:
+            if self.phase is not Phase.STOP_REQUESTED:
+                self.phase = Phase.PENDING
+                return False
+            self.phase = Phase.IDLE
+            return True
+
+    def begin(self, run_id: int, preset: str) -> bool:
+        """The run started; False when Stop came while it was starting (the caller cancels it)."""
+        with self._lock:
+            stopped = self.phase is Phase.STOP_REQUESTED
+            self.phase = Phase.STOPPING if stopped else Phase.RUNNING
+            self.run_id, self.preset = run_id, preset
+            return not stopped
+
+    def end(self) -> None:
+        with self._lock:
+            self.phase, self.run_id = Phase.IDLE, None
+
+    def stop(self, engines: Engines) -> Phase:
+        """Stop this visitor's run whatever its phase; returns the phase it was in."""
+        with self._lock:
+            was = self.phase
+            if was is Phase.PENDING:
+                self.phase = Phase.STOP_REQUESTED
+            run_id, preset = self.run_id, self.preset
+        if was is Phase.RUNNING and engines.cancel(preset, run_id):
+            with self._lock:
+                if self.phase is Phase.RUNNING and self.run_id == run_id:
+                    self.phase = Phase.STOPPING
+        return was
 
 
 @dataclass(frozen=True)

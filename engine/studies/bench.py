@@ -10,6 +10,7 @@ from engine import events, metrics
 from engine.pool import Engine
 from engine.presets import Preset
 from engine.spec import RunSpec, lengths
+from engine.views.tables import fixed, fixed_width, general, gib, ms, ms_range, percent
 from engine.report import host_note
 
 FILLER = "The quick brown fox jumps over the lazy dog while the attention kernel streams its weights. "
@@ -80,7 +81,6 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
 
 def table(report: dict) -> str:
     """One line per cell."""
-    from engine.views.tables import fixed, fixed_width, general, gib, ms, ms_range, percent
     rows = [("variant", "prompt", "status", "TTFT ms", "TPOT ms", "min-max ms", "tok/s", "MBU sheet", "MBU copy",
              "peak GiB")]
     for r in report["results"]:

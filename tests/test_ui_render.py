@@ -1,0 +1,108 @@
+"""ui/render.py alone: the page's HTML from lanes, views, engines and sweeps, without gradio."""
+import subprocess
+import sys
+from types import SimpleNamespace
+
+from app_server import ROOT
+
+from engine import events
+from engine.errors import InputError, PresetError
+from engine.views.run import Lane, RunView
+from ui import render
+
+
+def engine_stub(random_weights=True, threads=1, kind="cpu", reasons=None):
+    reasons = reasons or {}
+    preset = SimpleNamespace(title="Tiny <test>", description=" a tiny model \n", random_weights=random_weights,
+                             variants=("sdpa", "baseline", "fa2"))
+    choices = [(name, f"{name} label", reasons.get(name)) for name in ("baseline", "sdpa", "fa2")]
+    return SimpleNamespace(preset=preset, device=SimpleNamespace(kind=kind, name="cpu"), threads=threads,
+                           variant_choices=lambda: choices)
+
+
+def test_the_view_modules_import_neither_gradio_nor_torch():
+    code = ("import sys, ui.render, engine.views.run, engine.views.run_charts, engine.views.summary, "
+            "engine.views.sweep_charts, engine.views.tables; "
+            "assert 'gradio' not in sys.modules and 'torch' not in sys.modules, 'imported'; "
+            "import app, ui.page; assert 'torch' not in sys.modules, 'app imports torch'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_messages_and_refusals_say_what_happened_and_escape_what_came_from_outside():
+    assert render.message_html("") == ""
+    assert render.message_html("ok <b>", "warn") == '<div class="sbs-msg sbs-msg-warn" data-kind="warn">ok <b></div>'
+    assert render.refusal(InputError("the prompt is empty"), "Preset x cannot be used") == \
+        "Nothing was run: the prompt is empty."
+    assert render.refusal(PresetError("bad <yaml>"), "Preset x cannot be used") == \
+        "Preset x cannot be used: bad &lt;yaml&gt;"
+
+
+def test_the_banner_says_random_weights_and_how_many_cores_a_worker_uses():
+    banner = render.banner_html(engine_stub())
+    assert "Tiny &lt;test&gt;" in banner and "random weights" in banner and "a tiny model</div>" in banner
+    assert "computes on 1 of the" in banner
+    real = render.banner_html(engine_stub(random_weights=False, kind="cuda"))
+    assert "random weights" not in real and "CPU cores" not in real
+
+
+def test_variant_choices_grey_what_cannot_run_and_keep_the_order_asked_for():
+    engine = engine_stub(reasons={"fa2": "needs CUDA"})
+    choices, selected, classes = render.variant_choices(engine)
+    assert choices[2] == ("fa2: fa2 label (unavailable: needs CUDA)", "fa2")
+    assert selected == ["baseline", "sdpa"] and classes == ["sbs-variants", "sbs-off-fa2"]   # catalog order
+    assert render.variant_choices(engine, ("fa2", "sdpa", "baseline"))[1] == ["sdpa", "baseline"]
+
+
+def test_a_card_shows_the_loading_step_then_the_report_figures():
+    lane = Lane("sdpa", "PyTorch <SDPA>", stage="loading", load_step=2, since=10.0)
+    card = render.card_html(lane, now=14.2)
+    assert 'data-stage="loading"' in card and "step 2 of 3: loading the model (4 s)" in card
+    assert 'style="width:66%"' in card and "PyTorch &lt;SDPA&gt;" in card
+    assert card.count('class="sbs-kpi-value">-<') == 4                      # nothing measured yet
+    lane.stage, lane.reused = "queued", True
+    assert "kept loaded from an earlier run; waiting for its turn" in render.card_html(lane, 0.0)
+    lane.stage, lane.result = "done", {"status": "ok", "ttft_s": 0.0123, "tpot_s": 1.5, "tokens_per_s": 7.25,
+                                       "peak_memory_bytes": 3 * 2**30, "output_tokens": 9, "repeats": 3,
+                                       "tpot_min_s": 0.0011, "tpot_max_s": 0.0016}
+    card = render.card_html(lane, 0.0)
+    values = ['12.3 ms', '1.50 s', '7.2', '3.00 GiB']
+    assert all(f'class="sbs-kpi-value">{v}<' in card for v in values), card
+    assert "9 tokens; figures from the report; medians of 3 requests, TPOT 1.10-1.60 ms" in card
+
+
+def test_the_run_message_follows_the_run():
+    view = RunView(["baseline", "sdpa"], "race")
+    view.apply([events.Status("baseline", "generating"), events.Started("baseline", 1, 1.0, 5)], now=1.0)
+    assert "Running in race mode: 0 of 2 variants finished; generating: baseline (3 s)" in \
+        render.run_message(view, stopping=False, elapsed_s=3.2)
+    assert "Stopping" in render.run_message(view, stopping=True, elapsed_s=3.2)
+    rows = [{"variant": "baseline", "status": "ok", "reason": None},
+            {"variant": "sdpa", "status": "failed", "reason": "out of <memory>"}]
+    view.apply([events.RunDone({"mode": "race", "prompt_tokens": 5, "repeats": 1, "results": rows})], now=2.0)
+    done = render.run_message(view, stopping=False, elapsed_s=4.0)
+    assert 'data-kind="warn"' in done and "Done: 1 of 2 variants answered in 4.0 s; prompt 5 tokens" in done
+    assert "<br>sdpa: out of &lt;memory&gt;" in done and "set Repeats" not in done      # one answered
+    view.error = "the run stopped: bug"
+    assert 'data-kind="error"' in render.run_message(view, stopping=False, elapsed_s=4.0)
+
+
+def test_the_experiment_paragraph_and_its_standalone_chart_page():
+    paragraph = render.explanation_html("batch", quick=True)
+    assert 'data-experiment="batch"' in paragraph and "Quick grid: 3 cells per variant" in paragraph
+    assert "1 measured request per cell," in paragraph
+    assert "3 measured requests per cell (the median is kept)" in render.explanation_html("batch", quick=False)
+    sweep = {"title": "Batching <b>", "explanation": "why", "quick": True, "device": {"name": "cpu"},
+             "preset": {"title": "Tiny", "random_weights": True}}
+    page = render.sweep_page(sweep, "<div id=chart></div>")
+    assert page.startswith("<!doctype html>") and "<title>Batching &lt;b&gt;</title>" in page
+    assert "Tiny on cpu; quick grid. Random weights" in page and page.endswith("<div id=chart></div></body></html>")
+
+
+def test_a_running_sweep_shows_its_progress_and_what_it_loads():
+    live = SimpleNamespace(settled=3, total=12, done=False, experiment=SimpleNamespace(name="attention"),
+                           stages={"sdpa": "loading", "baseline": "done"})
+    text = render.sweep_message(live, "CPU", stopping=False, elapsed_s=5.0)
+    assert "Running attention: 3 of 12 measurements (25%); loading and warming up sdpa (5 s)." in text
+    assert 'data-progress="0.2500"' in text and 'data-kind="info"' in text
+    assert 'data-kind="warn"' in render.sweep_message(live, "CPU", stopping=True, elapsed_s=5.0)

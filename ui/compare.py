@@ -1,0 +1,223 @@
+"""The Compare tab: one prompt through several variants, their answers streaming side by side.
+
+`build` lays the tab out and wires it; the handlers below are module-level functions of the
+`Context` and the event's inputs, returning updates by output name (ui/outputs.py). `RUN` lists
+the outputs of /compare in the order an API client receives them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+
+import gradio as gr
+
+from engine.spec import RunSpec
+from engine.variants import CATALOG
+from engine.views.run import FIGURE_NAMES, Lane, RunView, label_of, replay_duration_s
+from engine.views.run_charts import TITLES, RunCharts, empty_figures, race_figure
+from engine.views.summary import DEFINITIONS_MD, SUMMARY_HEADERS, report_csv, summary_rows
+from ui import render, stream
+from ui.examples import EXAMPLES, QUESTION
+from ui.outputs import Outputs, Wiring
+from ui.presets import preset_update
+from ui.state import Context, Session
+
+CHART_TICK_S = 0.25          # chart refresh period (each chart update re-sends the figure)
+REPLAY_MAX_S = 20.0          # a longer run is replayed faster than real time
+REPEATS_MAX = 5              # timed requests per variant a visitor may ask for in one run
+NAMES = tuple(CATALOG)       # every catalog variant has a column; the unselected ones are hidden
+
+
+def card(name: str) -> str:
+    return f"card:{name}"
+
+
+def answer(name: str) -> str:
+    return f"answer:{name}"
+
+
+def column(name: str) -> str:
+    return f"column:{name}"
+
+
+PLOTS = tuple(f"plot:{key}" for key in FIGURE_NAMES)
+FILES = ("json_file", "csv_file")
+RUN = Outputs(["message", "report", "summary", "replay", *FILES, *PLOTS, *map(card, NAMES), *map(answer, NAMES)],
+              unlisted=["replay"])
+PREPARE = Outputs([*RUN.names, *map(column, NAMES)])
+PRESET = Outputs(["banner", "variants", "max_new", "message", *map(answer, NAMES)])
+REPLAY = Outputs(["message", "plot:race", *map(answer, NAMES)])
+STOP = Outputs(["message"])
+NO_FILE = {"value": None, "interactive": False}
+
+
+def no_result() -> dict:
+    """The outputs of a finished run, before it finished: no summary, nothing to replay or download."""
+    return {"summary": None, "replay": gr.update(interactive=False), **{name: gr.update(**NO_FILE) for name in FILES}}
+
+
+def blank() -> dict:
+    """The run outputs before a run: no result, empty charts."""
+    return {**no_result(), **{f"plot:{key}": figure for key, figure in empty_figures().items()}}
+
+
+def on_preset(ctx: Context, preset_name: str) -> dict:
+    """A new preset: its banner, which variants can run there, its token cap, the answers' label."""
+    engine, update = preset_update(ctx, preset_name)
+    if engine is not None:
+        cap = engine.preset.max_new_tokens_cap
+        update["max_new"] = gr.update(maximum=cap, value=min(engine.preset.max_new_tokens, cap))
+        update.update({answer(name): gr.update(label=render.answer_label(engine)) for name in NAMES})
+    return update
+
+
+def prepare(ctx: Context, selected: list[str], session_state: Session) -> dict:
+    """Show the selected columns at once, before the run leaves the queue."""
+    session_state.prepare()
+    selected = selected or []
+    update = {"message": render.message_html("Waiting for the device..." if selected else ""), **blank()}
+    for name in NAMES:
+        update[column(name)] = gr.update(visible=name in selected)
+        if name in selected:
+            update[card(name)] = render.card_html(Lane(name, label_of(name), detail="waiting for the device"), 0.0)
+            update[answer(name)] = ""
+    return update
+
+
+def failure_frame(view: RunView, message: str) -> dict:
+    """Every run output when the run did not start: `message` (HTML) says why."""
+    for lane in view.lanes.values():
+        lane.stage, lane.detail = "idle", "not run: see the message above"
+    return {"message": message, "report": None, **blank(),
+            **{card(n): render.card_html(view.lanes[n], 0.0) if n in view.lanes else "" for n in NAMES},
+            **{answer(n): "" for n in NAMES}}
+
+
+def frame(ctx: Context, charts: RunCharts, view: RunView, run_id: int, elapsed_s: float, stopping: bool) -> dict:
+    """One update of every run output, each complete (Gradio sends only what changed, as a diff)."""
+    now = time.perf_counter()
+    update = {"message": render.run_message(view, stopping, elapsed_s), "report": None, **no_result(),
+              **{f"plot:{key}": figure for key, figure in charts.figures(view, now).items()}}
+    for name in NAMES:
+        lane = view.lanes.get(name)
+        update[card(name)] = render.card_html(lane, now) if lane else ""
+        update[answer(name)] = lane.text if lane else ""
+    if view.done:
+        report = view.report
+        paths = ctx.downloads.save("run", run_id, report["preset"]["name"], json=json.dumps(report, indent=1),
+                                   csv=report_csv(report))
+        update.update({"report": report, "summary": summary_rows(report),
+                       "replay": gr.update(interactive=any(lane.token_times for lane in view.lanes.values())),
+                       **{name: gr.update(value=path, interactive=True) for name, path in zip(FILES, paths)}})
+    return update
+
+
+def _start(ctx: Context, preset_name: str, spec: RunSpec, view: RunView, session: Session):
+    ctx.engines.get(preset_name).validate(spec)
+    engine = ctx.engines.activate(preset_name)      # valid input: only now does switching presets unload
+    run = engine.start(spec)
+    session.view = view
+    return engine, run, view
+
+
+def compare(ctx: Context, prompt_text: str, preset_name: str, selected: list[str], max_new_tokens: int,
+            run_mode: str, repeats: int, session_state: Session):
+    """Run the prompt through the selected variants, streaming the page (API: /compare)."""
+    selected, repeats = list(selected or []), int(repeats or 1)
+    view = RunView([n for n in selected if n in CATALOG], run_mode, repeats=repeats)
+    spec = RunSpec(prompt_text or "", selected, int(max_new_tokens), mode=run_mode, repeats=repeats)
+    yield from stream.stream(ctx, session_state, preset_name, partial(_start, ctx, preset_name, spec, view,
+                                                                      session_state),
+                             partial(frame, ctx, RunCharts(CHART_TICK_S)), partial(failure_frame, view),
+                             f"Preset {render.e(preset_name)} cannot be used")
+
+
+def replay(ctx: Context, session_state: Session):
+    """Play the last run's timings as if every variant had started at the same moment (API: /replay)."""
+    view = session_state.view
+    if view is None or not view.done:
+        yield {"message": render.message_html("Nothing to replay yet: run first.", "warn")}
+        return
+    duration = replay_duration_s(view)
+    speed = max(1.0, duration / REPLAY_MAX_S)
+    begin = time.perf_counter()
+    while True:
+        t = (time.perf_counter() - begin) * speed
+        note = f"Replay of the {view.mode}-mode timings as a race: {min(t, duration):.2f} s of {duration:.2f} s"
+        note += f" ({speed:.1f}x speed)" if speed > 1 else ""
+        yield {"message": render.message_html(note), "plot:race": race_figure(view, replay_s=t),
+               **{answer(n): view.lanes[n].text_until(t) for n in NAMES if n in view.lanes}}
+        if t >= duration:
+            return
+        time.sleep(stream.TICK_S)
+
+
+def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
+    """Lay out the tab and wire its events (inside gr.Blocks and a gr.Tab).
+
+    One long function on purpose: the layout reads top to bottom as the page does.
+    """
+    first = ctx.engines.get(preset)
+    choices, defaults, classes = render.variant_choices(first)
+    c: dict = {"session": gr.State(Session())}
+    c["banner"] = gr.HTML(render.banner_html(first), js_on_load=None)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=300):
+            c["prompt"] = gr.Textbox(QUESTION, label="Prompt", lines=5, max_lines=10, elem_id="sbs-prompt",
+                                     placeholder="Type a prompt, or pick an example below")
+            gr.Examples([[text] for text, _ in EXAMPLES], inputs=[c["prompt"]], label="Example prompts",
+                        example_labels=[label for _, label in EXAMPLES])
+        with gr.Column(scale=2, min_width=300):
+            c["preset"] = gr.Dropdown(preset_choices, value=preset, label="Preset", elem_id="sbs-preset")
+            c["variants"] = gr.CheckboxGroup(choices, value=defaults, label="Variants", elem_classes=classes,
+                                             elem_id="sbs-variants")
+            with gr.Row():
+                c["max_new"] = gr.Slider(1, first.preset.max_new_tokens_cap, value=first.preset.max_new_tokens,
+                                         step=1, label="Max new tokens", min_width=160, elem_id="sbs-max")
+                c["repeats"] = gr.Slider(1, REPEATS_MAX, value=1, step=1, label="Repeats", min_width=160,
+                                         info="medians and spread", elem_id="sbs-repeats")
+            c["mode"] = gr.Radio(["fair", "race"], value=mode, label="Mode",
+                                 info="fair: one at a time; race: all at once (contended)", elem_id="sbs-mode")
+            with gr.Row():
+                c["run"] = gr.Button("Run", variant="primary", elem_id="sbs-run")
+                c["stop"] = gr.Button("Stop", variant="stop", elem_id="sbs-stop")
+    c["message"] = gr.HTML("", elem_id="sbs-message", js_on_load=None)
+    with gr.Row(elem_id="sbs-lanes", equal_height=False):
+        for name in NAMES:
+            with gr.Column(visible=name in defaults, min_width=300,
+                           elem_classes=["sbs-lane", f"sbs-lane-{name}"]) as c[column(name)]:
+                idle = Lane(name, label_of(name), stage="idle", detail="press Run")
+                c[card(name)] = gr.HTML(render.card_html(idle, 0.0), js_on_load=None, elem_id=f"sbs-card-{name}")
+                c[answer(name)] = gr.Textbox(label=render.answer_label(first), lines=5, max_lines=9,
+                                             interactive=False, autoscroll=True, elem_id=f"sbs-answer-{name}")
+    empty = empty_figures()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=300):
+            for pair in (FIGURE_NAMES[:2], FIGURE_NAMES[2:]):
+                with gr.Row():
+                    for key in pair:
+                        c[f"plot:{key}"] = gr.Plot(empty[key], label=TITLES[key], elem_id=f"sbs-plot-{key}",
+                                                   min_width=300)
+        with gr.Column(scale=1, min_width=260):
+            with gr.Accordion("How the numbers are measured", open=True, elem_id="sbs-definitions", max_height=640):
+                gr.Markdown(DEFINITIONS_MD, elem_classes=["sbs-defs"])
+    c["summary"] = gr.Dataframe(headers=list(SUMMARY_HEADERS), label="Summary (from the run's report)",
+                                interactive=False, wrap=True, elem_id="sbs-summary")
+    with gr.Row():
+        c["replay"] = gr.Button("Replay as a race", interactive=False, elem_id="sbs-replay")
+        c["json_file"] = gr.DownloadButton("Download JSON", interactive=False, elem_id="sbs-json")
+        c["csv_file"] = gr.DownloadButton("Download CSV", interactive=False, elem_id="sbs-csv")
+    with gr.Accordion("Run JSON (same schema as python -m engine run --json)", open=False):
+        c["report"] = gr.JSON(label="run", elem_id="sbs-report")
+
+    on = Wiring(ctx, c)
+    on(c["preset"].change, on_preset, ["preset"], PRESET, queue=False, api_visibility="private")
+    prepared = on(c["run"].click, prepare, ["variants", "session"], PREPARE, queue=False,
+                  api_visibility="private", show_progress="hidden")
+    on(prepared.then, compare, ["prompt", "preset", "variants", "max_new", "mode", "repeats", "session"], RUN,
+       api_name="compare", concurrency_limit=1, concurrency_id="device", show_progress="full",
+       show_progress_on=[c["message"]])
+    on(c["stop"].click, stream.stop, ["session"], STOP, queue=False, api_name="stop", show_progress="hidden")
+    on(c["replay"].click, replay, ["session"], REPLAY, api_name="replay", concurrency_limit=4,
+       concurrency_id="replay", show_progress="hidden")

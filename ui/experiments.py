@@ -1,0 +1,207 @@
+"""The Experiments tab: a sweep of engine/studies/sweeps.py over a grid of cells, its chart filling as
+cells finish. Same shape as the Compare tab; a sweep is a run, on the same device queue.
+
+`RUN` lists the outputs of /experiment in the order an API client receives them.
+"""
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import gradio as gr
+from gradio.components.plot import PlotData
+
+from engine.errors import InputError
+from engine.studies import sweeps
+from engine.views.sweep_charts import empty_sweep_figure, sweep_figure, sweep_table
+from ui import render, stream
+from ui.outputs import Outputs, Wiring
+from ui.presets import preset_update
+from ui.state import Context, Session
+
+SWEEP_TICK_S = 0.25          # status refresh period; the chart is redrawn only when a cell finished
+PLOT_HEIGHT = 420            # px: taller than the command line's, the paragraph sits beside it
+FIRST_EXPERIMENT = "attention"
+PNG_NOTE = ("PNG: hover the chart and press the camera button (\u201cDownload plot as a PNG\u201d) in its "
+            "toolbar. The HTML file is the interactive chart, standalone (it works offline).")
+
+FILES = ("json_file", "csv_file", "html_file")
+RUN = Outputs(["message", "plot", "table", "sweep", *FILES])
+EXPERIMENT = Outputs(["explanation", "variants", "plot", "table", *FILES, "sweep", "message"])
+PRESET = Outputs(["banner", "variants", "quick", "message"])
+QUICK = Outputs(["explanation"])
+STOP = Outputs(["message"])
+NO_FILE = {"value": None, "interactive": False}
+
+
+def experiment_choices() -> list[tuple[str, str]]:
+    """Dropdown choices (label, name), one per experiment."""
+    return [(f"{experiment.name}: {experiment.title}", name) for name, experiment in sweeps.EXPERIMENTS.items()]
+
+
+def plot_value(figure, name: str) -> PlotData:
+    """The figure for gr.Plot, with plotly's own PNG button named after the experiment."""
+    plot = json.loads(figure.to_json())
+    plot["config"] = {"displaylogo": False,
+                      "toImageButtonOptions": {"format": "png", "filename": f"sweep-{name}", "scale": 2}}
+    return PlotData(type="plotly", plot=json.dumps(plot))
+
+
+def table_value(sweep: dict) -> dict:
+    """The rows for gr.Dataframe, headers in the chart's units."""
+    headers, rows = sweep_table(sweep, sweeps.get(sweep["experiment"]).y)
+    return {"headers": headers, "data": rows}
+
+
+def blank(name: str) -> dict:
+    """The run outputs before a sweep: the experiment's empty panels and table, no files."""
+    known = name in sweeps.EXPERIMENTS
+    return {"plot": plot_value(empty_sweep_figure(name, PLOT_HEIGHT), name) if known else None,
+            "table": table_value({"experiment": name, "results": []}) if known else None,
+            "sweep": None, **{key: gr.update(**NO_FILE) for key in FILES}}
+
+
+def on_experiment(ctx: Context, name: str, preset_name: str, quick: bool) -> dict:
+    """A new experiment: its paragraph, its own variants selected, its empty chart."""
+    engine, update = preset_update(ctx, preset_name, sweeps.get(name).variants)
+    return {"explanation": render.explanation_html(name, quick), "message": "", **blank(name),
+            **({"variants": update["variants"]} if engine else {})}
+
+
+def on_preset(ctx: Context, preset_name: str, name: str) -> dict:
+    """A new preset: its banner, which variants can run there, the quick grid on a CPU."""
+    engine, update = preset_update(ctx, preset_name, sweeps.get(name).variants)
+    if engine is not None:
+        update["quick"] = engine.device.kind == "cpu"
+    return update
+
+
+def on_quick(ctx: Context, name: str, quick: bool) -> dict:
+    return {"explanation": render.explanation_html(name, quick)}
+
+
+def prepare(ctx: Context, name: str, session_state: Session) -> dict:
+    """Clear the last result at once, before the sweep leaves the queue."""
+    session_state.prepare()
+    return {"message": render.message_html("Waiting for the device..."), **blank(name)}
+
+
+class SweepView:
+    """A sweep as `pump` folds it (a batch of events at a time), and the chart last drawn of it."""
+
+    def __init__(self, live: sweeps.LiveSweep, device: str):
+        self.live, self.device = live, device
+        self.drawn: tuple = (None, None, None, None)       # (revision, figure, plot, table)
+
+    @property
+    def done(self) -> bool:
+        return self.live.done
+
+    def apply(self, batch, now=None) -> None:
+        for event in batch:
+            self.live.apply(event)
+
+    def draw(self, name: str) -> tuple:
+        """(figure, plot, table), redrawn only when a cell finished since the last call."""
+        if self.drawn[0] != self.live.revision:
+            sweep = self.live.sweep()
+            figure = sweep_figure(sweep, PLOT_HEIGHT)
+            self.drawn = (self.live.revision, figure, plot_value(figure, name), table_value(sweep))
+        return self.drawn[1:]
+
+
+def frame(ctx: Context, name: str, view: SweepView, run_id: int, elapsed_s: float, stopping: bool) -> dict:
+    """One update of the sweep's outputs; once it is done, with its rows and files."""
+    figure, plot, table = view.draw(name)
+    update = {"message": render.sweep_message(view.live, view.device, stopping, elapsed_s), "plot": plot,
+              "table": table, "sweep": None, **{key: gr.update(**NO_FILE) for key in FILES}}
+    if view.done:
+        sweep = view.live.result
+        paths = ctx.downloads.save("sweep", run_id, f"{name}-{sweep['preset']['name']}",
+                                   json=json.dumps(sweep, indent=1), csv=sweeps.to_csv(sweep),
+                                   html=render.sweep_page(sweep, figure.to_html(full_html=False,
+                                                                                include_plotlyjs=True)))
+        update.update({"sweep": sweep, **{key: gr.update(value=path, interactive=True)
+                                          for key, path in zip(FILES, paths)}})
+    return update
+
+
+def _start(ctx: Context, name: str, preset_name: str, selected: list[str], quick: bool):
+    experiment = sweeps.get(name)
+    if not selected:
+        raise InputError("no variant selected: choose at least one (the experiment's own are "
+                         f"{', '.join(experiment.variants)})")
+    engine = ctx.engines.activate(preset_name)
+    run, live = sweeps.start_sweep(name, engine, quick, selected)
+    return engine, run, SweepView(live, engine.device.name)
+
+
+def failure(name: str, message: str) -> dict:
+    return {"message": message, **blank(name)}
+
+
+def experiment(ctx: Context, name: str, preset_name: str, selected: list[str], quick: bool,
+               session_state: Session):
+    """Run an experiment's sweep, streaming progress, the chart and the rows (API: /experiment).
+
+    Outputs: status line, chart, rows table, sweep JSON, JSON file, CSV file, chart HTML file.
+    """
+    yield from stream.stream(ctx, session_state, preset_name,
+                             partial(_start, ctx, name, preset_name, list(selected or []), bool(quick)),
+                             partial(frame, ctx, name), partial(failure, name),
+                             f"Experiment {render.e(name)} on preset {render.e(preset_name)} cannot run",
+                             interval_s=SWEEP_TICK_S)
+
+
+def build(ctx: Context, preset: str, preset_choices: list) -> None:
+    """Lay out the tab and wire its events (inside gr.Blocks and a gr.Tab).
+
+    One long function on purpose: the layout reads top to bottom as the page does.
+    """
+    first = ctx.engines.get(preset)
+    quick = first.device.kind == "cpu"
+    choices, defaults, classes = render.variant_choices(first, sweeps.get(FIRST_EXPERIMENT).variants)
+    empty = blank(FIRST_EXPERIMENT)
+    c: dict = {"session": gr.State(Session())}          # a visitor's sweep, apart from their Compare run
+    c["banner"] = gr.HTML(render.banner_html(first), js_on_load=None, elem_id="exp-banner")
+    with gr.Row(equal_height=False):
+        c["experiment"] = gr.Dropdown(experiment_choices(), value=FIRST_EXPERIMENT, label="Experiment", scale=3,
+                                      min_width=300, elem_id="exp-name")
+        c["preset"] = gr.Dropdown(preset_choices, value=preset, label="Preset", scale=2, min_width=220,
+                                  elem_id="exp-preset")
+        c["quick"] = gr.Checkbox(quick, label="Quick grid", scale=1, min_width=180,
+                                 info="fewer, smaller cells; one repeat", elem_id="exp-quick")
+    c["variants"] = gr.CheckboxGroup(choices, value=defaults, label="Variants", elem_classes=classes,
+                                     elem_id="exp-variants", info="the experiment's own variants are selected first")
+    with gr.Row():
+        c["run"] = gr.Button("Run experiment", variant="primary", elem_id="exp-run")
+        c["stop"] = gr.Button("Stop", variant="stop", elem_id="exp-stop")
+    c["message"] = gr.HTML("", elem_id="exp-message", js_on_load=None)
+    with gr.Row(equal_height=False, elem_id="exp-chart-row"):
+        c["plot"] = gr.Plot(empty["plot"], label="Chart", show_label=False, scale=3, min_width=320,
+                            elem_id="exp-plot")
+        c["explanation"] = gr.HTML(render.explanation_html(FIRST_EXPERIMENT, quick), js_on_load=None, scale=1,
+                                   min_width=260, elem_id="exp-explanation")
+    c["table"] = gr.Dataframe(empty["table"], label="Rows: one per variant and cell (units in the headers)",
+                              interactive=False, wrap=True, elem_id="exp-table")
+    with gr.Row(equal_height=True, elem_id="exp-downloads"):
+        c["json_file"] = gr.DownloadButton("Download JSON", interactive=False, elem_id="exp-json")
+        c["csv_file"] = gr.DownloadButton("Download CSV", interactive=False, elem_id="exp-csv")
+        c["html_file"] = gr.DownloadButton("Download chart (HTML)", interactive=False, elem_id="exp-html")
+    gr.Markdown(PNG_NOTE, elem_classes=["exp-note"])
+    with gr.Accordion("Experiment JSON (same schema as python -m engine sweep --json)", open=False):
+        c["sweep"] = gr.JSON(label="experiment", elem_id="exp-report")
+
+    on = Wiring(ctx, c)
+    on(c["experiment"].change, on_experiment, ["experiment", "preset", "quick"], EXPERIMENT, queue=False,
+       api_visibility="private")
+    on(c["quick"].change, on_quick, ["experiment", "quick"], QUICK, queue=False, api_visibility="private",
+       show_progress="hidden")
+    on(c["preset"].change, on_preset, ["preset", "experiment"], PRESET, queue=False, api_visibility="private")
+    prepared = on(c["run"].click, prepare, ["experiment", "session"], RUN, queue=False, api_visibility="private",
+                  show_progress="hidden")
+    on(prepared.then, experiment, ["experiment", "preset", "variants", "quick", "session"], RUN,
+       api_name="experiment", concurrency_limit=1, concurrency_id="device", show_progress="full",
+       show_progress_on=[c["message"]])
+    on(c["stop"].click, stream.stop, ["session"], STOP, queue=False, api_name="experiment_stop",
+       show_progress="hidden")

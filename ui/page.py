@@ -1,0 +1,47 @@
+"""The whole page: a header and the two tabs, with its theme and CSS (both go to launch() in Gradio 6)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from engine.variants import CATALOG
+from engine.views.palette import color_of
+from ui import compare, experiments
+from ui.downloads import Downloads
+from ui.presets import preset_choices
+from ui.state import Context, Engines
+
+TITLE = "Side by side: LLM inference variants"
+INTRO = ("# Side by side: one prompt, several inference variants\n"
+         "Watch eager attention, SDPA, FlashAttention, quantization and more answer the same "
+         "prompt, with live time-to-first-token, time-per-token and memory.")
+
+
+def css() -> str:
+    """theme.css, then one rule per catalog variant: its lane colour, and its checkbox greyed and
+    unclickable while it cannot run here (its reason is in its label)."""
+    rules = [f".sbs-lane-{name} {{ --lane: {color_of(name)}; }}" for name in CATALOG]
+    rules += [f'.sbs-variants.sbs-off-{name} label:has(input[name="{name}"]) {{ opacity: .5; pointer-events: none; '
+              'filter: grayscale(1); }' for name in CATALOG]
+    return (Path(__file__).with_name("theme.css").read_text() + "\n".join(rules))
+
+
+def launch_kwargs() -> dict:
+    """Theme and CSS go to launch() in Gradio 6."""
+    return {"theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), "css": css()}
+
+
+def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.Blocks:
+    """The Blocks of the dashboard over `engines`; raises PresetError or DeviceError for an unusable `preset`."""
+    engines.get(preset)
+    ctx = Context(engines, Downloads.temporary())
+    choices = preset_choices()
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(INTRO)
+        with gr.Tabs(elem_id="sbs-tabs"):
+            with gr.Tab("Compare", id="compare", elem_id="sbs-tab-compare"):
+                compare.build(ctx, preset, mode, choices)
+            with gr.Tab("Experiments", id="experiments", elem_id="sbs-tab-experiments"):
+                experiments.build(ctx, preset, choices)
+    return demo

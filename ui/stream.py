@@ -1,0 +1,63 @@
+"""The one loop that turns a run's events into page updates, for both tabs, and the Stop handler.
+
+The page refreshes on a clock, not once per token (four variants at 200 tokens/s would be 800
+updates a second): `pump` folds whatever arrived in a tick into the view, and each tab's `draw`
+makes one update of its outputs from it.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from engine.errors import USER_ERRORS
+from engine.views.run import pump
+from ui import render
+from ui.state import Context, Phase, Session
+
+TICK_S = 0.1          # text and status refresh period while a run streams
+# what refuses a run before it starts: input the visitor can fix, or a preset that cannot be used
+# here (a broken preset file raises ValueError or OSError)
+REFUSED = (*USER_ERRORS, ValueError, OSError)
+
+
+def stream(ctx: Context, session: Session, preset: str, start: Callable, draw: Callable, refuse: Callable,
+           cannot: str, interval_s: float = TICK_S) -> Iterator[dict]:
+    """Start a run and yield the page updates of a tab until it is done.
+
+    `start()` -> (engine, run, view): the view folds events (`apply(batch, now)`, `done`);
+    `draw(view, run_id, elapsed_s, stopping)` -> the tab's update; `refuse(message_html)` -> the update
+    when the run does not start, `cannot` saying what could not run. A page closed mid-run (Gradio
+    closes this generator) cancels the run.
+    """
+    if session.take_stop_request():
+        yield refuse(render.message_html("Stopped before the run started.", "warn"))
+        return
+    try:
+        engine, run, view = start()
+    except REFUSED as error:
+        session.end()
+        yield refuse(render.message_html(render.refusal(error, cannot), "error"))
+        return
+    except BaseException:
+        session.end()                                # a bug: the page shows Gradio's error, Stop stays usable
+        raise
+    if not session.begin(run.id, preset):         # Stop came while the run was starting
+        engine.cancel(run.id)
+    began = time.perf_counter()
+    try:
+        for view in pump(run, view, interval_s):
+            yield draw(view, run.id, time.perf_counter() - began, session.phase is Phase.STOPPING)
+    finally:
+        if not view.done:
+            engine.cancel(run.id)
+        session.end()
+
+
+def stop(ctx: Context, session: Session) -> dict:
+    """Stop this visitor's run (API: /stop, /experiment_stop); another visitor's run is never touched.
+
+    A running run's next update says "Stopping"; a run still in the queue will not start.
+    """
+    if session.stop(ctx.engines) is Phase.PENDING:
+        return {"message": render.message_html("Stopped: the run will not start.", "warn")}
+    return {}
