@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from engine.errors import PresetError
-from engine.variants import CATALOG
+from engine.variants import CATALOG, REFERENCE
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 SOURCES = ("random", "hub")
@@ -35,7 +35,7 @@ class Preset:
     seed: int = 0                     # weights of random presets; every variant gets the same ones
     dtype: str = "float32"
     device: str = "auto"              # "auto" takes the first GPU when there is one, else the CPU
-    variants: tuple[str, ...] = ("baseline", "sdpa")      # selected by default
+    variants: tuple[str, ...] = (REFERENCE, "sdpa")      # selected by default
     max_new_tokens: int = 64
     max_new_tokens_cap: int = 512
     context_length: int = 2048        # prompt + new tokens must fit

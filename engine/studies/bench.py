@@ -47,7 +47,7 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
             elif isinstance(event, events.Finished) and len(event.token_times) > 1:
                 times = metrics.relative_times(event.t_start, event.token_times)
                 log(f"  {event.variant}, prompt {event.prompt_tokens}: {len(times)} tokens, TTFT "
-                    f"{metrics.ttft_s(times) * 1000:.1f} ms, TPOT {metrics.tpot_s(times) * 1000:.2f} ms")
+                    f"{ms(metrics.ttft_s(times))} ms, TPOT {ms(metrics.tpot_s(times), 2)} ms")
             elif isinstance(event, events.RunDone):
                 report = event.report
         reference = next((r for r in report["results"] if r["variant"] == first and r["status"] == "ok"), None)
