@@ -25,12 +25,14 @@ THREADS_HELP = ("torch CPU threads per worker (default: torch's, one per core; t
 def table(report: dict) -> str:
     """The results as a fixed-width table, one row per variant."""
     rows = [("variant", "status", "tokens", "TTFT ms", "TPOT ms", "tok/s", "peak GiB", "weights GiB", "MBU",
-             "diff@", "placement")]
+             "diff@", "placement", "warm-up ms")]
     for r in report["results"]:
+        warmups = r.get("warmup_e2e_s") or []         # E2E of the untimed first request(s), apart from the figures
         rows.append((r["variant"], r["status"], tables.general(r["output_tokens"] or None), tables.ms(r["ttft_s"]),
                      tpot_text(r, 1), tables.fixed(r["tokens_per_s"]), tables.gib(r["peak_memory_bytes"], 3),
                      tables.gib(r["weights_bytes"], 3), tables.percent(r["mbu"]),
-                     tables.general(r["first_diff_token"]), r["placement"] or tables.DASH))
+                     tables.general(r["first_diff_token"]), r["placement"] or tables.DASH,
+                     ", ".join(tables.ms(w) for w in warmups) or tables.DASH))
     lines = tables.fixed_width(rows).splitlines()
     for r in report["results"]:
         for note in (r["reason"], host_note(r)):
@@ -44,7 +46,8 @@ def cmd_run(args) -> int:
     variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
     max_new = preset.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     with Engine(preset, request_timeout_s=args.timeout, threads=args.threads) as engine:
-        run = engine.start(RunSpec(args.prompt, variants, max_new, args.mode, args.repeats, args.ignore_eos))
+        run = engine.start(RunSpec(args.prompt, variants, max_new, args.mode, args.repeats, args.ignore_eos,
+                                   warmup_requests=args.warmups))
         print(f"{preset.title} on {engine.device.name}; mode {args.mode}"
               + ("; random weights: the text is noise, the timings are real" if preset.random_weights else ""),
               file=sys.stderr)
@@ -119,7 +122,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", type=int, help="default: the preset's")
     run.add_argument("--mode", choices=("fair", "race"), default="fair",
                      help="fair: one variant generates at a time; race: all at once (contended)")
-    run.add_argument("--repeats", type=int, default=1, help="report medians and the TPOT spread over N runs")
+    run.add_argument("--repeats", type=int, default=3,
+                     help="timed requests per variant: medians and the TPOT range over them (default 3)")
+    run.add_argument("--warmups", type=int, default=1,
+                     help="untimed requests at the same lengths before the timed ones (default 1; their time is "
+                          "shown apart)")
     run.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     run.add_argument("--timeout", type=float, default=900.0, help="seconds one request may take")
     run.add_argument("--threads", type=int, help=THREADS_HELP)

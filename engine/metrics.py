@@ -72,6 +72,12 @@ def kv_cache_bytes(layers: int, kv_heads: int, head_dim: int, tokens: float, bat
     return int(2 * layers * kv_heads * head_dim * tokens * batch_size * bytes_per_element)
 
 
+def cached_positions(prompt_tokens: int, output_tokens: int) -> int:
+    """Positions the KV cache holds once N tokens are out: the prompt and every new token but the last,
+    which is never fed back."""
+    return prompt_tokens + max(output_tokens - 1, 0)
+
+
 def mean_decode_context(prompt_tokens: int, output_tokens: int) -> float:
     """Mean number of cached positions read per decode step.
 

@@ -16,6 +16,7 @@ class Outcome:
     """What one variant produced in one cell of a run."""
     variant: str
     finished: list = field(default_factory=list)     # Finished events, one per timed repeat
+    warmups: list = field(default_factory=list)      # Finished events of the warm-ups, measured by nobody
     failed: events.Failed | None = None
     unavailable: str | None = None
     placement: str | None = None                      # "resident" or "swapped"; None if it never ran
@@ -28,7 +29,8 @@ class RunState:
     """Which request each variant works on, which requests are warm-ups, abandoned or probes, and the outcomes.
 
     `fold(event)` records an event where it belongs and says whether the run's consumer sees it:
-    warm-ups and probes stay inside, as does anything of a request given up on (it timed out).
+    warm-ups and probes stay inside (a warm-up's answer is kept apart, for its time), as does
+    anything of a request given up on (it timed out).
     """
 
     def __init__(self, names: list[str], cells: int):
@@ -93,10 +95,10 @@ class RunState:
             if request_id != self.current.get(name):
                 return False                          # not the request it works on: nothing to add
             self.current.pop(name)
+            for outcome in self._cell_outcomes(event):
+                (outcome.warmups if request_id in self._warmups else outcome.finished).append(event)
             if request_id in self._warmups:
                 return False
-            for outcome in self._cell_outcomes(event):
-                outcome.finished.append(event)
         elif isinstance(event, events.Failed):
             if request_id is None or self.current.get(name) == request_id:
                 self.current.pop(name, None)

@@ -37,22 +37,27 @@ class Run:
         self.cancelled = threading.Event()
         self.finished = threading.Event()
 
+    def put(self, item) -> None:
+        """An event, or a list of them: a worker's batch arrives as one item, so a consumer wakes once
+        for it, not once per token, while that worker's next request may be timed."""
+        self.queue.put(item)
+
     def __iter__(self) -> Iterator[events.Event]:
         while True:
-            event = self.queue.get()
-            yield event
-            if isinstance(event, events.RunDone):
-                return
+            for event in events.unbatch(self.queue.get()):
+                yield event
+                if isinstance(event, events.RunDone):
+                    return
 
     def drain(self, timeout: float) -> list[events.Event]:
-        """Block up to `timeout` for one event, then take all that are waiting (for batched UIs)."""
+        """Block up to `timeout` for events, then take all that are waiting (for UIs that draw on a clock)."""
         try:
-            batch = [self.queue.get(timeout=timeout)]
+            batch = events.unbatch(self.queue.get(timeout=timeout))
         except queue.Empty:
             return []
         while True:
             try:
-                batch.append(self.queue.get_nowait())
+                batch += events.unbatch(self.queue.get_nowait())
             except queue.Empty:
                 return batch
 
@@ -176,7 +181,7 @@ class Engine:
         return WorkerSpec(self.preset, name, device, self.threads, core)
 
     def _execution(self, run: Run, state: RunState) -> schedule.Execution:
-        return schedule.Execution(self._workers, state, run.queue.put, run.cancelled, self._ids, self.limits)
+        return schedule.Execution(self._workers, state, run.put, run.cancelled, self._ids, self.limits)
 
     def _execute(self, run: Run, prompt_tokens: int) -> None:
         """The run's thread: wait for the device, run, and always end the stream with a RunDone."""
@@ -190,13 +195,13 @@ class Engine:
                     self._workers.clear_cancel()
                     self._run(run, state)
         except Exception as error:  # noqa: BLE001 - the consumer must always get a RunDone
-            run.queue.put(events.Failed("*", f"the run stopped: {error}", traceback.format_exc()))
+            run.put(events.Failed("*", f"the run stopped: {error}", traceback.format_exc()))
             run.cancel()
         finally:
             built = report.build(spec, self.preset, self.device, prompt_tokens, state.outcomes,
                                  cancelled=run.cancelled.is_set())
             report.add_measured_bandwidth(built, self.bandwidth)
-            run.queue.put(events.RunDone(built))
+            run.put(events.RunDone(built))
             with self._runs_lock:
                 self._runs.pop(run.id, None)
                 if self._active is run:
@@ -210,7 +215,7 @@ class Engine:
             if reason:
                 for outcome in state.of(name):
                     outcome.unavailable = reason
-                run.queue.put(events.Unavailable(name, reason))
+                run.put(events.Unavailable(name, reason))
             else:
                 runnable.append(CATALOG[name])
         placement = schedule.place(self._workers, runnable, self.preset, self.device)

@@ -39,8 +39,8 @@ def measure(finished, weights_bytes: int, peak_bandwidth: float | None, use_cach
         shape = (cache["layers"], cache["kv_heads"], cache["head_dim"])
         kv_mean = metrics.kv_cache_bytes(*shape, metrics.mean_decode_context(finished.prompt_tokens, n),
                                          finished.batch_size, cache["bytes_per_element"])
-        kv_end = metrics.kv_cache_bytes(*shape, finished.prompt_tokens + n, finished.batch_size,
-                                        cache["bytes_per_element"])
+        kv_end = metrics.kv_cache_bytes(*shape, metrics.cached_positions(finished.prompt_tokens, n),
+                                        finished.batch_size, cache["bytes_per_element"])
     return {
         "output_tokens": n * finished.batch_size,
         "ttft_s": metrics.ttft_s(times),
@@ -119,8 +119,10 @@ def result(outcome, reference_ids, peak_bandwidth: float | None) -> dict:
     row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
            "text": "", "first_diff_token": None, "identical_token_share": None, "contended": outcome.contended,
            "placement": outcome.placement, "repeats": len(outcome.finished), "token_times_s": [],
-           "tpot_repeats_s": [], "preemptions_repeats": [], "sm_clock_mhz_repeats": [],
-           "memory": {}}
+           "token_times_repeats_s": [], "token_ids": [], "tpot_repeats_s": [], "preemptions_repeats": [],
+           "sm_clock_mhz_repeats": [], "memory": {}, "warmup_requests": len(outcome.warmups),
+           # the warm-ups are the timed request itself, run first and left out of every figure
+           "warmup_e2e_s": [metrics.e2e_s(metrics.relative_times(f.t_start, f.token_times)) for f in outcome.warmups]}
     row.update({key: None for key in EMPTY_METRICS})
     loaded = outcome.loaded
     if loaded is not None:
@@ -128,28 +130,35 @@ def result(outcome, reference_ids, peak_bandwidth: float | None) -> dict:
                    label=loaded.label)
     if outcome.unavailable:
         row.update(status="unavailable", reason=outcome.unavailable)
-        return row
-    if outcome.failed is not None and not outcome.finished:
+    elif outcome.failed is not None and not outcome.finished:
         row.update(status="failed", reason=outcome.failed.reason)
-        return row
-    if not outcome.finished:
+    elif not outcome.finished:
         row.update(status="cancelled", reason="the run was stopped before this variant's turn")
-        return row
-    read = (row["weights_bytes"] or 0) - (loaded.input_table_bytes if loaded is not None else 0)
-    rows = [measure(f, read, peak_bandwidth, variant.use_cache) for f in outcome.finished]
+    else:
+        read = (row["weights_bytes"] or 0) - (loaded.input_table_bytes if loaded is not None else 0)
+        _timed(row, outcome, read, peak_bandwidth, variant.use_cache, reference_ids)
+    return row
+
+
+def _timed(row: dict, outcome, read_bytes: int, peak_bandwidth: float | None, use_cache: bool,
+           reference_ids) -> None:
+    """The figures of a variant that answered: each the median over its repeats of that figure, every
+    repeat's token times beside them, so that anyone can recompute them from the JSON alone."""
+    rows = [measure(f, read_bytes, peak_bandwidth, use_cache) for f in outcome.finished]
     first = outcome.finished[0]
     for key in rows[0]:
         row[key] = _median_of(rows, key) if key.endswith(("_s", "mbu")) else rows[0][key]
     tpots = [r["tpot_s"] for r in rows if r["tpot_s"] is not None]
+    times = [metrics.relative_times(f.t_start, f.token_times) for f in outcome.finished]
     row.update(tpot_min_s=min(tpots) if tpots else None, tpot_max_s=max(tpots) if tpots else None,
                tpot_repeats_s=[r["tpot_s"] for r in rows],     # in the order run: shows a slow first repeat
                # beside each repeat, what could have slowed it: the serving thread taken off its core,
                # a lower GPU clock
                preemptions_repeats=[f.host.get("preemptions") for f in outcome.finished],
                sm_clock_mhz_repeats=[f.host.get("sm_clock_mhz") for f in outcome.finished],
-               text=first.text, queue_s=first.t_start - outcome.t_ready if outcome.t_ready else None, peak_memory_bytes=peak_memory(first),
-               memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
-               token_times_s=metrics.relative_times(first.t_start, first.token_times))
+               text=first.text, queue_s=first.t_start - outcome.t_ready if outcome.t_ready else None,
+               peak_memory_bytes=peak_memory(first), memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
+               token_times_s=times[0], token_times_repeats_s=times, token_ids=list(first.token_ids))
     row.update(host_load(outcome.finished, judged=not outcome.contended))
     if reference_ids is not None and outcome.variant != REFERENCE:
         row["first_diff_token"] = metrics.first_difference(reference_ids, first.token_ids)
@@ -158,7 +167,6 @@ def result(outcome, reference_ids, peak_bandwidth: float | None) -> dict:
         row.update(status="cancelled", reason="stopped by the user: figures cover the tokens made until then")
     elif outcome.failed is not None:
         row.update(status="failed", reason=f"{outcome.failed.reason} (after {len(rows)} good repeat(s))")
-    return row
 
 
 def build(spec: RunSpec, preset: Preset, device: Device, prompt_tokens: int, outcomes: dict,
@@ -191,6 +199,7 @@ def build(spec: RunSpec, preset: Preset, device: Device, prompt_tokens: int, out
         "prompt_tokens": prompt_tokens,
         "mode": spec.mode,
         "repeats": spec.repeats,
+        "warmup_requests": spec.warmup_requests,
         "batch_size": spec.batch_size,
         "decoding": "greedy",
         "cancelled": cancelled,

@@ -177,9 +177,9 @@ class Execution:
                     self._died(worker)
 
     def _forward(self, worker: WorkerProcess) -> None:
-        for event in worker.read():
-            if self.state.fold(event):
-                self._emit(event)
+        passed = [event for event in worker.read() if self.state.fold(event)]
+        if passed:
+            self._emit(passed if len(passed) > 1 else passed[0])
 
     def _died(self, worker: WorkerProcess) -> None:
         self._forward(worker)                          # what it sent before dying

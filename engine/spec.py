@@ -30,7 +30,8 @@ class RunSpec:
     """What to run: the same prompt through each variant, in every cell of the grid.
 
     `cells` empty: one cell, the run's own settings. `warmup_requests` unmeasured requests, identical
-    to the measured ones, precede them in every cell (the first request at new lengths can be slow).
+    to the measured ones, precede them in every cell: the first request at new lengths can be several
+    times slower than the next, and is not what the variant does once it serves.
     """
     prompt: str
     variants: tuple[str, ...]
@@ -40,7 +41,7 @@ class RunSpec:
     ignore_eos: bool = False             # always generate max_new_tokens (variants do equal work)
     batch_size: int = 1
     cells: tuple[Cell, ...] = field(default=())
-    warmup_requests: int = 0
+    warmup_requests: int = 1
 
     def __post_init__(self):
         # lists are accepted for convenience; stored as tuples the spec stays hashable and unchanged

@@ -24,8 +24,9 @@ def test_a_warmup_stays_inside_but_its_failure_counts():
     state.sent("sdpa", Request(1, "p", 2, cell=0), warmup=True)
     assert not state.fold(events.Started("sdpa", 1, 0.0, 4, 0))
     assert not state.fold(events.Token("sdpa", 1, 0, 5, "a", 0.1))
-    assert not state.fold(finished("sdpa", 1, 0))
-    assert state.outcomes[("sdpa", 0)].finished == []
+    warm = finished("sdpa", 1, 0)
+    assert not state.fold(warm)
+    assert state.outcomes[("sdpa", 0)].finished == [] and state.outcomes[("sdpa", 0)].warmups == [warm]
     state.sent("sdpa", Request(2, "p", 2, cell=0), warmup=True)
     failed = events.Failed("sdpa", "boom", request_id=2, cell=0)
     assert state.fold(failed) and state.outcomes[("sdpa", 0)].failed is failed

@@ -1,13 +1,50 @@
 """The worker's measuring instruments (engine/worker/instruments.py)."""
+import threading
+import time
+
+import torch
+
+from engine import events, presets
+from engine.telemetry import ClockReader
+from engine.worker.instruments import RequestMonitor, TimingStreamer, TokenFeed
+from engine.worker.models import load_tokenizer
 
 
-def test_the_memory_sampler_reports_the_gpu_clock_it_read():
-    from engine.telemetry import ClockReader
-    from engine.worker.instruments import MemorySampler
-    assert ClockReader(0).read() is None or __import__("torch").cuda.is_available()   # no GPU: unknown, no error
-    samples = []
-    sampler = MemorySampler(samples.append, "sdpa", None)
-    assert sampler.clock_mhz() == {}                          # a CPU: no clock
+def put_all(streamer, ids):
+    for token in ids:
+        streamer.put(torch.tensor([token]))
+
+
+def test_the_streamer_skips_the_prompt_and_only_stamps_and_keeps_ids():
+    streamer = TimingStreamer()
+    streamer.put(torch.tensor([[5, 6, 7]]))                  # generate() puts the prompt first
+    before = time.perf_counter()
+    put_all(streamer, [11, 12])
+    assert streamer.ids == [11, 12] and before <= streamer.times[0] <= streamer.times[1] <= time.perf_counter()
+    own_loop = TimingStreamer(prompt_first=False)             # the compiled loop puts tokens only
+    put_all(own_loop, [3])
+    assert own_loop.ids == [3]
+
+
+def test_the_feed_sends_each_token_once_and_its_pieces_join_into_the_answer():
+    tokenizer = load_tokenizer(presets.load("tiny"))
+    text = "Caché ✓ done"                                     # multi-byte characters: one token per byte
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    streamer = TimingStreamer(prompt_first=False)
+    feed = TokenFeed(tokenizer, streamer, "sdpa", 7)
+    made = []
+    for cut in (1, 5, 6, 9, len(ids)):                      # batches that split characters across drains
+        put_all(streamer, ids[len(streamer.ids):cut])
+        made += feed.drain()
+    assert feed.drain() == []
+    assert [t.index for t in made] == list(range(len(ids))) and [t.token_id for t in made] == ids
+    assert all(t.request_id == 7 and t.variant == "sdpa" for t in made)
+    assert [t.t for t in made] == streamer.times
+    assert "".join(t.text for t in made) == feed.text == text
+    assert all("\ufffd" not in t.text for t in made)          # a character is never sent half-made
+
+
+def test_the_monitor_announces_the_start_first_then_tokens_memory_and_the_gpu_clock():
     reads = iter([1980, 1980, 1410] + [1980] * 100)
 
     class Clock:
@@ -16,9 +53,26 @@ def test_the_memory_sampler_reports_the_gpu_clock_it_read():
 
         def close(self):
             pass
-    sampler._clock = Clock()
-    with sampler:
-        __import__("time").sleep(0.12)
-    assert sampler.clocks_mhz[:3] == [1980, 1980, 1410]
-    assert sampler.clock_mhz() == {"sm_clock_mhz": 1980, "sm_clock_mhz_min": 1410}
-    assert samples                                            # the memory samples went out as before
+
+    assert ClockReader(0).read() is None or torch.cuda.is_available()   # no GPU: unknown, no error
+    tokenizer = load_tokenizer(presets.load("tiny"))
+    streamer, cancel, sent = TimingStreamer(prompt_first=False), threading.Event(), []
+    monitor = RequestMonitor(sent.append, TokenFeed(tokenizer, streamer, "sdpa", 3), cancel, None, 12, cell=2,
+                             clock=Clock())
+    assert monitor.clock_mhz() == {}
+    with monitor:
+        monitor.t_start = time.perf_counter()
+        put_all(streamer, [70, 71])
+        time.sleep(0.12)
+        cancel.set()                                          # the orchestrator's Stop
+        time.sleep(0.12)
+        assert streamer.stop                                  # the decode loop ends at its next step
+        put_all(streamer, [72])
+    started = [e for e in sent if isinstance(e, events.Started)]
+    tokens = [e for e in sent if isinstance(e, events.Token)]
+    assert len(started) == 1 and sent.index(started[0]) < sent.index(tokens[0])
+    assert (started[0].t_start, started[0].prompt_tokens, started[0].cell) == (monitor.t_start, 12, 2)
+    assert [t.token_id for t in tokens] == [70, 71, 72]       # the last one sent when the request ended
+    assert sum(isinstance(e, events.MemorySample) for e in sent) >= 3
+    assert monitor.clocks_mhz[:3] == [1980, 1980, 1410]
+    assert monitor.clock_mhz()["sm_clock_mhz_min"] == 1410

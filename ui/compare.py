@@ -26,6 +26,7 @@ from ui.state import Context, Session
 CHART_TICK_S = 0.25          # chart refresh period (each chart update re-sends the figure)
 REPLAY_MAX_S = 20.0          # a longer run is replayed faster than real time
 REPEATS_MAX = 5              # timed requests per variant a visitor may ask for in one run
+REPEATS_DEFAULT = 3          # enough to state a range; each variant first runs one untimed warm-up
 NAMES = tuple(CATALOG)       # every catalog variant has a column; the unselected ones are hidden
 
 
@@ -124,7 +125,7 @@ def _start(ctx: Context, preset_name: str, spec: RunSpec, view: RunView, session
 def compare(ctx: Context, prompt_text: str, preset_name: str, selected: list[str], max_new_tokens: int,
             run_mode: str, repeats: int, session_state: Session):
     """Run the prompt through the selected variants, streaming the page (API: /compare)."""
-    selected, repeats = list(selected or []), int(repeats or 1)
+    selected, repeats = list(selected or []), int(repeats or REPEATS_DEFAULT)
     view = RunView([n for n in selected if n in CATALOG], run_mode, repeats=repeats)
     spec = RunSpec(prompt_text or "", selected, int(max_new_tokens), mode=run_mode, repeats=repeats)
     yield from stream.stream(ctx, session_state, preset_name, partial(_start, ctx, preset_name, spec, view,
@@ -175,7 +176,7 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
             with gr.Row():
                 c["max_new"] = gr.Slider(1, first.preset.max_new_tokens_cap, value=first.preset.max_new_tokens,
                                          step=1, label="Max new tokens", min_width=160, elem_id="sbs-max")
-                c["repeats"] = gr.Slider(1, REPEATS_MAX, value=1, step=1, label="Repeats", min_width=160,
+                c["repeats"] = gr.Slider(1, REPEATS_MAX, value=REPEATS_DEFAULT, step=1, label="Repeats", min_width=160,
                                          info="medians and spread", elem_id="sbs-repeats")
             c["mode"] = gr.Radio(["fair", "race"], value=mode, label="Mode",
                                  info="fair: one at a time; race: all at once (contended)", elem_id="sbs-mode")

@@ -102,6 +102,9 @@ def _card_note(lane: Lane, figures: dict) -> str:
     spread = tpot_range(result)
     if spread is not None:
         note += f"; medians of {result['repeats']} requests, TPOT {tables.ms_range(*spread)} ms"
+    warmups = result.get("warmup_e2e_s") or []
+    if warmups:                          # the untimed first request at these lengths, apart from the figures
+        note += f"; warm-up request {', '.join(tables.duration(w) for w in warmups)} (not counted)"
     if result.get("contended"):
         note += "; contended (race mode)"
     if result.get("host_busy"):

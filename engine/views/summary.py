@@ -21,12 +21,15 @@ reached the host (the copy to the host waits for the device). The prompt is not 
 - **E2E latency** = t(last token) - t(request start) = TTFT + TPOT x (N - 1).
 - **Tokens/s** = new tokens of all sequences / E2E latency.
 - **Speedup** = TPOT of the {REFERENCE} / TPOT of the variant (above 1: faster decoding).
-- **Repeats**: with more than one, each variant's request is timed that many times (after the
-  warm-up); the figures are medians, with the TPOT range in brackets. A speedup is marked
+- **Warm-up and repeats**: in each cell, every variant first answers one untimed warm-up request
+  identical to the timed ones (its time is shown apart, never in the figures): the first request
+  at sequence lengths a variant has not met can be several times slower than the next (on Hopper
+  GPUs PyTorch's default SDPA builds a cuDNN plan for each new length; BENCHMARKS.md). Then the
+  request is timed Repeats times (3 by default). Each figure is the median over the repeats of
+  that figure (TTFT, TPOT, E2E, ITL percentiles, tokens/s, MBU), with the TPOT range in brackets;
+  E2E = TTFT + TPOT x (N - 1) holds for each repeat, and the JSON holds every repeat's token
+  times (`token_times_repeats_s`), so each figure can be recomputed from it. A speedup is marked
   *(noise)* when the two TPOT ranges overlap and the medians differ by less than the wider range.
-  The first request at sequence lengths a variant has not met before can be several times
-  slower than the next: on Hopper GPUs PyTorch's default SDPA builds a cuDNN plan for each new
-  length (BENCHMARKS.md), which the median of three or more repeats leaves out.
 - **MBU** (model bandwidth utilisation) = (weight bytes a step reads + mean KV-cache bytes) /
   TPOT / peak memory bandwidth of the device. A step reads every weight but an input embedding
   table that the output head does not share (it gathers one row of it). Against two peaks:
@@ -43,8 +46,8 @@ reached the host (the copy to the host waits for the device). The prompt is not 
 - **CPU busy**: while each request is timed the worker counts the CPU time other processes spent
   on its cores. Past the cores it leaves spare, its timings are marked *CPU busy* with the cores
   taken: that variant was slowed by something else (a browser, another job), not by its kernels.
-- Every variant is warmed up before it is measured; while a run streams, the figures are live
-  estimates from the tokens so far, and the report's numbers replace them at the end.
+- While a run streams, the figures are live estimates from the tokens so far; the report's numbers
+  replace them at the end.
 """
 
 SUMMARY_HEADERS = ("Variant", "Status", "Tokens", "TTFT ms", "TPOT ms (min-max)", "Speedup (TPOT)", "Tokens/s",

@@ -1,6 +1,9 @@
-"""The worker's instruments around a timed request: the per-token streamer and the memory sampler.
+"""The worker's instruments around a timed request: the per-token streamer and the request's monitor.
 
-Both emit events as they measure; the worker routes them up its pipe (see serve.Outbox).
+Only the streamer runs on the timed path, and it does the least it can: stamp the time and keep
+the id. Everything else a request reports while it runs (its Started event, each token's event and
+text, memory samples, the GPU clock, noticing a cancel) is done by the monitor's thread a few times
+a second, and once more when the request ends, after its last token was timed.
 """
 from __future__ import annotations
 
@@ -8,82 +11,125 @@ import statistics
 import threading
 import time
 
+import psutil
+
 from engine import events, telemetry
 
-MEMORY_SAMPLE_S = 0.05            # memory timeline resolution during generation
+TICK_S = 0.05                     # how often the monitor reports: memory timeline resolution, cancel latency
 
 
 class TimingStreamer:
-    """The one per-token hook: timestamps each new token in `put`, decodes it and emits an event.
+    """The one per-token hook. generate() calls put() first with the prompt (skipped), then once per step
+    with the new token ids of shape (batch,), already copied to the host, so the device has finished
+    the step. put() stamps the time and keeps sequence 0's id: no decoding, no event, no lock."""
 
-    generate() calls put() first with the prompt (skipped), then once per step with the new
-    token ids of shape (batch,), already copied to the host, so the device has finished the step.
-    """
-
-    def __init__(self, tokenizer, emit, variant: str, request_id: int, prompt_first: bool = True):
-        self.tokenizer, self.emit, self.variant, self.request_id = tokenizer, emit, variant, request_id
+    def __init__(self, prompt_first: bool = True):
         self.times: list[float] = []
         self.ids: list[int] = []
+        self.stop = False                          # set by the monitor on a cancel: the decode loop ends
         self._saw_prompt = not prompt_first        # generate() puts the prompt first; our own loops do not
-        self._prefix = 0          # incremental detokenisation offsets (text of ids[prefix:read] is known)
-        self._read = 0
-        self.text_parts: list[str] = []
 
     def put(self, value) -> None:
         now = time.perf_counter()
         if not self._saw_prompt:
             self._saw_prompt = True
             return
-        token_id = int(value.reshape(-1)[0])
-        self.times.append(now)
-        self.ids.append(token_id)
-        piece = self._decode_piece()
-        self.emit(events.Token(self.variant, self.request_id, len(self.ids) - 1, token_id, piece, now))
-
-    def _decode_piece(self) -> str:
-        decode = self.tokenizer.decode
-        known = decode(self.ids[self._prefix:self._read], skip_special_tokens=True)
-        full = decode(self.ids[self._prefix:], skip_special_tokens=True)
-        if len(full) > len(known) and not full.endswith("\ufffd"):   # a complete character arrived
-            self._prefix, self._read = self._read, len(self.ids)
-            piece = full[len(known):]
-            self.text_parts.append(piece)
-            return piece
-        return ""
+        self.times.append(now)                     # before the id: a reader that sees n ids sees n times
+        self.ids.append(int(value.reshape(-1)[0]))
 
     def end(self) -> None:
         pass
 
+
+class TokenFeed:
+    """The streamer's tokens as Token events with their text, decoded a batch at a time off the timed path.
+
+    Incremental detokenisation: the text of ids[prefix:read] is known; a batch's new text is what
+    decoding ids[prefix:] adds to it, held back while it ends mid-character. The batch's text goes on
+    its last token (the others carry ""), so the pieces still join into the answer.
+    """
+
+    def __init__(self, tokenizer, streamer: TimingStreamer, variant: str, request_id: int):
+        self.tokenizer, self.streamer, self.variant, self.request_id = tokenizer, streamer, variant, request_id
+        self.sent = 0
+        self._prefix = self._read = 0
+        self.pieces: list[str] = []
+
+    def drain(self) -> list[events.Token]:
+        """Token events for the tokens that arrived since the last call."""
+        ids, times = self.streamer.ids, self.streamer.times
+        count = len(ids)
+        if count == self.sent:
+            return []
+        piece = self._text(ids[:count])
+        made = [events.Token(self.variant, self.request_id, index, ids[index], piece if index == count - 1 else "",
+                             times[index]) for index in range(self.sent, count)]
+        self.sent = count
+        return made
+
+    def _text(self, ids: list[int]) -> str:
+        decode = self.tokenizer.decode
+        known = decode(ids[self._prefix:self._read], skip_special_tokens=True)
+        full = decode(ids[self._prefix:], skip_special_tokens=True)
+        if len(full) > len(known) and not full.endswith("\ufffd"):   # complete characters arrived
+            self._prefix, self._read = self._read, len(ids)
+            self.pieces.append(full[len(known):])
+            return self.pieces[-1]
+        return ""
+
     @property
     def text(self) -> str:
-        return "".join(self.text_parts)
+        return "".join(self.pieces)
 
 
-class MemorySampler:
-    """Samples the worker's memory every MEMORY_SAMPLE_S seconds in a thread while generating, and
-    on a GPU its SM clock: a repeat slower than the others at a lower clock was slowed by the GPU."""
+class RequestMonitor:
+    """A thread beside a timed request: every TICK_S it sends the request's new tokens (its Started
+    event first), samples the worker's memory and, on a GPU, the SM clock (a repeat slower than the
+    others at a lower clock was slowed by the GPU), and passes a cancel on to the streamer.
+    Set `t_start` when the clock starts (one store on the timed path); leaving the `with` block
+    sends what is left."""
 
-    def __init__(self, emit, variant: str, cuda_index: int | None):
-        self.emit, self.variant, self.cuda_index = emit, variant, cuda_index
+    def __init__(self, emit, feed: TokenFeed, cancel, cuda_index: int | None, prompt_tokens: int,
+                 cell: int | None = None, clock=None):
+        """`clock`: what reads the SM clock (read() -> MHz or None, close()); NVML's on a GPU by default."""
+        self.emit, self.feed, self.cancel, self.cuda_index = emit, feed, cancel, cuda_index
+        self.prompt_tokens, self.cell = prompt_tokens, cell
+        self.t_start: float | None = None
+        self._announced = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._clock = telemetry.ClockReader(cuda_index) if cuda_index is not None else None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="request-monitor")
+        if clock is None and cuda_index is not None:
+            clock = telemetry.ClockReader(cuda_index)
+        self._clock = clock
+        self._process = psutil.Process()
+        self._lock = threading.Lock()              # the thread's ticks and the last one never overlap
         self.clocks_mhz: list[int] = []
 
     def read(self) -> int:
         if self.cuda_index is not None:
             import torch
             return int(torch.cuda.memory_reserved(self.cuda_index))
-        import psutil
-        return int(psutil.Process().memory_info().rss)
+        return int(self._process.memory_info().rss)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.emit(events.MemorySample(self.variant, time.perf_counter(), self.read()))
+    def _tick(self) -> None:
+        with self._lock:
+            if self.cancel.is_set():
+                self.feed.streamer.stop = True
+            if self.t_start is not None and not self._announced:
+                self.emit(events.Started(self.feed.variant, self.feed.request_id, self.t_start, self.prompt_tokens,
+                                         self.cell))
+                self._announced = True
+            for token in self.feed.drain():
+                self.emit(token)
+            self.emit(events.MemorySample(self.feed.variant, time.perf_counter(), self.read()))
             clock = self._clock.read() if self._clock is not None else None
             if clock is not None:
                 self.clocks_mhz.append(clock)
-            self._stop.wait(MEMORY_SAMPLE_S)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._tick()
+            self._stop.wait(TICK_S)
 
     def clock_mhz(self) -> dict:
         """The SM clock over the request: its median and lowest sample (empty where unknown)."""
@@ -98,6 +144,6 @@ class MemorySampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        self._tick()                                # the last tokens and a final memory sample
         if self._clock is not None:
             self._clock.close()
-        self.emit(events.MemorySample(self.variant, time.perf_counter(), self.read()))

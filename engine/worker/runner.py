@@ -1,8 +1,8 @@
 """A loaded variant: its model and tokenizer, and how one request is encoded, decoded and timed.
 
 The clock of a request starts after everything but the decode is set up (the cores' CPU time read,
-the memory sampler started, a new cache bucket prepared) and each token is timed when it reaches
-the host (`instruments.TimingStreamer`).
+the request's monitor started, a new cache bucket prepared, the decode call's arguments built) and
+each token is timed when it reaches the host (`instruments.TimingStreamer`).
 """
 from __future__ import annotations
 
@@ -18,19 +18,21 @@ from engine import events, telemetry, topology
 from engine.events import Request, WorkerSpec
 from engine.variants import CATALOG
 from engine.worker import decode, models
-from engine.worker.instruments import MemorySampler, TimingStreamer
+from engine.worker.instruments import RequestMonitor, TimingStreamer, TokenFeed
 
 WARMUP_PROMPT = "Warm-up: the quick brown fox jumps over the lazy dog."
 
 
 class Cancelled(StoppingCriteria):
-    """Stops generate() at its next step once the cancel flag is set."""
+    """Stops generate() at its next step once the streamer is told to stop (the monitor's thread sees the
+    cancel): a plain attribute read per step, answered with one of two tensors made before the clock."""
 
-    def __init__(self, cancel):
-        self.cancel = cancel
+    def __init__(self, streamer: TimingStreamer, batch: int, device):
+        self.streamer = streamer
+        self.go, self.halt = (torch.full((batch,), flag, dtype=torch.bool, device=device) for flag in (False, True))
 
     def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+        return self.halt if self.streamer.stop else self.go
 
 
 class Runner:
@@ -105,17 +107,21 @@ class Runner:
     def ignores_eos(self, request: Request) -> bool:
         return request.ignore_eos or self.spec.preset.always_ignore_eos
 
-    def _decode(self, input_ids, mask, request: Request, streamer, cancel) -> None:
-        """generate() for most variants; the lean compiled loop for a compiled one."""
+    def _decoding(self, input_ids, mask, request: Request, streamer: TimingStreamer):
+        """The decode to time, made ready to call (its arguments built before the clock starts):
+        generate() for most variants; the lean compiled loop for a compiled one."""
         if self.decoder is None:
-            self.model.generate(input_ids=input_ids, attention_mask=mask, streamer=streamer,
-                                stopping_criteria=StoppingCriteriaList([Cancelled(cancel)]),
-                                **self.generation_kwargs(request))
-            return
+            kwargs = dict(input_ids=input_ids, attention_mask=mask, streamer=streamer,
+                          stopping_criteria=StoppingCriteriaList([Cancelled(streamer, len(input_ids), input_ids.device)]),
+                          **self.generation_kwargs(request))
+            return lambda: self.model.generate(**kwargs)
         eos, ignore = self.tokenizer.eos_token_id, self.ignores_eos(request)
-        self.decoder.run(input_ids, request.max_new_tokens, lambda tokens, ready: streamer.put(tokens),
-                         lambda host: cancel.is_set() or (not ignore and bool((host == eos).all())),
-                         attention_mask=mask)
+
+        def stop(host) -> bool:
+            return streamer.stop or (not ignore and bool((host == eos).all()))
+
+        return lambda: self.decoder.run(input_ids, request.max_new_tokens, lambda tokens, ready: streamer.put(tokens),
+                                        stop, attention_mask=mask)
 
     def prepare(self, input_ids, mask, request: Request) -> None:
         """A new cache bucket needs its CUDA graph (or a compile): make it before the clock starts."""
@@ -133,28 +139,29 @@ class Runner:
             torch.cuda.reset_peak_memory_stats(self.cuda_index)
         self.peak_rss_scope = "request" if telemetry.reset_peak_rss() else "process"
         name = self.spec.variant
-        streamer = TimingStreamer(self.tokenizer, self.emit, name, request.request_id,
-                                  prompt_first=self.decoder is None)
-        sampler = MemorySampler(self.emit, name, self.cuda_index)
+        streamer = TimingStreamer(prompt_first=self.decoder is None)
+        feed = TokenFeed(self.tokenizer, streamer, name, request.request_id)
+        monitor = RequestMonitor(self.emit, feed, cancel, self.cuda_index, int(input_ids.shape[1]), request.cell)
         self.prepare(input_ids, mask, request)
+        decoding = self._decoding(input_ids, mask, request, streamer)
         cores = topology.usable_cores()
         # a CPU worker computes on `threads` cores; a GPU worker's one thread launches the kernels
         threads = torch.get_num_threads() if self.cuda_index is None else 1
-        # everything but the decode itself is set up before the clock starts: reading every core's
-        # CPU time or starting the sampler's thread must not count in the time to first token
-        with telemetry.HostLoad(cores) as host, sampler, self.attention_context(), torch.inference_mode():
-            t_start = time.perf_counter()
-            self.emit(events.Started(name, request.request_id, t_start, int(input_ids.shape[1]), request.cell))
-            self._decode(input_ids, mask, request, streamer, cancel)
+        # everything but the decode itself is set up before the clock starts (reading every core's CPU
+        # time, starting the monitor's thread), and the clock's start is one attribute store: events,
+        # text and memory samples are the monitor's work, on its own thread
+        with telemetry.HostLoad(cores) as host, monitor, self.attention_context(), torch.inference_mode():
+            monitor.t_start = t_start = time.perf_counter()
+            decoding()
         return events.Finished(
             variant=name, request_id=request.request_id, t_start=t_start,
-            token_times=tuple(streamer.times), token_ids=tuple(streamer.ids), text=streamer.text,
+            token_times=tuple(streamer.times), token_ids=tuple(streamer.ids), text=feed.text,
             prompt_tokens=int(input_ids.shape[1]), batch_size=request.batch_size,
-            cancelled=cancel.is_set() and len(streamer.ids) < request.max_new_tokens,
+            cancelled=streamer.stop and len(streamer.ids) < request.max_new_tokens,
             memory=self.memory(), cache=dict(self.cache_shape),
             host={"cores": len(cores), "threads": threads, "others_cores": host.others_cores,
                   "resolution_cores": host.resolution_cores, "preemptions": host.preemptions,
-                  **sampler.clock_mhz()},
+                  **monitor.clock_mhz()},
             cell=request.cell)
 
     def memory(self) -> dict:

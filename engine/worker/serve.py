@@ -152,8 +152,7 @@ def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[objec
             if isinstance(request, Probe):
                 emit(probes.answer(runner, request, cancel))
                 continue
-            emit(events.Status(spec.variant, "generating"))
-            emit(runner.generate(request, cancel))
+            emit(runner.generate(request, cancel))        # its Started event says it is generating
         except BaseException as error:  # noqa: BLE001
             reason = one_line(error)
             if "out of memory" in reason.lower():
