@@ -48,8 +48,9 @@ def stage(card: str) -> str | None:
     return found.group(1) if found else None
 
 
-def compare(client, variants=SELECTED, tokens=24, prompt=PROMPT, preset="tiny", mode="fair"):
-    return client.submit(prompt, preset, variants, tokens, mode, api_name="/compare")
+def compare(client, variants=SELECTED, tokens=24, prompt=PROMPT, preset="tiny", mode="fair", repeats=None):
+    extra = () if repeats is None else (repeats,)        # None: the page's default
+    return client.submit(prompt, preset, variants, tokens, mode, *extra, api_name="/compare")
 
 
 def test_compare_streams_every_variant_and_ends_with_the_run_json(url, client):
@@ -59,7 +60,7 @@ def test_compare_streams_every_variant_and_ends_with_the_run_json(url, client):
     final = job.outputs()[-1]
     assert len(final) == len(RUN.api)
     assert "Done" in final[MESSAGE], final[MESSAGE]
-    assert "set Repeats to 3 or more to tell a speedup from noise" in final[MESSAGE]
+    assert "3 timed requests each (medians)" in final[MESSAGE]      # the default: enough to state a range
 
     report = final[REPORT]
     assert REPORT_KEYS <= set(report)
@@ -115,10 +116,13 @@ def test_compare_streams_every_variant_and_ends_with_the_run_json(url, client):
 def test_second_run_reuses_the_loaded_workers(client):
     first = compare(client, tokens=8)
     first.result()
-    job = compare(client, tokens=8)
+    job = compare(client, tokens=8, repeats=1)
     updates = [list(u) for u in job]
     report = job.outputs()[-1][REPORT]
     assert all(r["status"] == "ok" for r in report["results"])
+    assert report["repeats"] == 1 and report["warmup_requests"] == 1
+    assert "set Repeats to 3 or more to tell a speedup from noise" in job.outputs()[-1][MESSAGE]
+    assert "warm-up request" in job.outputs()[-1][REFERENCE_CARD]     # its time is shown apart
     stages = {stage(u[CARD[n]]) for u in updates for n in SELECTED}
     assert not stages & {"loading", "warming"}, f"a worker was reloaded: {stages}"
     assert "kept loaded" in job.outputs()[-1][REFERENCE_CARD]
