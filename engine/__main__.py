@@ -47,7 +47,7 @@ def cmd_run(args) -> int:
     max_new = preset.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     with Engine(preset, request_timeout_s=args.timeout, threads=args.threads) as engine:
         run = engine.start(RunSpec(args.prompt, variants, max_new, args.mode, args.repeats, args.ignore_eos,
-                                   warmup_requests=args.warmups))
+                                   warmup_requests=args.warmups, live=False))
         print(f"{preset.title} on {engine.device.name}; mode {args.mode}"
               + ("; random weights: the text is noise, the timings are real" if preset.random_weights else ""),
               file=sys.stderr)

@@ -38,6 +38,7 @@ class Request:
     prompt_tokens: int | None = None
     pad_ratio: float = 0.0        # share of pad tokens in the batch: sequences shortened, left-padded
     cell: int | None = None       # the grid cell it measures (None outside a run), echoed by its events
+    live: bool = True             # stream its tokens while it runs; False: everything after its last token
 
 
 @dataclass(frozen=True)

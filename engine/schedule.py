@@ -106,7 +106,7 @@ class Execution:
         # for each new length; BENCHMARKS.md has what short warm-ups cost the first repeat)
         cell = spec.resolved(spec.grid[turn.cell])
         return Request(next(self._ids), spec.prompt, cell.max_new_tokens, spec.ignore_eos, cell.batch_size,
-                       cell.prompt_tokens, cell.pad_ratio, cell=turn.cell)
+                       cell.prompt_tokens, cell.pad_ratio, cell=turn.cell, live=spec.live)
 
     def _ready(self, name: str) -> bool:
         worker = self.workers.get(name)

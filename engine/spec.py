@@ -42,6 +42,8 @@ class RunSpec:
     batch_size: int = 1
     cells: tuple[Cell, ...] = field(default=())
     warmup_requests: int = 1
+    live: bool = True                    # stream tokens as they come (a page); False: nothing crosses the
+                                         # pipe while a request is timed (the command line, benchmarks)
 
     def __post_init__(self):
         # lists are accepted for convenience; stored as tuples the spec stays hashable and unchanged

@@ -6,7 +6,7 @@ import torch
 
 from engine import events, presets
 from engine.telemetry import ClockReader
-from engine.worker.instruments import RequestMonitor, TimingStreamer, TokenFeed
+from engine.worker.instruments import RequestMonitor, TimingStreamer, TokenFeed, Watch
 from engine.worker.models import load_tokenizer
 
 
@@ -51,28 +51,42 @@ def test_the_monitor_announces_the_start_first_then_tokens_memory_and_the_gpu_cl
         def read(self):
             return next(reads)
 
-        def close(self):
-            pass
-
     assert ClockReader(0).read() is None or torch.cuda.is_available()   # no GPU: unknown, no error
     tokenizer = load_tokenizer(presets.load("tiny"))
-    streamer, cancel, sent = TimingStreamer(prompt_first=False), threading.Event(), []
-    monitor = RequestMonitor(sent.append, TokenFeed(tokenizer, streamer, "sdpa", 3), cancel, None, 12, cell=2,
-                             clock=Clock())
-    assert monitor.clock_mhz() == {}
-    with monitor:
-        monitor.t_start = time.perf_counter()
+    sent = []
+    monitor = RequestMonitor(sent.append, None, clock=Clock())
+    for request_id in (3, 4):                                 # one thread serves request after request
+        streamer, cancel = TimingStreamer(prompt_first=False), threading.Event()
+        watch = Watch(TokenFeed(tokenizer, streamer, "sdpa", request_id), cancel, 12, cell=2)
+        assert watch.clock_mhz() == {}
+        with monitor.watching(watch):
+            watch.t_start = time.perf_counter()
+            put_all(streamer, [70, 71])
+            time.sleep(0.12)
+            cancel.set()                                      # the orchestrator's Stop
+            time.sleep(0.12)
+            assert streamer.stop                              # the decode loop ends at its next step
+            put_all(streamer, [72])
+        mine = [e for e in sent if getattr(e, "request_id", request_id) == request_id]
+        started = [e for e in mine if isinstance(e, events.Started)]
+        tokens = [e for e in mine if isinstance(e, events.Token)]
+        assert len(started) == 1 and mine.index(started[0]) < mine.index(tokens[0])
+        assert (started[0].t_start, started[0].prompt_tokens, started[0].cell) == (watch.t_start, 12, 2)
+        assert [t.token_id for t in tokens] == [70, 71, 72]   # the last one sent when the request ended
+        sent.clear()
+    assert watch.clocks_mhz[:1] and min(watch.clocks_mhz) >= 1410
+
+
+def test_a_request_that_is_not_live_sends_nothing_until_it_is_over():
+    tokenizer = load_tokenizer(presets.load("tiny"))
+    sent, streamer = [], TimingStreamer(prompt_first=False)
+    monitor = RequestMonitor(sent.append, None)
+    watch = Watch(TokenFeed(tokenizer, streamer, "sdpa", 5), threading.Event(), 4, live=False)
+    with monitor.watching(watch):
+        watch.t_start = time.perf_counter()
         put_all(streamer, [70, 71])
-        time.sleep(0.12)
-        cancel.set()                                          # the orchestrator's Stop
-        time.sleep(0.12)
-        assert streamer.stop                                  # the decode loop ends at its next step
-        put_all(streamer, [72])
-    started = [e for e in sent if isinstance(e, events.Started)]
-    tokens = [e for e in sent if isinstance(e, events.Token)]
-    assert len(started) == 1 and sent.index(started[0]) < sent.index(tokens[0])
-    assert (started[0].t_start, started[0].prompt_tokens, started[0].cell) == (monitor.t_start, 12, 2)
-    assert [t.token_id for t in tokens] == [70, 71, 72]       # the last one sent when the request ended
-    assert sum(isinstance(e, events.MemorySample) for e in sent) >= 3
-    assert monitor.clocks_mhz[:3] == [1980, 1980, 1410]
-    assert monitor.clock_mhz()["sm_clock_mhz_min"] == 1410
+        time.sleep(0.15)                                       # three ticks
+        assert sent == []
+    kinds = [type(e) for e in sent]
+    assert kinds.count(events.Started) == 1 and kinds.index(events.Started) < kinds.index(events.Token)
+    assert kinds.count(events.Token) == 2 and kinds.count(events.MemorySample) >= 3

@@ -36,7 +36,8 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
         reasons = {name: reason for name, _, reason in engine.variant_choices()}
         first = next((v for v in variants if v in reasons and reasons[v] is None), None)
         run = engine.start(RunSpec(FILLER, variants, new_tokens, repeats=repeats, ignore_eos=True,
-                                   batch_size=batch_size, cells=lengths(prompt_lengths), warmup_requests=1))
+                                   batch_size=batch_size, cells=lengths(prompt_lengths), warmup_requests=1,
+                                   live=False))
         report = None
         for event in run:
             if isinstance(event, events.Loaded):

@@ -135,7 +135,7 @@ def start_sweep(name: str, engine: Engine, quick: bool = False, variants: list[s
     t0 = time.perf_counter() if t0 is None else t0
     grid, left_out = grid_for(experiment, quick, engine.preset)
     spec = RunSpec(PROMPT, chosen, experiment.max_new_tokens(quick), repeats=repeats, ignore_eos=True,
-                   cells=tuple(cell for _, cell in grid), warmup_requests=1)
+                   cells=tuple(cell for _, cell in grid), warmup_requests=1, live=False)   # progress by cell
     live = LiveSweep(experiment, engine, spec, quick, grid, left_out, t0)
     return engine.start(spec), live
 

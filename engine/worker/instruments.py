@@ -7,6 +7,7 @@ a second, and once more when the request ends, after its last token was timed.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
@@ -35,7 +36,7 @@ class TimingStreamer:
             self._saw_prompt = True
             return
         self.times.append(now)                     # before the id: a reader that sees n ids sees n times
-        self.ids.append(int(value.reshape(-1)[0]))
+        self.ids.append(value.reshape(-1).tolist()[0])
 
     def end(self) -> None:
         pass
@@ -82,54 +83,16 @@ class TokenFeed:
         return "".join(self.pieces)
 
 
-class RequestMonitor:
-    """A thread beside a timed request: every TICK_S it sends the request's new tokens (its Started
-    event first), samples the worker's memory and, on a GPU, the SM clock (a repeat slower than the
-    others at a lower clock was slowed by the GPU), and passes a cancel on to the streamer.
-    Set `t_start` when the clock starts (one store on the timed path); leaving the `with` block
-    sends what is left."""
+class Watch:
+    """What the monitor reports for one request: its tokens (through `feed`), its cancel flag, and the
+    fields of its Started event. `t_start` is set when the clock starts (one store on the timed path)."""
 
-    def __init__(self, emit, feed: TokenFeed, cancel, cuda_index: int | None, prompt_tokens: int,
-                 cell: int | None = None, clock=None):
-        """`clock`: what reads the SM clock (read() -> MHz or None, close()); NVML's on a GPU by default."""
-        self.emit, self.feed, self.cancel, self.cuda_index = emit, feed, cancel, cuda_index
-        self.prompt_tokens, self.cell = prompt_tokens, cell
+    def __init__(self, feed: TokenFeed, cancel, prompt_tokens: int, cell: int | None = None, live: bool = True):
+        self.feed, self.cancel, self.prompt_tokens, self.cell, self.live = feed, cancel, prompt_tokens, cell, live
         self.t_start: float | None = None
-        self._announced = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="request-monitor")
-        if clock is None and cuda_index is not None:
-            clock = telemetry.ClockReader(cuda_index)
-        self._clock = clock
-        self._process = psutil.Process()
-        self._lock = threading.Lock()              # the thread's ticks and the last one never overlap
+        self.announced = False
+        self.held: list = []                       # not live: the events, sent once the request is over
         self.clocks_mhz: list[int] = []
-
-    def read(self) -> int:
-        if self.cuda_index is not None:
-            import torch
-            return int(torch.cuda.memory_reserved(self.cuda_index))
-        return int(self._process.memory_info().rss)
-
-    def _tick(self) -> None:
-        with self._lock:
-            if self.cancel.is_set():
-                self.feed.streamer.stop = True
-            if self.t_start is not None and not self._announced:
-                self.emit(events.Started(self.feed.variant, self.feed.request_id, self.t_start, self.prompt_tokens,
-                                         self.cell))
-                self._announced = True
-            for token in self.feed.drain():
-                self.emit(token)
-            self.emit(events.MemorySample(self.feed.variant, time.perf_counter(), self.read()))
-            clock = self._clock.read() if self._clock is not None else None
-            if clock is not None:
-                self.clocks_mhz.append(clock)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._tick()
-            self._stop.wait(TICK_S)
 
     def clock_mhz(self) -> dict:
         """The SM clock over the request: its median and lowest sample (empty where unknown)."""
@@ -137,13 +100,77 @@ class RequestMonitor:
             return {}
         return {"sm_clock_mhz": statistics.median(self.clocks_mhz), "sm_clock_mhz_min": min(self.clocks_mhz)}
 
-    def __enter__(self):
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._tick()                                # the last tokens and a final memory sample
-        if self._clock is not None:
-            self._clock.close()
+class RequestMonitor:
+    """One thread per worker, beside its timed requests: every TICK_S it sends the request's new tokens
+    (its Started event first), samples the worker's memory and, on a GPU, the SM clock (a repeat slower
+    than the others at a lower clock was slowed by the GPU), and passes a cancel on to the streamer.
+
+    The thread is started once and waits between requests: a thread started per request slows the
+    prefill that follows it (BENCHMARKS.md, "The engine against an independent reference"). A request
+    not `live` keeps its events until it is over, so that nothing is pickled, sent or read by the
+    orchestrator while it is timed.
+    """
+
+    def __init__(self, emit, cuda_index: int | None, clock=None):
+        """`clock`: what reads the SM clock (read() -> MHz or None); NVML's on a GPU by default."""
+        self.emit, self.cuda_index = emit, cuda_index
+        if clock is None and cuda_index is not None:
+            clock = telemetry.ClockReader(cuda_index)
+        self._clock = clock
+        self._process = psutil.Process()
+        self._watch: Watch | None = None
+        self._lock = threading.Lock()              # the thread's ticks and the last one never overlap
+        self._begun, self._ended, self._ticking, self._idle = (threading.Event() for _ in range(4))
+        threading.Thread(target=self._run, daemon=True, name="request-monitor").start()
+
+    def read(self) -> int:
+        if self.cuda_index is not None:
+            import torch
+            return int(torch.cuda.memory_reserved(self.cuda_index))
+        return int(self._process.memory_info().rss)
+
+    @contextlib.contextmanager
+    def watching(self, watch: Watch):
+        """Report on `watch` while the block runs, and what is left of it when the block ends."""
+        self._watch = watch
+        self._tick()                                # the memory before the request, before its clock starts
+        self._begun.set()
+        self._ticking.wait()                        # the thread is in its wait: it takes no GIL from the prefill
+        try:
+            yield watch
+        finally:
+            self._begun.clear()
+            self._ended.set()
+            self._idle.wait()
+            self._idle.clear(), self._ticking.clear(), self._ended.clear()
+            self._tick()                            # the last tokens and a final memory sample
+            if not watch.live:
+                for event in watch.held:
+                    self.emit(event)
+            self._watch = None
+
+    def _tick(self) -> None:
+        with self._lock:
+            watch = self._watch
+            emit = self.emit if watch.live else watch.held.append
+            if watch.cancel.is_set():
+                watch.feed.streamer.stop = True
+            if watch.t_start is not None and not watch.announced:
+                feed = watch.feed
+                emit(events.Started(feed.variant, feed.request_id, watch.t_start, watch.prompt_tokens, watch.cell))
+                watch.announced = True
+            for token in watch.feed.drain():
+                emit(token)
+            emit(events.MemorySample(watch.feed.variant, time.perf_counter(), self.read()))
+            clock = self._clock.read() if self._clock is not None else None
+            if clock is not None:
+                watch.clocks_mhz.append(clock)
+
+    def _run(self) -> None:
+        while True:
+            self._begun.wait()
+            self._ticking.set()
+            while not self._ended.wait(TICK_S):      # the first tick waits too: none runs during the prefill
+                self._tick()
+            self._idle.set()

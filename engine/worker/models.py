@@ -76,7 +76,7 @@ def random_config(preset: Preset):
     return AutoConfig.for_model(model_type, **fields)
 
 
-def _saved_random_model(preset: Preset) -> Path:
+def saved_random_model(preset: Preset) -> Path:
     """A random-weight model saved once under the cache folder; made under a file lock."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -153,7 +153,7 @@ def load_model(preset: Preset, variant: Variant, device: str):
             model = quantize_in_place(model, variant, dtype, device)
         tokenizer = load_tokenizer(preset, model.config.vocab_size)
     else:
-        source = str(_saved_random_model(preset)) if preset.random_weights else preset.model_id
+        source = str(saved_random_model(preset)) if preset.random_weights else preset.model_id
         if quant is not None:
             kwargs["quantization_config"] = quant
         model = AutoModelForCausalLM.from_pretrained(source, device_map={"": device}, **kwargs)

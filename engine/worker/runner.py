@@ -18,7 +18,7 @@ from engine import events, telemetry, topology
 from engine.events import Request, WorkerSpec
 from engine.variants import CATALOG
 from engine.worker import decode, models
-from engine.worker.instruments import RequestMonitor, TimingStreamer, TokenFeed
+from engine.worker.instruments import RequestMonitor, TimingStreamer, TokenFeed, Watch
 
 WARMUP_PROMPT = "Warm-up: the quick brown fox jumps over the lazy dog."
 
@@ -56,6 +56,7 @@ class Runner:
             # quantizing in place frees the 16-bit weights, fusing frees the unfused ones: give them back
             torch.cuda.empty_cache()
         self.peak_rss_scope = "process"
+        self.monitor = RequestMonitor(lambda event: self.emit(event), self.cuda_index)
 
     def attention_context(self):
         """The SDPA backend forced by the variant, or nothing."""
@@ -141,7 +142,7 @@ class Runner:
         name = self.spec.variant
         streamer = TimingStreamer(prompt_first=self.decoder is None)
         feed = TokenFeed(self.tokenizer, streamer, name, request.request_id)
-        monitor = RequestMonitor(self.emit, feed, cancel, self.cuda_index, int(input_ids.shape[1]), request.cell)
+        watch = Watch(feed, cancel, int(input_ids.shape[1]), request.cell, live=request.live)
         self.prepare(input_ids, mask, request)
         decoding = self._decoding(input_ids, mask, request, streamer)
         cores = topology.usable_cores()
@@ -150,8 +151,9 @@ class Runner:
         # everything but the decode itself is set up before the clock starts (reading every core's CPU
         # time, starting the monitor's thread), and the clock's start is one attribute store: events,
         # text and memory samples are the monitor's work, on its own thread
-        with telemetry.HostLoad(cores) as host, monitor, self.attention_context(), torch.inference_mode():
-            monitor.t_start = t_start = time.perf_counter()
+        with telemetry.HostLoad(cores) as host, self.monitor.watching(watch), self.attention_context(), \
+                torch.inference_mode():
+            watch.t_start = t_start = time.perf_counter()
             decoding()
         return events.Finished(
             variant=name, request_id=request.request_id, t_start=t_start,
@@ -161,7 +163,7 @@ class Runner:
             memory=self.memory(), cache=dict(self.cache_shape),
             host={"cores": len(cores), "threads": threads, "others_cores": host.others_cores,
                   "resolution_cores": host.resolution_cores, "preemptions": host.preemptions,
-                  **monitor.clock_mhz()},
+                  **watch.clock_mhz()},
             cell=request.cell)
 
     def memory(self) -> dict:

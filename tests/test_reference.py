@@ -1,0 +1,98 @@
+"""benchmarks/reference.py and benchmarks/vs_reference.py on the tiny preset: behaviour, not speed."""
+import ast
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine import presets
+from engine.studies.bench import FILLER
+from engine.worker.models import load_tokenizer, saved_random_model
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+PROMPT_TOKENS, NEW_TOKENS, REPEATS = 40, 12, 2
+
+
+@pytest.fixture(scope="module")
+def folder() -> Path:
+    return saved_random_model(presets.load("tiny"))
+
+
+@pytest.fixture(scope="module")
+def report(folder, tmp_path_factory) -> dict:
+    """One reference run, isolated (-I: neither the repository nor PYTHONPATH is importable)."""
+    path = tmp_path_factory.mktemp("reference") / "reference.json"
+    subprocess.run([sys.executable, "-I", str(BENCHMARKS / "reference.py"), str(folder), "--prompt", FILLER,
+                    "--prompt-tokens", str(PROMPT_TOKENS), "--new-tokens", str(NEW_TOKENS), "--repeats", str(REPEATS),
+                    "--threads", "1", "--attn", "eager", "--device", "cpu", "--json", str(path)],
+                   check=True, timeout=300, capture_output=True)
+    return json.loads(path.read_text())
+
+
+def test_every_repeat_makes_n_tokens_and_its_figures_follow_from_its_timestamps(report):
+    assert report["repeats"] == REPEATS and len(report["runs"]) == REPEATS
+    assert report["prompt_tokens"] == PROMPT_TOKENS and report["threads"] == 1
+    assert report["attn_implementation"] == "eager" and report["dtype"] == "float32"
+    for run in report["runs"]:
+        times = run["token_times_s"]
+        assert len(times) == NEW_TOKENS and times == sorted(times) and times[0] > 0
+        assert run["ttft_s"] == times[0] and run["e2e_s"] == times[-1]
+        assert run["tpot_s"] == pytest.approx((times[-1] - times[0]) / (NEW_TOKENS - 1), rel=1e-12)
+        assert abs(run["e2e_s"] - (run["ttft_s"] + run["tpot_s"] * (NEW_TOKENS - 1))) < 1e-9
+    for key in ("ttft_s", "tpot_s", "e2e_s"):
+        assert report[key] == statistics.median(run[key] for run in report["runs"])
+    assert report["tpot_cuda_events_s"] is None            # CUDA events only on a GPU
+    assert set(report["versions"]) == {"python", "torch", "transformers"}
+
+
+def test_it_makes_the_greedy_tokens_of_plain_generate_on_the_engines_prompt(report, folder):
+    import torch
+    from transformers import AutoModelForCausalLM
+    # the prompt as the engine's worker builds a synthetic one: its tokenizer's ids, repeated and cut
+    ids = load_tokenizer(presets.load("tiny"))(FILLER, add_special_tokens=True)["input_ids"]
+    ids = (ids * (PROMPT_TOKENS // len(ids) + 1))[:PROMPT_TOKENS]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                  # as the reference ran: the same sums in the same order
+    try:
+        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert report["token_ids"] == out[0, len(ids):].tolist()
+    assert report["same_tokens_every_repeat"]
+
+
+def test_the_reference_imports_nothing_from_the_engine(report):
+    assert report["engine_imported"] is False
+    tree = ast.parse((BENCHMARKS / "reference.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert "engine" not in imported and "ui" not in imported and "app" not in imported
+
+
+def test_one_pair_against_the_engine_runs_end_to_end_and_writes_its_json(tmp_path):
+    path = tmp_path / "vs.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "vs_reference.py"), "--preset", "tiny", "--variants",
+                           "sdpa", "--prompt-tokens", str(PROMPT_TOKENS), "--new-tokens", str(NEW_TOKENS),
+                           "--pairs", "1", "--repeats", str(REPEATS), "--threads", "1", "--json", str(path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(path.read_text())
+    assert result["setup"]["prompt_tokens"] == PROMPT_TOKENS and result["setup"]["threads"] == 1
+    sdpa = result["variants"]["sdpa"]
+    assert sdpa["reference_attn_implementation"] == "sdpa" and sdpa["same_work"]
+    (pair,) = sdpa["pairs"]
+    assert pair["first"] == "engine" and pair["same_tokens"] and pair["same_prompt_length"]
+    assert pair["engine"]["prompt_tokens"] == pair["reference"]["prompt_tokens"] == PROMPT_TOKENS
+    assert pair["reference"]["output_tokens"] == pair["engine"]["output_tokens"] == NEW_TOKENS
+    assert pair["tpot_ratio"] == pair["engine"]["tpot_s"] / pair["reference"]["tpot_s"]
+    assert pair["ttft_ratio"] == pair["engine"]["ttft_s"] / pair["reference"]["ttft_s"]
+    assert sdpa["tpot_ratios"] == [pair["tpot_ratio"]] and sdpa["tpot_ratio_median"] == pair["tpot_ratio"]
+    assert sdpa["ttft_ratio_median"] == pair["ttft_ratio"]
+    assert "TPOT engine/reference median" in done.stdout
