@@ -69,7 +69,7 @@ def test_run_three_variants_then_stop_a_run(browser, url):
             box.click(force=name == "fa2")
     assert [n for n in SELECTED if page.locator(f'#sbs-variants input[name="{n}"]').is_checked()] == SELECTED
     set_max_tokens(page, 16)
-    assert page.input_value("#sbs-repeats input[type=number]") == "1"        # one timed request unless asked
+    assert page.input_value("#sbs-repeats input[type=number]") == "3"        # enough timed requests for a range
     page.click("#sbs-run")
     page.wait_for_function(f"() => ({VISIBLE_STAGES})().length === 3", timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "browser-loading.png"), full_page=True)
