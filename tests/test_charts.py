@@ -133,3 +133,13 @@ def test_a_card_counts_the_timed_requests_of_a_variant_with_repeats():
     once = RunView(["sdpa"], "fair")
     once.apply([events.Started("sdpa", 1, 10.0, 5)], now=1.0)
     assert "timed request" not in render.card_html(once.lanes["sdpa"], now=1.0)
+
+
+def test_a_variant_with_repeats_left_waits_for_its_next_turn_instead_of_reading_done():
+    view = RunView(["sdpa", "baseline"], "fair", repeats=2)
+    finished = events.Finished("sdpa", 1, 10.0, (10.1, 10.2), (7, 8), "ab", 5, 1, False)
+    view.apply([events.Started("sdpa", 1, 10.0, 5), finished], now=1.0)
+    assert view.lanes["sdpa"].stage == "queued"                     # the others take their turn first
+    view.apply([events.Started("sdpa", 2, 20.0, 5), events.Finished("sdpa", 2, 20.0, (20.1, 20.2), (7, 8), "ab", 5,
+                                                                    1, False)], now=2.0)
+    assert view.lanes["sdpa"].stage == "done"

@@ -149,7 +149,12 @@ class RunView:
             self.revisions["race"] += 1
         elif isinstance(event, events.Finished):
             lane.token_times = list(event.token_times)        # the worker's own, authoritative list
-            self._stage(lane, "cancelled" if event.cancelled else "done", now)
+            if event.cancelled:
+                self._stage(lane, "cancelled", now)
+            elif lane.requests < lane.repeats:                # fair mode takes the variants in turn per repeat
+                self._stage(lane, "queued", now, f"timed request {lane.requests} of {lane.repeats} done")
+            else:
+                self._stage(lane, "done", now)
         elif isinstance(event, (events.Failed, events.Unavailable)):
             lane.reason = event.reason
             self._stage(lane, "failed" if isinstance(event, events.Failed) else "unavailable", now, event.reason)
