@@ -5,8 +5,9 @@
 
 Plain greedy generate() on a preset's model in this process, TTFT timed by a minimal streamer, the
 setups alternated: nothing before the call; a thread started (and parked) just before it, as a
-per-request monitor thread would be; the same while another thread, started once, waits all along.
-The engine keeps one monitor thread per worker because of what this prints.
+per-request monitor thread would be; 5 ms asleep just before it, as a worker waits for its next
+request; each alone and while another thread, started once, waits all along. The engine keeps one
+monitor thread per worker because of what this prints.
 """
 from __future__ import annotations
 
@@ -53,7 +54,11 @@ def main() -> int:
         thread.join()
         return seconds
 
-    setups = {"nothing": ttft_s, "a thread started just before": after_a_new_thread}
+    def after_idling() -> float:
+        time.sleep(0.005)                      # as a worker waits on its pipe for the next request
+        return ttft_s()
+
+    setups = {"nothing": ttft_s, "a thread started just before": after_a_new_thread, "5 ms idle just before": after_idling}
     results: dict[str, list[float]] = {name: [] for name in setups}
     for round_ in range(2):
         if round_ == 1:                        # from now on a thread started once waits beside every call
