@@ -148,7 +148,9 @@ class Engine:
               timeout: float | None = None) -> dict:
         """A measurement in the variant's worker (loading it if needed): "overhead" or "bandwidth"."""
         with self._device_lock:
-            execution = self._execution(Run(RunSpec("probe", (variant,), new_tokens)), RunState([variant], 1))
+            # nobody reads a probe's events, and a probe cannot be cancelled (close() stops its worker)
+            execution = schedule.Execution(self._workers, RunState([variant], 1), lambda event: None,
+                                           threading.Event(), self._ids, self.limits)
             execution.load([variant])
             worker = self._workers.get(variant)
             if worker is None or not worker.ready:

@@ -203,7 +203,6 @@ class Execution:
     def _fail(self, worker: WorkerProcess, reason: str) -> None:
         """Turn a dead or stuck worker into a Failed event for its variant, and stop it."""
         failed = self.state.failure(worker.variant, reason)
-        worker.failed = worker.failed or (failed if failed.request_id is None else None)
         if self.state.fold(failed):
             self._emit(failed)
         self.workers.stop([worker.variant], timeout=1.0)

@@ -143,7 +143,8 @@ class RequestMonitor:
             self._begun.clear()
             self._ended.set()
             self._idle.wait()
-            self._idle.clear(), self._ticking.clear(), self._ended.clear()
+            for flag in (self._idle, self._ticking, self._ended):
+                flag.clear()
             self._tick()                            # the last tokens and a final memory sample
             if not watch.live:
                 for event in watch.held:
