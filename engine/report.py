@@ -5,7 +5,7 @@ import importlib.metadata
 import platform
 import time
 
-from engine import metrics
+from engine import metrics, verdict
 from engine.hardware import Device
 from engine.presets import Preset
 from engine.spec import RunSpec
@@ -119,7 +119,8 @@ def result(outcome, reference_ids, peak_bandwidth: float | None) -> dict:
     row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
            "text": "", "first_diff_token": None, "identical_token_share": None, "contended": outcome.contended,
            "placement": outcome.placement, "repeats": len(outcome.finished), "token_times_s": [],
-           "token_times_repeats_s": [], "token_ids": [], "tpot_repeats_s": [], "preemptions_repeats": [],
+           "token_times_repeats_s": [], "token_ids": [], "tpot_repeats_s": [], "ttft_repeats_s": [],
+           "tokens_per_s_repeats": [], "peak_memory_repeats_bytes": [], "preemptions_repeats": [],
            "sm_clock_mhz_repeats": [], "memory": {}, "warmup_requests": len(outcome.warmups),
            # the warm-ups are the timed request itself, run first and left out of every figure
            "warmup_e2e_s": [metrics.e2e_s(metrics.relative_times(f.t_start, f.token_times)) for f in outcome.warmups]}
@@ -152,12 +153,15 @@ def _timed(row: dict, outcome, read_bytes: int, peak_bandwidth: float | None, us
     times = [metrics.relative_times(f.t_start, f.token_times) for f in outcome.finished]
     row.update(tpot_min_s=min(tpots) if tpots else None, tpot_max_s=max(tpots) if tpots else None,
                tpot_repeats_s=[r["tpot_s"] for r in rows],     # in the order run: shows a slow first repeat
+               # each figure's value per repeat: the ranges that engine/verdict.py judges differences by
+               ttft_repeats_s=[r["ttft_s"] for r in rows], tokens_per_s_repeats=[r["tokens_per_s"] for r in rows],
+               peak_memory_repeats_bytes=[peak_memory(f) for f in outcome.finished],
                # beside each repeat, what could have slowed it: the serving thread taken off its core,
                # a lower GPU clock
                preemptions_repeats=[f.host.get("preemptions") for f in outcome.finished],
                sm_clock_mhz_repeats=[f.host.get("sm_clock_mhz") for f in outcome.finished],
                text=first.text, queue_s=first.t_start - outcome.t_ready if outcome.t_ready else None,
-               peak_memory_bytes=peak_memory(first), memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
+               peak_memory_bytes=max((p for p in map(peak_memory, outcome.finished) if p), default=None), memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
                token_times_s=times[0], token_times_repeats_s=times, token_ids=list(first.token_ids))
     row.update(host_load(outcome.finished, judged=not outcome.contended))
     if reference_ids is not None and outcome.variant != REFERENCE:
@@ -188,7 +192,7 @@ def build(spec: RunSpec, preset: Preset, device: Device, prompt_tokens: int, out
                                max_new_tokens=cell.max_new_tokens, batch_size=cell.batch_size or spec.batch_size,
                                pad_ratio=cell.pad_ratio)
                 results.append(row)
-    return {
+    report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": {**device.as_dict(), "peak_bandwidth_bytes_per_s": peak},
         "versions": versions(),
@@ -205,6 +209,9 @@ def build(spec: RunSpec, preset: Preset, device: Device, prompt_tokens: int, out
         "cancelled": cancelled,
         "results": results,
     }
+    if not spec.cells:                  # one cell: the variants against the reference, and the verdict
+        report["comparison"] = verdict.judge(results)
+    return report
 
 
 def add_measured_bandwidth(report: dict, measured: float | None) -> None:

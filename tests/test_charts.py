@@ -51,10 +51,14 @@ def test_report_replaces_live_figures_and_stages():
     assert view.lanes["baseline"].stage == "done" and view.lanes["baseline"].figures()["ttft_s"] == 0.11
     assert view.lanes["sdpa"].stage == "cancelled" and "stopped" in view.lanes["sdpa"].reason
     rows = summary.summary_rows(report)
-    assert rows[0][:6] == ["baseline", "ok", "3", "110.0", "200.00", "1.00x"]     # one request: no spread
-    assert rows[0][9:12] == ["43%", "-", "reference"] and rows[1][1] == "cancelled"   # MBU measured, datasheet
+    column = {name: i for i, name in enumerate(summary.SUMMARY_HEADERS)}
+    assert rows[0][:5] == ["baseline", "reference", "200.00", "reference", "110.00"]     # one request: no spread
+    assert [rows[0][column[c]] for c in ("Status", "Tokens", "Peak memory", "MBU (measured copy)",
+                                         "MBU (datasheet)", "First diff")] == ["ok", "3", "0 MiB", "43%", "-",
+                                                                               "reference"]
+    assert rows[1][column["Status"]] == "cancelled" and rows[1][1] == "-"
     assert len(rows[0]) == len(summary.SUMMARY_HEADERS)
-    assert summary.summary_rows({"results": [dict(row, mbu=0.0042)]})[0][10] == "0.4%"
+    assert summary.summary_rows({"results": [dict(row, mbu=0.0042)]})[0][column["MBU (datasheet)"]] == "0.4%"
     assert rows[0][-1] == "alone on the device"
     busy = dict(row, host_busy=True, host_others_cores=1.24)
     assert summary.summary_rows({"results": [busy]})[0][-1] == "alone on the device; CPU busy (1.2 cores taken)"
@@ -102,24 +106,20 @@ def test_a_finished_sweep_says_how_many_cells_other_processes_slowed():
     assert 'data-kind="ok"' in render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
 
 
-def test_repeats_show_the_spread_and_a_speedup_inside_it_is_called_noise():
-    def row(variant, tpot, low, high, repeats=3):
-        return {"variant": variant, "status": "ok", "output_tokens": 8, "tpot_s": tpot, "tpot_min_s": low,
-                "tpot_max_s": high, "repeats": repeats}
-    base, close, far = row("baseline", 0.0100, 0.0098, 0.0104), row("sdpa", 0.0097, 0.0095, 0.0099), \
-        row("compiled", 0.0050, 0.0049, 0.0052)
-    report = {"results": [base, close, far]}
-    assert summary.within_noise(report, close) is True and summary.within_noise(report, far) is False
-    tight = row("sdpa", 0.0097, 0.0096, 0.00975)       # every repeat faster than every baseline repeat
-    assert summary.within_noise(report, tight) is False
-    slow_repeat = {"results": [row("baseline", 0.0011, 0.0011, 0.0020), row("bnb-4bit", 0.0026, 0.0017, 0.0030)]}
-    assert summary.within_noise(slow_repeat, slow_repeat["results"][1]) is False   # 1.5 ms apart, ranges < 1.3 ms
-    assert summary.within_noise(report, base) is None
-    assert summary.within_noise({"results": [base, row("sdpa", 0.0097, 0.0097, 0.0097, repeats=1)]},
-                               row("sdpa", 0.0097, 0.0097, 0.0097, repeats=1)) is None   # one request: cannot tell
+def test_the_summary_states_each_comparison_with_its_range_or_within_noise_fastest_first():
+    def row(variant, tpots, busy=False):
+        return {"variant": variant, "status": "ok", "output_tokens": 8, "tpot_s": sorted(tpots)[1],
+                "tpot_min_s": min(tpots), "tpot_max_s": max(tpots), "repeats": 3, "tpot_repeats_s": tpots,
+                "ttft_s": 0.02, "ttft_repeats_s": [0.02, 0.02, 0.02], "host_busy": busy, "host_others_cores": 1.3}
+    report = {"results": [row("baseline", [0.0100, 0.0098, 0.0104]), row("sdpa", [0.0097, 0.0095, 0.0099]),
+                          row("compiled", [0.0050, 0.0049, 0.0052], busy=True)]}
     table = summary.summary_rows(report)
-    assert [r[4] for r in table] == ["10.00 (9.80-10.40)", "9.70 (9.50-9.90)", "5.00 (4.90-5.20)"]
-    assert [r[5] for r in table] == ["1.00x", "1.03x (noise)", "2.00x"]
+    assert [r[0] for r in table] == ["baseline", "compiled", "sdpa"]       # the reference, then the fastest
+    assert [r[2] for r in table] == ["10.00 (9.80-10.40)", "5.00 (4.90-5.20)", "9.70 (9.50-9.90)"]
+    assert table[1][1] == f"2.00x ({0.0098 / 0.0052:.2f}-{0.0104 / 0.0049:.2f}x); slowed: compiled"
+    assert table[2][1] == "1.03x within noise"
+    assert table[2][3] == "1.00x within noise"                     # TTFT: identical repeats overlap
+    assert table[1][8] == "\u2605 fastest per token" and table[2][8] == "" and table[0][8] == ""
 
 
 def test_a_card_counts_the_timed_requests_of_a_variant_with_repeats():

@@ -170,7 +170,8 @@ def test_a_finished_run_fills_the_summary_and_writes_its_files(tmp_path):
     frames = list(compare.compare(Context(FakeEngines(FakeEngine(run)), Downloads(tmp_path)), "Why?", "tiny",
                                   ["baseline"], 4, "fair", 1, session))
     final = frames[-1]
-    assert final["report"] == REPORT and final["summary"][0][:3] == ["baseline", "ok", "2"]
+    assert final["report"] == REPORT and final["summary"][0][:2] == ["baseline", "reference"]
+    assert final["summary"][0][compare.SUMMARY_HEADERS.index("Tokens")] == "2"
     assert final[compare.answer("baseline")] == "a" and final["replay"]["interactive"]
     json_path, csv_path = final["json_file"]["value"], final["csv_file"]["value"]
     assert os.path.basename(json_path).startswith("run-7-tiny-") and csv_path.endswith(".csv")

@@ -16,7 +16,8 @@ from engine.spec import RunSpec
 from engine.variants import CATALOG
 from engine.views.run import FIGURE_NAMES, Lane, RunView, label_of, replay_duration_s
 from engine.views.run_charts import TITLES, RunCharts, empty_figures, race_figure
-from engine.views.summary import DEFINITIONS_MD, SUMMARY_HEADERS, report_csv, summary_rows
+from engine import verdict
+from engine.views.summary import DEFINITIONS_MD, SUMMARY_HEADERS, judgement, report_csv, summary_rows
 from ui import render, stream
 from ui.examples import EXAMPLES, QUESTION
 from ui.outputs import Outputs, Wiring
@@ -100,9 +101,10 @@ def frame(ctx: Context, charts: RunCharts, view: RunView, run_id: int, elapsed_s
     now = time.perf_counter()
     update = {"message": render.run_message(view, stopping, elapsed_s), "report": None, **no_result(),
               **{f"plot:{key}": figure for key, figure in charts.figures(view, now).items()}}
+    judged = judgement(view.report) if view.done else {}
     for name in NAMES:
         lane = view.lanes.get(name)
-        update[card(name)] = render.card_html(lane, now) if lane else ""
+        update[card(name)] = render.card_html(lane, now, verdict.marks(judged, name)) if lane else ""
         update[answer(name)] = lane.text if lane else ""
     if view.done:
         report = view.report

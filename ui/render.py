@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import html
 
-from engine import topology
+from engine import topology, verdict
 from engine.errors import InputError
 from engine.report import tpot_range
 from engine.studies import sweeps
-from engine.views import tables
+from engine.variants import REFERENCE
+from engine.views import summary, tables
 from engine.views.palette import color_of
 from engine.views.run import FINAL_STAGES, STAGE_WORDS, Lane, RunView
 
@@ -112,8 +113,28 @@ def _card_note(lane: Lane, figures: dict) -> str:
     return note
 
 
-def card_html(lane: Lane, now: float) -> str:
-    """A variant's status, progress and figures (the answer streams into the textbox below it)."""
+def _card_versus(lane: Lane, best: list[str]) -> str:
+    """Against the reference, once the report is in: the ratios (or "within noise"), who was slowed,
+    and the titles this variant won."""
+    result = lane.result or {}
+    if not verdict.answered(result):
+        return ""
+    parts = []
+    if lane.variant != REFERENCE:
+        for metric, words in (("tpot", "per token"), ("ttft", "to first token"), ("memory", "memory")):
+            if (result.get("vs_reference") or {}).get(metric):
+                parts.append(f"{summary.versus(result, metric).split('; slowed')[0]} {words}")
+    busy = (result.get("vs_reference") or {}).get("slowed_by_others") or []
+    line = (f'<div class="sbs-versus">vs {e(REFERENCE)}: {e(", ".join(parts))}'
+            + (f' <span class="sbs-slowed">slowed by other processes: {e(", ".join(busy))}</span>' if busy else "")
+            + "</div>") if parts else ""
+    stars = "".join(f'<span class="sbs-best">\u2605 {e(title)}</span>' for title in best)
+    return line + (f'<div class="sbs-stars">{stars}</div>' if stars else "")
+
+
+def card_html(lane: Lane, now: float, best: list[str] | None = None) -> str:
+    """A variant's status, progress and figures (the answer streams into the textbox below it);
+    `best`: the titles it won in the run's verdict (engine/verdict.py)."""
     stage = lane.stage
     progress = ""
     if stage in ("loading", "warming"):
@@ -132,7 +153,14 @@ def card_html(lane: Lane, now: float) -> str:
             f'<span class="sbs-badge sbs-stage-{e(stage)}">{e(STAGE_WORDS.get(stage, stage))}</span></div>'
             f'<div class="sbs-label">{e(lane.label)}</div>{progress}'
             f'<div class="sbs-detail">{e(_card_detail(lane, now))}</div><div class="sbs-kpis">{kpis}</div>'
-            f'<div class="sbs-note">{e(_card_note(lane, figures))}</div></div>')
+            f'{_card_versus(lane, best or [])}<div class="sbs-note">{e(_card_note(lane, figures))}</div></div>')
+
+
+def verdict_html(report: dict) -> str:
+    """The run's verdict in one line (engine/verdict.py): who wins which figure, by how much, or that
+    the differences are within noise."""
+    text = summary.judgement(report).get("text")
+    return f'<div class="sbs-verdict" data-verdict="1"><b>Verdict:</b> {e(text)}</div>' if text else ""
 
 
 def _run_done_message(view: RunView, elapsed_s: float) -> str:
@@ -141,12 +169,10 @@ def _run_done_message(view: RunView, elapsed_s: float) -> str:
     text = (f"{'Stopped' if cancelled else 'Done'}: {ok} of {len(view.lanes)} variants answered in "
             f"{elapsed_s:.1f} s; prompt {report.get('prompt_tokens')} tokens, {report.get('mode')} mode"
             + (f", {repeats} timed requests each (medians)" if repeats > 1 else "") + ".")
-    if repeats == 1 and ok > 1 and not cancelled:
-        text += " One timed request each: set Repeats to 3 or more to tell a speedup from noise."
     problems = [f"{e(lane.variant)}: {e(lane.reason)}" for lane in view.lanes.values()
                 if lane.stage in ("failed", "unavailable") and lane.reason]
     text += "".join(f"<br>{problem}" for problem in problems)
-    return message_html(text, "warn" if problems or cancelled else "ok")
+    return message_html(text + verdict_html(report), "warn" if problems or cancelled else "ok")
 
 
 def run_message(view: RunView, stopping: bool, elapsed_s: float) -> str:

@@ -1,10 +1,11 @@
 """A run's report as the summary table and the CSV file, and the definitions shown beside them.
 
-Speedups and first differences are against `variants.REFERENCE`; a speedup inside the repeats'
-spread is called noise (`within_noise`).
+Speedups and first differences are against `variants.REFERENCE`; whether a difference is called or
+is within noise is engine/verdict.py's rule.
 """
 from __future__ import annotations
 
+from engine import verdict
 from engine.report import tpot_range
 from engine.variants import REFERENCE
 from engine.views import tables
@@ -20,7 +21,13 @@ reached the host (the copy to the host waits for the device). The prompt is not 
   gap, the JSON holds p50/p90/p99.
 - **E2E latency** = t(last token) - t(request start) = TTFT + TPOT x (N - 1).
 - **Tokens/s** = new tokens of all sequences / E2E latency.
-- **Speedup** = TPOT of the {REFERENCE} / TPOT of the variant (above 1: faster decoding).
+- **Speedup** = TPOT of the {REFERENCE} / TPOT of the variant (above 1: faster decoding); the same
+  for TTFT. Memory is the variant's peak as a share of the {REFERENCE}'s.
+- **Within noise**: a difference is called only when the two variants' ranges over the repeats
+  (min-max) do not overlap; the range beside a ratio is then the reference's slowest repeat over the
+  variant's fastest, and the other way round. Ranges that overlap read *within noise*; one request
+  has no range, and nothing is called. The verdict above the columns names, for each figure, the
+  best variant and those within noise of it (*tied*); the card and the summary mark them with a star.
 - **Warm-up and repeats**: in each cell, every variant first answers one untimed warm-up request
   identical to the timed ones (its time is shown apart, never in the figures): the first request
   at sequence lengths a variant has not met can be several times slower than the next (on Hopper
@@ -28,8 +35,7 @@ reached the host (the copy to the host waits for the device). The prompt is not 
   request is timed Repeats times (3 by default). Each figure is the median over the repeats of
   that figure (TTFT, TPOT, E2E, ITL percentiles, tokens/s, MBU), with the TPOT range in brackets;
   E2E = TTFT + TPOT x (N - 1) holds for each repeat, and the JSON holds every repeat's token
-  times (`token_times_repeats_s`), so each figure can be recomputed from it. A speedup is marked
-  *(noise)* when the two TPOT ranges overlap and the medians differ by less than the wider range.
+  times (`token_times_repeats_s`), so each figure can be recomputed from it.
 - **MBU** (model bandwidth utilisation) = (weight bytes a step reads + mean KV-cache bytes) /
   TPOT / peak memory bandwidth of the device. A step reads every weight but an input embedding
   table that the output head does not share (it gathers one row of it). Against two peaks:
@@ -46,41 +52,39 @@ reached the host (the copy to the host waits for the device). The prompt is not 
 - **CPU busy**: while each request is timed the worker counts the CPU time other processes spent
   on its cores. Past the cores it leaves spare, its timings are marked *CPU busy* with the cores
   taken: that variant was slowed by something else (a browser, another job), not by its kernels.
+  Every comparison it enters names it (*slowed: baseline*); a slowed reference overstates every gain.
 - While a run streams, the figures are live estimates from the tokens so far; the report's numbers
   replace them at the end.
 """
 
-SUMMARY_HEADERS = ("Variant", "Status", "Tokens", "TTFT ms", "TPOT ms (min-max)", "Speedup (TPOT)", "Tokens/s",
-                   "Peak memory MiB", "Weights MiB", "MBU (measured copy)", "MBU (datasheet)", "First diff",
-                   "Timings")
+SUMMARY_HEADERS = ("Variant", "Speedup (TPOT)", "TPOT ms (min-max)", "TTFT vs reference", "TTFT ms (min-max)",
+                   "Tokens/s", "Peak memory", "Memory vs reference", "Best at", "Status", "Tokens", "Weights",
+                   "MBU (measured copy)", "MBU (datasheet)", "First diff", "Timings")
 RUN_FIELDS = ("created", "mode", "prompt_tokens", "repeats", "batch_size", "decoding", "cancelled")
+VERDICT_WORDS = {verdict.BETTER: "", verdict.WORSE: "", verdict.NOISE: "within noise", verdict.NO_RANGE: "1 request"}
 
 
-def _reference(report: dict) -> dict | None:
-    return next((r for r in report.get("results", []) if r["variant"] == REFERENCE), None)
+def judgement(report: dict) -> dict:
+    """The report's comparisons (engine/verdict.py), made now for a report saved without them."""
+    return report.get("comparison") or verdict.judge(report.get("results", []))
 
 
-def speedup(report: dict, row: dict) -> float | None:
-    """The reference's TPOT / this variant's TPOT; None without a measured reference in the run."""
-    base = _reference(report)
-    if base is None or not base.get("tpot_s") or not row.get("tpot_s"):
-        return None
-    return base["tpot_s"] / row["tpot_s"]
-
-
-def within_noise(report: dict, row: dict) -> bool | None:
-    """Whether the difference from the reference's TPOT is noise: their ranges over the repeats overlap
-    and their medians differ by less than the wider range (one slow repeat widens a range without
-    making a large difference noise). None when either ran once: no spread to judge by."""
-    base = _reference(report)
-    if base is None or base is row:
-        return None
-    mine, theirs = tpot_range(row), tpot_range(base)
-    if mine is None or theirs is None or row.get("tpot_s") is None or base.get("tpot_s") is None:
-        return None
-    overlap = mine[0] <= theirs[1] and theirs[0] <= mine[1]
-    spread = max(mine[1] - mine[0], theirs[1] - theirs[0])
-    return overlap and abs(row["tpot_s"] - base["tpot_s"]) < spread
+def versus(row: dict, metric: str) -> str:
+    """A variant against the reference in one figure: "4.40x (3.85-5.00x)", "1.02x within noise",
+    "reference" on the reference's own row, and who was slowed by other processes."""
+    if row["variant"] == REFERENCE:
+        return "reference" if verdict.answered(row) else tables.DASH
+    found = (row.get("vs_reference") or {}).get(metric)
+    if not found:
+        return tables.DASH
+    measure = verdict.BY_NAME[metric]
+    comparison = verdict.Comparison(**found)
+    text = verdict.ratio_text(measure, comparison, with_range=comparison.verdict != verdict.NOISE)
+    text = text.replace("(range ", "(")
+    if VERDICT_WORDS[comparison.verdict]:
+        text += f" {VERDICT_WORDS[comparison.verdict]}"
+    busy = (row.get("vs_reference") or {}).get("slowed_by_others") or []
+    return text + (f"; slowed: {', '.join(busy)}" if busy else "")
 
 
 def tpot_text(row: dict, digits: int = 2) -> str:
@@ -88,6 +92,13 @@ def tpot_text(row: dict, digits: int = 2) -> str:
     spread = tpot_range(row)
     text = tables.ms(row.get("tpot_s"), digits)
     return text if spread is None else f"{text} ({tables.ms_range(*spread, digits)})"
+
+
+def ttft_text(row: dict, digits: int = 2) -> str:
+    """The TTFT median in ms, and its (min-max) range over the repeats when there are several."""
+    values = verdict.values(row, verdict.BY_NAME["ttft"])
+    text = tables.ms(row.get("ttft_s"), digits)
+    return text if len(values) < 2 else f"{text} ({tables.ms_range(min(values), max(values), digits)})"
 
 
 def _first_diff(row: dict, has_reference: bool) -> str:
@@ -107,17 +118,25 @@ def _timings(row: dict) -> str:
     return text
 
 
+def _order(row: dict) -> tuple:
+    """The reference first, then the variants that answered from the fastest per token, then the rest."""
+    if row["variant"] == REFERENCE:
+        return (0, 0.0)
+    return (1, row["tpot_s"]) if verdict.answered(row) and row.get("tpot_s") else (2, 0.0)
+
+
 def summary_rows(report: dict) -> list[list[str]]:
-    """One formatted row per variant of the report (see SUMMARY_HEADERS)."""
+    """One formatted row per variant of the report (see SUMMARY_HEADERS), the fastest per token first."""
     results = report.get("results", [])
+    judged = judgement(report)
     has_reference = any(r["variant"] == REFERENCE and r.get("output_tokens") for r in results)
     rows = []
-    for r in results:
-        ratio = speedup(report, r)
-        speed = tables.DASH if ratio is None else f"{ratio:.2f}x" + (" (noise)" if within_noise(report, r) else "")
-        rows.append([r["variant"], r["status"], str(r.get("output_tokens") or tables.DASH),
-                     tables.ms(r.get("ttft_s")), tpot_text(r), speed, tables.fixed(r.get("tokens_per_s")),
-                     tables.mib(r.get("peak_memory_bytes")), tables.mib(r.get("weights_bytes"), 2),
+    for r in sorted(results, key=_order):
+        best = verdict.marks(judged, r["variant"])
+        rows.append([r["variant"], versus(r, "tpot"), tpot_text(r), versus(r, "ttft"), ttft_text(r),
+                     tables.fixed(r.get("tokens_per_s")), tables.size(r.get("peak_memory_bytes")), versus(r, "memory"),
+                     ("\u2605 " + ", ".join(best)) if best else "", r["status"],
+                     str(r.get("output_tokens") or tables.DASH), tables.size(r.get("weights_bytes")),
                      tables.percent(r.get("mbu_measured")), tables.percent(r.get("mbu")),
                      _first_diff(r, has_reference), _timings(r)])
     return rows

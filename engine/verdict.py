@@ -1,0 +1,197 @@
+"""Which variant wins each figure, by how much, and whether the measurement supports saying so.
+
+Every figure of a variant that answered has one value per timed repeat (the report's `*_repeats`
+lists). Two variants differ in a figure only when the ranges of their repeats (min-max) do not
+overlap; then the ratio of their medians is stated with the range of ratios that the repeats allow
+(for a time: the reference's slowest over the variant's fastest, and the other way round), which
+then lies wholly on one side of 1. When the ranges overlap the difference is "within noise"; with a
+single repeat there is no range and nothing is called. A row slowed by other processes on the CPU
+(`host_busy`) is named beside every comparison it enters: a slowed reference inflates every gain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.variants import REFERENCE
+
+BETTER, WORSE, NOISE, NO_RANGE = "better", "worse", "within noise", "no range"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure that variants are compared on."""
+    name: str
+    field: str                # the row's median
+    repeats_field: str        # the row's value per timed repeat
+    lower_is_better: bool
+    ratio: str                # what the stated ratio is: "speedup", "ratio" or "share"
+    title: str                # how the summary's and the cards' marks name the winner
+
+    def stated(self, row: float, base: float) -> float:
+        """The ratio said of `row` against `base`: a speedup for times (above 1: faster), the share of the
+        reference's value for tokens/s and memory."""
+        return base / row if self.ratio == "speedup" else row / base
+
+
+METRICS = (
+    Metric("tpot", "tpot_s", "tpot_repeats_s", True, "speedup", "fastest per token"),
+    Metric("ttft", "ttft_s", "ttft_repeats_s", True, "speedup", "fastest first token"),
+    Metric("tokens_per_s", "tokens_per_s", "tokens_per_s_repeats", False, "ratio", "most tokens/s"),
+    Metric("memory", "peak_memory_bytes", "peak_memory_repeats_bytes", True, "share", "least memory"),
+)
+BY_NAME = {metric.name: metric for metric in METRICS}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`row` against `base` in one figure."""
+    ratio: float              # Metric.stated of the medians
+    low: float | None         # the stated ratio's range over the repeats (None with one repeat)
+    high: float | None
+    verdict: str              # BETTER, WORSE, NOISE or NO_RANGE, for `row`
+
+    def as_dict(self) -> dict:
+        return {"ratio": self.ratio, "low": self.low, "high": self.high, "verdict": self.verdict}
+
+
+def values(row: dict, metric: Metric) -> list[float]:
+    """The row's value of the figure in each timed repeat (one, its median, when it has no list)."""
+    found = [v for v in row.get(metric.repeats_field) or [] if v is not None]
+    if not found and row.get(metric.field) is not None:
+        found = [row[metric.field]]
+    return found
+
+
+def answered(row: dict) -> bool:
+    return row.get("status") == "ok" and bool(row.get("output_tokens"))
+
+
+def compare(row: dict, base: dict, metric: Metric) -> Comparison | None:
+    """`row` against `base` in `metric`; None when either lacks the figure."""
+    mine, theirs = values(row, metric), values(base, metric)
+    median_mine, median_theirs = row.get(metric.field), base.get(metric.field)
+    if not mine or not theirs or not median_mine or not median_theirs or min(mine + theirs) <= 0:
+        return None
+    ratio = metric.stated(median_mine, median_theirs)
+    if len(mine) < 2 or len(theirs) < 2:
+        return Comparison(ratio, None, None, NO_RANGE)
+    # the ratio's extremes over the repeats: best of one against worst of the other, both ways
+    ends = sorted((metric.stated(min(mine), max(theirs)), metric.stated(max(mine), min(theirs))))
+    low, high = ends
+    if low > 1:
+        verdict = WORSE if metric.ratio == "share" else BETTER
+    elif high < 1:
+        verdict = BETTER if metric.ratio == "share" else WORSE
+    else:
+        verdict = NOISE
+    return Comparison(ratio, low, high, verdict)
+
+
+def slowed(*rows: dict) -> list[str]:
+    """The named rows that other processes slowed while they were timed."""
+    return [row["variant"] for row in rows if row.get("host_busy")]
+
+
+def ratio_text(metric: Metric, comparison: Comparison, with_range: bool = True) -> str:
+    """"4.50x (range 4.20-4.80x)" for a speedup or ratio, "52% (48-55%)" for a share: one format everywhere."""
+    if metric.ratio == "share":
+        text = f"{comparison.ratio:.0%}"
+        span = f"{comparison.low * 100:.0f}-{comparison.high:.0%}" if comparison.low is not None else ""
+    else:
+        text = f"{comparison.ratio:.2f}x"
+        span = f"{comparison.low:.2f}-{comparison.high:.2f}x" if comparison.low is not None else ""
+    return f"{text} (range {span})" if with_range and span else text
+
+
+def leaders(rows: list[dict], metric: Metric) -> list[str]:
+    """The variants that win `metric`: the best median, and those within noise of it. Empty when no
+    two variants have a range to judge by, or fewer than two answered."""
+    candidates = [row for row in rows if answered(row) and values(row, metric)]
+    if len(candidates) < 2:
+        return []
+    sign = 1 if metric.lower_is_better else -1
+    best = min(candidates, key=lambda row: sign * row[metric.field])
+    tied = [best["variant"]]
+    for row in candidates:
+        if row is best:
+            continue
+        comparison = compare(row, best, metric)
+        if comparison is None or comparison.verdict == NO_RANGE:
+            return []
+        if comparison.verdict == NOISE:
+            tied.append(row["variant"])
+    return tied
+
+
+PHRASES = {"tpot": "{name}: {ratio} faster per token than {ref}",
+           "ttft": "{name}: {ratio} faster to the first token than {ref}",
+           "tokens_per_s": "{name}: {ratio} the tokens/s of {ref}",
+           "memory": "{name}: uses {ratio} of {ref}'s peak memory"}
+NOTHING_BETTER = {"tpot": "no variant is faster per token than {ref} beyond the noise",
+                  "ttft": "no variant reaches the first token sooner than {ref} beyond the noise",
+                  "tokens_per_s": "no variant makes more tokens/s than {ref} beyond the noise",
+                  "memory": "no variant uses less peak memory than {ref} beyond the noise"}
+
+
+def metric_line(rows: list[dict], metric: Metric, base: dict) -> str:
+    """One sentence on `metric`: who wins against the reference and by how much, or that nobody does."""
+    ref = base["variant"]
+    won = leaders(rows, metric)
+    by_name = {row["variant"]: row for row in rows}
+    if not won:
+        return ""
+    if ref in won:
+        others = [name for name in won if name != ref]
+        text = NOTHING_BETTER[metric.name].format(ref=ref)
+        text += f" ({', '.join(others)} within noise of it)" if others else f" ({ref} is best)"
+        busy = slowed(base)
+    else:
+        best = by_name[won[0]]
+        comparison = compare(best, base, metric)
+        text = PHRASES[metric.name].format(name=won[0], ratio=ratio_text(metric, comparison), ref=ref)
+        if comparison.verdict == NOISE:          # best of all, yet not apart from the reference
+            text = NOTHING_BETTER[metric.name].format(ref=ref) + f" ({won[0]} {ratio_text(metric, comparison)})"
+        if len(won) > 1:
+            text += f", tied within noise with {', '.join(won[1:])}"
+        busy = slowed(base, *(by_name[name] for name in won))
+    if busy:
+        text += f" [slowed by other processes: {', '.join(busy)}" + (
+            "; the gains are overstated]" if ref in busy else "]")
+    return text
+
+
+def judge(results: list[dict]) -> dict:
+    """The run's comparisons: each answered row against the reference (also stored on the row as
+    `vs_reference`), the winners of every figure, and the verdict in one line."""
+    base = next((row for row in results if row["variant"] == REFERENCE and answered(row)), None)
+    rows = [row for row in results if answered(row)]
+    if base is None:
+        return {"reference": REFERENCE, "leaders": {}, "lines": {}, "slowed": slowed(*rows),
+                "text": (f"No answer from {REFERENCE}, the reference, in this run: include it to compare the "
+                         "variants against it." if len(results) > 1 else "")}
+    for row in rows:
+        if row is base:
+            continue
+        found = {metric.name: compare(row, base, metric) for metric in METRICS}
+        row["vs_reference"] = {**{name: c.as_dict() for name, c in found.items() if c is not None},
+                               "slowed_by_others": slowed(row, base)}
+    lines = {metric.name: metric_line(results, metric, base) for metric in METRICS}
+    won = {metric.name: leaders(results, metric) for metric in METRICS}
+    text = "; ".join(line for line in lines.values() if line)
+    if not text and len(rows) > 1:
+        text = ("One timed request each: no range to judge a difference by. Set Repeats to 3 or more."
+                if any(len(values(row, BY_NAME["tpot"])) < 2 for row in rows) else "")
+    return {"reference": REFERENCE, "leaders": won, "lines": lines, "slowed": slowed(*rows),
+            "text": text + "." if text and not text.endswith(".") else text}
+
+
+def marks(judgement: dict, variant: str) -> list[str]:
+    """The titles a variant won ("fastest per token", ...), "tied" where others share them."""
+    found = []
+    for metric in METRICS:
+        won = judgement.get("leaders", {}).get(metric.name) or []
+        if REFERENCE in won and len(won) > 1:         # nobody beats the reference: no winner to mark
+            continue
+        if variant in won:
+            found.append(metric.title + (" (tied)" if len(won) > 1 else ""))
+    return found

@@ -1,0 +1,91 @@
+"""The noise rule and the verdict, on hand-written report rows."""
+from engine import verdict
+from engine.verdict import BY_NAME, NO_RANGE, NOISE
+
+
+def row(variant, tpots, ttfts=None, memory=None, busy=False, status="ok"):
+    """A report row with these per-repeat TPOTs (s), TTFTs (s) and peak memories (bytes); medians from them."""
+    ttfts = ttfts or [0.010] * len(tpots)
+    memory = memory or [1000] * len(tpots)
+    tokens_per_s = [1 / t for t in tpots]
+    middle = lambda values: sorted(values)[len(values) // 2]        # odd counts only
+    return {"variant": variant, "status": status, "output_tokens": 32, "repeats": len(tpots),
+            "tpot_s": middle(tpots), "tpot_repeats_s": tpots, "ttft_s": middle(ttfts), "ttft_repeats_s": ttfts,
+            "tokens_per_s": middle(tokens_per_s), "tokens_per_s_repeats": tokens_per_s,
+            "peak_memory_bytes": max(memory), "peak_memory_repeats_bytes": memory, "host_busy": busy,
+            "host_others_cores": 1.2 if busy else 0.0}
+
+
+def test_a_speedup_is_called_only_when_the_ranges_do_not_overlap():
+    base = row("baseline", [0.010, 0.011, 0.012])
+    apart = verdict.compare(row("sdpa", [0.004, 0.005, 0.006]), base, BY_NAME["tpot"])
+    assert apart.verdict == verdict.BETTER
+    assert apart.ratio == 0.011 / 0.005
+    assert (apart.low, apart.high) == (0.010 / 0.006, 0.012 / 0.004)     # worst against best, both ways
+    touching = verdict.compare(row("sdpa", [0.008, 0.009, 0.010]), base, BY_NAME["tpot"])
+    assert touching.verdict == NOISE and touching.low <= 1 <= touching.high
+    slower = verdict.compare(row("eager2", [0.020, 0.021, 0.025]), base, BY_NAME["tpot"])
+    assert slower.verdict == verdict.WORSE and slower.high < 1
+    single = verdict.compare(row("sdpa", [0.004]), row("baseline", [0.010]), BY_NAME["tpot"])
+    assert single.verdict == NO_RANGE and single.low is None and single.ratio == 2.5
+
+
+def test_memory_is_a_share_where_less_is_better_and_equal_is_noise():
+    base = row("baseline", [0.01] * 3, memory=[1000, 1000, 1000])
+    small = verdict.compare(row("bnb-4bit", [0.01] * 3, memory=[500, 520, 510]), base, BY_NAME["memory"])
+    assert small.verdict == verdict.BETTER and small.ratio == 520 / 1000     # peak of the run: the largest
+    assert verdict.ratio_text(BY_NAME["memory"], small) == "52% (range 50-52%)"
+    same = verdict.compare(row("sdpa", [0.01] * 3, memory=[1000] * 3), base, BY_NAME["memory"])
+    assert same.verdict == NOISE
+
+
+def test_the_verdict_names_the_winner_with_its_range_and_marks_it():
+    results = [row("baseline", [0.010, 0.011, 0.012], ttfts=[0.020, 0.021, 0.022], memory=[1000] * 3),
+               row("sdpa", [0.0050, 0.0052, 0.0055], ttfts=[0.019, 0.021, 0.023], memory=[1000] * 3),
+               row("compiled", [0.0024, 0.0025, 0.0026], ttfts=[0.010, 0.011, 0.012], memory=[1100] * 3),
+               row("bnb-4bit", [0.020, 0.021, 0.022], ttfts=[0.030, 0.031, 0.032], memory=[500, 510, 520])]
+    judged = verdict.judge(results)
+    assert judged["leaders"]["tpot"] == ["compiled"]
+    assert judged["lines"]["tpot"] == (f"compiled: {0.011 / 0.0025:.2f}x (range {0.010 / 0.0026:.2f}-"
+                                       f"{0.012 / 0.0024:.2f}x) faster per token than baseline")
+    assert judged["text"] == ("compiled: 4.40x (range 3.85-5.00x) faster per token than baseline; "
+                              "compiled: 1.91x (range 1.67-2.20x) faster to the first token than baseline; "
+                              "compiled: 4.40x (range 3.85-5.00x) the tokens/s of baseline; "
+                              "bnb-4bit: uses 52% (range 50-52%) of baseline's peak memory.")
+    assert verdict.marks(judged, "compiled") == ["fastest per token", "fastest first token", "most tokens/s"]
+    assert verdict.marks(judged, "bnb-4bit") == ["least memory"]
+    assert verdict.marks(judged, "baseline") == []
+    assert results[1]["vs_reference"]["tpot"]["verdict"] == verdict.BETTER        # stored on the row for the JSON
+    assert results[1]["vs_reference"]["ttft"]["verdict"] == NOISE
+    assert "vs_reference" not in results[0]
+
+
+def test_ties_and_a_reference_within_noise_are_said_and_not_marked():
+    results = [row("baseline", [0.010, 0.011, 0.013]), row("sdpa", [0.009, 0.0105, 0.012]),
+               row("fa2", [0.0095, 0.0108, 0.0125])]
+    judged = verdict.judge(results)
+    assert set(judged["leaders"]["tpot"]) == {"baseline", "sdpa", "fa2"}
+    assert judged["lines"]["tpot"].startswith("no variant is faster per token than baseline beyond the noise (")
+    assert verdict.marks(judged, "sdpa") == [] and verdict.marks(judged, "baseline") == []
+    tied = [row("baseline", [0.010, 0.011, 0.012]), row("sdpa", [0.0050, 0.0052, 0.0055]),
+            row("fa2", [0.0051, 0.0053, 0.0056])]
+    judged = verdict.judge(tied)
+    assert judged["leaders"]["tpot"] == ["sdpa", "fa2"]
+    assert judged["lines"]["tpot"].endswith("faster per token than baseline, tied within noise with fa2")
+    assert verdict.marks(judged, "fa2")[0] == "fastest per token (tied)"
+
+
+def test_a_slowed_reference_is_named_beside_the_gain():
+    results = [row("baseline", [0.010, 0.011, 0.012], busy=True), row("sdpa", [0.004, 0.005, 0.006])]
+    judged = verdict.judge(results)
+    assert judged["lines"]["tpot"].endswith("[slowed by other processes: baseline; the gains are overstated]")
+    assert results[1]["vs_reference"]["slowed_by_others"] == ["baseline"]
+    assert judged["slowed"] == ["baseline"]
+
+
+def test_one_request_each_calls_nothing_and_says_what_to_do():
+    judged = verdict.judge([row("baseline", [0.010]), row("sdpa", [0.004])])
+    assert judged["leaders"]["tpot"] == [] and judged["lines"]["tpot"] == ""
+    assert judged["text"] == "One timed request each: no range to judge a difference by. Set Repeats to 3 or more."
+    failed = verdict.judge([row("sdpa", [0.004] * 3), row("baseline", [0.01] * 3, status="failed")])
+    assert failed["text"].startswith("No answer from baseline, the reference")
