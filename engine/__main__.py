@@ -14,7 +14,7 @@ from engine.report import host_note
 from engine.studies.bench import run_bench, table as bench_table
 from engine.studies.sweeps import EXPERIMENTS, run_sweep, summary, to_csv
 from engine.views import tables
-from engine.views.summary import tpot_text
+from engine.views.summary import tpot_text, versus
 from engine.views.sweep_charts import sweep_figure
 
 EXIT_BAD_INPUT = 2
@@ -24,13 +24,13 @@ THREADS_HELP = ("torch CPU threads per worker (default: torch's, one per core; t
 
 def table(report: dict) -> str:
     """The results as a fixed-width table, one row per variant."""
-    rows = [("variant", "status", "tokens", "TTFT ms", "TPOT ms", "tok/s", "peak GiB", "weights GiB", "MBU",
-             "diff@", "placement", "warm-up ms")]
+    rows = [("variant", "status", "tokens", "TTFT ms", "TPOT ms", "vs ref", "tok/s", "peak memory", "weights",
+             "MBU", "diff@", "placement", "warm-up ms")]
     for r in report["results"]:
         warmups = r.get("warmup_e2e_s") or []         # E2E of the untimed first request(s), apart from the figures
         rows.append((r["variant"], r["status"], tables.general(r["output_tokens"] or None), tables.ms(r["ttft_s"]),
-                     tpot_text(r, 1), tables.fixed(r["tokens_per_s"]), tables.gib(r["peak_memory_bytes"], 3),
-                     tables.gib(r["weights_bytes"], 3), tables.percent(r["mbu"]),
+                     tpot_text(r, 1), versus(r, "tpot"), tables.fixed(r["tokens_per_s"]),
+                     tables.size(r["peak_memory_bytes"]), tables.size(r["weights_bytes"]), tables.percent(r["mbu"]),
                      tables.general(r["first_diff_token"]), r["placement"] or tables.DASH,
                      ", ".join(tables.ms(w) for w in warmups) or tables.DASH))
     lines = tables.fixed_width(rows).splitlines()
@@ -38,6 +38,9 @@ def table(report: dict) -> str:
         for note in (r["reason"], host_note(r)):
             if note:
                 lines.append(f"  {r['variant']}: {note}")
+    judged = report.get("comparison") or {}
+    if judged.get("text"):
+        lines.append(f"verdict: {judged['text']}")
     return "\n".join(lines)
 
 

@@ -89,3 +89,16 @@ def test_one_request_each_calls_nothing_and_says_what_to_do():
     assert judged["text"] == "One timed request each: no range to judge a difference by. Set Repeats to 3 or more."
     failed = verdict.judge([row("sdpa", [0.004] * 3), row("baseline", [0.01] * 3, status="failed")])
     assert failed["text"].startswith("No answer from baseline, the reference")
+
+
+def test_the_command_line_prints_the_ratios_and_the_verdict():
+    from engine.__main__ import table
+    results = [row("baseline", [0.010, 0.011, 0.012], memory=[2 ** 30] * 3), row("sdpa", [0.004, 0.005, 0.006])]
+    report = {"results": [dict(r, reason=None, weights_bytes=2 ** 20, mbu=None, first_diff_token=None,
+                               placement="resident", tpot_min_s=min(r["tpot_repeats_s"]),
+                               tpot_max_s=max(r["tpot_repeats_s"])) for r in results]}
+    report["comparison"] = verdict.judge(report["results"])
+    lines = table(report).splitlines()
+    assert "2.20x (1.67-3.00x)" in lines[2] and "reference" in lines[1] and "1.00 GiB" in lines[1]
+    assert lines[-1] == "verdict: " + report["comparison"]["text"]
+    assert lines[-1].startswith("verdict: sdpa: 2.20x (range 1.67-3.00x) faster per token than baseline")
