@@ -76,12 +76,14 @@ class Loaded:
 
 @dataclass(frozen=True)
 class Started:
-    """A request began in the worker: its clock starts here."""
+    """A request began in the worker: its clock starts here. `warmup`: an untimed warm-up (the
+    orchestrator marks it; its tokens stream to the page, its figures count nowhere)."""
     variant: str
     request_id: int
     t_start: float
     prompt_tokens: int
     cell: int | None = None
+    warmup: bool = False
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ The report (engine/report.py), the live sweep and the benchmark read the same ou
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from engine import events
@@ -29,8 +30,9 @@ class RunState:
     """Which request each variant works on, which requests are warm-ups, abandoned or probes, and the outcomes.
 
     `fold(event)` records an event where it belongs and says whether the run's consumer sees it:
-    warm-ups and probes stay inside (a warm-up's answer is kept apart, for its time), as does
-    anything of a request given up on (it timed out).
+    probes stay inside, as does anything of a request given up on (it timed out); of a warm-up the
+    consumer sees the start (marked, see `shown`) and the tokens, for the page to stream, never its
+    end (its answer is kept apart, for its time).
     """
 
     def __init__(self, names: list[str], cells: int):
@@ -106,7 +108,13 @@ class RunState:
         elif isinstance(event, events.Loaded):
             for outcome in self.of(name):
                 outcome.loaded = event
-        return not (request_id in self._warmups and isinstance(event, (events.Token, events.Started)))
+        return True
+
+    def shown(self, event):
+        """The event as the consumer gets it: a warm-up's Started says that it is one."""
+        if isinstance(event, events.Started) and event.request_id in self._warmups:
+            return dataclasses.replace(event, warmup=True)
+        return event
 
     def _record_failure(self, failed: events.Failed) -> None:
         for outcome in self._cell_outcomes(failed):

@@ -70,7 +70,7 @@ class Execution:
         for index, group in enumerate(plan):
             if self.cancelled.is_set():
                 return
-            self.load(group)
+            warmed = self.load(group, spec)
             loaded = [n for n in group if self._ready(n)]
             t_ready = time.perf_counter()
             for name in loaded:
@@ -80,7 +80,8 @@ class Execution:
             for turn in turns(spec):
                 if self.cancelled.is_set():
                     break
-                self._turn(spec, turn, loaded)
+                early = warmed if turn.warmup and turn.cell == 0 else ()      # done while the others loaded
+                self._turn(spec, turn, [n for n in loaded if n not in early])
             if index == len(plan) - 1 and after_timed is not None and not self.cancelled.is_set():
                 after_timed(loaded)
             if placement.get(group[0]) == "swapped":
@@ -113,8 +114,14 @@ class Execution:
         return worker is not None and worker.ready
 
     # ------------------------------------------------------------------ workers
-    def load(self, names: list[str]) -> None:
-        """Start the named workers that are not running, and wait until each is loaded or failed."""
+    def load(self, names: list[str], spec: RunSpec | None = None) -> set[str]:
+        """Start the named workers that are not running, and wait until each is loaded or failed.
+
+        With a `spec`, a worker that has loaded answers the first cell's warm-ups at once, while the
+        others are still loading: a person sees its answer stream without waiting for the slowest to
+        load, and nothing is timed (warm-ups count nowhere; the timed requests wait until every
+        worker of the group has loaded and warmed up, so that none shares the device with a load).
+        Returns the variants that did all their warm-ups of the first cell that way."""
         for name in names:
             worker = self.workers.get(name)
             if worker is not None and not worker.alive:
@@ -126,15 +133,38 @@ class Execution:
             elif worker.loaded:
                 self.state.fold(worker.loaded)     # kept loaded from an earlier run: no Loaded comes
         pending = [n for n in names if (w := self.workers.get(n)) is not None and not w.loaded]
+        warmups = {name: 0 for name in pending} if spec is not None and spec.warmup_requests else {}
+        warmed: set[str] = set()
+
+        def warm_the_loaded() -> None:
+            for name, sent in warmups.items():
+                worker = self.workers.get(name)
+                if (worker is None or not worker.ready or name in self.state.current or self.cancelled.is_set()
+                        or self.state.outcomes[(name, 0)].failed is not None):
+                    continue
+                if sent == spec.warmup_requests:
+                    if name not in warmed:
+                        warmed.add(name)
+                        self._emit(events.Status(name, "queued", "warmed up; the timed requests begin once "
+                                                                 "every variant has loaded"))
+                    continue
+                request = self._request(spec, Turn(0, True, False))
+                warmups[name] = sent + 1
+                self.state.sent(name, request, warmup=True)
+                if not worker.send(request):
+                    self._fail(worker, "the worker process is gone; it will be restarted")
 
         def settled() -> bool:
-            return all((w := self.workers.get(n)) is None or w.loaded or w.failed for n in pending)
+            warm_the_loaded()
+            return (all((w := self.workers.get(n)) is None or w.loaded or w.failed for n in pending)
+                    and not self.state.waiting(pending))
 
         self.receive(pending, settled, self.limits.load_s)
         for name in pending:
             worker = self.workers.get(name)
             if worker is not None and worker.failed and not worker.loaded:
                 self.workers.stop([name])
+        return {name for name in warmed if self.state.outcomes[(name, 0)].failed is None}
 
     def generate(self, requests: dict[str, Request], warmup: bool) -> None:
         """Send each named worker its request at once and wait for all answers."""
@@ -177,7 +207,7 @@ class Execution:
                     self._died(worker)
 
     def _forward(self, worker: WorkerProcess) -> None:
-        passed = [event for event in worker.read() if self.state.fold(event)]
+        passed = [self.state.shown(event) for event in worker.read() if self.state.fold(event)]
         if passed:
             self._emit(passed if len(passed) > 1 else passed[0])
 

@@ -47,7 +47,10 @@ def test_every_variant_streams_tokens_with_consistent_metrics(six_run):
         assert 0 < row["mbu_measured"] < 1
         assert row["placement"] == "resident" and row["contended"] is False
         assert row["peak_memory_bytes"] > 0 and row["weights_bytes"] > 0 and row["queue_s"] >= 0
-        tokens = [e for e in seen if isinstance(e, events.Token) and e.variant == name]
+        warmups = {e.request_id for e in seen if isinstance(e, events.Started) and e.variant == name and e.warmup}
+        assert len(warmups) == 1                              # its warm-up streamed too, marked as one
+        tokens = [e for e in seen if isinstance(e, events.Token) and e.variant == name
+                  and e.request_id not in warmups]
         assert [t.index for t in tokens] == list(range(24))
         assert "".join(t.text for t in tokens) == row["text"]
     assert by["bnb-4bit"]["weights_bytes"] < by["bnb-8bit"]["weights_bytes"] < by["baseline"]["weights_bytes"]
@@ -96,9 +99,11 @@ def test_a_killed_worker_fails_alone_and_restarts_next_run(engine, six_run):
 
 def test_cancel_stops_a_run_early(engine, six_run):
     run = engine.start(RunSpec(LONG_PROMPT, ["baseline", "sdpa"], 256))
-    report = None
+    report, warmups = None, set()
     for event in run:
-        if isinstance(event, events.Token) and event.index == 5:
+        if isinstance(event, events.Started) and event.warmup:
+            warmups.add(event.request_id)
+        if isinstance(event, events.Token) and event.index == 5 and event.request_id not in warmups:
             assert engine.cancel(run.id + 1) is False          # someone else's run id: nothing happens
             assert engine.cancel(run.id) is True
         if isinstance(event, events.RunDone):
@@ -251,3 +256,23 @@ def test_closing_an_engine_cancels_its_runs_and_stops_every_worker():
         assert list(waiting)[-1].report["cancelled"] is True
         gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=5)
         assert alive == []
+
+
+def test_a_loaded_variant_streams_its_warm_up_while_a_slow_one_loads_and_nothing_timed_overlaps_a_load(
+        monkeypatch):
+    monkeypatch.setenv("SIDEBYSIDE_LOAD_DELAY", "sdpa=3")        # read by the workers this engine starts
+    with Engine(presets.load("tiny")) as fresh:
+        seen = list(fresh.run(RunSpec(PROMPT, ["baseline", "sdpa"], 8, repeats=2)))
+    order = [(type(e).__name__, e.variant, getattr(e, "warmup", None)) for e in seen if not isinstance(e, events.RunDone)]
+    sdpa_loaded = order.index(("Loaded", "sdpa", None))
+    first_token = next(i for i, e in enumerate(seen) if isinstance(e, events.Token))
+    assert seen[first_token].variant == "baseline" and first_token < sdpa_loaded     # streamed before the load ended
+    warm = [e for e in seen if isinstance(e, events.Started) and e.warmup]
+    assert sorted(e.variant for e in warm) == ["baseline", "sdpa"]
+    timed = [e for e in seen if isinstance(e, events.Started) and not e.warmup]
+    assert len(timed) == 4 and min(seen.index(e) for e in timed) > sdpa_loaded      # timed: after every load
+    report = seen[-1].report
+    by = rows(report)
+    assert by["sdpa"]["load_s"] >= 3.0                            # the drawn-out load counts as loading
+    assert by["baseline"]["warmup_requests"] == 1 == len(by["baseline"]["warmup_e2e_s"])
+    assert by["baseline"]["repeats"] == 2 and by["baseline"]["status"] == "ok" == by["sdpa"]["status"]

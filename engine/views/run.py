@@ -16,7 +16,8 @@ from engine.variants import CATALOG
 
 # Stage of a lane -> words on the page. "waiting": selected, but the run has not reached it yet.
 STAGE_WORDS = {
-    "waiting": "waiting", "loading": "loading", "warming": "warming up", "ready": "ready",
+    "waiting": "waiting", "loading": "loading", "warming": "warming up", "warmup": "warm-up (untimed)",
+    "ready": "ready",
     "queued": "queued", "generating": "generating", "unloading": "unloading", "done": "done",
     "unavailable": "unavailable", "failed": "failed", "cancelled": "stopped", "idle": "not run",
 }
@@ -49,6 +50,7 @@ class Lane:
     result: dict | None = None             # the report's row, once the run is done
     repeats: int = 1                       # timed requests the run makes of this variant
     requests: int = 0                      # of which started so far
+    warmup: bool = False                   # the tokens shown are an untimed warm-up's (charts leave them out)
 
     @property
     def text(self) -> str:
@@ -96,9 +98,13 @@ class RunView:
 
     @property
     def t0(self) -> float | None:
-        """The run's time origin for the race and memory charts: the first request start."""
-        starts = [lane.t_start for lane in self.lanes.values() if lane.t_start is not None]
+        """The run's time origin for the race and memory charts: the first timed request's start."""
+        starts = [lane.t_start for lane in self.charted() if lane.t_start is not None]
         return min(starts) if starts else None
+
+    def charted(self) -> list[Lane]:
+        """The lanes the charts draw: all but those showing an untimed warm-up."""
+        return [lane for lane in self.lanes.values() if not lane.warmup]
 
     def _lane(self, variant: str, now: float) -> Lane:
         if variant not in self.lanes:      # an event for a variant not selected: show it anyway
@@ -128,6 +134,8 @@ class RunView:
         if isinstance(event, events.Token):
             lane.pieces.append(event.text)
             lane.token_times.append(event.t)
+            if lane.warmup:
+                return
             self.revisions["itl"] += 1
             self.revisions["race"] += 1
             if event.index == 0:
@@ -144,6 +152,11 @@ class RunView:
         elif isinstance(event, events.Started):
             lane.t_start = event.t_start
             lane.pieces, lane.token_times, lane.memory = [], [], []      # a repeat starts afresh
+            lane.warmup = event.warmup
+            if event.warmup:                  # streamed while others load: shown, counted nowhere
+                self._stage(lane, "warmup", now, "untimed warm-up at these lengths; the timed requests follow "
+                                                 "once every variant has loaded")
+                return
             lane.requests += 1
             self._stage(lane, "generating", now)
             self.revisions["race"] += 1

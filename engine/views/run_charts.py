@@ -36,7 +36,7 @@ def _empty(figure: go.Figure, message: str) -> go.Figure:
 
 def ttft_figure(view: RunView) -> go.Figure:
     """Time to first token per variant, as bars."""
-    rows = [(lane, lane.figures()["ttft_s"]) for lane in view.lanes.values()]
+    rows = [(lane, lane.figures()["ttft_s"]) for lane in view.charted()]
     rows = [(lane, ttft) for lane, ttft in rows if ttft is not None]
     figure = go.Figure(layout=_layout("", "TTFT (ms)", showlegend=False))
     if not rows:
@@ -53,7 +53,7 @@ def itl_figure(view: RunView) -> go.Figure:
     """Inter-token latency (gap before each token) over the token index, one line per variant."""
     figure = go.Figure(layout=_layout("token index", "inter-token latency (ms)"))
     drawn = False
-    for lane in view.lanes.values():
+    for lane in view.charted():
         gaps = metrics.itl_s(lane.times)
         if not gaps:
             continue
@@ -71,7 +71,7 @@ def race_figure(view: RunView, replay_s: float | None = None) -> go.Figure:
                                       else "seconds since the first request started", "tokens generated"))
     t0 = view.t0
     drawn = False
-    for lane in view.lanes.values():
+    for lane in view.charted():
         if lane.t_start is None or t0 is None:
             continue
         times = lane.times if replay else [t - t0 for t in lane.token_times]
@@ -83,8 +83,8 @@ def race_figure(view: RunView, replay_s: float | None = None) -> go.Figure:
                            hovertemplate=f"{lane.variant}<br>%{{x:.3f}} s: %{{y}} tokens<extra></extra>")
         drawn = True
     if replay:
-        ends = [lane.times[-1] for lane in view.lanes.values() if lane.times]
-        most = max((len(lane.times) for lane in view.lanes.values()), default=1)
+        ends = [lane.times[-1] for lane in view.charted() if lane.times]
+        most = max((len(lane.times) for lane in view.charted()), default=1)
         figure.update_xaxes(range=[0, max(ends, default=1.0) * 1.03])
         figure.update_yaxes(range=[0, most * 1.05], rangemode="normal")
     return figure if drawn else _empty(figure, "waiting for a variant to start")
@@ -95,7 +95,7 @@ def memory_figure(view: RunView) -> go.Figure:
     figure = go.Figure(layout=_layout("seconds since the first request started", "memory (MiB)"))
     t0 = view.t0
     drawn = False
-    for lane in view.lanes.values():
+    for lane in view.charted():
         if not lane.memory:
             continue
         origin = t0 if t0 is not None else lane.memory[0][0]

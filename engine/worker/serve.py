@@ -164,6 +164,21 @@ def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[objec
                 torch.cuda.empty_cache()
 
 
+LOAD_DELAY_ENV = "SIDEBYSIDE_LOAD_DELAY"
+
+
+def load_delay_s(variant: str) -> float:
+    """Seconds this variant's load is drawn out by, from $SIDEBYSIDE_LOAD_DELAY ("sdpa=3,fa2=1"):
+    a slow load made on purpose, for the tests (and to see the page while one variant loads); the
+    delay counts in its load time. Anything unreadable counts as no delay."""
+    for item in os.environ.get(LOAD_DELAY_ENV, "").split(","):
+        name, _, seconds = item.partition("=")
+        if name.strip() == variant:
+            with contextlib.suppress(ValueError):
+                return max(float(seconds), 0.0)
+    return 0.0
+
+
 def load(spec: WorkerSpec, emit: Callable[[object], None], cancel):
     """Load and warm up the variant, announcing each stage; the Runner, once `Loaded` is sent."""
     if spec.threads:
@@ -172,6 +187,7 @@ def load(spec: WorkerSpec, emit: Callable[[object], None], cancel):
     emit(events.Status(spec.variant, "loading", f"{spec.preset.title} on {spec.device}"))
     from engine.worker.runner import Runner        # imports torch and transformers: after the status
     t0 = time.perf_counter()
+    time.sleep(load_delay_s(spec.variant))
     runner = Runner(spec, lambda event: None)
     load_s = time.perf_counter() - t0
     emit(events.Status(spec.variant, "warming", "first calls pick kernels" +
