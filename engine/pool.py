@@ -14,7 +14,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 
-from engine import events, hardware, report, schedule, topology
+from engine import events, hardware, load_times, report, schedule, topology
 from engine.errors import InputError
 from engine.events import WorkerSpec
 from engine.outcomes import RunState
@@ -140,6 +140,10 @@ class Engine:
         """The Loaded event of each worker ready now (workers stay loaded between runs)."""
         return self._workers.loaded()
 
+    def load_estimates(self, variants) -> dict[str, float]:
+        """Seconds each variant took to load and warm up when it last loaded here (none: absent)."""
+        return load_times.estimates(self.preset.name, self.device.name, variants)
+
     def pids(self) -> dict[str, int]:
         """The process id of each worker (for diagnostics and tests)."""
         return {w.variant: w.pid for w in self._workers.all()}
@@ -203,6 +207,8 @@ class Engine:
             built = report.build(spec, self.preset, self.device, prompt_tokens, state.outcomes,
                                  cancelled=run.cancelled.is_set())
             report.add_measured_bandwidth(built, self.bandwidth)
+            load_times.remember(self.preset.name, self.device.name,
+                                {o.variant: o.loaded for o in state.outcomes.values() if o.loaded})
             run.put(events.RunDone(built))
             with self._runs_lock:
                 self._runs.pop(run.id, None)

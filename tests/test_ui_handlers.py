@@ -43,6 +43,9 @@ class FakeEngine:
     def validate(self, spec):
         return 5
 
+    def load_estimates(self, variants):
+        return {}
+
     def start(self, spec):
         self.started.append(spec)
         if self.on_start:

@@ -76,9 +76,14 @@ def variant_choices(engine, selected: tuple[str, ...] | None = None) -> tuple[li
 def _card_detail(lane: Lane, now: float) -> str:
     stage = lane.stage
     if stage in ("loading", "warming"):
-        elapsed = max(now - lane.since, 0.0) if lane.since else 0.0
+        began = lane.load_began or lane.since
+        elapsed = max(now - began, 0.0) if began else 0.0
         step = max(lane.load_step, 1)
-        return f"step {step} of 3: {LOAD_STEPS.get(lane.load_step, '')} ({elapsed:.0f} s)"
+        if lane.expected_load_s:
+            expect = f"{elapsed:.0f} s of about {max(lane.expected_load_s, 1):.0f} s, as the last load here took"
+        else:
+            expect = f"{elapsed:.0f} s; its first load on this server: no estimate yet"
+        return f"step {step} of 3: {LOAD_STEPS.get(lane.load_step, '')} ({expect})"
     if stage == "queued":
         return ("kept loaded from an earlier run; " if lane.reused else "") + "waiting for its turn on the device"
     if stage == "ready":
@@ -98,6 +103,8 @@ def _card_detail(lane: Lane, now: float) -> str:
 def _card_note(lane: Lane, figures: dict) -> str:
     if not figures["tokens"]:
         return ""
+    if lane.warmup:
+        return f"{figures['tokens']} tokens of the untimed warm-up: its figures are not counted"
     note = f"{figures['tokens']} tokens; " + ("figures from the report" if figures["final"] else "live estimate")
     result = lane.result or {}
     spread = tpot_range(result)
@@ -138,8 +145,10 @@ def card_html(lane: Lane, now: float, best: list[str] | None = None) -> str:
     stage = lane.stage
     progress = ""
     if stage in ("loading", "warming"):
-        progress = (f'<div class="sbs-progress"><div style="width:{int(100 * max(lane.load_step, 1) / 3)}%">'
-                    '</div></div>')
+        share = max(lane.load_step, 1) / 3
+        if lane.expected_load_s and lane.load_began:      # the time estimate, never past 95% before the end
+            share = max(share, min((now - lane.load_began) / lane.expected_load_s, 0.95))
+        progress = f'<div class="sbs-progress"><div style="width:{int(100 * share)}%"></div></div>'
     figures = lane.figures()
     tokens_per_s = figures["tokens_per_s"]
     kpis = "".join(
@@ -186,14 +195,34 @@ def run_message(view: RunView, stopping: bool, elapsed_s: float) -> str:
     lanes = view.lanes.values()
     finished = sum(view.counts().get(stage, 0) for stage in FINAL_STAGES)
     active = [lane.variant for lane in lanes if lane.stage == "generating"]
-    doing = (f"generating: {', '.join(active)}" if active else "loading and warming up"
-             if any(lane.stage in ("loading", "warming") for lane in lanes) else "working")
+    loading = [lane.variant for lane in lanes if lane.stage in ("loading", "warming")]
+    warming = [lane.variant for lane in lanes if lane.stage == "warmup"]
+    doing = "; ".join(part for part in (
+        f"generating: {', '.join(active)}" if active else "",
+        f"untimed warm-up streaming: {', '.join(warming)}" if warming else "",
+        f"loading: {', '.join(loading)}" if loading else "") if part) or "working"
     return message_html(f"Running in {view.mode} mode: {finished} of {len(view.lanes)} variants finished; "
                         f"{e(doing)} ({elapsed_s:.0f} s).")
 
 
-def explanation_html(name: str, quick: bool) -> str:
-    """The experiment's paragraph (what its chart shows and why) and the grid it measures."""
+TREND_LOOK = {True: ("agrees", "#16a34a", "The run agrees"), False: ("contradicts", "#d97706", "The run disagrees"),
+              None: ("noise", "#9ca3af", "Within noise")}
+
+
+def trends_html(sweep: dict | None) -> str:
+    """What a finished sweep showed of each claim of its paragraph: the verdict, the note, the figures."""
+    parts = []
+    for found in (sweep or {}).get("trends", []):
+        kind, colour, word = TREND_LOOK[found["agrees"]]
+        parts.append(f'<div class="exp-trend" data-agrees="{kind}" style="border-left: 3px solid {colour}; '
+                     f'padding: 2px 0 2px 8px; margin: 0 0 8px"><p><b>{word}:</b> {e(found["note"])}</p>'
+                     f'<div class="exp-plan">Measured: {e(found["measured"])}</div></div>')
+    return "".join(parts)
+
+
+def explanation_html(name: str, quick: bool, sweep: dict | None = None) -> str:
+    """The experiment's paragraph (what its chart shows and why) and the grid it measures; after a sweep
+    (`sweep`, finished), what it showed of the paragraph's claims."""
     experiment = sweeps.get(name)
     cells, repeats = len(experiment.grid(quick)), sweeps.repeats_for(quick)
     plan = (f"{'Quick' if quick else 'Full'} grid: {cells} cells per variant (those beyond the preset's context "
@@ -202,7 +231,7 @@ def explanation_html(name: str, quick: bool) -> str:
             "each cell after one warm-up request. Fair mode: one variant on the device at a time.")
     return (f'<div class="exp-explain" data-experiment="{e(name)}"><div class="exp-kicker">What the chart shows, '
             f'and why</div><div class="exp-title">{e(experiment.title)}</div><p>{e(experiment.explanation)}</p>'
-            f'<div class="exp-plan">{e(plan)}</div></div>')
+            f'{trends_html(sweep)}<div class="exp-plan">{e(plan)}</div></div>')
 
 
 def _sweep_done_message(live, device: str) -> tuple[str, str]:
@@ -212,11 +241,11 @@ def _sweep_done_message(live, device: str) -> tuple[str, str]:
                                   if row["status"] in ("failed", "unavailable") and row["reason"]))
     text = (f"{'Stopped' if sweep['cancelled'] else 'Done'}: {live.experiment.name}, {ok} of {len(rows)} "
             f"(variant, cell) pairs measured in {sweep['wall_s']:.1f} s on {e(device)}.")
-    busy = [row for row in rows if row.get("host_busy")]
+    busy = sweeps.host_busy_note(rows, "rerun with less running beside the dashboard")
     if busy:
-        problems.append(f"{len(busy)} of them slowed by other processes on the CPU (CPU busy, up to "
-                        f"{max(row['host_others_cores'] for row in busy):.1f} cores taken): "
-                        "rerun with less running beside the dashboard")
+        problems.append(e(busy) + " (marked CPU busy in the table)")
+    if any(found["agrees"] is False for found in sweep.get("trends", [])):
+        problems.append("On this run the chart contradicts the paragraph beside it: its note says where")
     text += "".join(f"<br>{problem}" for problem in problems)
     return text, "warn" if problems or sweep["cancelled"] else "ok"
 
@@ -245,6 +274,6 @@ def sweep_page(sweep: dict, figure_html: str) -> str:
     noise = " Random weights: the timings are real, any text is noise." if sweep["preset"]["random_weights"] else ""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{e(sweep["title"])}</title></head>'
             '<body style="font-family: system-ui, sans-serif; max-width: 1200px; margin: 24px auto; color: #1f2937">'
-            f'<h2>{e(sweep["title"])}</h2><p>{e(sweep["explanation"])}</p>'
+            f'<h2>{e(sweep["title"])}</h2><p>{e(sweep["explanation"])}</p>{trends_html(sweep)}'
             f'<p style="color: #6b7280">{e(where)}; {"quick" if sweep["quick"] else "full"} grid.{e(noise)}</p>'
             f'{figure_html}</body></html>')

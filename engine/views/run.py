@@ -40,6 +40,8 @@ class Lane:
     detail: str = ""
     since: float = 0.0                     # clock time the current stage began (for elapsed times)
     load_step: int = 0                     # 1 starting the process, 2 loading weights, 3 warming up
+    load_began: float = 0.0                # clock time the load began
+    expected_load_s: float | None = None   # what loading and warming up took the last time, here
     loaded: events.Loaded | None = None
     reused: bool = False                   # the worker was already loaded from an earlier run
     t_start: float | None = None           # perf_counter() of the request start in the worker
@@ -105,6 +107,12 @@ class RunView:
     def charted(self) -> list[Lane]:
         """The lanes the charts draw: all but those showing an untimed warm-up."""
         return [lane for lane in self.lanes.values() if not lane.warmup]
+
+    def expect(self, load_s: dict[str, float]) -> None:
+        """What each variant's load took the last time (engine.load_estimates), for the cards' estimate."""
+        for name, seconds in load_s.items():
+            if name in self.lanes:
+                self.lanes[name].expected_load_s = seconds
 
     def _lane(self, variant: str, now: float) -> Lane:
         if variant not in self.lanes:      # an event for a variant not selected: show it anyway
@@ -177,6 +185,7 @@ class RunView:
             lane.detail = "unloaded to free memory" if event.stage == "unloading" else event.detail
             return
         if event.stage == "loading":
+            lane.load_began = lane.load_began or now
             lane.load_step = min(lane.load_step + 1, 2)
         elif event.stage == "warming":
             lane.load_step = 3
