@@ -5,7 +5,8 @@ lists). Two variants differ in a figure only when the ranges of their repeats (m
 overlap; then the ratio of their medians is stated with the range of ratios that the repeats allow
 (for a time: the reference's slowest over the variant's fastest, and the other way round), which
 then lies wholly on one side of 1. When the ranges overlap the difference is "within noise"; with a
-single repeat there is no range and nothing is called. A row slowed by other processes on the CPU
+single repeat there is no range and nothing is called. Peak memory differing by under 1% is no
+difference (resident memory moves by a few pages between requests). A row slowed by other processes on the CPU
 (`host_busy`) is named beside every comparison it enters: a slowed reference inflates every gain.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Metric:
     lower_is_better: bool
     ratio: str                # what the stated ratio is: "speedup", "ratio" or "share"
     title: str                # how the summary's and the cards' marks name the winner
+    floor: float = 0.0        # a ratio within this of 1 is no difference, however tight the ranges
 
     def stated(self, row: float, base: float) -> float:
         """The ratio said of `row` against `base`: a speedup for times (above 1: faster), the share of the
@@ -37,7 +39,8 @@ METRICS = (
     Metric("tpot", "tpot_s", "tpot_repeats_s", True, "speedup", "fastest per token"),
     Metric("ttft", "ttft_s", "ttft_repeats_s", True, "speedup", "fastest first token"),
     Metric("tokens_per_s", "tokens_per_s", "tokens_per_s_repeats", False, "ratio", "most tokens/s"),
-    Metric("memory", "peak_memory_bytes", "peak_memory_repeats_bytes", True, "share", "least memory"),
+    # a process's resident memory moves by a few pages from one request to the next: under 1% is no gain
+    Metric("memory", "peak_memory_bytes", "peak_memory_repeats_bytes", True, "share", "least memory", 0.01),
 )
 BY_NAME = {metric.name: metric for metric in METRICS}
 
@@ -78,7 +81,9 @@ def compare(row: dict, base: dict, metric: Metric) -> Comparison | None:
     # the ratio's extremes over the repeats: best of one against worst of the other, both ways
     ends = sorted((metric.stated(min(mine), max(theirs)), metric.stated(max(mine), min(theirs))))
     low, high = ends
-    if low > 1:
+    if abs(ratio - 1) < metric.floor:
+        verdict = NOISE
+    elif low > 1:
         verdict = WORSE if metric.ratio == "share" else BETTER
     elif high < 1:
         verdict = BETTER if metric.ratio == "share" else WORSE
@@ -104,60 +109,53 @@ def ratio_text(metric: Metric, comparison: Comparison, with_range: bool = True) 
 
 
 def leaders(rows: list[dict], metric: Metric) -> list[str]:
-    """The variants that win `metric`: the best median, and those within noise of it. Empty when no
-    two variants have a range to judge by, or fewer than two answered."""
-    candidates = [row for row in rows if answered(row) and values(row, metric)]
-    if len(candidates) < 2:
+    """The variants that win `metric`: of those measurably better than the reference, the one with
+    the best median, then those within noise of it (tied). Empty when none beats the reference, or
+    when there is no range to judge by."""
+    base = next((row for row in rows if row["variant"] == REFERENCE and answered(row)), None)
+    if base is None:
+        return []
+    better = [row for row in rows if row is not base and answered(row)
+              and (found := compare(row, base, metric)) is not None and found.verdict == BETTER]
+    if not better:
         return []
     sign = 1 if metric.lower_is_better else -1
-    best = min(candidates, key=lambda row: sign * row[metric.field])
-    tied = [best["variant"]]
-    for row in candidates:
-        if row is best:
-            continue
-        comparison = compare(row, best, metric)
-        if comparison is None or comparison.verdict == NO_RANGE:
-            return []
-        if comparison.verdict == NOISE:
-            tied.append(row["variant"])
-    return tied
+    best = min(better, key=lambda row: sign * row[metric.field])
+    return [best["variant"]] + [row["variant"] for row in better if row is not best
+                                and compare(row, best, metric).verdict == NOISE]
 
 
-PHRASES = {"tpot": "{name}: {ratio} faster per token than {ref}",
-           "ttft": "{name}: {ratio} faster to the first token than {ref}",
-           "tokens_per_s": "{name}: {ratio} the tokens/s of {ref}",
-           "memory": "{name}: uses {ratio} of {ref}'s peak memory"}
-NOTHING_BETTER = {"tpot": "no variant is faster per token than {ref} beyond the noise",
-                  "ttft": "no variant reaches the first token sooner than {ref} beyond the noise",
-                  "tokens_per_s": "no variant makes more tokens/s than {ref} beyond the noise",
-                  "memory": "no variant uses less peak memory than {ref} beyond the noise"}
+HEADS = {"tpot": "per token", "ttft": "first token", "tokens_per_s": "tokens/s", "memory": "memory"}
+PHRASES = {"tpot": "{name} {ratio} faster than {ref}", "ttft": "{name} {ratio} sooner than {ref}",
+           "tokens_per_s": "{name} {ratio} {ref}'s", "memory": "{name} uses {ratio} of {ref}'s peak"}
+NOTHING_BETTER = {"tpot": "none faster than {ref} beyond the noise", "ttft": "none sooner than {ref} beyond the noise",
+                  "tokens_per_s": "none above {ref}'s beyond the noise",
+                  "memory": "none uses less than {ref} beyond the noise"}
 
 
 def metric_line(rows: list[dict], metric: Metric, base: dict) -> str:
-    """One sentence on `metric`: who wins against the reference and by how much, or that nobody does."""
+    """One clause on `metric`: who beats the reference and by how much, or that nobody does; empty
+    without ranges to judge by."""
     ref = base["variant"]
-    won = leaders(rows, metric)
     by_name = {row["variant"]: row for row in rows}
-    if not won:
+    judged = [c for row in rows if row is not base and answered(row)
+              and (c := compare(row, base, metric)) is not None]
+    if not judged or any(c.verdict == NO_RANGE for c in judged):
         return ""
-    if ref in won:
-        others = [name for name in won if name != ref]
+    won = leaders(rows, metric)
+    if not won:
         text = NOTHING_BETTER[metric.name].format(ref=ref)
-        text += f" ({', '.join(others)} within noise of it)" if others else f" ({ref} is best)"
-        busy = slowed(base)
+        busy = slowed(*(row for row in rows if answered(row)))
     else:
-        best = by_name[won[0]]
-        comparison = compare(best, base, metric)
+        comparison = compare(by_name[won[0]], base, metric)
         text = PHRASES[metric.name].format(name=won[0], ratio=ratio_text(metric, comparison), ref=ref)
-        if comparison.verdict == NOISE:          # best of all, yet not apart from the reference
-            text = NOTHING_BETTER[metric.name].format(ref=ref) + f" ({won[0]} {ratio_text(metric, comparison)})"
         if len(won) > 1:
             text += f", tied within noise with {', '.join(won[1:])}"
         busy = slowed(base, *(by_name[name] for name in won))
     if busy:
         text += f" [slowed by other processes: {', '.join(busy)}" + (
-            "; the gains are overstated]" if ref in busy else "]")
-    return text
+            "; the gains are overstated]" if ref in busy and won else "]")
+    return f"{HEADS[metric.name]}: {text}"
 
 
 def judge(results: list[dict]) -> dict:
@@ -190,8 +188,6 @@ def marks(judgement: dict, variant: str) -> list[str]:
     found = []
     for metric in METRICS:
         won = judgement.get("leaders", {}).get(metric.name) or []
-        if REFERENCE in won and len(won) > 1:         # nobody beats the reference: no winner to mark
-            continue
         if variant in won:
             found.append(metric.title + (" (tied)" if len(won) > 1 else ""))
     return found

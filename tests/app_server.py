@@ -44,12 +44,13 @@ def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float
 
 
 @contextlib.contextmanager
-def serve(*args: str, name: str = "app") -> Iterator[str]:
-    """Run `python app.py --port <free> *args`; yield its URL; stop it and its workers afterwards."""
+def serve(*args: str, name: str = "app", env: dict | None = None) -> Iterator[str]:
+    """Run `python app.py --port <free> *args` (with `env` added to the environment); yield its URL;
+    stop it and its workers afterwards."""
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / f"{name}.log"
     port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False", **(env or {}))
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
                                     *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -12,6 +12,7 @@ import gradio as gr
 import pytest
 
 from engine import events
+from engine.views.run import RunView
 from ui import compare, experiments, stream
 from ui.downloads import Downloads
 from ui.outputs import Outputs, bind
@@ -205,3 +206,16 @@ def test_downloads_are_written_and_old_ones_pruned(tmp_path):
     paths = downloads.save("sweep", 3, "batch-tiny", json="{}", csv="a\n", html="<p>")
     assert [p.rsplit(".", 1)[1] for p in paths] == ["json", "csv", "html"] and not old.exists()
     assert open(paths[1]).read() == "a\n"
+
+
+def test_a_replay_slows_a_short_run_to_a_watchable_length_and_speeds_up_a_long_one():
+    assert compare.replay_speed(0.25) == 0.25 / compare.REPLAY_MIN_S              # 20x slower than it ran
+    assert compare.replay_speed(compare.REPLAY_MIN_S) == 1.0 == compare.replay_speed(12.0)
+    assert compare.replay_speed(60.0) == 60.0 / compare.REPLAY_MAX_S
+    view = RunView(["baseline"])
+    view.apply([events.Started("baseline", 1, 10.0, 5), events.Token("baseline", 1, 0, 3, "a", 10.1),
+                events.Token("baseline", 1, 1, 3, "b", 10.25), events.RunDone({"mode": "fair", "results": []})])
+    session = Session()
+    session.view = view
+    first = next(compare.replay(None, session))
+    assert "of 0.25 s (slowed 20x to be watchable)" in first["message"]

@@ -26,6 +26,7 @@ from ui.state import Context, Session
 
 CHART_TICK_S = 0.25          # chart refresh period (each chart update re-sends the figure)
 REPLAY_MAX_S = 20.0          # a longer run is replayed faster than real time
+REPLAY_MIN_S = 5.0           # a shorter one slower, to be watchable
 REPEATS_MAX = 5              # timed requests per variant a visitor may ask for in one run
 REPEATS_DEFAULT = 3          # enough to state a range; each variant first runs one untimed warm-up
 NAMES = tuple(CATALOG)       # every catalog variant has a column; the unselected ones are hidden
@@ -137,6 +138,16 @@ def compare(ctx: Context, prompt_text: str, preset_name: str, selected: list[str
                              f"Preset {render.e(preset_name)} cannot be used")
 
 
+def replay_speed(duration_s: float) -> float:
+    """How much faster than real time a replay plays: long runs sped up to REPLAY_MAX_S, short ones
+    slowed down to REPLAY_MIN_S."""
+    if duration_s <= 0:
+        return 1.0
+    if duration_s < REPLAY_MIN_S:
+        return duration_s / REPLAY_MIN_S
+    return max(1.0, duration_s / REPLAY_MAX_S)
+
+
 def replay(ctx: Context, session_state: Session):
     """Play the last run's timings as if every variant had started at the same moment (API: /replay)."""
     view = session_state.view
@@ -144,12 +155,13 @@ def replay(ctx: Context, session_state: Session):
         yield {"message": render.message_html("Nothing to replay yet: run first.", "warn")}
         return
     duration = replay_duration_s(view)
-    speed = max(1.0, duration / REPLAY_MAX_S)
+    speed = replay_speed(duration)
     begin = time.perf_counter()
     while True:
         t = (time.perf_counter() - begin) * speed
         note = f"Replay of the {view.mode}-mode timings as a race: {min(t, duration):.2f} s of {duration:.2f} s"
-        note += f" ({speed:.1f}x speed)" if speed > 1 else ""
+        note += (f" ({speed:.1f}x speed)" if speed > 1 else f" (slowed {1 / speed:.0f}x to be watchable)"
+                 if speed < 1 else "")
         yield {"message": render.message_html(note), "plot:race": race_figure(view, replay_s=t),
                **{answer(n): view.lanes[n].text_until(t) for n in NAMES if n in view.lanes}}
         if t >= duration:
@@ -172,6 +184,9 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
                                      placeholder="Type a prompt, or pick an example below")
             gr.Examples([[text] for text, _ in EXAMPLES], inputs=[c["prompt"]], label="Example prompts",
                         example_labels=[label for _, label in EXAMPLES])
+            with gr.Row():           # beside the prompt: on the first screen of a laptop, and before the settings on a phone
+                c["run"] = gr.Button("Run", variant="primary", elem_id="sbs-run")
+                c["stop"] = gr.Button("Stop", variant="stop", elem_id="sbs-stop")
         with gr.Column(scale=2, min_width=300):
             c["preset"] = gr.Dropdown(preset_choices, value=preset, label="Preset", elem_id="sbs-preset")
             c["variants"] = gr.CheckboxGroup(choices, value=defaults, label="Variants", elem_classes=classes,
@@ -183,9 +198,6 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
                                          info="medians and spread", elem_id="sbs-repeats")
             c["mode"] = gr.Radio(["fair", "race"], value=mode, label="Mode",
                                  info="fair: one at a time; race: all at once (contended)", elem_id="sbs-mode")
-            with gr.Row():
-                c["run"] = gr.Button("Run", variant="primary", elem_id="sbs-run")
-                c["stop"] = gr.Button("Stop", variant="stop", elem_id="sbs-stop")
     c["message"] = gr.HTML("", elem_id="sbs-message", js_on_load=None)
     with gr.Row(elem_id="sbs-lanes", equal_height=False):
         for name in NAMES:
@@ -204,7 +216,8 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
                         c[f"plot:{key}"] = gr.Plot(empty[key], label=TITLES[key], elem_id=f"sbs-plot-{key}",
                                                    min_width=300)
         with gr.Column(scale=1, min_width=260):
-            with gr.Accordion("How the numbers are measured", open=True, elem_id="sbs-definitions", max_height=640):
+            with gr.Accordion("How the numbers are measured (scrolls)", open=True, elem_id="sbs-definitions",
+                              max_height=640):
                 gr.Markdown(DEFINITIONS_MD, elem_classes=["sbs-defs"])
     c["summary"] = gr.Dataframe(headers=list(SUMMARY_HEADERS), label="Summary (from the run's report)",
                                 interactive=False, wrap=True, elem_id="sbs-summary")
@@ -220,8 +233,8 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
     prepared = on(c["run"].click, prepare, ["variants", "session"], PREPARE, queue=False,
                   api_visibility="private", show_progress="hidden")
     on(prepared.then, compare, ["prompt", "preset", "variants", "max_new", "mode", "repeats", "session"], RUN,
-       api_name="compare", concurrency_limit=1, concurrency_id="device", show_progress="full",
-       show_progress_on=[c["message"]])
+       api_name="compare", concurrency_limit=1, concurrency_id="device",
+       show_progress="hidden")        # the message says where the run is; Gradio's history-based ETA misleads
     on(c["stop"].click, stream.stop, ["session"], STOP, queue=False, api_name="stop", show_progress="hidden")
     on(c["replay"].click, replay, ["session"], REPLAY, api_name="replay", concurrency_limit=4,
        concurrency_id="replay", show_progress="hidden")

@@ -128,11 +128,11 @@ def _card_versus(lane: Lane, best: list[str]) -> str:
         return ""
     parts = []
     if lane.variant != REFERENCE:
-        for metric, words in (("tpot", "per token"), ("ttft", "to first token"), ("memory", "memory")):
+        for metric in ("tpot", "ttft", "memory"):
             if (result.get("vs_reference") or {}).get(metric):
-                parts.append(f"{summary.versus(result, metric).split('; slowed')[0]} {words}")
+                parts.append(f"{verdict.HEADS[metric]} {summary.versus(result, metric).split('; slowed')[0]}")
     busy = (result.get("vs_reference") or {}).get("slowed_by_others") or []
-    line = (f'<div class="sbs-versus">vs {e(REFERENCE)}: {e(", ".join(parts))}'
+    line = (f'<div class="sbs-versus">vs {e(REFERENCE)}: {e(" · ".join(parts))}'
             + (f' <span class="sbs-slowed">slowed by other processes: {e(", ".join(busy))}</span>' if busy else "")
             + "</div>") if parts else ""
     stars = "".join(f'<span class="sbs-best">\u2605 {e(title)}</span>' for title in best)

@@ -100,7 +100,7 @@ def memory_figure(view: RunView) -> go.Figure:
             continue
         origin = t0 if t0 is not None else lane.memory[0][0]
         figure.add_scatter(x=[t - origin for t, _ in lane.memory], y=[b / tables.MIB for _, b in lane.memory],
-                           mode="lines", name=lane.variant, line=dict(color=color_of(lane.variant), width=1.8),
+                           mode="lines+markers", marker=dict(size=5), name=lane.variant, line=dict(color=color_of(lane.variant), width=1.8),
                            hovertemplate=f"{lane.variant}<br>%{{x:.2f}} s: %{{y:.1f}} MiB<extra></extra>")
         drawn = True
     if drawn:

@@ -26,8 +26,9 @@ reached the host (the copy to the host waits for the device). The prompt is not 
 - **Within noise**: a difference is called only when the two variants' ranges over the repeats
   (min-max) do not overlap; the range beside a ratio is then the reference's slowest repeat over the
   variant's fastest, and the other way round. Ranges that overlap read *within noise*; one request
-  has no range, and nothing is called. The verdict above the columns names, for each figure, the
-  best variant and those within noise of it (*tied*); the card and the summary mark them with a star.
+  has no range, and nothing is called; peak memory within 1% is the same. The verdict above the
+  columns names, for each figure, the variant with the best median of those measurably better than
+  the reference, and those within noise of it (*tied*); the cards and the summary star them.
 - **Warm-up and repeats**: in each cell, every variant first answers one untimed warm-up request
   identical to the timed ones (its time is shown apart, never in the figures): the first request
   at sequence lengths a variant has not met can be several times slower than the next (on Hopper
