@@ -105,6 +105,8 @@ def ratio_text(metric: Metric, comparison: Comparison, with_range: bool = True) 
     else:
         text = f"{comparison.ratio:.2f}x"
         span = f"{comparison.low:.2f}-{comparison.high:.2f}x" if comparison.low is not None else ""
+    if span and len(set(span.rstrip("x%").split("-"))) == 1:     # every repeat gave the same, to this precision
+        span = ""
     return f"{text} (range {span})" if with_range and span else text
 
 
@@ -144,18 +146,23 @@ def metric_line(rows: list[dict], metric: Metric, base: dict) -> str:
         return ""
     won = leaders(rows, metric)
     if not won:
-        text = NOTHING_BETTER[metric.name].format(ref=ref)
-        busy = slowed(*(row for row in rows if answered(row)))
-    else:
-        comparison = compare(by_name[won[0]], base, metric)
-        text = PHRASES[metric.name].format(name=won[0], ratio=ratio_text(metric, comparison), ref=ref)
-        if len(won) > 1:
-            text += f", tied within noise with {', '.join(won[1:])}"
-        busy = slowed(base, *(by_name[name] for name in won))
-    if busy:
-        text += f" [slowed by other processes: {', '.join(busy)}" + (
-            "; the gains are overstated]" if ref in busy and won else "]")
+        return f"{HEADS[metric.name]}: " + NOTHING_BETTER[metric.name].format(ref=ref)
+    comparison = compare(by_name[won[0]], base, metric)
+    text = PHRASES[metric.name].format(name=won[0], ratio=ratio_text(metric, comparison), ref=ref)
+    if len(won) > 1:
+        text += f", tied within noise with {', '.join(won[1:])}"
     return f"{HEADS[metric.name]}: {text}"
+
+
+def slowed_sentence(rows: list[dict]) -> str:
+    """Who other processes slowed while timed, said once after the verdict's clauses."""
+    busy = slowed(*(row for row in rows if answered(row)))
+    if not busy:
+        return ""
+    text = f"Slowed by other processes on the CPU while timed: {', '.join(busy)}"
+    if REFERENCE in busy:
+        text += f" ({REFERENCE} is the reference: every gain above is overstated)"
+    return text + "; rerun with less running beside it."
 
 
 def judge(results: list[dict]) -> dict:
@@ -177,10 +184,10 @@ def judge(results: list[dict]) -> dict:
     won = {metric.name: leaders(results, metric) for metric in METRICS}
     text = "; ".join(line for line in lines.values() if line)
     if not text and len(rows) > 1:
-        text = ("One timed request each: no range to judge a difference by. Set Repeats to 3 or more."
+        text = ("One timed request each: no range to judge a difference by. Set Repeats to 3 or more"
                 if any(len(values(row, BY_NAME["tpot"])) < 2 for row in rows) else "")
-    return {"reference": REFERENCE, "leaders": won, "lines": lines, "slowed": slowed(*rows),
-            "text": text + "." if text and not text.endswith(".") else text}
+    text = " ".join(part for part in (text + "." if text else "", slowed_sentence(rows)) if part)
+    return {"reference": REFERENCE, "leaders": won, "lines": lines, "slowed": slowed(*rows), "text": text}
 
 
 def marks(judgement: dict, variant: str) -> list[str]:

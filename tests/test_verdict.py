@@ -78,7 +78,9 @@ def test_ties_and_a_reference_within_noise_are_said_and_not_marked():
 def test_a_slowed_reference_is_named_beside_the_gain():
     results = [row("baseline", [0.010, 0.011, 0.012], busy=True), row("sdpa", [0.004, 0.005, 0.006])]
     judged = verdict.judge(results)
-    assert judged["lines"]["tpot"].endswith("[slowed by other processes: baseline; the gains are overstated]")
+    assert judged["lines"]["tpot"].startswith("per token: sdpa 2.20x")
+    assert judged["text"].endswith(". Slowed by other processes on the CPU while timed: baseline (baseline is the "
+                                   "reference: every gain above is overstated); rerun with less running beside it.")
     assert results[1]["vs_reference"]["slowed_by_others"] == ["baseline"]
     assert judged["slowed"] == ["baseline"]
 

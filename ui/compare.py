@@ -29,7 +29,10 @@ REPLAY_MAX_S = 20.0          # a longer run is replayed faster than real time
 REPLAY_MIN_S = 5.0           # a shorter one slower, to be watchable
 REPEATS_MAX = 5              # timed requests per variant a visitor may ask for in one run
 REPEATS_DEFAULT = 3          # enough to state a range; each variant first runs one untimed warm-up
-NAMES = tuple(CATALOG)       # every catalog variant has a column; the unselected ones are hidden
+NAMES = tuple(CATALOG)
+# Variant and Speedup together fit a 390 px phone; long cells wrap
+SUMMARY_WIDTHS = ["96px", "132px", "132px", "132px", "132px", "90px", "90px", "120px", "150px", "90px", "70px",
+                  "90px", "100px", "100px", "90px", "170px"]       # every catalog variant has a column; the unselected ones are hidden
 
 
 def card(name: str) -> str:
@@ -220,7 +223,8 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
                               max_height=640):
                 gr.Markdown(DEFINITIONS_MD, elem_classes=["sbs-defs"])
     c["summary"] = gr.Dataframe(headers=list(SUMMARY_HEADERS), label="Summary (from the run's report)",
-                                interactive=False, wrap=True, elem_id="sbs-summary")
+                                interactive=False, wrap=True, elem_id="sbs-summary",
+                                column_widths=SUMMARY_WIDTHS)   # the variant and its speedup fit a phone
     with gr.Row():
         c["replay"] = gr.Button("Replay as a race", interactive=False, elem_id="sbs-replay")
         c["json_file"] = gr.DownloadButton("Download JSON", interactive=False, elem_id="sbs-json")
