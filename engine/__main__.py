@@ -45,7 +45,7 @@ def table(report: dict) -> str:
 
 
 def cmd_run(args) -> int:
-    preset = presets.load(args.preset)
+    preset = presets.load(args.preset, allow_path=True)
     variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
     max_new = preset.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     with Engine(preset, request_timeout_s=args.timeout, threads=args.threads) as engine:
@@ -87,7 +87,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_bench(args) -> int:
-    preset = presets.load(args.preset)
+    preset = presets.load(args.preset, allow_path=True)
     variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
     report = run_bench(preset, variants, args.prompt_lengths, args.new_tokens, args.repeats, args.batch_size,
                        threads=args.threads)
@@ -99,9 +99,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    preset = presets.load(args.preset)
+    preset = presets.load(args.preset, allow_path=True)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
-    sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants, threads=args.threads)
+    sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants, threads=args.threads,
+                      progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(summary(sweep))
     if args.json:
         Path(args.json).write_text(json.dumps(sweep, indent=1))
@@ -145,11 +146,13 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help=THREADS_HELP)
     bench.add_argument("--json", help="write the report to this path")
     bench.set_defaults(func=cmd_bench)
-    sweep = sub.add_parser("sweep", help="an experiment over a grid: " + ", ".join(EXPERIMENTS))
+    sweep = sub.add_parser("sweep", help="an experiment over a grid: " + ", ".join(EXPERIMENTS) + "; a line per "
+                           "cell as it is measured, then the table and the paragraph's claims against the rows")
     sweep.add_argument("name", choices=list(EXPERIMENTS))
     sweep.add_argument("--preset", default="tiny", help=f"one of: {', '.join(presets.available())}")
     sweep.add_argument("--variants", help="comma-separated (default: the experiment's)")
-    sweep.add_argument("--quick", action="store_true", help="a small grid (about a minute on tiny on a CPU)")
+    sweep.add_argument("--quick", action="store_true",
+                       help="a smaller grid, the same repeats per cell (the attention grid: seconds on tiny on a CPU)")
     sweep.add_argument("--threads", type=int, help=THREADS_HELP)
     sweep.add_argument("--json", help="write the rows and settings here")
     sweep.add_argument("--csv", help="write the rows as CSV here")

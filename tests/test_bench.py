@@ -215,3 +215,20 @@ def test_compile_probe_dry_run_on_the_cpu(tmp_path):
                            capture_output=True, text=True, timeout=60).stdout
     assert "| TPOT ms at prompt 257 | MBU (copy) there |" in table
     assert f"| {fused['long_tpot_ms']:.2f} | {fused['long_mbu_vs_copy']:.0%} |" in table
+
+
+def test_the_overhead_line_states_the_pairs_it_takes_the_median_of():
+    from engine.studies.bench import overhead_line
+    ref = {"variant": "sdpa", "prompt_length": 64, "clock": "perf_counter",
+           "worker_runs_s": [0.00120, 0.00130, 0.00125], "bare_runs_s": [0.00122, 0.00123, 0.00119]}
+    ref["pair_ratios"] = [w / b for w, b in zip(ref["worker_runs_s"], ref["bare_runs_s"])]
+    report = {"overhead_ratio": statistics.median(ref["pair_ratios"]), "overhead_reference": ref}
+    line = overhead_line(report)
+    stated = f"{report['overhead_ratio']:.3f}"
+    assert line.startswith(f"overhead: worker TPOT / bare-loop TPOT = {stated}, the median of the ratios of 3 "
+                           "back-to-back pairs (sdpa, prompt 64, perf_counter): ")
+    pairs = line.split("): ", 1)[1].split(", ")
+    assert pairs == [f"{w * 1000:.3f}/{b * 1000:.3f} ms = {r:.3f}" for w, b, r in
+                     zip(ref["worker_runs_s"], ref["bare_runs_s"], ref["pair_ratios"])]
+    assert sorted(p.rsplit(" = ", 1)[1] for p in pairs)[1] == stated          # the middle pair is the ratio stated
+    assert overhead_line({"overhead_ratio": None}) is None

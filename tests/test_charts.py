@@ -101,9 +101,13 @@ def test_a_finished_sweep_says_how_many_cells_other_processes_slowed():
     live = SimpleNamespace(settled=2, total=2, done=True, experiment=SimpleNamespace(name="batch"),
                            result={"results": rows, "cancelled": False, "wall_s": 3.0})
     text = render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
-    assert 'data-kind="warn"' in text and "1 of them slowed by other processes" in text and "1.3 cores" in text
+    assert 'data-kind="warn"' in text and "1 of 2 timed rows were slowed by other processes" in text
+    assert "(up to 1.3 cores taken)" in text and "marked CPU busy in the table" in text
     rows[1]["host_busy"] = False
     assert 'data-kind="ok"' in render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
+    live.result["trends"] = [{"claim": "c", "measured": "m", "agrees": False, "note": "On this run c did not hold."}]
+    text = render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
+    assert 'data-kind="warn"' in text and "the chart contradicts the paragraph beside it" in text
 
 
 def test_the_summary_states_each_comparison_with_its_range_or_within_noise_fastest_first():
@@ -143,3 +147,55 @@ def test_a_variant_with_repeats_left_waits_for_its_next_turn_instead_of_reading_
     view.apply([events.Started("sdpa", 2, 20.0, 5), events.Finished("sdpa", 2, 20.0, (20.1, 20.2), (7, 8), "ab", 5,
                                                                     1, False)], now=2.0)
     assert view.lanes["sdpa"].stage == "done"
+
+
+def attention_sweep(busy=False):
+    """A hand-made attention sweep: baseline and sdpa at two prompt lengths, prefill and generation."""
+    from engine.studies.experiments import derive, get
+    rows = []
+    for cell, (phase, length) in enumerate((("prefill", 64), ("prefill", 256), ("generation", 64),
+                                            ("generation", 256))):
+        for variant, times in (("baseline", [0.010, 0.011, 0.012]), ("sdpa", [0.005, 0.0055, 0.006])):
+            scaled = [t * length / 64 for t in times]
+            rows.append({"variant": variant, "status": "ok", "reason": None, "cell": cell, "phase": phase,
+                         "prompt_length": length, "pad_ratio": 0.0, "batch_size": 4, "max_new_tokens": 1,
+                         "ttft_s": scaled[1], "e2e_s": scaled[1], "ttft_repeats_s": scaled,
+                         "token_times_repeats_s": [[t] for t in scaled], "peak_memory_bytes": 300 * 2**20 + cell,
+                         "host_busy": busy and variant == "sdpa", "host_others_cores": 1.26})
+    return {"experiment": "attention", "results": derive(get("attention"), rows)}
+
+
+def test_the_sweep_table_has_one_format_per_field_and_marks_rows_other_processes_slowed():
+    from engine.views.sweep_charts import sweep_table
+    headers, rows = sweep_table(attention_sweep(), ("speedup_vs_baseline", "peak_memory_bytes"))
+    assert headers == ["variant", "status", "phase", "prompt tokens", "padding", "batch size", "new tokens",
+                       "speedup over baseline", "peak memory", "reason"]
+    speedups = [row[7] for row in rows]
+    assert speedups[:2] == ["1.00x (0.83-1.20)", "2.00x (1.67-2.40)"]      # medians, and the range over repeats
+    assert all(s.endswith(")") and s.split(" ")[0].endswith("x") and len(s.split(" ")[0]) == 5 for s in speedups)
+    assert rows[0][8] == "300 MiB" and rows[0][4] == "0%"                 # sizes in MiB, not bytes
+    headers, rows = sweep_table(attention_sweep(busy=True), ("speedup_vs_baseline",), reasons=False)
+    assert headers[-1] == "CPU" and rows[1][-1] == "busy (1.3 cores taken)" and rows[0][-1] == ""
+
+
+def test_the_sweep_chart_stacks_its_panels_so_their_titles_never_share_a_line():
+    from engine.views.sweep_charts import PANELS, empty_sweep_figure, sweep_figure
+    for name, panels in PANELS.items():
+        figure = empty_sweep_figure(name)
+        titles = [a for a in figure.layout.annotations if a.text in {p.title for p in panels}]
+        assert [a.text for a in titles] == [p.title for p in panels]
+        assert len({round(a.y, 6) for a in titles}) == len(panels)          # one title per line
+        assert {a.x for a in titles} == {0.5}                              # each centred over the full width
+        domains = [figure.layout[f"yaxis{'' if i == 1 else i}"].domain for i in range(1, len(panels) + 1)]
+        assert all(low > high_below for (low, _), (_, high_below) in zip(domains, domains[1:]))   # no overlap
+    figure = sweep_figure(attention_sweep())
+    assert {trace.xaxis for trace in figure.data} == {"x", "x2", "x3"}
+    assert [list(t.y) for t in figure.data if t.name == "sdpa"][0] == [2.0, 2.0]
+
+
+def test_sizes_keep_three_digits_in_the_unit_they_fill_and_ratios_two_decimals():
+    from engine.views import tables
+    assert [tables.size_digits(n) for n in (None, 512, 580 * 2**10, int(1.05 * 2**20), 409 * 2**20, 15 * 2**30)] == \
+        ["-", "512 B", "580 KiB", "1.05 MiB", "409 MiB", "15.0 GiB"]
+    assert [tables.ratio(x) for x in (1, 8.666, 9.227, 0.7171, None)] == ["1.00x", "8.67x", "9.23x", "0.72x", "-"]
+    assert tables.share(0.3) == "30%" and tables.share(0.0) == "0%"

@@ -83,3 +83,57 @@ def test_cli_table_shows_the_tpot_range_of_repeats_and_why_a_row_is_slow():
     lines = table({"results": [row, dict(row, variant="baseline", repeats=1, host_busy=False)]}).splitlines()
     assert "1.2 (1.1-1.6)" in lines[1] and " 1.2 " in lines[2] and "(" not in lines[2]
     assert lines[3].startswith("  sdpa: other processes kept 1.3 of its CPU cores busy") and len(lines) == 4
+
+
+def test_cli_sweep_tells_each_cell_as_it_is_measured_then_the_table_and_the_claims(tmp_path):
+    out = tmp_path / "sweep.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "engine", "sweep", "batch", "--preset", "tiny", "--quick",
+                           "--threads", "1", "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    sweep = json.loads(out.read_text())
+    progress = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    assert done.stderr.startswith(f"batch on Tiny Llama") and "3 cells x 1 variants x 3 timed requests" in done.stderr
+    assert [line.split("] ", 1)[1].split(":")[0] for line in progress] == [
+        f"sdpa, batch {row['batch_size']}" for row in sweep["results"]]
+    for line, row in zip(progress, sweep["results"]):          # each cell's TPOT median as measured
+        assert f"TPOT {row['tpot_s'] * 1000:.2f} (" in line
+    assert [float(line[1:].split(" s]")[0]) for line in progress] == sorted(
+        float(line[1:].split(" s]")[0]) for line in progress)
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:2] == ["variant", "status"] and len([l for l in lines if l.startswith("sdpa ")]) == 3
+    claims = [line for line in lines if line.startswith("claim: ")]
+    assert claims == [f"claim: {found['claim']}" for found in sweep["trends"]] and len(claims) == 2
+    for found in sweep["trends"]:
+        assert f"  {found['note']}" in lines and f"  measured: {found['measured']}" in lines
+    busy = [row for row in sweep["results"] if row["host_busy"]]
+    said = [line for line in lines if "timed rows were slowed by other processes" in line]
+    assert len(said) == (1 if busy else 0)
+    if busy:
+        assert said[0].startswith(f"{len(busy)} of 3 timed rows")
+
+
+def readme_commands(*sections):
+    """The `python -m engine ...` commands in the bash blocks of the README's named sections."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    found = []
+    for part in re.split(r"^## ", text, flags=re.M):
+        title = part.split("\n", 1)[0].strip()
+        if title not in sections:
+            continue
+        for block in re.findall(r"```bash\n(.*?)```", part, flags=re.S):
+            found += [line for line in block.replace("\\\n", " ").splitlines() if line.startswith("python -m engine")]
+    return found
+
+
+def test_readme_commands_of_the_command_line_and_experiments_parse_as_pasted():
+    import shlex
+    from engine.__main__ import parser
+    commands = readme_commands("Command line", "Experiments")
+    assert {shlex.split(c)[3] for c in commands} == {"run", "bench", "sweep"}, commands
+    for command in commands:
+        words = shlex.split(command)             # as the shell splits it: no [--option] or a|b left over
+        assert not any(w.startswith("[") or "|" in w for w in words), command
+        parser().parse_args(words[3:])           # exits (SystemExit) if the command line is refused

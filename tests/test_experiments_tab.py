@@ -1,12 +1,13 @@
 """The Experiments tab end to end through Gradio's client: the real app, the tiny preset on the CPU.
 
 Outputs of /experiment, found by name in ui.experiments.RUN: status line (with its progress bar),
-chart, rows table, sweep JSON, JSON file, CSV file, chart HTML file. Inputs: experiment, preset,
-variants, quick grid.
+chart, rows table, sweep JSON, JSON file, CSV file, chart HTML file, the paragraph beside the chart.
+Inputs: experiment, preset, variants, quick grid.
 """
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import re
@@ -22,8 +23,8 @@ from engine.studies import sweeps
 from ui.compare import RUN as COMPARE
 from ui.experiments import RUN
 
-MESSAGE, PLOT, TABLE, SWEEP, JSON_FILE, CSV_FILE, HTML_FILE = map(
-    RUN.index, ("message", "plot", "table", "sweep", "json_file", "csv_file", "html_file"))
+MESSAGE, PLOT, TABLE, SWEEP, JSON_FILE, CSV_FILE, HTML_FILE, EXPLANATION = map(
+    RUN.index, ("message", "plot", "table", "sweep", "json_file", "csv_file", "html_file", "explanation"))
 
 
 def progress(message: str) -> float:
@@ -40,7 +41,7 @@ def test_an_experiment_streams_its_progress_and_ends_with_every_row_and_its_file
     job = client.submit("lengths", "tiny", ["sdpa"], True, api_name="/experiment")
     updates = [list(update) for update in job]
     final = job.outputs()[-1]
-    assert len(final) == len(RUN.api) == 7 and "Done: lengths, 6 of 6" in final[MESSAGE], final[MESSAGE]
+    assert len(final) == len(RUN.api) == 8 and "Done: lengths, 6 of 6" in final[MESSAGE], final[MESSAGE]
 
     # streamed: the status ticks while the worker loads, and the progress bar only moves forward
     shares = [progress(u[MESSAGE]) for u in updates]
@@ -61,6 +62,15 @@ def test_an_experiment_streams_its_progress_and_ends_with_every_row_and_its_file
         assert row["output_tokens"] == row["max_new_tokens"] and row["e2e_s"] > row["ttft_s"] > 0
     outputs = [r for r in sweep["results"] if r["axis"] == "output"]
     assert all(r["predicted_e2e_s"] > 0 for r in outputs)
+    assert all(r["repeats"] == sweeps.repeats_for(True) for r in sweep["results"])
+
+    # beside the chart, once done: the paragraph, then what this run showed of each of its claims
+    (found,) = sweep["trends"]
+    kind = {True: "agrees", False: "contradicts", None: "noise"}[found["agrees"]]
+    assert f'data-agrees="{kind}"' in final[EXPLANATION] and found["claim"] == experiment.claims[0].text
+    assert html.escape(found["note"], quote=True) in final[EXPLANATION]
+    assert html.escape(found["measured"], quote=True) in final[EXPLANATION]
+    assert "exp-trend" not in (updates[0][EXPLANATION] or "")        # while it runs: the plain paragraph
 
     # the table and the chart show the same rows
     assert len(final[TABLE]["data"]) == 6 and "TTFT (ms)" in final[TABLE]["headers"]

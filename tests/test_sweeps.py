@@ -7,8 +7,9 @@ import pytest
 from engine import events, presets
 from engine.pool import Engine
 from engine.spec import RunSpec
-from engine.studies.sweeps import (EXPERIMENTS, PROMPT, LiveSweep, derive, get, grid_for, run_sweep,
-                                    start_sweep, to_csv)
+from engine.studies.experiments import Claim, repeats_for, trend
+from engine.studies.sweeps import (EXPERIMENTS, PROMPT, LiveSweep, cell_words, derive, get, grid_for, host_busy_note,
+                                    run_sweep, start_sweep, summary, to_csv)
 from engine.events import Request, WorkerSpec
 from engine.worker.runner import Runner
 
@@ -41,6 +42,15 @@ def test_every_quick_grid_is_complete_and_well_formed(sweeps):
         assert decoded and all(row["mbu_measured"] > 0 and float(line["mbu_measured"]) == pytest.approx(
             row["mbu_measured"]) for row, line in decoded)
         assert all(line["host_busy"] in ("True", "False") and int(line["cpu_threads"]) >= 1 for _, line in decoded)
+        # every claim of the paragraph is judged on the rows: a verdict and a note in words
+        assert [t["claim"] for t in sweep["trends"]] == [c.text for c in experiment.claims] and experiment.claims
+        for found in sweep["trends"]:
+            assert found["agrees"] in (True, False, None) and found["note"].startswith("On this run")
+        ok = [row for row in sweep["results"] if row["status"] == "ok"]
+        assert all(row["repeats"] == repeats_for(True) for row in ok)
+        for row in ok:                         # each shown timed figure has its range over the repeats
+            for name, (low, high) in row["ranges"].items():
+                assert low <= row[name] <= high, (name, row)
 
 
 def test_attention_speedup_is_the_ratio_of_measured_times(sweeps):
@@ -57,6 +67,11 @@ def test_attention_speedup_is_the_ratio_of_measured_times(sweeps):
         time_key = "ttft_s" if row["phase"] == "prefill" else "e2e_s"
         assert row["time_s"] == row[time_key]
         assert row["speedup_vs_baseline"] == pytest.approx(reference[time_key] / row[time_key])
+        # its range: the slowest reference repeat over this row's fastest, and the other way round
+        key = "ttft_repeats_s" if row["phase"] == "prefill" else "e2e_repeats_s"
+        low, high = row["ranges"]["speedup_vs_baseline"]
+        assert low == pytest.approx(min(reference[key]) / max(row[key]))
+        assert high == pytest.approx(max(reference[key]) / min(row[key]))
         checked += 1
     assert checked == len([r for r in rows if r["variant"] != "fa2"])
     assert all(r["speedup_vs_baseline"] == pytest.approx(1.0) for r in baseline.values())
@@ -82,7 +97,8 @@ def test_kv_cache_and_quantization_and_lengths_rows(sweeps):
     lengths = sweeps["lengths"]["results"]
     outputs = [r for r in lengths if r["axis"] == "output"]
     longest = max(outputs, key=lambda r: r["max_new_tokens"])
-    assert longest["predicted_e2e_s"] == pytest.approx(longest["e2e_s"])     # the reference predicts itself
+    # the reference predicts itself within its repeats' E2E range (medians of TTFT and TPOT, not of E2E)
+    assert min(longest["e2e_repeats_s"]) - 1e-9 <= longest["predicted_e2e_s"] <= max(longest["e2e_repeats_s"]) + 1e-9
     for row in outputs:
         n = row["max_new_tokens"]
         assert row["predicted_e2e_s"] == pytest.approx(longest["ttft_s"] + longest["tpot_s"] * (n - 1))
@@ -96,13 +112,23 @@ def test_live_rows_are_the_final_rows_as_cells_finish(engine):
         if live.apply(event) and not live.done:
             partial.append((live.settled, live.sweep()))
     final = live.sweep()
-    assert [settled for settled, _ in partial] == [1, 2, 3, 4, 5, 6] and live.settled == live.total == 6
+    repeats, variants = repeats_for(True), 2
+    # fair mode takes the variants in turn per repeat: a variant's cell ends at its last repeat's turn
+    assert [settled for settled, _ in partial] == [cell * variants * repeats + (repeats - 1) * variants + k
+                                                   for cell in range(3) for k in (1, 2)]
+    assert live.settled == live.total == 6 * repeats
     assert [len(sweep["results"]) for _, sweep in partial] == [1, 2, 3, 4, 5, 6]
     assert set(partial[-1][1]) == set(final) and not final["cancelled"]
     for row, done in zip(partial[-1][1]["results"], final["results"]):   # same order: cells, then variants
         # placement and queueing are known at the end, as are the warm-ups (they never reach the consumer)
         known_at_end = {"placement", "queue_s", "warmup_requests", "warmup_e2e_s"}
         assert {k for k in row if row[k] != done[k]} <= known_at_end, (row, done)
+    lines = live.progress(elapsed_s=1.5)          # a line per (variant, cell), in the order they finished
+    assert len(lines) == 6 and live.progress(elapsed_s=2.0) == []
+    for line, (variant, cell) in zip(lines, live.closed):
+        row = next(r for r in final["results"] if (r["variant"], r["cell"]) == (variant, cell))
+        assert line.startswith(f"[  1.5 s] {variant}, {row['max_new_tokens']} new tokens: TPOT "), line
+        assert f"{row['tpot_s'] * 1000:.2f} ({min(row['tpot_repeats_s']) * 1000:.2f}-" in line
 
 
 def finished(variant, request_id, tokens, cell, batch=1):
@@ -135,6 +161,12 @@ def test_live_sweep_places_each_answer_in_the_cell_it_names_and_closes_cells_on_
     assert all(rows[("fa2", c)]["status"] == "unavailable" for c in range(3))
     assert ("sdpa", 1) not in rows and not live.done
     assert not live.apply(finished("bnb-4bit", 9, 8, cell=0))                # not in this sweep
+    lines = live.progress(elapsed_s=3.0)
+    assert lines[0] == "[  3.0 s] fa2, 8 new tokens: unavailable: needs CUDA" and len(lines) == 1 + 3 + 1
+    assert lines[1] == "[  3.0 s] sdpa, 8 new tokens: TPOT 10.00 (10.00-10.00) ms"
+    assert lines[2] == "[  3.0 s] no-kv-cache, 8 new tokens: failed: out of memory"
+    assert lines[3] == "[  3.0 s] no-kv-cache, 16 new tokens: TPOT 10.00 (10.00-10.00) ms"
+    assert lines[4] == "[  3.0 s] no-kv-cache, 32 new tokens: failed: the worker died"
 
 
 def test_derive_on_hand_made_rows():
@@ -177,3 +209,125 @@ def test_cells_beyond_the_context_are_left_out_and_named():
     assert "exceed the context of 2048" in left_out[0] and "'opt-350m-random'" in left_out[0]
     fits, left_out = grid_for(get("attention"), False, presets.load("tiny"))   # context 4608: all fit
     assert len(fits) == 16 and left_out == []
+
+
+def timed(variant, x, values, name="x", field="tpot_s", busy=False, **extra):
+    """A hand-made row of a sweep: `field`'s value per repeat; the row's figure is their median."""
+    ordered = sorted(values)
+    repeats = {"tpot_s": "tpot_repeats_s", "ttft_s": "ttft_repeats_s", "tokens_per_s": "tokens_per_s_repeats"}
+    row = {"variant": variant, "status": "ok", name: x, field: ordered[len(ordered) // 2], "host_busy": busy,
+           "host_others_cores": 1.5 if busy else 0.1, **extra}
+    if field in repeats:
+        row[repeats[field]] = list(values)
+    return row
+
+
+GROWS = Claim("y grows with x", "tpot_s", "x", "y did not grow with x", "x is small here")
+
+
+def test_a_claim_agrees_when_the_whole_range_of_the_change_is_on_its_side():
+    rows = [timed("sdpa", 1, [1.0, 1.1, 1.2]), timed("sdpa", 4, [2.0, 2.1, 2.2]),
+            timed("baseline", 1, [1.0, 1.05, 1.1]), timed("baseline", 4, [1.5, 1.6, 1.7])]
+    found = trend(GROWS, rows)
+    assert found["agrees"] is True and found["note"] == "On this run, as the paragraph says: y grows with x."
+    sdpa = next(s for s in found["series"] if s["variant"] == "sdpa")
+    assert sdpa["change"] == pytest.approx(2.1 / 1.1)
+    assert (sdpa["change_min"], sdpa["change_max"]) == (pytest.approx(2.0 / 1.2), pytest.approx(2.2 / 1.0))
+    assert "sdpa: 1.1 to 2.1 from 1 to 4: x1.91 (range 1.67-2.20)" in found["measured"]
+
+
+def test_a_claim_is_contradicted_when_the_change_lies_wholly_the_other_way_and_says_why():
+    rows = [timed("sdpa", 1, [2.0, 2.1, 2.2]), timed("sdpa", 4, [1.0, 1.1, 1.2]),
+            timed("sdpa-flash", 1, [1.0, 1.1, 1.2], pad_ratio=0.3),
+            timed("sdpa-flash", 4, [2.0, 2.1, 2.2], pad_ratio=0.3)]
+    found = trend(GROWS, rows)
+    assert found["agrees"] is False
+    assert found["note"] == ("On this run y did not grow with x for sdpa (it did for sdpa-flash, 30% padding): "
+                             "x is small here.")
+    alone = trend(GROWS, rows[:2])
+    assert alone["agrees"] is False and alone["note"] == "On this run y did not grow with x: x is small here."
+    falls = trend(Claim("y falls", "tpot_s", "x", "y did not fall", "why", direction=-1), rows[:2])
+    assert falls["agrees"] is True
+
+
+def test_a_change_within_the_repeats_spread_is_noise_and_one_repeat_cannot_be_judged():
+    rows = [timed("sdpa", 1, [1.0, 1.5, 2.0]), timed("sdpa", 4, [1.2, 1.6, 2.2])]      # ranges overlap
+    found = trend(GROWS, rows)
+    assert found["agrees"] is None and "stayed within the repeats' spread: noise" in found["note"]
+    assert found["series"][0]["change_min"] < 1 < found["series"][0]["change_max"]
+    once = trend(GROWS, [timed("sdpa", 1, [1.0]), timed("sdpa", 4, [3.0])])
+    assert once["agrees"] is None and "one request per cell: no range over repeats" in once["note"]
+    assert trend(GROWS, [])["agrees"] is None and "nothing could be judged" in trend(GROWS, [])["note"]
+
+
+def test_a_contradiction_on_rows_other_processes_slowed_says_to_rerun_and_counts_them():
+    rows = [timed("sdpa", 1, [2.0, 2.1, 2.2], busy=True), timed("sdpa", 4, [1.0, 1.1, 1.2])]
+    found = trend(GROWS, rows)
+    assert found["agrees"] is False and "but other processes slowed rows it compares: rerun" in found["note"]
+    assert found["note"].endswith("1 of the 2 rows compared were slowed by other processes on the CPU.")
+    assert "x is small here" not in found["note"]
+
+
+def test_kv_claim_compares_the_growth_without_the_cache_against_the_growth_with_it():
+    claim = get("kv-cache").claims[0]
+    steep = [timed("no-kv-cache", 8, [1.0, 1.1, 1.2], "max_new_tokens"),
+             timed("no-kv-cache", 32, [3.0, 3.1, 3.2], "max_new_tokens")]
+    flat = [timed("sdpa", 8, [1.0, 1.05, 1.1], "max_new_tokens"), timed("sdpa", 32, [1.0, 1.1, 1.2], "max_new_tokens")]
+    found = trend(claim, steep + flat)
+    assert found["agrees"] is True and found["series"][0]["than"]["variant"] == "sdpa"
+    assert "; sdpa: x1.05 (range 0.91-1.20)" in found["measured"]
+    assert trend(claim, [*flat[:1], timed("sdpa", 32, [4.0, 4.1, 4.2], "max_new_tokens"), *steep])["agrees"] is False
+    assert trend(claim, steep)["agrees"] is None                      # nothing to compare against
+
+
+def test_quantization_claim_checks_each_step_of_the_weights_and_attention_leaves_the_reference_out():
+    claim = get("quantization").claims[0]
+    rows = [{"variant": v, "status": "ok", "weights_bytes": b} for v, b in
+            (("baseline", 4 * 2**20), ("bnb-4bit", 2**20), ("bnb-8bit", 2 * 2**20))]
+    found = trend(claim, rows)
+    assert found["agrees"] is True and [s["series"] for s in found["series"]] == [
+        "baseline to bnb-8bit", "bnb-8bit to bnb-4bit"]
+    rows[1]["weights_bytes"] = 3 * 2**20                            # 4-bit heavier than 8-bit
+    assert trend(claim, rows)["agrees"] is False
+    attention = get("attention")
+    sweep_rows = derive(attention, [
+        {"variant": v, "cell": c, "phase": "prefill", "prompt_length": n, "status": "ok", "ttft_s": t[1],
+         "e2e_s": t[1], "ttft_repeats_s": t, "token_times_repeats_s": [[x] for x in t], "pad_ratio": 0.0}
+        for v, c, n, t in (("baseline", 0, 64, [1.0, 1.0, 1.0]), ("sdpa", 0, 64, [1.0, 1.0, 1.0]),
+                           ("baseline", 1, 256, [4.0, 4.0, 4.0]), ("sdpa", 1, 256, [2.0, 2.0, 2.0]))])
+    found = trend(attention.claims[0], sweep_rows)
+    assert [s["series"] for s in found["series"]] == ["sdpa"] and found["agrees"] is True
+    assert found["series"][0]["change"] == pytest.approx(2.0)
+
+
+def test_the_summary_marks_slowed_rows_counts_them_and_states_each_claim():
+    rows = [dict(timed("sdpa", 1, [0.010, 0.011, 0.012], "batch_size", busy=True), cell=0, tokens_per_s=100.0,
+                 tokens_per_s_repeats=[99.0, 100.0, 101.0], reason=None, prompt_length=64, pad_ratio=0.0,
+                 max_new_tokens=16),
+            dict(timed("sdpa", 4, [0.020, 0.021, 0.022], "batch_size"), cell=1, tokens_per_s=200.0,
+                 tokens_per_s_repeats=[190.0, 200.0, 210.0], reason=None, prompt_length=64, pad_ratio=0.0,
+                 max_new_tokens=16)]
+    experiment = get("batch")
+    from engine.studies.experiments import trends
+    from engine.views.sweep_charts import figure_text
+    rows = derive(experiment, rows)
+    sweep = {"experiment": "batch", "results": rows, "left_out": [], "trends": trends(experiment, rows, figure_text)}
+    lines = summary(sweep).splitlines()
+    assert lines[0].split("  ")[-1].strip() == "CPU" and lines[1].endswith("busy (1.5 cores taken)")
+    assert "11.00 (10.00-12.00)" in lines[1] and "100.0 (99.0-101.0)" in lines[1]
+    assert not lines[2].rstrip().endswith("taken)")
+    assert lines[3] == ("1 of 2 timed rows were slowed by other processes on the CPU (up to 1.5 cores taken): their "
+                        "figures are slower than this device can do (close them, or leave a core spare)")
+    assert lines[4] == "claim: throughput rises with the batch size"
+    assert lines[5] == ("  measured: sdpa: 100.0 tokens/s to 200.0 tokens/s from batch 1 to 4: x2.00 "
+                        "(range 1.88-2.12)")
+    assert lines[6].startswith("  On this run, as the paragraph says") and lines[6].endswith(
+        "1 of the 2 rows compared were slowed by other processes on the CPU.")
+    assert lines[7] == "claim: time per token (TPOT) rises with the batch size"
+    assert host_busy_note([dict(r, host_busy=False) for r in rows]) is None
+
+
+def test_cells_are_named_by_their_labels_and_what_differs_between_them():
+    grid = get("attention").grid(True)
+    assert cell_words(grid, 0) == "prefill, 64 prompt tokens, 0% padding, 1 new token"
+    assert cell_words(get("batch").grid(True), 2) == "batch 4"

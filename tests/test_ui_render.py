@@ -90,7 +90,7 @@ def test_the_run_message_follows_the_run():
 def test_the_experiment_paragraph_and_its_standalone_chart_page():
     paragraph = render.explanation_html("batch", quick=True)
     assert 'data-experiment="batch"' in paragraph and "Quick grid: 3 cells per variant" in paragraph
-    assert "1 measured request per cell," in paragraph
+    assert f"{render.sweeps.repeats_for(True)} measured requests per cell (the median is kept)," in paragraph
     assert "3 measured requests per cell (the median is kept)" in render.explanation_html("batch", quick=False)
     sweep = {"title": "Batching <b>", "explanation": "why", "quick": True, "device": {"name": "cpu"},
              "preset": {"title": "Tiny", "random_weights": True}}

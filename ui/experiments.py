@@ -20,13 +20,12 @@ from ui.presets import preset_update
 from ui.state import Context, Session
 
 SWEEP_TICK_S = 0.25          # status refresh period; the chart is redrawn only when a cell finished
-PLOT_HEIGHT = 420            # px: taller than the command line's, the paragraph sits beside it
 FIRST_EXPERIMENT = "attention"
 PNG_NOTE = ("PNG: hover the chart and press the camera button (\u201cDownload plot as a PNG\u201d) in its "
             "toolbar. The HTML file is the interactive chart, standalone (it works offline).")
 
 FILES = ("json_file", "csv_file", "html_file")
-RUN = Outputs(["message", "plot", "table", "sweep", *FILES])
+RUN = Outputs(["message", "plot", "table", "sweep", *FILES, "explanation"])
 EXPERIMENT = Outputs(["explanation", "variants", "plot", "table", *FILES, "sweep", "message"])
 PRESET = Outputs(["banner", "variants", "quick", "message"])
 QUICK = Outputs(["explanation"])
@@ -56,7 +55,7 @@ def table_value(sweep: dict) -> dict:
 def blank(name: str) -> dict:
     """The run outputs before a sweep: the experiment's empty panels and table, no files."""
     known = name in sweeps.EXPERIMENTS
-    return {"plot": plot_value(empty_sweep_figure(name, PLOT_HEIGHT), name) if known else None,
+    return {"plot": plot_value(empty_sweep_figure(name), name) if known else None,
             "table": table_value({"experiment": name, "results": []}) if known else None,
             "sweep": None, **{key: gr.update(**NO_FILE) for key in FILES}}
 
@@ -92,6 +91,7 @@ class SweepView:
     def __init__(self, live: sweeps.LiveSweep, device: str):
         self.live, self.device = live, device
         self.drawn: tuple = (None, None, None, None)       # (revision, figure, plot, table)
+        self.explained = False                             # the paragraph beside the chart, redrawn for this run
 
     @property
     def done(self) -> bool:
@@ -105,7 +105,7 @@ class SweepView:
         """(figure, plot, table), redrawn only when a cell finished since the last call."""
         if self.drawn[0] != self.live.revision:
             sweep = self.live.sweep()
-            figure = sweep_figure(sweep, PLOT_HEIGHT)
+            figure = sweep_figure(sweep)
             self.drawn = (self.live.revision, figure, plot_value(figure, name), table_value(sweep))
         return self.drawn[1:]
 
@@ -115,6 +115,9 @@ def frame(ctx: Context, name: str, view: SweepView, run_id: int, elapsed_s: floa
     figure, plot, table = view.draw(name)
     update = {"message": render.sweep_message(view.live, view.device, stopping, elapsed_s), "plot": plot,
               "table": table, "sweep": None, **{key: gr.update(**NO_FILE) for key in FILES}}
+    if view.done or not view.explained:     # the plain paragraph while it runs; what the run showed once done
+        update["explanation"] = render.explanation_html(name, view.live.quick, view.live.result)
+        view.explained = True
     if view.done:
         sweep = view.live.result
         paths = ctx.downloads.save("sweep", run_id, f"{name}-{sweep['preset']['name']}",
@@ -144,7 +147,8 @@ def experiment(ctx: Context, name: str, preset_name: str, selected: list[str], q
                session_state: Session):
     """Run an experiment's sweep, streaming progress, the chart and the rows (API: /experiment).
 
-    Outputs: status line, chart, rows table, sweep JSON, JSON file, CSV file, chart HTML file.
+    Outputs: status line, chart, rows table, sweep JSON, JSON file, CSV file, chart HTML file, and the
+    paragraph beside the chart (once done, with what the run showed of its claims).
     """
     yield from stream.stream(ctx, session_state, preset_name,
                              partial(_start, ctx, name, preset_name, list(selected or []), bool(quick)),
@@ -170,7 +174,8 @@ def build(ctx: Context, preset: str, preset_choices: list) -> None:
         c["preset"] = gr.Dropdown(preset_choices, value=preset, label="Preset", scale=2, min_width=220,
                                   elem_id="exp-preset")
         c["quick"] = gr.Checkbox(quick, label="Quick grid", scale=1, min_width=180,
-                                 info="fewer, smaller cells; one repeat", elem_id="exp-quick")
+                                 info=f"fewer, smaller cells; {sweeps.repeats_for(True)} repeats each",
+                                 elem_id="exp-quick")
     c["variants"] = gr.CheckboxGroup(choices, value=defaults, label="Variants", elem_classes=classes,
                                      elem_id="exp-variants", info="the experiment's own variants are selected first")
     with gr.Row():

@@ -10,7 +10,7 @@ from engine import events, metrics
 from engine.pool import Engine
 from engine.presets import Preset
 from engine.spec import RunSpec, lengths
-from engine.views.tables import fixed, fixed_width, general, gib, ms, ms_range, percent
+from engine.views.tables import fixed, fixed_width, general, ms, ms_range, percent, size
 from engine.report import host_note
 
 FILLER = "The quick brown fox jumps over the lazy dog while the attention kernel streams its weights. "
@@ -80,14 +80,27 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
     return report
 
 
+def overhead_line(report: dict) -> str | None:
+    """The overhead ratio and the pairs it is the median of: each pair's worker and bare-loop TPOT and
+    their ratio, in the order run (the stated ratio is the middle one, or the mean of the two middle ones)."""
+    ratio, ref = report.get("overhead_ratio"), report.get("overhead_reference") or {}
+    if ratio is None:
+        return None
+    pairs = ", ".join(f"{ms(worker, 3)}/{ms(bare, 3)} ms = {pair:.3f}"
+                      for worker, bare, pair in zip(ref["worker_runs_s"], ref["bare_runs_s"], ref["pair_ratios"]))
+    return (f"overhead: worker TPOT / bare-loop TPOT = {ratio:.3f}, the median of the ratios of "
+            f"{len(ref['pair_ratios'])} back-to-back pairs ({ref['variant']}, prompt {ref['prompt_length']}, "
+            f"{ref['clock']}): {pairs}")
+
+
 def table(report: dict) -> str:
     """One line per cell."""
     rows = [("variant", "prompt", "status", "TTFT ms", "TPOT ms", "min-max ms", "tok/s", "MBU sheet", "MBU copy",
-             "peak GiB")]
+             "peak memory")]
     for r in report["results"]:
         rows.append((r["variant"], general(r.get("prompt_length")), r["status"], ms(r["ttft_s"], 2),
                      ms(r["tpot_s"], 2), ms_range(r["tpot_min_s"], r["tpot_max_s"]), fixed(r["tokens_per_s"]),
-                     percent(r["mbu"]), percent(r.get("mbu_measured")), gib(r["peak_memory_bytes"])))
+                     percent(r["mbu"]), percent(r.get("mbu_measured")), size(r["peak_memory_bytes"])))
     lines = fixed_width(rows).splitlines()
     seen = set()
     for r in report["results"]:
@@ -98,12 +111,9 @@ def table(report: dict) -> str:
         note = host_note(r)
         if note:
             lines.append(f"  {r['variant']}, prompt {r.get('prompt_length', '-')}: {note}")
-    ratio = report.get("overhead_ratio")
-    ref = report.get("overhead_reference", {})
-    if ratio is not None:
-        lines.append(f"overhead: worker TPOT / bare-loop TPOT = {ratio:.3f}, median of {len(ref['pair_ratios'])} "
-                     f"back-to-back pairs ({ref['variant']}, prompt {ref['prompt_length']}: "
-                     f"{ms(ref['worker_tpot_s'], 2)} / {ms(ref['bare_tpot_s'], 2)} ms, {ref['clock']})")
+    overhead = overhead_line(report)
+    if overhead:
+        lines.append(overhead)
     bw = report.get("peak_bandwidth_bytes_per_s", {})
     lines.append("bandwidth: measured " + ("-" if not bw.get("measured") else f"{bw['measured'] / 1e9:.0f} GB/s")
                  + ", datasheet " + ("-" if not bw.get("datasheet") else f"{bw['datasheet'] / 1e9:.0f} GB/s"))

@@ -1,9 +1,10 @@
 """Sweeps: an experiment (engine/studies/experiments.py) measured over its grid through the engine.
 
 `run_sweep` measures every (variant, cell) in fair mode, after one unmeasured warm-up request per
-cell, and derives the experiment's figures. `start_sweep` does the same step by step: its
-`LiveSweep` holds the rows of the cells finished so far, in the same shape, so that the dashboard
-can draw the chart while the sweep runs.
+cell, derives the experiment's figures and checks its paragraph's claims on the rows (`trends`).
+`start_sweep` does the same step by step: its `LiveSweep` holds the rows of the cells finished so
+far, in the same shape, so that the dashboard can draw the chart while the sweep runs, and the
+command line can print a line per (variant, cell) as it is measured.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from engine.outcomes import Outcome
 from engine.pool import Engine, Run
 from engine.presets import Preset
 from engine.spec import RunSpec
-from engine.studies.experiments import EXPERIMENTS, PROMPT, Experiment, derive, get, grid_for, repeats_for
-from engine.views.sweep_charts import sweep_table
+from engine.studies.experiments import (EXPERIMENTS, PROMPT, Experiment, derive, get, grid_for, repeats_for,
+                                        spread, trends)
+from engine.views.sweep_charts import cell_text, figure_text, sweep_table
 from engine.views.tables import csv_text, fixed_width
 
 ROW_FIELDS = ("experiment", "variant", "status", "reason", "phase", "axis", "prompt_length", "max_new_tokens",
@@ -24,7 +26,26 @@ ROW_FIELDS = ("experiment", "variant", "status", "reason", "phase", "axis", "pro
               "predicted_e2e_s", "tokens_per_s", "output_tokens", "peak_memory_bytes", "weights_bytes",
               "kv_cache_bytes", "first_diff_token", "identical_token_share", "mbu", "mbu_measured", "cpu_threads",
               "host_others_cores", "host_busy")
+CELL_WORDS = {"prompt_tokens": lambda n: f"{n} prompt tokens", "pad_ratio": lambda r: f"{r:.0%} padding",
+              "batch_size": lambda n: f"batch {n}", "max_new_tokens": lambda n: f"{n} new token{'s' * (n != 1)}"}
 
+
+def cell_words(grid: list, index: int) -> str:
+    """A cell as words: its labels, then the settings that differ between the grid's cells."""
+    labels, cell = grid[index]
+    varying = [name for name in CELL_WORDS if len({getattr(c, name) for _, c in grid}) > 1]
+    return ", ".join([*map(str, labels.values()), *(CELL_WORDS[name](getattr(cell, name)) for name in varying)])
+
+
+def host_busy_note(rows: list[dict], advice: str = "close them, or leave a core spare") -> str | None:
+    """One line on the timed rows that other processes slowed (CPU busy), as `run` says it per variant."""
+    timed = [row for row in rows if row.get("host_busy") is not None]
+    busy = [row for row in timed if row["host_busy"]]
+    if not busy:
+        return None
+    return (f"{len(busy)} of {len(timed)} timed rows were slowed by other processes on the CPU (up to "
+            f"{max(row['host_others_cores'] for row in busy):.1f} cores taken): their figures are slower than this "
+            f"device can do ({advice})")
 
 
 class LiveSweep:
@@ -49,6 +70,9 @@ class LiveSweep:
         self.outcomes: dict[tuple[str, int], Outcome] = {}      # finished (variant, cell) pairs only
         self.revision = 0                                       # +1 whenever a pair finishes
         self.result: dict | None = None
+        self.closed: list[tuple[str, int]] = []                 # the finished pairs, in the order they finished
+        self._told = 0                                          # of them, those `progress` has told of
+        self._said: set[tuple[str, str]] = set()                # (variant, reason) told of already
 
     @property
     def total(self) -> int:
@@ -99,8 +123,38 @@ class LiveSweep:
             outcome = self._open[key]
             outcome.failed, outcome.unavailable, outcome.loaded = failed, unavailable, self.loaded.get(key[0])
             self.outcomes[key] = outcome
+            self.closed.append(key)
         self.revision += bool(keys)
         return bool(keys)
+
+    def plan(self) -> str:
+        """What the sweep measures, in one line."""
+        return (f"{self.experiment.name} on {self.preset.title} ({self.device.name}): {len(self.grid)} cells x "
+                f"{len(self.variants)} variants x {self.repeats} timed requests, each cell after a warm-up request")
+
+    def progress(self, elapsed_s: float) -> list[str]:
+        """A line for each (variant, cell) finished since the last call: its cell, and its TPOT (or, with one
+        token, its TTFT) median and range over the repeats; a variant that did not run, once."""
+        new, self._told = self.closed[self._told:], len(self.closed)
+        if not new:
+            return []
+        rows = {(row["variant"], row["cell"]): row for row in self.sweep()["results"]}
+        lines = []
+        for variant, cell in new:
+            row = rows.get((variant, cell))
+            if row is None:
+                continue
+            if row["status"] == "ok":
+                name = "tpot_s" if row.get("tpot_s") is not None else "ttft_s"
+                figure = cell_text(dict(row, ranges={name: spread(row, name)}), name)
+                said = f"{'TPOT' if name == 'tpot_s' else 'TTFT'} {figure} ms"
+            elif (variant, row["reason"]) in self._said:
+                continue                                        # a variant that could not run: said once
+            else:
+                said = f"{row['status']}: {row['reason']}"
+                self._said.add((variant, row["reason"]))
+            lines.append(f"[{elapsed_s:5.1f} s] {variant}, {cell_words(self.grid, cell)}: {said}")
+        return lines
 
     def sweep(self) -> dict:
         """The rows so far, shaped like `run_sweep`'s result (which it is, once the run is done)."""
@@ -117,10 +171,11 @@ def _sweep(experiment: Experiment, quick: bool, grid: list, left_out: list[str],
         row.update(grid[row["cell"]][0], experiment=experiment.name,
                    max_new_tokens=grid[row["cell"]][1].max_new_tokens or experiment.max_new_tokens(quick))
         rows.append(row)
+    rows = derive(experiment, rows)
     return {"experiment": experiment.name, "title": experiment.title, "explanation": experiment.explanation,
             "quick": quick, "preset": built["preset"], "device": built["device"], "versions": built["versions"],
-            "cancelled": built["cancelled"], "wall_s": time.perf_counter() - t0, "left_out": left_out,
-            "results": derive(experiment, rows)}
+            "repeats": built["repeats"], "cancelled": built["cancelled"], "wall_s": time.perf_counter() - t0,
+            "left_out": left_out, "trends": trends(experiment, rows, figure_text), "results": rows}
 
 
 def start_sweep(name: str, engine: Engine, quick: bool = False, variants: list[str] | None = None,
@@ -142,10 +197,12 @@ def start_sweep(name: str, engine: Engine, quick: bool = False, variants: list[s
 
 def run_sweep(name: str, preset: Preset, quick: bool = False, variants: list[str] | None = None,
               on_event: Callable[[object], None] | None = None, engine: Engine | None = None,
-              threads: int | None = None) -> dict:
-    """Measure every (variant, cell) of an experiment; returns {experiment, preset, device, versions, results}.
+              threads: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """Measure every (variant, cell) of an experiment; returns {experiment, preset, device, versions, trends,
+    results}.
 
-    Pass an `engine` to reuse loaded workers (the dashboard does); `on_event` sees every engine event.
+    Pass an `engine` to reuse loaded workers (the dashboard does); `on_event` sees every engine event;
+    `progress` gets the plan, then a line per (variant, cell) as it is measured (LiveSweep.progress).
     """
     get(name)
     t0 = time.perf_counter()
@@ -153,10 +210,14 @@ def run_sweep(name: str, preset: Preset, quick: bool = False, variants: list[str
     engine = engine or Engine(preset, threads=threads)
     try:
         run, live = start_sweep(name, engine, quick, variants, t0)
+        if progress:
+            progress(live.plan())
         for event in run:
             if on_event:
                 on_event(event)
-            live.apply(event)
+            if live.apply(event) and progress:
+                for line in live.progress(time.perf_counter() - t0):
+                    progress(line)
     finally:
         if own:
             engine.close()
@@ -168,14 +229,25 @@ def to_csv(sweep: dict) -> str:
     return csv_text(sweep["results"], ROW_FIELDS)
 
 
+def trend_lines(sweep: dict) -> list[str]:
+    """Each claim of the experiment's paragraph, what this run measured, and whether it bears it out."""
+    lines = []
+    for found in sweep.get("trends", []):
+        lines += [f"claim: {found['claim']}", f"  measured: {found['measured']}", f"  {found['note']}"]
+    return lines
+
+
 def summary(sweep: dict) -> str:
-    """A fixed-width table of the rows (in the chart's units), for the command line."""
+    """A fixed-width table of the rows, the reasons of rows that did not run, the cells left out, the rows
+    other processes slowed, and the paragraph's claims against this run's rows: for the command line."""
     headers, rows = sweep_table(sweep, get(sweep["experiment"]).y, reasons=False)
     lines = fixed_width([headers, *rows]).splitlines()
     reasons = {r["variant"]: r["reason"] for r in sweep["results"] if r["reason"]}
     notes = [f"  left out: {note}" for note in sweep.get("left_out", [])]
-    return "\n".join(lines + [f"  {v}: {why}" for v, why in reasons.items()] + notes)
+    busy = host_busy_note(sweep["results"])
+    return "\n".join(lines + [f"  {v}: {why}" for v, why in reasons.items()] + notes + [busy] * bool(busy)
+                     + trend_lines(sweep))
 
 
-__all__ = ["EXPERIMENTS", "Experiment", "LiveSweep", "derive", "get", "repeats_for", "run_sweep", "start_sweep",
-           "summary", "to_csv"]
+__all__ = ["EXPERIMENTS", "Experiment", "LiveSweep", "cell_words", "derive", "get", "host_busy_note", "repeats_for",
+           "run_sweep", "start_sweep", "summary", "to_csv", "trend_lines"]

@@ -1,7 +1,13 @@
 """An experiment's rows (engine/studies/sweeps.py) as a figure, one panel per view of the rows, and as
-a table in the figure's units."""
+a table: one format per field, the ranges over the repeats beside the medians, rows that other
+processes slowed marked.
+
+The panels are stacked, one above the other, each as wide as the figure: the page's width is not
+known where the figure is built, and side by side at a phone's width their titles would overlap.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
@@ -27,6 +33,57 @@ UNITS = {
     "pad_ratio": ("padding (%)", 100.0),
     "variant": ("", 1.0),
 }
+
+
+def _ms(value: float | None) -> str:
+    return tables.ms(value, 2)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A row field in the table: its header, a value as a cell, and the unit that follows it in a sentence."""
+    header: str
+    cell: Callable[[object], str] = tables.general
+    unit: str = ""
+    bare: Callable[[object], str] | None = None        # a bound of its range (default: `cell`)
+
+
+# one format per field, the same in every row (sizes in MiB or GiB, times in ms, speedups as 1.23x)
+COLUMNS = {
+    "prompt_length": Column("prompt tokens"), "pad_ratio": Column("padding", tables.share),
+    "batch_size": Column("batch size"), "max_new_tokens": Column("new tokens"),
+    "speedup_vs_baseline": Column(f"speedup over {REFERENCE}", tables.ratio, bare=lambda v: tables.fixed(v, 2)),
+    "peak_memory_bytes": Column("peak memory", tables.size_digits),
+    "weights_bytes": Column("weights", tables.size_digits),
+    "tokens_per_s": Column("throughput (tokens/s)", tables.fixed, " tokens/s"),
+    "tpot_s": Column("TPOT (ms)", _ms, " ms"), "e2e_s": Column("E2E latency (ms)", _ms, " ms"),
+    "predicted_e2e_s": Column("predicted E2E (ms)", _ms, " ms"), "ttft_s": Column("TTFT (ms)", _ms, " ms"),
+    "identical_token_share": Column(f"tokens identical to {REFERENCE}", tables.percent),
+}
+
+
+def figure_text(name: str, value) -> str:
+    """One figure of field `name` as a sentence shows it: the table's format and its unit (12.30 ms)."""
+    column = COLUMNS.get(name, Column(name))
+    return column.cell(value) + ("" if value is None else column.unit)
+
+
+def cell_text(row: dict, name: str) -> str:
+    """A row's figure as its table cell: the median, and its (min-max) over the repeats when it has one."""
+    column = COLUMNS.get(name, Column(name))
+    text = column.cell(row.get(name))
+    spread = (row.get("ranges") or {}).get(name)
+    if spread is None or row.get(name) is None:
+        return text
+    bare = column.bare or column.cell
+    return f"{text} ({bare(spread[0])}-{bare(spread[1])})"          # 1.15x (0.98-1.31)
+
+
+def busy_text(row: dict) -> str:
+    """The table's mark on a row that other processes slowed (CPU busy), else empty."""
+    return f"busy ({row['host_others_cores']:.1f} cores taken)" if row.get("host_busy") else ""
+
+
 GRID_KEYS = ("phase", "axis")          # the labels a grid gives its cells (engine/studies/sweeps.py)
 
 
@@ -41,21 +98,21 @@ class Panel:
 
 
 PANELS: dict[str, tuple[Panel, ...]] = {
-    "attention": (Panel(f"prefill speedup over {REFERENCE}", "speedup_vs_baseline", "prompt_length",
+    "attention": (Panel(f"prefill speedup over {REFERENCE} (x)", "speedup_vs_baseline", "prompt_length",
                         {"phase": "prefill"}),
-                  Panel(f"generation speedup over {REFERENCE}", "speedup_vs_baseline", "prompt_length",
+                  Panel(f"generation speedup over {REFERENCE} (x)", "speedup_vs_baseline", "prompt_length",
                         {"phase": "generation"}),
                   Panel("prefill peak memory (MiB)", "peak_memory_bytes", "prompt_length", {"phase": "prefill"})),
-    "batch": (Panel("throughput across the batch (tokens/s)", "tokens_per_s", "batch_size"),
-              Panel("time per token for each sequence (ms)", "tpot_s", "batch_size")),
+    "batch": (Panel("throughput of the batch (tokens/s)", "tokens_per_s", "batch_size"),
+              Panel("time per token, each sequence (ms)", "tpot_s", "batch_size")),
     "kv-cache": (Panel("time per token (ms)", "tpot_s", "max_new_tokens"),
                  Panel("end-to-end latency (ms)", "e2e_s", "max_new_tokens")),
     "quantization": (Panel("weights (MiB)", "weights_bytes", "variant"),
                      Panel("time per token (ms)", "tpot_s", "variant"),
-                     Panel(f"greedy tokens identical to {REFERENCE}", "identical_token_share", "variant")),
-    "lengths": (Panel("E2E against new tokens: measured, and predicted (dotted)", "e2e_s", "max_new_tokens",
+                     Panel(f"share of tokens identical to {REFERENCE}", "identical_token_share", "variant")),
+    "lengths": (Panel("E2E (ms) by new tokens; dotted: predicted", "e2e_s", "max_new_tokens",
                       {"axis": "output"}, predicted="predicted_e2e_s"),
-                Panel("TTFT against prompt length (ms)", "ttft_s", "prompt_length", {"axis": "input"})),
+                Panel("TTFT (ms) by prompt length", "ttft_s", "prompt_length", {"axis": "input"})),
 }
 
 
@@ -63,7 +120,7 @@ def _matches(row: dict, where: dict) -> bool:
     return all(row.get(key) == value for key, value in where.items())
 
 
-def _add_panel(figure: go.Figure, col: int, panel: Panel, rows: list[dict], shown: set) -> None:
+def _add_panel(figure: go.Figure, at: int, panel: Panel, rows: list[dict], shown: set) -> None:
     """One panel's traces: a bar per variant against "variant", else a line per (variant, padding)."""
     scale = UNITS[panel.y][1]
     groups: dict[tuple[str, float], list[dict]] = {}
@@ -76,47 +133,62 @@ def _add_panel(figure: go.Figure, col: int, panel: Panel, rows: list[dict], show
                  "marker_color": color_of(variant)}
         shown.add(name)
         if panel.x == "variant":
-            figure.add_trace(go.Bar(x=[variant], y=[members[0][panel.y] * scale], **style), row=1, col=col)
+            figure.add_trace(go.Bar(x=[variant], y=[members[0][panel.y] * scale], **style), row=at, col=1)
             continue
         members.sort(key=lambda r: r[panel.x])
         xs = [r[panel.x] for r in members]
         figure.add_trace(go.Scatter(x=xs, y=[r[panel.y] * scale for r in members], mode="lines+markers",
-                                    line={"dash": "dash" if pad else "solid"}, **style), row=1, col=col)
+                                    line={"dash": "dash" if pad else "solid"}, **style), row=at, col=1)
         if panel.predicted:
             figure.add_trace(go.Scatter(x=xs, y=[r[panel.predicted] * scale for r in members], mode="lines",
                                         line={"dash": "dot", "color": color_of(variant)}, showlegend=False,
-                                        name=f"{variant} predicted"), row=1, col=col)
+                                        name=f"{variant} predicted"), row=at, col=1)
 
 
-def sweep_figure(sweep: dict, height: int = 340) -> go.Figure:
-    """All panels of one experiment; rows that did not run are left out (the table gives their reasons)."""
+PANEL_HEIGHT = 210        # px of one panel's plot area
+PANEL_GAP = 96            # px between panels: the x axis's ticks and title, then the next panel's title
+TOP, BOTTOM = 36, 120     # px above the first title; below the last plot (its x axis and the legend)
+
+
+def sweep_figure(sweep: dict, panel_height: int = PANEL_HEIGHT) -> go.Figure:
+    """All panels of one experiment, stacked; rows that did not run are left out (the table gives their
+    reasons)."""
     panels = PANELS[sweep["experiment"]]
-    figure = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.08,
+    area = len(panels) * panel_height + (len(panels) - 1) * PANEL_GAP
+    figure = make_subplots(rows=len(panels), cols=1, vertical_spacing=PANEL_GAP / area,
                            subplot_titles=[p.title for p in panels])
     rows = [r for r in sweep["results"] if r["status"] == "ok"]
     shown: set = set()
-    for col, panel in enumerate(panels, start=1):
-        _add_panel(figure, col, panel, rows, shown)
-        figure.update_xaxes(title_text=UNITS[panel.x][0], gridcolor=GRID, row=1, col=col)
-        figure.update_yaxes(gridcolor=GRID, rangemode="tozero", row=1, col=col)
+    for at, panel in enumerate(panels, start=1):
+        _add_panel(figure, at, panel, rows, shown)
+        # ticks at the grid's own values (64, 256 prompt tokens), not plotly's round numbers
+        ticks = sorted({r[panel.x] for r in rows if _matches(r, panel.where)}) if panel.x != "variant" else None
+        figure.update_xaxes(title_text=UNITS[panel.x][0], title_standoff=6, gridcolor=GRID, tickvals=ticks or None,
+                            row=at, col=1)
+        figure.update_yaxes(gridcolor=GRID, rangemode="tozero", row=at, col=1)
     figure.update_annotations(font_size=12)
-    figure.update_layout(height=height, margin=dict(l=48, r=16, t=40, b=40), **SURFACE, bargap=0.35,
-                         legend=dict(orientation="h", y=-0.22, x=0))
+    figure.update_layout(height=area + TOP + BOTTOM, margin=dict(l=48, r=16, t=TOP, b=BOTTOM), **SURFACE,
+                         bargap=0.35, legend=dict(orientation="h", yanchor="top", y=-64 / area, x=0))
     return figure
 
 
-def empty_sweep_figure(name: str, height: int = 340) -> go.Figure:
+def empty_sweep_figure(name: str, panel_height: int = PANEL_HEIGHT) -> go.Figure:
     """The experiment's panels with no data yet: their titles only."""
-    figure = sweep_figure({"experiment": name, "results": []}, height)
+    figure = sweep_figure({"experiment": name, "results": []}, panel_height)
     figure.update_xaxes(visible=False).update_yaxes(visible=False)
-    return note(figure, "Run the experiment: each point appears when its cell is measured")
+    return note(figure, "Run the experiment: each point<br>appears when its cell is measured")   # fits 320 px
 
 
 def sweep_table(sweep: dict, y: tuple[str, ...], reasons: bool = True) -> tuple[list[str], list[list[str]]]:
-    """Headers (in the chart's units) and formatted rows: the cell's settings, then the fields `y`."""
+    """Headers and formatted rows: the cell's settings, then the fields `y` (medians, with their range
+    over the repeats), a CPU column marking the rows other processes slowed when there are any, and
+    (`reasons`) why a row did not run."""
     rows = sweep["results"]
     keys = ["variant", "status", *[k for k in GRID_KEYS if any(k in row for row in rows)],
-            "prompt_length", "pad_ratio", "batch_size", "max_new_tokens", *y] + (["reason"] if reasons else [])
-    units = [UNITS.get(key, (key, 1.0)) for key in keys]
-    headers = [title or key for key, (title, _) in zip(keys, units)]
-    return headers, [[tables.general(row.get(key), scale) for key, (_, scale) in zip(keys, units)] for row in rows]
+            "prompt_length", "pad_ratio", "batch_size", "max_new_tokens", *y]
+    busy = any(row.get("host_busy") for row in rows)
+    headers = [COLUMNS[key].header if key in COLUMNS else key for key in keys] + ["CPU"] * busy + \
+        ["reason"] * reasons
+    table = [[cell_text(row, key) for key in keys] + [busy_text(row)] * busy
+             + [tables.general(row.get("reason"))] * reasons for row in rows]
+    return headers, table

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 DASH = "-"
@@ -56,6 +57,26 @@ def size(nbytes: int | None) -> str:
     if nbytes is None:
         return DASH
     return gib(nbytes, 2) + " GiB" if nbytes >= GIB else mib(nbytes) + " MiB"
+
+
+def size_digits(nbytes: int | None, digits: int = 3) -> str:
+    """Bytes to `digits` significant digits in the largest unit they fill: 409 MiB, 1.05 MiB, 580 KiB."""
+    if nbytes is None:
+        return DASH
+    unit, scale = next(((u, s) for u, s in (("GiB", GIB), ("MiB", MIB), ("KiB", 2 ** 10)) if nbytes >= s), ("B", 1))
+    value = nbytes / scale
+    decimals = max(digits - 1 - math.floor(math.log10(value)), 0) if value > 0 else 0
+    return f"{value:.{decimals}f} {unit}"
+
+
+def ratio(value: float | None, digits: int = 2) -> str:
+    """A ratio (a speedup) with `digits` decimals and an x: 8.67x."""
+    return fixed(value, digits, unit="x")
+
+
+def share(value: float | None) -> str:
+    """A share as a whole percentage: 30%."""
+    return fixed(value, 0, 100, "%")
 
 
 def general(value, scale: float = 1.0) -> str:
