@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from engine import events, hardware, load_times, report, schedule, topology
 from engine.errors import InputError
 from engine.events import WorkerSpec
+from engine.limits import Limits
 from engine.outcomes import RunState
 from engine.presets import Preset
 from engine.process import WorkerSet
@@ -36,6 +37,7 @@ class Run:
         self.queue: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()
         self.finished = threading.Event()
+        self.stop_reason: str | None = None      # why it was stopped, when not by its owner
 
     def put(self, item) -> None:
         """An event, or a list of them: a worker's batch arrives as one item, so a consumer wakes once
@@ -69,12 +71,13 @@ class Engine:
     """The workers of one preset, kept loaded between runs; one run at a time per engine."""
 
     def __init__(self, preset: Preset, request_timeout_s: float = 900.0, load_timeout_s: float = 3600.0,
-                 threads: int | None = None, spare_cores: int = 0):
+                 threads: int | None = None, spare_cores: int = 0, limits: Limits | None = None):
         """`threads`: torch CPU threads per worker (None: torch's default, one per core). On a CPU
         device, `spare_cores` leaves that many cores to other work instead (the dashboard leaves one
         to itself and the browser: a decode step that waits for every core stalls whenever one of
         them is taken away, and the page is drawn while the variants run)."""
         self.preset = preset
+        self.run_limits = limits or Limits()       # what one run may ask (engine/limits.py)
         self.device = hardware.resolve(preset.device)
         self.limits = schedule.Limits(request_timeout_s, load_timeout_s)
         if threads is not None and threads < 1:
@@ -100,7 +103,9 @@ class Engine:
     def validate(self, spec: RunSpec) -> int:
         """Raise InputError with what to do; return the prompt's token count."""
         if spec not in self._validated:
+            self.run_limits.check(spec)                # a huge prompt is refused before it is tokenized
             count = validate(spec, self.preset)
+            self.run_limits.check(spec, count)
             while len(self._validated) >= 16:
                 self._validated.pop(next(iter(self._validated)))
             self._validated[spec] = count
@@ -193,19 +198,27 @@ class Engine:
         """The run's thread: wait for the device, run, and always end the stream with a RunDone."""
         spec = run.spec
         state = RunState(list(spec.variants), len(spec.grid))
+        deadline = None
         try:
             with self._device_lock:
                 with self._runs_lock:
                     self._active = run
                 if not run.cancelled.is_set():         # a run cancelled while it waited does nothing
                     self._workers.clear_cancel()
+                    deadline = self._deadline(run)
                     self._run(run, state)
         except Exception as error:  # noqa: BLE001 - the consumer must always get a RunDone
             run.put(events.Failed("*", f"the run stopped: {error}", traceback.format_exc()))
             run.cancel()
         finally:
+            if deadline is not None:
+                deadline.cancel()
             built = report.build(spec, self.preset, self.device, prompt_tokens, state.outcomes,
                                  cancelled=run.cancelled.is_set())
+            built["stop_reason"] = run.stop_reason
+            for row in built["results"]:
+                if run.stop_reason and row["status"] == "cancelled":
+                    row["reason"] = run.stop_reason            # not the user's Stop: the page's limit
             report.add_measured_bandwidth(built, self.bandwidth)
             load_times.remember(self.preset.name, self.device.name,
                                 {o.variant: o.loaded for o in state.outcomes.values() if o.loaded})
@@ -215,6 +228,24 @@ class Engine:
                 if self._active is run:
                     self._active = None
             run.finished.set()
+
+    def _deadline(self, run: Run) -> threading.Timer | None:
+        """Stop the run at the limits' deadline (its results so far are kept), counted from its start."""
+        seconds = self.run_limits.run_deadline_s
+        if seconds is None:
+            return None
+
+        def expire() -> None:
+            if not run.finished.is_set() and not run.cancelled.is_set():
+                run.stop_reason = (f"stopped at this page's time limit of {seconds:.0f} s per run: the figures "
+                                   "cover what was measured until then")
+                self._workers.cancel_all()
+                run.cancel()
+
+        timer = threading.Timer(seconds, expire)
+        timer.daemon = True
+        timer.start()
+        return timer
 
     def _run(self, run: Run, state: RunState) -> None:
         runnable = []

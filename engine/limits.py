@@ -1,0 +1,88 @@
+"""What one run may ask of the device, in one place: the limits of a page that strangers use.
+
+`Limits()` is a private deployment's: the preset's own caps and nothing more. `Limits.public_defaults()`
+is what a Space or a `--share` link gets: a bounded queue, one job per visitor, short prompts, few
+repeats, a work budget and a deadline per run, quick experiments only. The engine enforces the
+per-run limits (`check`, the deadline); the page enforces the per-visitor ones and shows them all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from engine.errors import InputError
+from engine.variants import CATALOG
+
+
+@dataclass(frozen=True)
+class Limits:
+    public: bool = False
+    queue_size: int | None = None          # runs waiting for the device, beyond which a new one is refused
+    per_visitor: int | None = None         # queued or running jobs of one visitor (session and address)
+    prompt_chars: int | None = None        # refused before tokenizing
+    repeats: int | None = None             # timed requests per variant
+    new_tokens: int | None = None          # per request; None: the preset's own cap
+    work_tokens: int | None = None         # token positions of a whole run (see `work`)
+    run_deadline_s: float | None = None    # a run still going then is stopped, its results kept
+    quick_experiments_only: bool = False   # experiments run their quick grid
+
+    @classmethod
+    def public_defaults(cls, **overrides) -> Limits:
+        """The limits of a public page; `overrides` (from the command line) replace single fields."""
+        return replace(cls(public=True, queue_size=8, per_visitor=1, prompt_chars=20_000, repeats=3,
+                           new_tokens=256, work_tokens=400_000, run_deadline_s=300.0,
+                           quick_experiments_only=True), **overrides)
+
+    def describe(self) -> list[str]:
+        """The limits in words, one line each, for the page's banner and definitions."""
+        if not self.public:
+            return ["private mode: only each preset's own caps apply"]
+        lines = [f"at most {self.queue_size} runs waiting for the device; one queued or running job per visitor",
+                 f"prompts up to {self.prompt_chars:,} characters, up to {self.repeats} repeats and "
+                 f"{self.new_tokens} new tokens",
+                 f"a run's work up to {self.work_tokens:,} token positions (no-kv-cache counts every position it "
+                 "recomputes); a run still going after "
+                 f"{self.run_deadline_s:.0f} s is stopped, what it measured kept",
+                 "experiments run their quick grid; uploads are refused"]
+        return lines
+
+    def check(self, spec, prompt_tokens: int | None = None) -> None:
+        """Raise InputError (what to change) when `spec` asks for more than these limits allow.
+        Without `prompt_tokens` only what needs no tokenizing is checked."""
+        if self.prompt_chars is not None and isinstance(spec.prompt, str) and len(spec.prompt) > self.prompt_chars:
+            raise InputError(f"the prompt has {len(spec.prompt):,} characters; this page allows up to "
+                             f"{self.prompt_chars:,}: shorten it")
+        if self.repeats is not None and isinstance(spec.repeats, int) and spec.repeats > self.repeats:
+            raise InputError(f"repeats is {spec.repeats}; this page allows 1 to {self.repeats}")
+        if self.new_tokens is not None:
+            asked = max((spec.resolved(cell).max_new_tokens for cell in spec.grid), default=spec.max_new_tokens)
+            if isinstance(asked, int) and asked > self.new_tokens:
+                raise InputError(f"max new tokens is {asked}; this page allows 1 to {self.new_tokens}")
+        if prompt_tokens is not None and self.work_tokens is not None:
+            total = work(spec, prompt_tokens)
+            if total > self.work_tokens:
+                raise InputError(f"this run would process {total:,} token positions; this page allows "
+                                 f"{self.work_tokens:,} per run: choose fewer variants, repeats or new tokens, a "
+                                 "shorter prompt, or leave out no-kv-cache")
+
+
+def request_work(prompt_tokens: int, new_tokens: int, batch_size: int, use_cache: bool) -> int:
+    """Token positions one request runs through the model: with a KV cache the prompt once and each new
+    token once; without one, every step recomputes the whole sequence so far (quadratic)."""
+    if use_cache:
+        positions = prompt_tokens + new_tokens
+    else:
+        positions = sum(prompt_tokens + step for step in range(new_tokens))
+    return positions * batch_size
+
+
+def work(spec, prompt_tokens: int) -> int:
+    """Token positions of the whole run: every variant, every cell, its warm-ups and its repeats."""
+    total = 0
+    for cell in spec.grid:
+        resolved = spec.resolved(cell)
+        tokens = resolved.prompt_tokens or prompt_tokens
+        for name in spec.variants:
+            use_cache = CATALOG[name].use_cache if name in CATALOG else True
+            total += (spec.warmup_requests + spec.repeats) * request_work(
+                tokens, resolved.max_new_tokens, resolved.batch_size, use_cache)
+    return total
