@@ -57,7 +57,7 @@ def test_variant_choices_grey_what_cannot_run_and_keep_the_order_asked_for():
 def test_a_card_shows_the_loading_step_then_the_report_figures():
     lane = Lane("sdpa", "PyTorch <SDPA>", stage="loading", load_step=2, since=10.0)
     card = render.card_html(lane, now=14.2)
-    assert 'data-stage="loading"' in card and "step 2 of 3: loading the model (4 s)" in card
+    assert 'data-stage="loading"' in card and "step 2 of 3: loading the model (4 s; its first load on this server" in card
     assert 'style="width:66%"' in card and "PyTorch &lt;SDPA&gt;" in card
     assert card.count('class="sbs-kpi-value">-<') == 4                      # nothing measured yet
     lane.stage, lane.reused = "queued", True
