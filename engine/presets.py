@@ -1,11 +1,14 @@
 """Presets: one YAML file per model setup (presets/*.yaml), read into frozen dataclasses.
 
 Validation refuses unknown fields, wrong types and unknown variants with a message that names
-the file, the field and what is allowed.
+the file, the field and what is allowed. A file that does not load (bad YAML, wrong types, not
+UTF-8, an unsafe tag) never stops the app: `broken()` lists it with its one-line reason, and
+`available()` lists the others. `load` reads only files in PRESET_DIR unless asked for a path.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +21,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 SOURCES = ("random", "hub")
 DTYPES = ("float32", "float16", "bfloat16")
 TOKENIZERS = ("bytes", "model")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,12 @@ _TYPE_WORDS = {"str": "a string", "str | None": "a string or null", "int": "an i
                "bool": "true or false", "dict": "a mapping", "tuple[str, ...]": "a list of strings"}
 
 
+def _short(value, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: an error message quotes a value, not a whole file."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def parse(data: object, origin: str) -> Preset:
     """A Preset from parsed YAML; `origin` (the file) is named in every error."""
     if not isinstance(data, dict):
@@ -75,14 +85,17 @@ def parse(data: object, origin: str) -> Preset:
     fields = {f.name: f for f in dataclasses.fields(Preset)}
     for key in data:
         if key not in fields:
-            raise PresetError(f"{origin}: unknown field {key!r}; allowed fields: {', '.join(sorted(fields))}")
+            raise PresetError(f"{origin}: unknown field {_short(key)}; allowed fields: {', '.join(sorted(fields))}")
     for key, value in data.items():
         if not _type_ok(value, fields[key].type):
             raise PresetError(f"{origin}: field {key!r} must be {_TYPE_WORDS[fields[key].type]}, "
-                              f"got {value!r}")
+                              f"got {_short(value)}")
     for required in ("name", "title", "source"):
         if required not in data:
             raise PresetError(f"{origin}: field {required!r} is required")
+    if not NAME_PATTERN.fullmatch(data["name"]):
+        raise PresetError(f"{origin}: field 'name' is {_short(data['name'])}; use letters, digits, '.', '_' "
+                          "and '-' only, starting with a letter or digit (it names a cache folder)")
     choices = {"source": SOURCES, "dtype": DTYPES, "tokenizer": TOKENIZERS}
     for key, allowed in choices.items():
         if key in data and data[key] not in allowed:
@@ -96,6 +109,11 @@ def parse(data: object, origin: str) -> Preset:
     if data["source"] == "random" and "model_type" not in data.get("config", {}):
         raise PresetError(f"{origin}: source 'random' needs field 'config' with a 'model_type' "
                           "(e.g. llama) and the architecture's sizes")
+    for key, value in data.get("config", {}).items():
+        if not isinstance(key, str):
+            raise PresetError(f"{origin}: field 'config' has the key {_short(key)}; its keys must be strings")
+        if key == "model_type" and not isinstance(value, str):
+            raise PresetError(f"{origin}: field 'config': 'model_type' must be a string, got {_short(value)}")
     device = data.get("device", "auto")
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise PresetError(f"{origin}: field 'device' is {device!r}; allowed: auto, cpu, cuda, cuda:N")
@@ -111,24 +129,120 @@ def parse(data: object, origin: str) -> Preset:
     return Preset(**values)
 
 
-def available() -> list[str]:
-    """Names of the presets shipped in presets/."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+def _one_line(text: str, limit: int = 400) -> str:
+    """`text` on one line (YAML's errors span several), at most `limit` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def load(name_or_path: str) -> Preset:
-    """A preset by name (presets/NAME.yaml) or by path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = PRESET_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        raise PresetError(f"unknown preset {name_or_path!r}; available: {', '.join(available())} "
-                          "(or give the path to a .yaml file)")
+def _yaml_reason(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: what is wrong and where (line and column, counted from 1)."""
+    if isinstance(error, yaml.constructor.ConstructorError) and error.problem and "tag" in error.problem:
+        tag = error.problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
+        where = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
+        return (f"unsafe or unknown YAML tag {tag}{where}: a preset holds plain values only "
+                "(strings, numbers, true/false, lists, mappings)")
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        what = "; ".join(part for part in (error.context, error.problem) if part)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return f"not valid YAML: {what}{where}"
+    return f"not valid YAML: {_one_line(str(error).split(chr(10))[0])}"
+
+
+def _read(path: Path, origin: str) -> Preset:
+    """The preset in the file at `path`; PresetError (one line, naming `origin`) for anything wrong."""
+    if path.is_dir():
+        raise PresetError(f"{origin}: is a folder, not a preset file (give a .yaml file)")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as error:
+        raise PresetError(f"{origin}: cannot be read: {error.strerror or error}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise PresetError(f"{origin}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}); "
+                          "save the file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)                # safe: tags such as !!python/object are refused
     except yaml.YAMLError as error:
-        raise PresetError(f"{path}: not valid YAML: {error}") from None
-    preset = parse(data, str(path))
-    if path.parent == PRESET_DIR and preset.name != path.stem:
-        raise PresetError(f"{path}: field 'name' is {preset.name!r}; it must match the file name {path.stem!r}")
+        raise PresetError(_one_line(f"{origin}: {_yaml_reason(error)}")) from None
+    except RecursionError:
+        raise PresetError(f"{origin}: not valid YAML: nested too deeply") from None
+    if data is None:
+        raise PresetError(f"{origin}: the file is empty; a preset needs at least 'name', 'title' and 'source'")
+    try:
+        return parse(data, origin)
+    except PresetError as error:
+        raise PresetError(_one_line(str(error))) from None
+    except (TypeError, AttributeError, KeyError) as error:    # a shape parse() did not foresee: still one file
+        raise PresetError(_one_line(f"{origin}: not a usable preset ({type(error).__name__}: {error})")) from None
+
+
+def _shipped_files() -> dict[str, Path]:
+    """The preset files in PRESET_DIR by name (file name without .yaml), hidden files left out."""
+    try:
+        files = {p.stem: p for p in PRESET_DIR.glob("*.yaml") if not p.name.startswith(".")}
+    except OSError:
+        return {}
+    return dict(sorted(files.items()))
+
+
+def _load_shipped(name: str, path: Path) -> Preset:
+    origin = f"{PRESET_DIR.name}/{path.name}"
+    preset = _read(path, origin)
+    if preset.name != name:
+        raise PresetError(f"{origin}: field 'name' is {_short(preset.name)}; it must match the file name {name!r}")
     return preset
+
+
+def _scan() -> tuple[list[str], dict[str, str]]:
+    """(names of the presets that load, {name: one-line reason} for the files that do not)."""
+    good, bad = [], {}
+    for name, path in _shipped_files().items():
+        try:
+            _load_shipped(name, path)
+            good.append(name)
+        except PresetError as error:
+            bad[name] = str(error)
+    return good, bad
+
+
+def available() -> list[str]:
+    """Names of the presets in presets/ that load; a broken file is in `broken()` instead."""
+    return _scan()[0]
+
+
+def broken() -> dict[str, str]:
+    """The preset files in presets/ that do not load, by name, each with its one-line reason (the
+    message `load(name)` raises): a YAML syntax error, a field of the wrong type, bytes that are not
+    UTF-8, an unsafe tag. They never stop the app: it lists them as unavailable."""
+    return _scan()[1]
+
+
+def load(name_or_path: str, allow_path: bool = False) -> Preset:
+    """A preset by name: the file presets/NAME.yaml, and nothing else ("../x" or "/etc/passwd" are
+    refused). With `allow_path` (the command line's `--preset FILE.yaml`) a name that is not a preset
+    is read as the path to a .yaml file. PresetError, on one line, for anything that does not load."""
+    name_or_path = str(name_or_path)
+    shipped = _shipped_files()
+    if name_or_path in shipped:
+        return _load_shipped(name_or_path, shipped[name_or_path])
+    if allow_path:
+        path = Path(name_or_path)
+        if path.is_dir():
+            raise PresetError(f"{path}: is a folder, not a preset file (give a .yaml file, "
+                              f"or one of: {', '.join(available())})")
+        if path.exists():
+            if path.suffix not in (".yaml", ".yml"):
+                raise PresetError(f"{path}: not a .yaml file; give a preset file (.yaml or .yml) "
+                                  f"or one of: {', '.join(available())}")
+            if path.resolve().parent == PRESET_DIR.resolve() and path.stem in shipped:
+                return _load_shipped(path.stem, shipped[path.stem])
+            return _read(path, str(path))
+    good, bad = _scan()
+    listed = f"available: {', '.join(good) or 'none'}"
+    if bad:
+        listed += f"; broken: {', '.join(bad)}"
+    hint = " (or give the path to a .yaml file)" if allow_path else ""
+    raise PresetError(f"unknown preset {_short(name_or_path, 300)}; {listed}{hint}")

@@ -1,5 +1,8 @@
-"""Preset files: every shipped one loads; a bad one is refused with the file, the field and what is allowed."""
+"""Preset files: every shipped one loads; a bad one is refused with the file, the field and what is allowed;
+a broken file in presets/ is listed with its reason and never stops the others; names never escape presets/."""
+import shutil
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +36,7 @@ def test_unknown_field_names_file_field_and_allowed(tmp_path):
         colour: red
     """)
     with pytest.raises(presets.PresetError) as error:
-        presets.load(path)
+        presets.load(path, allow_path=True)
     message = str(error.value)
     assert path in message and "'colour'" in message and "allowed fields" in message and "dtype" in message
 
@@ -47,7 +50,7 @@ def test_wrong_type_and_unknown_variant_are_refused(tmp_path):
         max_new_tokens: lots
     """)
     with pytest.raises(presets.PresetError, match=r"custom.yaml: field 'max_new_tokens' must be an integer"):
-        presets.load(path)
+        presets.load(path, allow_path=True)
     path = write(tmp_path, """
         name: custom
         title: x
@@ -56,9 +59,117 @@ def test_wrong_type_and_unknown_variant_are_refused(tmp_path):
         variants: [baseline, warp-drive]
     """)
     with pytest.raises(presets.PresetError, match=r"unknown variant 'warp-drive'; allowed: baseline, sdpa"):
-        presets.load(path)
+        presets.load(path, allow_path=True)
 
 
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(presets.PresetError, match=r"unknown preset 'nope'; available: .*tiny"):
         presets.load("nope")
+
+
+GOOD = """\
+name: {name}
+title: A good one
+source: random
+tokenizer: bytes
+config: {{model_type: llama, vocab_size: 300}}
+"""
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    """presets.PRESET_DIR pointed at an empty presets folder of the test's own."""
+    path = tmp_path / "presets"
+    path.mkdir()
+    monkeypatch.setattr(presets, "PRESET_DIR", path)
+    return path
+
+
+def test_broken_files_are_listed_with_their_reason_and_the_good_ones_still_load(folder, tmp_path):
+    (folder / "good.yaml").write_text(GOOD.format(name="good"))
+    (folder / "syntax.yaml").write_text("name: syntax\ntitle: [unclosed\nsource: random\n")
+    (folder / "wrongtype.yaml").write_text(GOOD.format(name="wrongtype") + "max_new_tokens: lots\n")
+    (folder / "latin1.yaml").write_bytes(GOOD.format(name="latin1").replace("A good one", "Caf\xe9").encode("latin-1"))
+    marker = tmp_path / "pwned"
+    (folder / "unsafe.yaml").write_text(f"!!python/object/apply:os.system ['touch {marker}']\n")
+    (folder / "misnamed.yaml").write_text(GOOD.format(name="other"))
+    (folder / "empty.yaml").write_text("")
+    (folder / "folder.yaml").mkdir()
+
+    assert presets.available() == ["good"]
+    broken = presets.broken()
+    assert sorted(broken) == ["empty", "folder", "latin1", "misnamed", "syntax", "unsafe", "wrongtype"]
+    expected = {
+        "syntax": "presets/syntax.yaml: not valid YAML: while parsing a flow sequence; expected ',' or ']'",
+        "wrongtype": "presets/wrongtype.yaml: field 'max_new_tokens' must be an integer, got 'lots'",
+        "latin1": "presets/latin1.yaml: not UTF-8 text (byte 0xe9 at offset",
+        "unsafe": "presets/unsafe.yaml: unsafe or unknown YAML tag !!python/object/apply:os.system at line 1",
+        "misnamed": "presets/misnamed.yaml: field 'name' is 'other'; it must match the file name 'misnamed'",
+        "empty": "presets/empty.yaml: the file is empty",
+        "folder": "presets/folder.yaml: is a folder, not a preset file",
+    }
+    for name, start in expected.items():
+        reason = broken[name]
+        assert reason.startswith(start), reason
+        assert "\n" not in reason and len(reason) <= 400
+        with pytest.raises(presets.PresetError) as error:
+            presets.load(name)
+        assert str(error.value) == reason                  # loading says exactly what the listing says
+    assert not marker.exists()                              # the tag was refused, not run
+    good = presets.load("good")
+    assert (good.name, good.title, good.config["vocab_size"]) == ("good", "A good one", 300)
+
+
+def test_a_long_bad_value_is_quoted_cut_on_one_line(folder):
+    (folder / "long.yaml").write_text(GOOD.format(name="long") + "seed: '" + "x" * 5000 + "'\n")
+    reason = presets.broken()["long"]
+    assert reason.startswith("presets/long.yaml: field 'seed' must be an integer, got 'xxx")
+    assert reason.endswith("...") and len(reason) < 200
+
+
+def test_names_never_leave_the_presets_folder(folder, tmp_path):
+    (folder / "good.yaml").write_text(GOOD.format(name="good"))
+    (folder / "bad.yaml").write_text("name: [")
+    outside = tmp_path / "x.yaml"
+    outside.write_text(GOOD.format(name="x"))
+    for name in ("../x", str(outside), "/etc/passwd", "good/../good", "good.yaml", "presets/good", ""):
+        with pytest.raises(presets.PresetError) as error:
+            presets.load(name)
+        message = str(error.value)
+        assert message.startswith(f"unknown preset {name!r}; available: good; broken: bad"), message
+        assert "path" not in message                        # no path is offered to a caller that gave none
+
+
+def test_a_path_is_read_only_when_the_caller_allows_it(folder, tmp_path):
+    (folder / "good.yaml").write_text(GOOD.format(name="good"))
+    outside = tmp_path / "custom.yml"
+    outside.write_text(GOOD.format(name="custom"))
+    assert presets.load(str(outside), allow_path=True).name == "custom"
+    assert presets.load("good", allow_path=True).name == "good"        # a name is still a name
+    with pytest.raises(presets.PresetError, match=r"presets: is a folder, not a preset file .*one of: good"):
+        presets.load(str(folder), allow_path=True)
+    with pytest.raises(presets.PresetError, match=r"passwd: not a \.yaml file"):
+        presets.load("/etc/passwd", allow_path=True)
+    with pytest.raises(presets.PresetError, match=r"unknown preset '.*nope.yaml'; available: good \(or give the path"):
+        presets.load(str(tmp_path / "nope.yaml"), allow_path=True)
+
+
+def test_a_preset_name_must_be_safe_for_a_folder_name(tmp_path):
+    path = write(tmp_path, GOOD.format(name="../../escape"))
+    with pytest.raises(presets.PresetError, match=r"field 'name' is '../../escape'; use letters, digits"):
+        presets.load(path, allow_path=True)
+
+
+def test_the_shipped_folder_is_the_default_and_lists_nothing_broken():
+    assert presets.PRESET_DIR == Path(presets.__file__).resolve().parent.parent / "presets"
+    assert presets.broken() == {}
+
+
+def test_the_dropdown_lists_a_broken_file_as_unavailable_with_its_reason(folder):
+    from ui.presets import preset_choices
+    shutil.copy(Path(__file__).resolve().parent.parent / "presets" / "tiny.yaml", folder / "tiny.yaml")
+    (folder / "wrongtype.yaml").write_text(GOOD.format(name="wrongtype") + "dtype: 16\n")
+    assert preset_choices() == [
+        ("Tiny Llama (random weights, built in) (tiny)", "tiny"),
+        ("wrongtype (unavailable: field 'dtype' must be a string, got 16)", "wrongtype"),
+    ]

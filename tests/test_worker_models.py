@@ -18,3 +18,69 @@ def test_baseline_and_sdpa_give_the_same_logits():
         a, b = eager(ids).logits, sdpa(ids).logits
     assert a.shape == (1, ids.shape[1], 512)
     assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_a_half_made_cache_folder_is_rebuilt_on_the_next_load(tmp_path, monkeypatch):
+    """A process killed while saving a random-weight model leaves a folder without config.json or
+    weights, with cut weights, or a temporary folder: the next load replaces it with a whole one."""
+    import torch
+    from safetensors.torch import load_file
+
+    from engine.variants import CATALOG
+    from engine.worker import models
+    monkeypatch.setenv("SIDEBYSIDE_CACHE", str(tmp_path))
+    tiny = presets.load("tiny")
+    assert tiny.cache_on_disk
+    folder = models.saved_random_model(tiny)
+    assert folder.parent == tmp_path and models.saved_model_complete(folder)
+    weights = load_file(folder / "model.safetensors")
+    kept = (folder / "model.safetensors").stat().st_ino
+    assert models.saved_random_model(tiny) == folder                 # a whole folder is kept as it is
+    assert (folder / "model.safetensors").stat().st_ino == kept
+
+    def damage_weights_missing():
+        (folder / "model.safetensors").unlink()
+
+    def damage_config_missing():
+        (folder / "config.json").unlink()
+
+    def damage_weights_cut():
+        path = folder / "model.safetensors"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    def damage_config_cut():
+        (folder / "config.json").write_text('{"model_type": "lla')
+
+    def damage_emptied():
+        for path in folder.iterdir():
+            path.unlink()
+
+    for damage in (damage_weights_missing, damage_config_missing, damage_weights_cut, damage_config_cut,
+                   damage_emptied):
+        damage()
+        assert not models.saved_model_complete(folder), damage.__name__
+        stale = tmp_path / f".{folder.name}.tmp-killed"               # a killed maker's temporary folder
+        stale.mkdir()
+        (stale / "config.json").write_text("{}")
+        model, tokenizer = models.load_model(tiny, CATALOG["sdpa"], "cpu")
+        assert models.saved_model_complete(folder), damage.__name__
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [folder.name]
+        rebuilt = load_file(folder / "model.safetensors")
+        assert rebuilt.keys() == weights.keys()
+        assert all(torch.equal(rebuilt[key], weights[key]) for key in weights), damage.__name__   # same seed
+        ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+        with torch.inference_mode():
+            assert model(ids).logits.shape == (1, ids.shape[1], 512)
+
+
+def test_a_cache_path_taken_by_a_file_is_replaced(tmp_path, monkeypatch):
+    from engine.worker import models
+    monkeypatch.setenv("SIDEBYSIDE_CACHE", str(tmp_path))
+    tiny = presets.load("tiny")
+    folder = models.saved_random_model(tiny)
+    for path in folder.iterdir():
+        path.unlink()
+    folder.rmdir()
+    folder.write_text("not a folder")
+    assert models.saved_random_model(tiny) == folder
+    assert folder.is_dir() and models.saved_model_complete(folder)

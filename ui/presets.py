@@ -11,14 +11,24 @@ from ui.stream import REFUSED
 
 
 def preset_choices() -> list[tuple[str, str]]:
-    """Dropdown choices (label, name), one per preset file; a broken file is listed, and refused when chosen."""
-    choices = []
+    """Dropdown choices (label, name), one per preset file, by name; a broken file is listed as
+    unavailable with its reason (engine.presets.broken), and refused with that reason when chosen."""
+    labels = {}
     for name in presets.available():
         try:
-            choices.append((f"{presets.load(name).title} ({name})", name))
-        except PresetError:
-            choices.append((f"{name} (broken preset file)", name))
-    return choices
+            labels[name] = f"{presets.load(name).title} ({name})"
+        except PresetError as error:           # broken since it was listed
+            labels[name] = _unavailable(name, str(error))
+    for name, reason in presets.broken().items():
+        labels[name] = _unavailable(name, reason)
+    return [(labels[name], name) for name in sorted(labels)]
+
+
+def _unavailable(name: str, reason: str, limit: int = 120) -> str:
+    _, found, rest = reason.partition(f"{name}.yaml: ")     # the label names the preset already
+    reason = rest if found else reason
+    reason = reason if len(reason) <= limit else reason[:limit - 3] + "..."
+    return f"{name} (unavailable: {reason})"
 
 
 def preset_update(ctx: Context, preset_name: str, selected: tuple[str, ...] | None = None):

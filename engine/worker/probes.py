@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import statistics
+import tempfile
 from pathlib import Path
 
 import torch
@@ -98,9 +100,9 @@ def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_by
     """
     cuda = torch_device.startswith("cuda")
     use_cache = use_cache and cuda
-    cache = _read_cache() if use_cache else {}
-    if device_name in cache:
-        return float(cache[device_name])
+    cached = cached_bandwidth(device_name) if use_cache else None
+    if cached is not None:
+        return cached
     size_bytes = size_bytes or (1 << 30 if cuda else 1 << 28)   # far above any cache
     src = torch.rand(size_bytes // 4, dtype=torch.float32, device=torch_device)   # written: every page is real
     dst = torch.zeros_like(src)
@@ -114,16 +116,60 @@ def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_by
     bytes_per_s = 2 * src.numel() * src.element_size() / min(times)
     del src, dst
     if use_cache:
-        cache[device_name] = bytes_per_s
-        with contextlib.suppress(OSError):         # a cache that cannot be written only costs a measurement
-            bandwidth_cache_path().parent.mkdir(parents=True, exist_ok=True)
-            bandwidth_cache_path().write_text(json.dumps(cache, indent=1))
+        remember_bandwidth(device_name, bytes_per_s)
     return bytes_per_s
 
 
-def _read_cache() -> dict:
-    """The cached bandwidths by device name ({} when there are none or the file is unreadable)."""
+def read_bandwidth_cache() -> dict[str, float]:
+    """The cached bandwidths by device name: {} when there is no file or it is unreadable or corrupt
+    (not JSON, not a mapping), and without entries that are not a positive finite number."""
     try:
-        return json.loads(bandwidth_cache_path().read_text())
-    except (OSError, ValueError):
+        data = json.loads(bandwidth_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):                  # ValueError: also bytes that are not UTF-8
         return {}
+    if not isinstance(data, dict):
+        return {}
+    return {name: value for name, value in ((name, _bytes_per_s(value)) for name, value in data.items())
+            if value is not None}
+
+
+def _bytes_per_s(value) -> float | None:
+    """A cached value as bytes/s, or None when it is not a positive finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def cached_bandwidth(device_name: str) -> float | None:
+    """The bandwidth cached for this device name, bytes/s, or None (none cached, or the cache is corrupt)."""
+    return read_bandwidth_cache().get(device_name)
+
+
+def remember_bandwidth(device_name: str, bytes_per_s: float) -> None:
+    """Keep a measured bandwidth in the cache, written atomically (a temporary file in the same folder,
+    then os.replace): a reader sees the old file or the new one, never half of one. A corrupt cache is
+    replaced; one that cannot be written only costs a measurement next time."""
+    path = bandwidth_cache_path()
+    cache = read_bandwidth_cache()                 # read again: another worker may have added its device
+    cache[device_name] = float(bytes_per_s)
+    temp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".tmp", delete=False) as file:
+            temp = file.name
+            json.dump(cache, file, indent=1)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+        temp = None
+    except OSError:
+        pass
+    finally:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
