@@ -114,13 +114,14 @@ def test_the_chart_fills_as_cells_finish_on_the_same_device_queue_as_compare(url
     assert json.loads(partial[PLOT]["plot"])["data"], "the chart had no points while the sweep ran"
 
     queued = other.submit("Why?", "tiny", ["sdpa"], 4, "fair", api_name="/compare")
-    statuses = []
-    for _ in range(50):                    # a Compare run waits for the sweep: one run per device
-        statuses.append(queued.status())
-        if statuses[-1].code == Status.IN_QUEUE:
+    waiting = ""
+    for _ in range(100):                   # a Compare run waits for the sweep: one run per device
+        messages = [update[COMPARE.index("message")] for update in queued.outputs()]
+        waiting = next((m for m in messages if "Waiting for the device" in m), "")
+        if waiting:
             break
         time.sleep(0.1)
-    assert any(s.code == Status.IN_QUEUE for s in statuses), statuses[-1]
+    assert "Waiting for the device: 1 run ahead of yours" in waiting, queued.outputs()[-1:]
     other.predict(api_name="/experiment_stop")          # another visitor's Stop leaves this sweep alone
     final = job.result()
     assert "Done: attention, 16 of 16" in final[MESSAGE] and not final[SWEEP]["cancelled"]

@@ -18,7 +18,9 @@ from engine.views.run import FIGURE_NAMES, Lane, RunView, label_of, replay_durat
 from engine.views.run_charts import TITLES, RunCharts, empty_figures, race_figure
 from engine import verdict
 from engine.views.summary import DEFINITIONS_MD, SUMMARY_HEADERS, judgement, report_csv, summary_rows
-from ui import render, stream
+from engine.errors import InputError
+from ui import checks, render, stream
+from ui.gate import visitor_of
 from ui.examples import EXAMPLES, QUESTION
 from ui.outputs import Outputs, Wiring
 from ui.presets import preset_update
@@ -130,15 +132,30 @@ def _start(ctx: Context, preset_name: str, spec: RunSpec, view: RunView, session
 
 
 def compare(ctx: Context, prompt_text: str, preset_name: str, selected: list[str], max_new_tokens: int,
-            run_mode: str, repeats: int, session_state: Session):
+            run_mode: str, repeats: int, session_state: Session, request: gr.Request = None):
     """Run the prompt through the selected variants, streaming the page (API: /compare)."""
-    selected, repeats = list(selected or []), int(repeats or REPEATS_DEFAULT)
-    view = RunView([n for n in selected if n in CATALOG], run_mode, repeats=repeats)
-    spec = RunSpec(prompt_text or "", selected, int(max_new_tokens), mode=run_mode, repeats=repeats)
+    try:
+        spec = checked_spec(ctx, prompt_text, selected, max_new_tokens, run_mode, repeats)
+    except InputError as error:                     # before any work, and before the queue
+        session_state.end()
+        names = [n for n in (selected if isinstance(selected, list) else []) if isinstance(n, str) and n in CATALOG]
+        yield failure_frame(RunView(names), render.message_html(render.refusal(error, ""), "error"))
+        return
+    view = RunView([n for n in spec.variants if n in CATALOG], spec.mode, repeats=spec.repeats)
     yield from stream.stream(ctx, session_state, preset_name, partial(_start, ctx, preset_name, spec, view,
                                                                       session_state),
                              partial(frame, ctx, RunCharts(CHART_TICK_S)), partial(failure_frame, view),
-                             f"Preset {render.e(preset_name)} cannot be used")
+                             f"Preset {render.e(preset_name)} cannot be used", visitor=visitor_of(request))
+
+
+def checked_spec(ctx: Context, prompt_text, selected, max_new_tokens, run_mode, repeats) -> RunSpec:
+    """The run the parameters ask for, each checked for type and range (ui/checks.py)."""
+    limit = ctx.limits
+    return RunSpec(checks.text("prompt", prompt_text if prompt_text is not None else "", limit.prompt_chars),
+                   checks.names("variants", selected), checks.whole("max new tokens", max_new_tokens, 1, None),
+                   mode=checks.choice("mode", run_mode, ("fair", "race")),
+                   repeats=checks.whole("repeats", REPEATS_DEFAULT if repeats is None else repeats, 1,
+                                        limit.repeats or REPEATS_MAX))
 
 
 def replay_speed(duration_s: float) -> float:
@@ -197,7 +214,8 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
             with gr.Row():
                 c["max_new"] = gr.Slider(1, first.preset.max_new_tokens_cap, value=first.preset.max_new_tokens,
                                          step=1, label="Max new tokens", min_width=160, elem_id="sbs-max")
-                c["repeats"] = gr.Slider(1, REPEATS_MAX, value=REPEATS_DEFAULT, step=1, label="Repeats", min_width=160,
+                most = ctx.limits.repeats or REPEATS_MAX
+                c["repeats"] = gr.Slider(1, most, value=min(REPEATS_DEFAULT, most), step=1, label="Repeats", min_width=160,
                                          info="medians and spread", elem_id="sbs-repeats")
             c["mode"] = gr.Radio(["fair", "race"], value=mode, label="Mode",
                                  info="fair: one at a time; race: all at once (contended)", elem_id="sbs-mode")
@@ -237,7 +255,7 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
     prepared = on(c["run"].click, prepare, ["variants", "session"], PREPARE, queue=False,
                   api_visibility="private", show_progress="hidden")
     on(prepared.then, compare, ["prompt", "preset", "variants", "max_new", "mode", "repeats", "session"], RUN,
-       api_name="compare", concurrency_limit=1, concurrency_id="device",
+       api_name="compare", concurrency_limit=ctx.jobs, concurrency_id="device",
        show_progress="hidden")        # the message says where the run is; Gradio's history-based ETA misleads
     on(c["stop"].click, stream.stop, ["session"], STOP, queue=False, api_name="stop", show_progress="hidden")
     on(c["replay"].click, replay, ["session"], REPLAY, api_name="replay", concurrency_limit=4,

@@ -14,7 +14,8 @@ from gradio.components.plot import PlotData
 from engine.errors import InputError
 from engine.studies import sweeps
 from engine.views.sweep_charts import empty_sweep_figure, sweep_figure, sweep_table
-from ui import render, stream
+from ui import checks, render, stream
+from ui.gate import visitor_of
 from ui.outputs import Outputs, Wiring
 from ui.presets import preset_update
 from ui.state import Context, Session
@@ -144,17 +145,27 @@ def failure(name: str, message: str) -> dict:
 
 
 def experiment(ctx: Context, name: str, preset_name: str, selected: list[str], quick: bool,
-               session_state: Session):
+               session_state: Session, request: gr.Request = None):
     """Run an experiment's sweep, streaming progress, the chart and the rows (API: /experiment).
 
     Outputs: status line, chart, rows table, sweep JSON, JSON file, CSV file, chart HTML file, and the
     paragraph beside the chart (once done, with what the run showed of its claims).
     """
+    try:
+        checks.choice("experiment", name, tuple(sweeps.EXPERIMENTS))
+        selected, quick = checks.names("variants", selected), checks.flag("quick", quick)
+    except InputError as error:                     # before any work, and before the queue
+        session_state.end()
+        known = name if name in sweeps.EXPERIMENTS else next(iter(sweeps.EXPERIMENTS))
+        yield failure(known, render.message_html(render.refusal(error, ""), "error"))
+        return
+    if ctx.limits.quick_experiments_only:           # a public page: the quick grid, the experiment's variants
+        selected, quick = list(sweeps.get(name).variants), True
     yield from stream.stream(ctx, session_state, preset_name,
-                             partial(_start, ctx, name, preset_name, list(selected or []), bool(quick)),
+                             partial(_start, ctx, name, preset_name, selected, quick),
                              partial(frame, ctx, name), partial(failure, name),
                              f"Experiment {render.e(name)} on preset {render.e(preset_name)} cannot run",
-                             interval_s=SWEEP_TICK_S)
+                             interval_s=SWEEP_TICK_S, visitor=visitor_of(request))
 
 
 def build(ctx: Context, preset: str, preset_choices: list) -> None:
@@ -206,7 +217,7 @@ def build(ctx: Context, preset: str, preset_choices: list) -> None:
     prepared = on(c["run"].click, prepare, ["experiment", "session"], RUN, queue=False, api_visibility="private",
                   show_progress="hidden")
     on(prepared.then, experiment, ["experiment", "preset", "variants", "quick", "session"], RUN,
-       api_name="experiment", concurrency_limit=1, concurrency_id="device", show_progress="full",
-       show_progress_on=[c["message"]])
+       api_name="experiment", concurrency_limit=ctx.jobs, concurrency_id="device",
+       show_progress="hidden")        # the message and its bar say where the sweep is; Gradio's ETA misleads
     on(c["stop"].click, stream.stop, ["session"], STOP, queue=False, api_name="experiment_stop",
        show_progress="hidden")

@@ -7,6 +7,7 @@ Gradio gets a tuple in the registry's order, gr.skip() for every name left out.
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import gradio as gr
@@ -55,6 +56,10 @@ def bind(handler: Callable, ctx, outputs: Outputs) -> Callable:
     fn.__name__, fn.__qualname__, fn.__doc__ = handler.__name__, handler.__qualname__, handler.__doc__
     fn.__signature__ = inspect.signature(handler).replace(
         parameters=list(inspect.signature(handler).parameters.values())[1:])
+    # resolved, so that Gradio sees a `request: gr.Request` parameter and passes the request in
+    hints = typing.get_type_hints(handler)
+    fn.__annotations__ = {name: hint for name, hint in hints.items() if name in fn.__signature__.parameters
+                          or name == "return"}
     return fn
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 import copy
 import enum
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine import presets
 from engine.pool import Engine
 from engine.views.run import RunView
+from engine.limits import Limits
 from ui.downloads import Downloads
+from ui.gate import Gate
 
 
 class Engines:
@@ -49,6 +51,9 @@ class Engines:
             engines = list(self._engines.values())
         for engine in engines:
             engine.close()
+
+
+PRIVATE_QUEUE = 16      # jobs in the gate's line on a private page; more wait in Gradio's queue
 
 
 class Phase(enum.StrEnum):
@@ -122,6 +127,18 @@ class Session:
 
 @dataclass(frozen=True)
 class Context:
-    """What the handlers use: the engines and the folder of files to download."""
+    """What the handlers use: the engines, the folder of files to download, the device's door and the
+    page's limits."""
     engines: Engines
     downloads: Downloads
+    gate: Gate = field(default_factory=lambda: Gate(Limits()))
+
+    @property
+    def limits(self) -> Limits:
+        return self.gate.limits
+
+    @property
+    def jobs(self) -> int:
+        """Jobs Gradio lets in at once: the gate (ui/gate.py) runs one and keeps the rest in line, each
+        telling its page how many are ahead."""
+        return (self.limits.queue_size or PRIVATE_QUEUE) + 1

@@ -12,23 +12,47 @@ from collections.abc import Callable, Iterator
 from engine.errors import USER_ERRORS
 from engine.views.run import pump
 from ui import render
+from ui.gate import Refused
 from ui.state import Context, Phase, Session
 
 TICK_S = 0.1          # text and status refresh period while a run streams
+WAIT_TICK_S = 1.0     # how often a job waiting for the device says how many are ahead
 # what refuses a run before it starts: input the visitor can fix, or a preset that cannot be used
 # here (a broken preset file raises ValueError or OSError)
 REFUSED = (*USER_ERRORS, ValueError, OSError)
 
 
 def stream(ctx: Context, session: Session, preset: str, start: Callable, draw: Callable, refuse: Callable,
-           cannot: str, interval_s: float = TICK_S) -> Iterator[dict]:
-    """Start a run and yield the page updates of a tab until it is done.
+           cannot: str, interval_s: float = TICK_S, visitor: tuple[str, ...] = ()) -> Iterator[dict]:
+    """Wait for the device (ui/gate.py), start a run and yield the page updates of a tab until it is done.
 
     `start()` -> (engine, run, view): the view folds events (`apply(batch, now)`, `done`);
     `draw(view, run_id, elapsed_s, stopping)` -> the tab's update; `refuse(message_html)` -> the update
-    when the run does not start, `cannot` saying what could not run. A page closed mid-run (Gradio
-    closes this generator) cancels the run.
+    when the run does not start, `cannot` saying what could not run. A page closed while waiting or
+    mid-run (Gradio closes this generator) gives its place up, or cancels the run.
     """
+    try:
+        ticket = ctx.gate.enter(visitor)
+    except Refused as refused:
+        session.end()
+        yield {"message": render.message_html(f"Not queued: {render.e(refused)}.", "warn")}
+        return
+    try:
+        patience = 0.0                       # a job behind another says so at once, then once a second
+        while not ctx.gate.wait(ticket, patience):
+            patience = WAIT_TICK_S
+            if session.phase is Phase.STOP_REQUESTED:
+                break
+            ahead = ctx.gate.ahead(ticket)
+            yield {"message": render.message_html(
+                f"Waiting for the device: {ahead} run{'s' * (ahead != 1)} ahead of yours (one runs at a time).")}
+        yield from _run(session, preset, start, draw, refuse, cannot, interval_s)
+    finally:
+        ctx.gate.leave(ticket)
+
+
+def _run(session: Session, preset: str, start: Callable, draw: Callable, refuse: Callable, cannot: str,
+         interval_s: float) -> Iterator[dict]:
     if session.take_stop_request():
         yield refuse(render.message_html("Stopped before the run started.", "warn"))
         return

@@ -1,0 +1,64 @@
+"""The device's door: arrival order, a bounded line, one job per visitor, every place given back."""
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from engine.limits import Limits
+from ui import checks
+from engine.errors import InputError
+from ui.gate import Gate, Refused, visitor_of
+
+
+def test_jobs_hold_the_device_in_arrival_order_and_the_next_goes_when_one_leaves():
+    gate = Gate(Limits())
+    first, second, third = (gate.enter((f"session:{i}",)) for i in range(3))
+    assert gate.wait(first, 0) and not gate.wait(second, 0)
+    assert [gate.ahead(t) for t in (first, second, third)] == [0, 1, 2]
+    turns = []
+    waiter = threading.Thread(target=lambda: turns.append(gate.wait(third, 5)))
+    waiter.start()
+    gate.leave(second)                       # a job that gave up its place (its page closed)
+    gate.leave(first)
+    waiter.join(5)
+    assert turns == [True] and len(gate) == 1
+
+
+def test_a_full_line_and_a_visitor_with_a_job_are_refused_at_once():
+    gate = Gate(Limits.public_defaults(queue_size=2))
+    holder = gate.enter(("session:a", "address:1.1.1.1"))
+    gate.enter(("session:b", "address:2.2.2.2"))
+    with pytest.raises(Refused, match="you already have a run queued or running"):
+        gate.enter(("session:c", "address:1.1.1.1"))        # another tab, the same address
+    gate.enter(("session:d", "address:3.3.3.3"))
+    with pytest.raises(Refused, match=r"the queue is full \(2 runs waiting for the device\): try again in a minute"):
+        gate.enter(("session:e", "address:4.4.4.4"))
+    gate.leave(holder)
+    gate.enter(("session:c", "address:1.1.1.1"))            # its first job is over: it may queue again
+
+
+def test_a_visitor_is_its_session_and_its_address_behind_the_proxy():
+    request = SimpleNamespace(session_hash="abc", headers={"x-forwarded-for": "9.9.9.9, 10.0.0.1"},
+                              client=SimpleNamespace(host="10.0.0.1"))
+    assert visitor_of(request) == ("session:abc", "address:9.9.9.9")
+    assert visitor_of(SimpleNamespace(session_hash=None, headers={}, client=SimpleNamespace(host="127.0.0.1"))) \
+        == ("address:127.0.0.1",)
+    assert visitor_of(None) == ()
+
+
+@pytest.mark.parametrize("value, message", [("5", "got '5'"), (None, "got None"), (float("nan"), "got nan"),
+                                            (3.7, "got 3.7"), (True, "got True"), (0, "got 0"), (300, "got 300")])
+def test_a_number_of_the_wrong_type_or_range_is_refused_naming_the_parameter(value, message):
+    with pytest.raises(InputError, match=f"max new tokens must be a whole number from 1 to 256, {message}"):
+        checks.whole("max new tokens", value, 1, 256)
+
+
+def test_text_flags_and_lists_are_checked_strictly():
+    assert checks.whole("repeats", 3.0, 1, 5) == 3                  # a slider's float
+    with pytest.raises(InputError, match="not valid text .* character 2"):
+        checks.text("prompt", "ab\ud800c")
+    with pytest.raises(InputError, match="quick must be true or false, got 'false'"):
+        checks.flag("quick", "false")
+    with pytest.raises(InputError, match="variants must be a list of names"):
+        checks.names("variants", "baseline")
+    assert checks.names("variants", None) == []

@@ -1,0 +1,90 @@
+"""The device's door: one run at a time across both tabs and every preset, in arrival order.
+
+Each job (a /compare or /experiment call) takes a ticket, waits for its turn while its page shows
+how many are ahead, and gives the ticket back however it ends (done, refused, stopped, or the page
+closed: Gradio closes the generator). The queue is bounded and, on a public page, each visitor
+(their session, and their address) has at most `per_visitor` jobs queued or running; a job
+refused at the door gets a message at once, never a silent wait.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+
+from engine.limits import Limits
+
+
+@dataclass(frozen=True)
+class Ticket:
+    number: int
+    visitor: tuple[str, ...]          # the keys it counts against: session, address
+
+
+class Refused(Exception):
+    """Why a job cannot join the queue (said to the visitor as is)."""
+
+
+def visitor_of(request) -> tuple[str, ...]:
+    """The keys a visitor's jobs are counted under: their session, and their address (behind Spaces'
+    proxy, the first address of X-Forwarded-For). A call without a request (a test) has none."""
+    if request is None:
+        return ()
+    keys = []
+    session = getattr(request, "session_hash", None)
+    if session:
+        keys.append(f"session:{session}")
+    headers = getattr(request, "headers", None) or {}
+    forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
+    address = forwarded.split(",")[0].strip() or getattr(getattr(request, "client", None), "host", None)
+    if address:
+        keys.append(f"address:{address}")
+    return tuple(keys)
+
+
+class Gate:
+    """FIFO of tickets for the one device; the first ticket holds it."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self._numbers = itertools.count(1)
+        self._line: list[Ticket] = []             # the holder first, then those waiting, in order
+        self._changed = threading.Condition()
+
+    def enter(self, visitor: tuple[str, ...]) -> Ticket:
+        """A ticket at the end of the line; raises Refused when the line is full or the visitor has
+        as many jobs in it as allowed."""
+        with self._changed:
+            waiting = len(self._line) - 1 if self._line else 0
+            if self.limits.queue_size is not None and waiting >= self.limits.queue_size:
+                raise Refused(f"the queue is full ({self.limits.queue_size} runs waiting for the device): "
+                              "try again in a minute")
+            if self.limits.per_visitor is not None and visitor:
+                mine = sum(1 for ticket in self._line if set(ticket.visitor) & set(visitor))
+                if mine >= self.limits.per_visitor:
+                    raise Refused("you already have a run queued or running on this page: wait for it to "
+                                  "finish, or press Stop, then run again")
+            ticket = Ticket(next(self._numbers), visitor)
+            self._line.append(ticket)
+            return ticket
+
+    def ahead(self, ticket: Ticket) -> int:
+        """How many jobs are before this one (0: it holds the device)."""
+        with self._changed:
+            return self._line.index(ticket) if ticket in self._line else 0
+
+    def wait(self, ticket: Ticket, timeout: float) -> bool:
+        """Wait up to `timeout` for the ticket's turn; True once it holds the device."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._line and self._line[0] == ticket, timeout)
+
+    def leave(self, ticket: Ticket) -> None:
+        """The job is over (or never ran): the next one's turn."""
+        with self._changed:
+            if ticket in self._line:
+                self._line.remove(ticket)
+            self._changed.notify_all()
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._line)
