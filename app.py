@@ -1,6 +1,6 @@
 """The dashboard: one prompt through several model variants, side by side, in the browser.
 
-`python app.py [--host H] [--port P] [--share] [--preset NAME] [--mode fair|race] [--threads N]`
+`python app.py [--host H] [--port P] [--share] [--public | --private] [--auth USER:PASS] ...` (--help)
 
 This file parses the command line and launches; the page is the ui package (ui/page.py), a thin
 view over the engine (engine/pool.py). Runs are serialized by Gradio's queue (one run on the device
@@ -17,7 +17,9 @@ import sys
 
 from engine import presets
 from engine.errors import DeviceError, PresetError
+from engine.limits import Limits
 from ui.page import build_app, launch_kwargs
+from ui.presets import offered_by_default
 from ui.state import Engines
 
 
@@ -39,7 +41,49 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--mode", choices=("fair", "race"), default="fair", help="mode selected first")
     top.add_argument("--threads", type=int, help="torch CPU threads per worker (default: on a CPU device, "
                      "all cores but one, which is left to the page; on a GPU host, torch's)")
+    mode = top.add_mutually_exclusive_group()
+    mode.add_argument("--public", action="store_true", default=None,
+                      help="limit what a visitor may ask (on by itself on a Space and with --share)")
+    mode.add_argument("--private", dest="public", action="store_false", help="no limits beyond the presets' own")
+    top.add_argument("--auth", help=f"USER:PASS: a login in front of the page (or ${AUTH_ENV})")
+    top.add_argument("--public-presets", help="comma-separated presets a public page offers (default: those that "
+                     "need no download and fit the device with their default variants)")
+    limits = top.add_argument_group("public limits (see engine/limits.py)")
+    for flag, field, kind, what in LIMIT_FLAGS:
+        limits.add_argument(flag, dest=field, type=kind, help=what)
     return top
+
+
+AUTH_ENV = "SIDEBYSIDE_AUTH"
+LIMIT_FLAGS = (("--queue-size", "queue_size", int, "runs that may wait for the device"),
+               ("--max-prompt-chars", "prompt_chars", int, "characters of a prompt"),
+               ("--max-repeats", "repeats", int, "timed requests per variant"),
+               ("--max-new-tokens", "new_tokens", int, "new tokens per request"),
+               ("--max-work-tokens", "work_tokens", int, "token positions of one run"),
+               ("--run-deadline", "run_deadline_s", float, "seconds after which a run is stopped"))
+
+
+def page_limits(args) -> Limits:
+    """Public limits (their defaults, less what the flags change) or a private page's none."""
+    public = args.public if args.public is not None else bool(args.share or os.environ.get("SYSTEM") == "spaces")
+    if not public:
+        return Limits()
+    overrides = {field: getattr(args, field) for _, field, _, _ in LIMIT_FLAGS if getattr(args, field) is not None}
+    for field, value in overrides.items():
+        if value <= 0:
+            raise ValueError(f"--{field.replace('_', '-')} must be positive, got {value}")
+    return Limits.public_defaults(**overrides)
+
+
+def credentials(args) -> tuple[str, str] | None:
+    """(user, password) from --auth or $SIDEBYSIDE_AUTH; raises ValueError when it is not USER:PASS."""
+    text = args.auth or os.environ.get(AUTH_ENV)
+    if not text:
+        return None
+    user, colon, password = text.partition(":")
+    if not colon or not user or not password:
+        raise ValueError(f"--auth (or ${AUTH_ENV}) must be USER:PASS")
+    return user, password
 
 
 def share_wanted(share: bool) -> bool:
@@ -58,19 +102,41 @@ def main(argv=None) -> int:
     if args.threads is not None and args.threads < 1:
         print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
         return 2
-    engines = Engines(threads=args.threads)
+    try:
+        limits, login = page_limits(args), credentials(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    offered = None
+    if limits.public:
+        offered = ([p.strip() for p in args.public_presets.split(",") if p.strip()] if args.public_presets
+                   else offered_by_default())
+        if args.preset not in offered:
+            print(f"error: --preset {args.preset} is not among the presets this public page offers "
+                  f"({', '.join(offered) or 'none'}): choose one, or list it in --public-presets", file=sys.stderr)
+            return 2
+    engines = Engines(threads=args.threads, limits=limits, offered=offered)
     try:
         demo = build_app(engines, args.preset, args.mode)
     except (PresetError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     share = share_wanted(args.share)
-    demo.queue(default_concurrency_limit=1)
+    if share and login is None:
+        print("--share: anyone with the link can use this page for about a week"
+              + (" within the public limits (see the page's banner)" if limits.public else
+                 " without limits (--private)") + "; add --auth USER:PASS to put a login in front of it.",
+              file=sys.stderr)
+    # public: a bounded queue, and no direct HTTP call that skips it
+    demo.queue(default_concurrency_limit=1, max_size=(limits.queue_size + 4) if limits.public else None,
+               api_open=not limits.public)
     signal.signal(signal.SIGTERM, signal.default_int_handler)     # stop like Ctrl-C: close workers too
     try:
         # quiet: Gradio's own hint about share=True would contradict the line above
         demo.launch(server_name=args.host, server_port=args.port, share=share, quiet=True,
-                    prevent_thread_lock=True, **launch_kwargs())
+                    prevent_thread_lock=True, auth=login,
+                    max_file_size=1 if limits.public else None,      # the page takes no file: refuse uploads
+                    **launch_kwargs())
         print(f"* Running on local URL:  {demo.local_url}", flush=True)
         demo.block_thread()
     finally:

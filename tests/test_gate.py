@@ -37,10 +37,15 @@ def test_a_full_line_and_a_visitor_with_a_job_are_refused_at_once():
     gate.enter(("session:c", "address:1.1.1.1"))            # its first job is over: it may queue again
 
 
-def test_a_visitor_is_its_session_and_its_address_behind_the_proxy():
+def test_a_visitor_is_its_session_and_its_address_as_the_proxy_or_the_socket_saw_it():
     request = SimpleNamespace(session_hash="abc", headers={"x-forwarded-for": "9.9.9.9, 10.0.0.1"},
                               client=SimpleNamespace(host="10.0.0.1"))
-    assert visitor_of(request) == ("session:abc", "address:9.9.9.9")
+    assert visitor_of(request, behind_proxy=True) == ("session:abc", "address:10.0.0.1")   # what the proxy saw
+    assert visitor_of(request, behind_proxy=False) == ("session:abc", "address:10.0.0.1")  # the header ignored
+    spoofed = SimpleNamespace(session_hash="x", headers={"x-forwarded-for": "6.6.6.6"},
+                              client=SimpleNamespace(host="127.0.0.1"))
+    assert visitor_of(spoofed, behind_proxy=False) == ("session:x", "address:127.0.0.1")
+    assert visitor_of(spoofed, behind_proxy=True) == ("session:x", "address:6.6.6.6")
     assert visitor_of(SimpleNamespace(session_hash=None, headers={}, client=SimpleNamespace(host="127.0.0.1"))) \
         == ("address:127.0.0.1",)
     assert visitor_of(None) == ()
@@ -62,3 +67,19 @@ def test_text_flags_and_lists_are_checked_strictly():
     with pytest.raises(InputError, match="variants must be a list of names"):
         checks.names("variants", "baseline")
     assert checks.names("variants", None) == []
+
+
+def test_download_folders_of_killed_app_processes_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from ui.downloads import PREFIX, remove_orphans
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()                     # a process id that has ended
+    dead, alive = tmp_path / f"{PREFIX}{gone}-abc", tmp_path / f"{PREFIX}{os.getpid()}-def"
+    for folder in (dead, alive):
+        folder.mkdir()
+        (folder / "run-1.json").write_text("{}")
+    assert remove_orphans(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists()

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+from engine.limits import Limits
+
 from app_server import ROOT
 
 from engine import events
@@ -17,7 +19,7 @@ def engine_stub(random_weights=True, threads=1, kind="cpu", reasons=None):
                              variants=("sdpa", "baseline", "fa2"))
     choices = [(name, f"{name} label", reasons.get(name)) for name in ("baseline", "sdpa", "fa2")]
     return SimpleNamespace(preset=preset, device=SimpleNamespace(kind=kind, name="cpu"), threads=threads,
-                           variant_choices=lambda: choices)
+                           variant_choices=lambda: choices, run_limits=Limits())
 
 
 def test_the_view_modules_import_neither_gradio_nor_torch():
@@ -106,3 +108,18 @@ def test_a_running_sweep_shows_its_progress_and_what_it_loads():
     assert "Running attention: 3 of 12 measurements (25%); loading and warming up sdpa (5 s)." in text
     assert 'data-progress="0.2500"' in text and 'data-kind="info"' in text
     assert 'data-kind="warn"' in render.sweep_message(live, "CPU", stopping=True, elapsed_s=5.0)
+
+
+def test_the_banner_says_the_mode_and_a_run_where_nothing_answered_is_an_error():
+    from engine import events
+    from engine.views.run import RunView
+    public = dict(vars(engine_stub()), run_limits=Limits.public_defaults())
+    banner = render.banner_html(SimpleNamespace(**public))
+    assert 'data-mode="public"' in banner and "one queued or running job per visitor" in banner
+    assert 'data-mode="private"' in render.banner_html(engine_stub())
+    view = RunView(["sdpa", "fa2"])
+    view.apply([events.RunDone({"mode": "fair", "prompt_tokens": 5, "results": [
+        {"variant": "sdpa", "status": "failed", "reason": "boom"},
+        {"variant": "fa2", "status": "unavailable", "reason": "needs CUDA"}]})])
+    message = render.run_message(view, stopping=False, elapsed_s=1.0)
+    assert 'data-kind="error"' in message and "Done: 0 of 2 variants answered" in message

@@ -74,7 +74,7 @@ def on_preset(ctx: Context, preset_name: str) -> dict:
     """A new preset: its banner, which variants can run there, its token cap, the answers' label."""
     engine, update = preset_update(ctx, preset_name)
     if engine is not None:
-        cap = engine.preset.max_new_tokens_cap
+        cap = min(engine.preset.max_new_tokens_cap, ctx.limits.new_tokens or engine.preset.max_new_tokens_cap)
         update["max_new"] = gr.update(maximum=cap, value=min(engine.preset.max_new_tokens, cap))
         update.update({answer(name): gr.update(label=render.answer_label(engine)) for name in NAMES})
     return update
@@ -158,6 +158,12 @@ def checked_spec(ctx: Context, prompt_text, selected, max_new_tokens, run_mode, 
                                         limit.repeats or REPEATS_MAX))
 
 
+def limits_md(limits) -> str:
+    """The page's limits, for the definitions panel."""
+    head = "**Limits of this page** (public mode):" if limits.public else "**Limits of this page**:"
+    return "\n" + head + "\n" + "".join(f"\n- {line}" for line in limits.describe()) + "\n"
+
+
 def replay_speed(duration_s: float) -> float:
     """How much faster than real time a replay plays: long runs sped up to REPLAY_MAX_S, short ones
     slowed down to REPLAY_MIN_S."""
@@ -212,7 +218,8 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
             c["variants"] = gr.CheckboxGroup(choices, value=defaults, label="Variants", elem_classes=classes,
                                              elem_id="sbs-variants")
             with gr.Row():
-                c["max_new"] = gr.Slider(1, first.preset.max_new_tokens_cap, value=first.preset.max_new_tokens,
+                cap = min(first.preset.max_new_tokens_cap, ctx.limits.new_tokens or first.preset.max_new_tokens_cap)
+                c["max_new"] = gr.Slider(1, cap, value=min(first.preset.max_new_tokens, cap),
                                          step=1, label="Max new tokens", min_width=160, elem_id="sbs-max")
                 most = ctx.limits.repeats or REPEATS_MAX
                 c["repeats"] = gr.Slider(1, most, value=min(REPEATS_DEFAULT, most), step=1, label="Repeats", min_width=160,
@@ -239,7 +246,7 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
         with gr.Column(scale=1, min_width=260):
             with gr.Accordion("How the numbers are measured (scrolls)", open=True, elem_id="sbs-definitions",
                               max_height=640):
-                gr.Markdown(DEFINITIONS_MD, elem_classes=["sbs-defs"])
+                gr.Markdown(DEFINITIONS_MD + limits_md(ctx.limits), elem_classes=["sbs-defs"])
     c["summary"] = gr.Dataframe(headers=list(SUMMARY_HEADERS), label="Summary (from the run's report)",
                                 interactive=False, wrap=True, elem_id="sbs-summary",
                                 column_widths=SUMMARY_WIDTHS)   # the variant and its speedup fit a phone
@@ -256,6 +263,7 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
                   api_visibility="private", show_progress="hidden")
     on(prepared.then, compare, ["prompt", "preset", "variants", "max_new", "mode", "repeats", "session"], RUN,
        api_name="compare", concurrency_limit=ctx.jobs, concurrency_id="device",
+       preprocess=False,       # raw values: ui/checks.py checks each, with a message, where Gradio would crash
        show_progress="hidden")        # the message says where the run is; Gradio's history-based ETA misleads
     on(c["stop"].click, stream.stop, ["session"], STOP, queue=False, api_name="stop", show_progress="hidden")
     on(c["replay"].click, replay, ["session"], REPLAY, api_name="replay", concurrency_limit=4,

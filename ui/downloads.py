@@ -5,12 +5,27 @@ Gradio serves its own copies of the files it is given, so ours are pruned once t
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 KEEP_S = 3600.0                # run and sweep files older than this are deleted
+PREFIX = "sidebyside-runs-"    # then the app's process id, then mkdtemp's random part
+
+
+def remove_orphans(parent: Path) -> list[Path]:
+    """Delete the download folders under `parent` whose app process no longer runs; the ones deleted."""
+    removed = []
+    for folder in parent.glob(f"{PREFIX}*-*"):
+        pid = folder.name[len(PREFIX):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 class Downloads:
@@ -21,8 +36,10 @@ class Downloads:
 
     @classmethod
     def temporary(cls) -> Downloads:
-        """A new temporary folder, deleted when the process exits."""
-        folder = Path(tempfile.mkdtemp(prefix="sidebyside-runs-"))
+        """A new temporary folder, deleted when the process exits; those of earlier app processes that
+        were killed (their process id is gone) are deleted first."""
+        remove_orphans(Path(tempfile.gettempdir()))
+        folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         return cls(folder)
 

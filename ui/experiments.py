@@ -218,6 +218,7 @@ def build(ctx: Context, preset: str, preset_choices: list) -> None:
                   show_progress="hidden")
     on(prepared.then, experiment, ["experiment", "preset", "variants", "quick", "session"], RUN,
        api_name="experiment", concurrency_limit=ctx.jobs, concurrency_id="device",
+       preprocess=False,       # raw values: ui/checks.py checks each, with a message, where Gradio would crash
        show_progress="hidden")        # the message and its bar say where the sweep is; Gradio's ETA misleads
     on(c["stop"].click, stream.stop, ["session"], STOP, queue=False, api_name="experiment_stop",
        show_progress="hidden")

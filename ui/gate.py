@@ -9,6 +9,7 @@ refused at the door gets a message at once, never a silent wait.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from dataclasses import dataclass
 
@@ -25,18 +26,22 @@ class Refused(Exception):
     """Why a job cannot join the queue (said to the visitor as is)."""
 
 
-def visitor_of(request) -> tuple[str, ...]:
-    """The keys a visitor's jobs are counted under: their session, and their address (behind Spaces'
-    proxy, the first address of X-Forwarded-For). A call without a request (a test) has none."""
+def visitor_of(request, behind_proxy: bool | None = None) -> tuple[str, ...]:
+    """The keys a visitor's jobs are counted under: their session, and their address. Behind Spaces'
+    proxy (`behind_proxy`, default: on a Space) the address is the last of X-Forwarded-For, the one
+    the proxy itself saw; anywhere else the header is the client's own word and is ignored. A call
+    without a request (a test) has none."""
     if request is None:
         return ()
+    if behind_proxy is None:
+        behind_proxy = os.environ.get("SYSTEM") == "spaces"
     keys = []
     session = getattr(request, "session_hash", None)
     if session:
         keys.append(f"session:{session}")
     headers = getattr(request, "headers", None) or {}
-    forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
-    address = forwarded.split(",")[0].strip() or getattr(getattr(request, "client", None), "host", None)
+    forwarded = headers.get("x-forwarded-for", "") if behind_proxy and hasattr(headers, "get") else ""
+    address = forwarded.split(",")[-1].strip() or getattr(getattr(request, "client", None), "host", None)
     if address:
         keys.append(f"address:{address}")
     return tuple(keys)

@@ -10,6 +10,7 @@ from engine.views.palette import color_of
 from ui import compare, experiments
 from ui.downloads import Downloads
 from ui.presets import preset_choices
+from ui.gate import Gate
 from ui.state import Context, Engines
 
 TITLE = "Side by side: LLM inference variants"
@@ -35,8 +36,8 @@ def launch_kwargs() -> dict:
 def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.Blocks:
     """The Blocks of the dashboard over `engines`; raises PresetError or DeviceError for an unusable `preset`."""
     engines.get(preset)
-    ctx = Context(engines, Downloads.temporary())
-    choices = preset_choices()
+    ctx = Context(engines, Downloads.temporary(), Gate(engines.limits))
+    choices = preset_choices(engines.offered)
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs(elem_id="sbs-tabs"):

@@ -3,24 +3,51 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine import presets
-from engine.errors import PresetError
+from engine import budget, hardware, presets, source
+from engine.errors import DeviceError, PresetError
+from engine.variants import CATALOG
 from ui import render
 from ui.state import Context
 from ui.stream import REFUSED
 
 
-def preset_choices() -> list[tuple[str, str]]:
-    """Dropdown choices (label, name), one per preset file, by name; a broken file is listed as
-    unavailable with its reason (engine.presets.broken), and refused with that reason when chosen."""
+def offered_by_default() -> list[str]:
+    """The presets a public page offers unless told otherwise: those that need no download (random
+    weights made here, or a model already in the local cache) and whose baseline fits the device's
+    memory now with all its default variants loaded at once. A visitor can then never start a
+    multi-GB download or load what cannot fit."""
+    offered = []
+    for name in presets.available():
+        try:
+            preset = presets.load(name)
+            if not preset.random_weights and not source.hub_file(preset.model_id, "config.json"):
+                continue
+            device = hardware.resolve(preset.device)
+            runnable = [CATALOG[v] for v in preset.variants
+                        if v in CATALOG and not CATALOG[v].unavailable_reason(preset, device)]
+            placement = budget.plan(preset, runnable, budget.free_bytes(device), device.kind == "cuda")
+            if "swapped" not in placement.values():
+                offered.append(name)
+        except (PresetError, DeviceError, OSError, ValueError):
+            continue
+    return offered
+
+
+def preset_choices(offered: list[str] | None = None) -> list[tuple[str, str]]:
+    """Dropdown choices (label, name), one per preset file (only those `offered`, when given), by name;
+    a broken file is listed as unavailable with its reason (engine.presets.broken), and refused with
+    that reason when chosen."""
     labels = {}
     for name in presets.available():
+        if offered is not None and name not in offered:
+            continue
         try:
             labels[name] = f"{presets.load(name).title} ({name})"
         except PresetError as error:           # broken since it was listed
             labels[name] = _unavailable(name, str(error))
     for name, reason in presets.broken().items():
-        labels[name] = _unavailable(name, reason)
+        if offered is None:
+            labels[name] = _unavailable(name, reason)
     return [(labels[name], name) for name in sorted(labels)]
 
 

@@ -52,7 +52,17 @@ def banner_html(engine) -> str:
         cores = (f'<div class="sbs-sub">Each worker computes on {engine.threads} of the {total} CPU cores this '
                  f'server may use{rest}.</div>')
     return (f'<div class="sbs-banner"><div><b>{e(preset.title)}</b> on <b>{e(engine.device.name)}</b> '
-            f'{noise}</div><div class="sbs-sub">{e(preset.description.strip())}</div>{cores}</div>')
+            f'{noise}</div><div class="sbs-sub">{e(preset.description.strip())}</div>{cores}'
+            f'{mode_html(engine.run_limits)}</div>')
+
+
+def mode_html(limits) -> str:
+    """Which mode the page is in, and what it limits (engine/limits.py)."""
+    if not limits.public:
+        return ('<div class="sbs-sub" data-mode="private">Private mode: no limits beyond each preset\'s own caps '
+                '(start with --public before sharing this page).</div>')
+    return ('<div class="sbs-sub sbs-public" data-mode="public"><b>Public mode</b>: '
+            + e("; ".join(limits.describe())) + ".</div>")
 
 
 def preset_note(engine) -> str:
@@ -181,7 +191,10 @@ def _run_done_message(view: RunView, elapsed_s: float) -> str:
     problems = [f"{e(lane.variant)}: {e(lane.reason)}" for lane in view.lanes.values()
                 if lane.stage in ("failed", "unavailable") and lane.reason]
     text += "".join(f"<br>{problem}" for problem in problems)
-    return message_html(text + verdict_html(report), "warn" if problems or cancelled else "ok")
+    kind = "error" if ok == 0 and not cancelled else "warn" if problems or cancelled else "ok"
+    if report.get("stop_reason"):
+        text += f"<br>{e(report['stop_reason'])}"
+    return message_html(text + verdict_html(report), kind)
 
 
 def run_message(view: RunView, stopping: bool, elapsed_s: float) -> str:

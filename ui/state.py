@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 
 from engine import presets
+from engine.errors import PresetError
 from engine.pool import Engine
 from engine.views.run import RunView
 from engine.limits import Limits
@@ -17,18 +18,25 @@ from ui.gate import Gate
 class Engines:
     """The app's engines, one per preset, made on first use; only one preset keeps workers loaded."""
 
-    def __init__(self, threads: int | None = None, spare_cores: int = 1):
+    def __init__(self, threads: int | None = None, spare_cores: int = 1, limits: Limits | None = None,
+                 offered: list[str] | None = None):
+        """`limits`: what one run may ask (engine/limits.py); `offered`: the only presets this page
+        serves (None: every preset file)."""
         self.threads, self.spare_cores = threads, spare_cores      # see Engine: the page needs a core
+        self.limits, self.offered = limits or Limits(), offered
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Engine:
         """The preset's engine (no workers are started); raises PresetError or DeviceError."""
+        if self.offered is not None and name not in self.offered:
+            raise PresetError(f"preset {str(name)[:60]!r} is not offered on this page; choose one of: "
+                              f"{', '.join(self.offered)}")
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
                 engine = self._engines[name] = Engine(presets.load(name), threads=self.threads,
-                                                      spare_cores=self.spare_cores)
+                                                      spare_cores=self.spare_cores, limits=self.limits)
             return engine
 
     def activate(self, name: str) -> Engine:
