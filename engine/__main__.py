@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from engine import events, presets
-from engine.errors import USER_ERRORS
+from engine.errors import USER_ERRORS, InputError
 from engine.pool import Engine
 from engine.spec import RunSpec
 from engine.report import host_note
@@ -18,6 +19,7 @@ from engine.views.summary import tpot_text, versus
 from engine.views.sweep_charts import sweep_figure
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 THREADS_HELP = ("torch CPU threads per worker (default: torch's, one per core; the dashboard leaves one core "
                 "to the page: --threads N-1 gives its CPU figures)")
 
@@ -54,25 +56,67 @@ def cmd_run(args) -> int:
         print(f"{preset.title} on {engine.device.name}; mode {args.mode}"
               + ("; random weights: the text is noise, the timings are real" if preset.random_weights else ""),
               file=sys.stderr)
-        report = None
-        try:
-            for event in run:
-                if isinstance(event, events.Loaded):
-                    print(f"  {event.variant}: loaded in {event.load_s:.1f} s, warmed up in {event.warmup_s:.1f} s",
-                          file=sys.stderr)
-                elif isinstance(event, (events.Failed, events.Unavailable)):
-                    print(f"  {event.variant}: {event.reason}", file=sys.stderr)
-                elif isinstance(event, events.RunDone):
-                    report = event.report
-        except KeyboardInterrupt:
-            engine.cancel(run.id)
-            for event in run:
-                if isinstance(event, events.RunDone):
-                    report = event.report
+        found = {}
+
+        def handle(event) -> None:
+            if isinstance(event, events.Loaded):
+                print(f"  {event.variant}: loaded in {event.load_s:.1f} s, warmed up in {event.warmup_s:.1f} s",
+                      file=sys.stderr)
+            elif isinstance(event, (events.Failed, events.Unavailable)):
+                print(f"  {event.variant}: {event.reason}", file=sys.stderr)
+            elif isinstance(event, events.RunDone):
+                found["report"] = event.report
+
+        run.follow(handle, lambda: engine.cancel(run.id))     # Ctrl-C: stop, keep what was measured
+        report = found["report"]
     print(table(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.json}", file=sys.stderr)
+    write(args.json, json.dumps(report, indent=1))
+    return finish(report)
+
+
+def check_inputs(args) -> None:
+    """Before any work: the output paths (each in a writable folder, no two the same), the prompt
+    (valid text: a byte that is not UTF-8 arrives as an unpaired surrogate) and the timeout."""
+    paths = [Path(p) for p in (getattr(args, name, None) for name in ("json", "csv", "html")) if p]
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) < len(resolved):
+        raise InputError("two outputs share one path: give --json, --csv and --html different files")
+    for path in paths:
+        folder = path.resolve().parent
+        if path.is_dir():
+            raise InputError(f"{path} is a folder: give a file name to write to")
+        if not folder.is_dir():
+            raise InputError(f"cannot write {path}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise InputError(f"cannot write {path}: the folder {folder} is not writable")
+    prompt = getattr(args, "prompt", None)
+    if prompt is not None:
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("the prompt is not valid UTF-8 text: pass it as UTF-8") from None
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and not timeout > 0:
+        raise InputError(f"--timeout must be a positive number of seconds, got {timeout}")
+
+
+def write(path: str | None, text: str) -> None:
+    """Write `text` to `path` whole or not at all (a file beside it, then renamed over it)."""
+    if not path:
+        return
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    partial.replace(target)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def finish(report: dict) -> int:
+    """The exit code: 130 after Ctrl-C (saying what was kept), 1 when a variant failed, else 0."""
+    if report.get("cancelled"):
+        print("interrupted: the results measured until then are shown" + (" and written" if any(
+            r.get("output_tokens") for r in report["results"]) else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0 if all(r["status"] in ("ok", "unavailable") for r in report["results"]) else 1
 
 
@@ -92,10 +136,8 @@ def cmd_bench(args) -> int:
     report = run_bench(preset, variants, args.prompt_lengths, args.new_tokens, args.repeats, args.batch_size,
                        threads=args.threads)
     print(bench_table(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.json}", file=sys.stderr)
-    return 0 if all(r["status"] in ("ok", "unavailable") for r in report["results"]) else 1
+    write(args.json, json.dumps(report, indent=1))
+    return finish(report)
 
 
 def cmd_sweep(args) -> int:
@@ -104,16 +146,11 @@ def cmd_sweep(args) -> int:
     sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants, threads=args.threads,
                       progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(summary(sweep))
-    if args.json:
-        Path(args.json).write_text(json.dumps(sweep, indent=1))
-    if args.csv:
-        Path(args.csv).write_text(to_csv(sweep))
+    write(args.json, json.dumps(sweep, indent=1))
+    write(args.csv, to_csv(sweep))
     if args.html:
-        sweep_figure(sweep).write_html(args.html, include_plotlyjs=True)
-    for path in (args.json, args.csv, args.html):
-        if path:
-            print(f"wrote {path}", file=sys.stderr)
-    return 0 if all(r["status"] in ("ok", "unavailable") for r in sweep["results"]) else 1
+        write(args.html, sweep_figure(sweep).to_html(include_plotlyjs=True))
+    return finish(sweep)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -164,6 +201,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
+        check_inputs(args)
         return args.func(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

@@ -66,6 +66,19 @@ class Run:
     def cancel(self) -> None:
         self.cancelled.set()
 
+    def follow(self, handle, interrupted) -> None:
+        """Pass every event to `handle` until the RunDone; Ctrl-C (KeyboardInterrupt) calls
+        `interrupted()` (which cancels the run) and goes on to the end, so that what was measured is
+        kept. Not a generator: an interrupt raised inside one would end it."""
+        while True:
+            try:
+                for event in self.drain(0.5):
+                    handle(event)
+                    if isinstance(event, events.RunDone):
+                        return
+            except KeyboardInterrupt:
+                interrupted()
+
 
 class Engine:
     """The workers of one preset, kept loaded between runs; one run at a time per engine."""

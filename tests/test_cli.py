@@ -39,6 +39,11 @@ def _processes_marked(mark):
     (["--variants", "baseline,warp"], "unknown variant 'warp'"),
     (["--preset", "opt-350m"], "is not in the local Hugging Face cache"),
     (["--threads", "0"], "threads must be at least 1, got 0"),
+    (["--timeout", "0"], "--timeout must be a positive number of seconds, got 0.0"),
+    (["--timeout", "-5"], "--timeout must be a positive number of seconds, got -5.0"),
+    (["--json", "/no/such/folder/run.json"], "the folder /no/such/folder does not exist"),
+    (["--json", "/tmp"], "/tmp is a folder: give a file name"),
+    (["--preset", "presets"], "presets: is a folder, not a preset file (give a .yaml file, or one of: "),
 ])
 def test_cli_bad_input_exits_2_with_one_line_and_no_worker(args, message):
     mark = uuid.uuid4().hex
@@ -137,3 +142,36 @@ def test_readme_commands_of_the_command_line_and_experiments_parse_as_pasted():
         words = shlex.split(command)             # as the shell splits it: no [--option] or a|b left over
         assert not any(w.startswith("[") or "|" in w for w in words), command
         parser().parse_args(words[3:])           # exits (SystemExit) if the command line is refused
+
+
+def test_cli_refuses_a_prompt_that_is_not_utf8_and_outputs_that_share_a_path(tmp_path):
+    done = subprocess.run([sys.executable.encode(), b"-m", b"engine", b"run", b"--prompt", b"caf\xe9"],
+                          capture_output=True, timeout=120)
+    assert done.returncode == 2 and b"the prompt is not valid UTF-8 text" in done.stderr
+    same = str(tmp_path / "out")
+    done = subprocess.run([sys.executable, "-m", "engine", "sweep", "batch", "--quick", "--json", same, "--csv", same],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "two outputs share one path" in done.stderr and not os.path.exists(same)
+
+
+def test_ctrl_c_during_a_sweep_writes_what_was_measured_and_says_so(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "sweep.json"
+    process = subprocess.Popen([sys.executable, "-m", "engine", "sweep", "kv-cache", "--preset", "tiny", "--json",
+                                str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    lines = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:                  # the first (variant, cell) measured: then Ctrl-C
+        line = process.stderr.readline()
+        lines.append(line)
+        if " ms" in line and "TPOT" in line or not line:
+            break
+    process.send_signal(signal.SIGINT)                  # our own child, by its handle
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, "".join(lines) + stderr
+    assert "interrupted: the results measured until then are shown and written" in stderr
+    sweep = json.loads(out.read_text())
+    assert sweep["cancelled"] is True and any(r["status"] == "ok" for r in sweep["results"])
+    assert not list(tmp_path.glob(".*partial"))         # written whole

@@ -38,8 +38,9 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
         run = engine.start(RunSpec(FILLER, variants, new_tokens, repeats=repeats, ignore_eos=True,
                                    batch_size=batch_size, cells=lengths(prompt_lengths), warmup_requests=1,
                                    live=False))
-        report = None
-        for event in run:
+        found = {}
+
+        def handle(event) -> None:
             if isinstance(event, events.Loaded):
                 log(f"  {event.variant}: loaded in {event.load_s:.1f} s, warmed up in {event.warmup_s:.1f} s "
                     f"({event.label})")
@@ -50,10 +51,13 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
                 log(f"  {event.variant}, prompt {event.prompt_tokens}: {len(times)} tokens, TTFT "
                     f"{ms(metrics.ttft_s(times))} ms, TPOT {ms(metrics.tpot_s(times), 2)} ms")
             elif isinstance(event, events.RunDone):
-                report = event.report
+                found["report"] = event.report
+
+        run.follow(handle, lambda: engine.cancel(run.id))     # Ctrl-C: stop, keep the cells measured so far
+        report = found["report"]
         reference = next((r for r in report["results"] if r["variant"] == first and r["status"] == "ok"), None)
         overhead = None
-        if reference is not None:
+        if reference is not None and not report["cancelled"]:
             try:
                 overhead = engine.probe(first, "overhead", prompt_tokens=reference["prompt_length"],
                                         new_tokens=new_tokens)

@@ -212,12 +212,14 @@ def run_sweep(name: str, preset: Preset, quick: bool = False, variants: list[str
         run, live = start_sweep(name, engine, quick, variants, t0)
         if progress:
             progress(live.plan())
-        for event in run:
+        def handle(event) -> None:
             if on_event:
                 on_event(event)
             if live.apply(event) and progress:
                 for line in live.progress(time.perf_counter() - t0):
                     progress(line)
+
+        run.follow(handle, lambda: engine.cancel(run.id))     # Ctrl-C: stop, keep the rows measured so far
     finally:
         if own:
             engine.close()
