@@ -19,11 +19,14 @@ def test_each_answer_lands_in_the_cell_it_names():
     assert not state.waiting(["sdpa"])
 
 
-def test_a_warmup_stays_inside_but_its_failure_counts():
+def test_a_warmup_streams_marked_its_end_stays_inside_and_its_failure_counts():
     state = RunState(["sdpa"], cells=1)
     state.sent("sdpa", Request(1, "p", 2, cell=0), warmup=True)
-    assert not state.fold(events.Started("sdpa", 1, 0.0, 4, 0))
-    assert not state.fold(events.Token("sdpa", 1, 0, 5, "a", 0.1))
+    start = events.Started("sdpa", 1, 0.0, 4, 0)
+    assert state.fold(start) and state.shown(start).warmup is True          # the page streams it, marked
+    assert state.fold(events.Token("sdpa", 1, 0, 5, "a", 0.1))
+    timed = events.Started("sdpa", 9, 0.0, 4, 0)
+    assert state.shown(timed) is timed                                      # a timed one is passed as is
     warm = finished("sdpa", 1, 0)
     assert not state.fold(warm)
     assert state.outcomes[("sdpa", 0)].finished == [] and state.outcomes[("sdpa", 0)].warmups == [warm]
