@@ -245,3 +245,24 @@ def test_a_page_closed_mid_run_leaves_no_worker_busy(url, client):
 def test_bad_command_line_exits_2_with_what_to_fix(args, message):
     done = subprocess.run([sys.executable, str(ROOT / "app.py"), *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+
+
+def test_a_job_abandoned_while_waiting_gives_its_place_up_and_never_runs(url, client):
+    job = compare(client, tokens=256, prompt=LONG_PROMPT)
+    wait_until_generating(job)
+    abandoned = compare(Client(url, verbose=False), tokens=4)
+    deadline = time.monotonic() + 30
+    while not any("Waiting for the device" in u[MESSAGE] for u in abandoned.outputs()):
+        assert time.monotonic() < deadline, "the second job never said it was waiting"
+        time.sleep(0.1)
+    abandoned.cancel()                             # its page went away while it waited
+    time.sleep(1.5)                                # the gate's next tick sees the closed stream
+    third = compare(Client(url, verbose=False), tokens=4)
+    deadline = time.monotonic() + 30
+    while not any("Waiting for the device" in u[MESSAGE] for u in third.outputs()):
+        assert time.monotonic() < deadline, "the third job never said it was waiting"
+        time.sleep(0.1)
+    waiting = next(u[MESSAGE] for u in third.outputs() if "Waiting for the device" in u[MESSAGE])
+    assert "1 run ahead of yours" in waiting       # the abandoned one is no longer in line
+    assert all(r["status"] == "ok" for r in third.result()[REPORT]["results"])
+    job.result()

@@ -123,3 +123,7 @@ def test_the_banner_says_the_mode_and_a_run_where_nothing_answered_is_an_error()
         {"variant": "fa2", "status": "unavailable", "reason": "needs CUDA"}]})])
     message = render.run_message(view, stopping=False, elapsed_s=1.0)
     assert 'data-kind="error"' in message and "Done: 0 of 2 variants answered" in message
+
+
+def test_control_characters_of_an_answer_are_shown_as_symbols_tabs_and_newlines_kept():
+    assert render.answer_text('migi"\x04\x0fJZ\x00\tok\nend\x7f') == 'migi"\u2404\u240fJZ\u2400\tok\nend\u2421'

@@ -44,6 +44,25 @@ def test_the_feed_sends_each_token_once_and_its_pieces_join_into_the_answer():
     assert all("\ufffd" not in t.text for t in made)          # a character is never sent half-made
 
 
+def test_bytes_that_are_no_character_at_the_end_still_reach_the_answer():
+    tokenizer = load_tokenizer(presets.load("tiny"))
+    ids = tokenizer("ok é", add_special_tokens=False)["input_ids"]
+    ids = ids[:-1]                                          # "é" cut in half: its first byte alone, at the end
+    streamer = TimingStreamer(prompt_first=False)
+    feed = TokenFeed(tokenizer, streamer, "bnb-4bit", 3)
+    put_all(streamer, ids)
+    made = feed.drain()
+    assert "".join(t.text for t in made) == ""              # held back while the character may still end
+    assert feed.drain(final=True) == [] and feed.text.startswith("ok ") and len(feed.text) == 4   # then given out
+    view_text = "".join(t.text for t in made)
+    from engine.views.run import RunView
+    view = RunView(["bnb-4bit"])
+    view.apply([events.Started("bnb-4bit", 3, 0.0, 2), *made,
+                events.Finished("bnb-4bit", 3, 0.0, tuple(streamer.times), tuple(ids), feed.text, 2, 1, False,
+                                {}, {}, {})])
+    assert view.lanes["bnb-4bit"].text == feed.text != view_text          # the page shows it too
+
+
 def test_the_monitor_announces_the_start_first_then_tokens_memory_and_the_gpu_clock():
     reads = iter([1980, 1980, 1410] + [1980] * 100)
 

@@ -111,7 +111,7 @@ def frame(ctx: Context, charts: RunCharts, view: RunView, run_id: int, elapsed_s
     for name in NAMES:
         lane = view.lanes.get(name)
         update[card(name)] = render.card_html(lane, now, verdict.marks(judged, name)) if lane else ""
-        update[answer(name)] = lane.text if lane else ""
+        update[answer(name)] = render.answer_text(lane.text) if lane else ""
     if view.done:
         report = view.report
         paths = ctx.downloads.save("run", run_id, report["preset"]["name"], json=json.dumps(report, indent=1),
@@ -189,7 +189,7 @@ def replay(ctx: Context, session_state: Session):
         note += (f" ({speed:.1f}x speed)" if speed > 1 else f" (slowed {1 / speed:.0f}x to be watchable)"
                  if speed < 1 else "")
         yield {"message": render.message_html(note), "plot:race": race_figure(view, replay_s=t),
-               **{answer(n): view.lanes[n].text_until(t) for n in NAMES if n in view.lanes}}
+               **{answer(n): render.answer_text(view.lanes[n].text_until(t)) for n in NAMES if n in view.lanes}}
         if t >= duration:
             return
         time.sleep(stream.TICK_S)

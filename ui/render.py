@@ -23,6 +23,16 @@ def e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+# control characters (a random-weight model emits raw bytes such as \x04) stop the page's textbox from
+# showing an answer at all: each is shown as its Unicode control picture instead (tab and newline kept)
+CONTROL_PICTURES = {code: 0x2400 + code for code in range(32) if chr(code) not in "\t\n"} | {0x7F: 0x2421}
+
+
+def answer_text(text: str) -> str:
+    """An answer as its textbox can show it: control characters as visible symbols."""
+    return text.translate(CONTROL_PICTURES)
+
+
 def message_html(text: str, kind: str = "info") -> str:
     """One status line above the columns: info, ok, warn or error. `text` is HTML already."""
     return f'<div class="sbs-msg sbs-msg-{kind}" data-kind="{kind}">{text}</div>' if text else ""

@@ -170,6 +170,9 @@ class RunView:
             self.revisions["race"] += 1
         elif isinstance(event, events.Finished):
             lane.token_times = list(event.token_times)        # the worker's own, authoritative list
+            held = event.text[len(lane.text):] if event.text.startswith(lane.text) else ""
+            if held and lane.pieces:              # text held back mid-character until the end: on the last token
+                lane.pieces[-1] += held
             if event.cancelled:
                 self._stage(lane, "cancelled", now)
             elif lane.requests < lane.repeats:                # fair mode takes the variants in turn per repeat

@@ -56,23 +56,28 @@ class TokenFeed:
         self._prefix = self._read = 0
         self.pieces: list[str] = []
 
-    def drain(self) -> list[events.Token]:
-        """Token events for the tokens that arrived since the last call."""
+    def drain(self, final: bool = False) -> list[events.Token]:
+        """Token events for the tokens that arrived since the last call; `final` (the request is over)
+        gives out the text held back too, even when it ends in bytes that are no character (a model
+        with random weights emits such bytes); with no new token to carry it, it goes into `text`
+        (the Finished event's) alone."""
         ids, times = self.streamer.ids, self.streamer.times
         count = len(ids)
         if count == self.sent:
+            if final and count and self._read < count:     # held back: into the answer (Finished.text) only
+                self._text(list(ids), final=True)
             return []
-        piece = self._text(ids[:count])
+        piece = self._text(ids[:count], final)
         made = [events.Token(self.variant, self.request_id, index, ids[index], piece if index == count - 1 else "",
                              times[index]) for index in range(self.sent, count)]
         self.sent = count
         return made
 
-    def _text(self, ids: list[int]) -> str:
+    def _text(self, ids: list[int], final: bool = False) -> str:
         decode = self.tokenizer.decode
         known = decode(ids[self._prefix:self._read], skip_special_tokens=True)
         full = decode(ids[self._prefix:], skip_special_tokens=True)
-        if len(full) > len(known) and not full.endswith("\ufffd"):   # complete characters arrived
+        if len(full) > len(known) and (final or not full.endswith("\ufffd")):   # complete characters arrived
             self._prefix, self._read = self._read, len(ids)
             self.pieces.append(full[len(known):])
             return self.pieces[-1]
@@ -145,13 +150,13 @@ class RequestMonitor:
             self._idle.wait()
             for flag in (self._idle, self._ticking, self._ended):
                 flag.clear()
-            self._tick()                            # the last tokens and a final memory sample
+            self._tick(final=True)                  # the last tokens and a final memory sample
             if not watch.live:
                 for event in watch.held:
                     self.emit(event)
             self._watch = None
 
-    def _tick(self) -> None:
+    def _tick(self, final: bool = False) -> None:
         with self._lock:
             watch = self._watch
             emit = self.emit if watch.live else watch.held.append
@@ -161,7 +166,7 @@ class RequestMonitor:
                 feed = watch.feed
                 emit(events.Started(feed.variant, feed.request_id, watch.t_start, watch.prompt_tokens, watch.cell))
                 watch.announced = True
-            for token in watch.feed.drain():
+            for token in watch.feed.drain(final):
                 emit(token)
             emit(events.MemorySample(watch.feed.variant, time.perf_counter(), self.read()))
             clock = self._clock.read() if self._clock is not None else None
