@@ -25,6 +25,7 @@ from gradio_client.utils import Status
 from engine.variants import CATALOG, REFERENCE
 from ui.compare import PLOTS as PLOT_NAMES
 from ui.compare import REPLAY, RUN, answer, card
+from ui.render import answer_text
 
 NAMES = list(CATALOG)
 MESSAGE, REPORT, SUMMARY, JSON_FILE, CSV_FILE = map(RUN.index, ("message", "report", "summary", "json_file",
@@ -73,7 +74,7 @@ def test_compare_streams_every_variant_and_ends_with_the_run_json(url, client):
         assert row["cpu_threads"] == max(len(os.sched_getaffinity(0)) - 1, 1)   # a core left to the page
         assert isinstance(row["host_busy"], bool) and row["host_others_cores"] >= 0
         shown = final[ANSWER[row["variant"]]]
-        assert shown == row["text"] and shown
+        assert shown == answer_text(row["text"]) and shown      # control characters as visible symbols
         assert stage(final[CARD[row["variant"]]]) == "done"
 
     # streamed: every variant's text shows up before the run ends, and some of it while still growing
@@ -266,3 +267,16 @@ def test_a_job_abandoned_while_waiting_gives_its_place_up_and_never_runs(url, cl
     assert "1 run ahead of yours" in waiting       # the abandoned one is no longer in line
     assert all(r["status"] == "ok" for r in third.result()[REPORT]["results"])
     job.result()
+
+
+def test_another_visitors_preset_switch_waits_and_unloads_nothing_of_a_running_run(url, client):
+    job = compare(client, tokens=256, prompt=LONG_PROMPT)
+    wait_until_generating(job)
+    other = compare(Client(url, verbose=False), variants=["baseline"], tokens=4, preset="small")
+    deadline = time.monotonic() + 30
+    while not any("Waiting for the device" in u[MESSAGE] for u in other.outputs()):
+        assert time.monotonic() < deadline, "the other preset's run did not wait for the device"
+        time.sleep(0.1)
+    report = job.result()[REPORT]                   # the first run was left alone: its workers kept running
+    assert not report["cancelled"] and all(r["status"] == "ok" for r in report["results"])
+    assert all(r["status"] == "ok" for r in other.result()[REPORT]["results"])    # then small loaded and ran
