@@ -39,10 +39,12 @@ def remember(preset: str, device: str, loaded: dict[str, events.Loaded]) -> None
         return
     with _lock:
         table = _read()
-        for variant, event in loaded.items():
-            key = _key(preset, variant, device)
+        entries = {_key(preset, v, device): {"load_s": e.load_s, "warmup_s": e.warmup_s} for v, e in loaded.items()}
+        if all(table.get(key) == entry for key, entry in entries.items()):
+            return                                     # workers kept loaded from an earlier run: nothing new
+        for key, entry in entries.items():
             table.pop(key, None)                       # re-inserted last: the oldest go first
-            table[key] = {"load_s": event.load_s, "warmup_s": event.warmup_s}
+            table[key] = entry
         while len(table) > MAX_ENTRIES:
             table.pop(next(iter(table)))
         path = _path()

@@ -151,17 +151,18 @@ def _timed(row: dict, outcome, read_bytes: int, peak_bandwidth: float | None, us
         row[key] = _median_of(rows, key) if key.endswith(("_s", "mbu")) else rows[0][key]
     tpots = [r["tpot_s"] for r in rows if r["tpot_s"] is not None]
     times = [metrics.relative_times(f.t_start, f.token_times) for f in outcome.finished]
+    peaks = [peak_memory(f) for f in outcome.finished]
     row.update(tpot_min_s=min(tpots) if tpots else None, tpot_max_s=max(tpots) if tpots else None,
                tpot_repeats_s=[r["tpot_s"] for r in rows],     # in the order run: shows a slow first repeat
                # each figure's value per repeat: the ranges that engine/verdict.py judges differences by
                ttft_repeats_s=[r["ttft_s"] for r in rows], tokens_per_s_repeats=[r["tokens_per_s"] for r in rows],
-               peak_memory_repeats_bytes=[peak_memory(f) for f in outcome.finished],
+               peak_memory_repeats_bytes=peaks,
                # beside each repeat, what could have slowed it: the serving thread taken off its core,
                # a lower GPU clock
                preemptions_repeats=[f.host.get("preemptions") for f in outcome.finished],
                sm_clock_mhz_repeats=[f.host.get("sm_clock_mhz") for f in outcome.finished],
                text=first.text, queue_s=first.t_start - outcome.t_ready if outcome.t_ready else None,
-               peak_memory_bytes=max((p for p in map(peak_memory, outcome.finished) if p), default=None), memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
+               peak_memory_bytes=max((p for p in peaks if p), default=None), memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
                token_times_s=times[0], token_times_repeats_s=times, token_ids=list(first.token_ids))
     row.update(host_load(outcome.finished, judged=not outcome.contended))
     if reference_ids is not None and outcome.variant != REFERENCE:

@@ -155,11 +155,10 @@ class Execution:
                     self._fail(worker, "the worker process is gone; it will be restarted")
 
         def settled() -> bool:
-            warm_the_loaded()
             return (all((w := self.workers.get(n)) is None or w.loaded or w.failed for n in pending)
                     and not self.state.waiting(pending))
 
-        self.receive(pending, settled, self.limits.load_s)
+        self.receive(pending, settled, self.limits.load_s, between=warm_the_loaded)
         for name in pending:
             worker = self.workers.get(name)
             if worker is not None and worker.failed and not worker.loaded:
@@ -186,10 +185,15 @@ class Execution:
             raise RuntimeError(f"{name}: {kind} failed: {answer.reason if answer else 'no answer'}")
         return dict(answer.values)
 
-    def receive(self, names: list[str], until, timeout: float) -> None:
-        """Pass on events of the named workers until `until()`; handle deaths, stuck workers, timeouts."""
+    def receive(self, names: list[str], until, timeout: float, between=None) -> None:
+        """Pass on events of the named workers until `until()`; handle deaths, stuck workers, timeouts.
+        `between()` runs before each check (it may send the workers more work)."""
         deadline = time.monotonic() + timeout
-        while not until():
+        while True:
+            if between is not None:
+                between()
+            if until():
+                return
             live = [w for n in names if (w := self.workers.get(n)) is not None]
             if not live:
                 return

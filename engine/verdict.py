@@ -97,8 +97,9 @@ def slowed(*rows: dict) -> list[str]:
     return [row["variant"] for row in rows if row.get("host_busy")]
 
 
-def ratio_text(metric: Metric, comparison: Comparison, with_range: bool = True) -> str:
-    """"4.50x (range 4.20-4.80x)" for a speedup or ratio, "52% (48-55%)" for a share: one format everywhere."""
+def ratio_text(metric: Metric, comparison: Comparison, with_range: bool = True, word: str = "range ") -> str:
+    """"4.50x (range 4.20-4.80x)" for a speedup or ratio, "52% (range 48-55%)" for a share: one format
+    everywhere (`word` before the range: "" in a table cell)."""
     if metric.ratio == "share":
         text = f"{comparison.ratio:.0%}"
         span = f"{comparison.low * 100:.0f}-{comparison.high:.0%}" if comparison.low is not None else ""
@@ -107,7 +108,7 @@ def ratio_text(metric: Metric, comparison: Comparison, with_range: bool = True) 
         span = f"{comparison.low:.2f}-{comparison.high:.2f}x" if comparison.low is not None else ""
     if span and len(set(span.rstrip("x%").split("-"))) == 1:     # every repeat gave the same, to this precision
         span = ""
-    return f"{text} (range {span})" if with_range and span else text
+    return f"{text} ({word}{span})" if with_range and span else text
 
 
 def leaders(rows: list[dict], metric: Metric) -> list[str]:

@@ -5,7 +5,7 @@ import io
 from engine import events
 from engine.views import run_charts, summary
 from engine.views.run import RunView
-from ui import render
+from ui import render, sweep_render
 
 
 def fold_fair_run():
@@ -100,13 +100,13 @@ def test_a_finished_sweep_says_how_many_cells_other_processes_slowed():
             {"variant": "sdpa", "status": "ok", "reason": None, "host_busy": True, "host_others_cores": 1.34}]
     live = SimpleNamespace(settled=2, total=2, done=True, experiment=SimpleNamespace(name="batch"),
                            result={"results": rows, "cancelled": False, "wall_s": 3.0})
-    text = render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
+    text = sweep_render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
     assert 'data-kind="warn"' in text and "1 of 2 timed rows were slowed by other processes" in text
     assert "(up to 1.3 cores taken)" in text and "marked CPU busy in the table" in text
     rows[1]["host_busy"] = False
-    assert 'data-kind="ok"' in render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
+    assert 'data-kind="ok"' in sweep_render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
     live.result["trends"] = [{"claim": "c", "measured": "m", "agrees": False, "note": "On this run c did not hold."}]
-    text = render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
+    text = sweep_render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
     assert 'data-kind="warn"' in text and "the chart contradicts the paragraph beside it" in text
 
 

@@ -7,7 +7,8 @@ import pytest
 from engine import events, presets
 from engine.pool import Engine
 from engine.spec import RunSpec
-from engine.studies.experiments import Claim, repeats_for, trend
+from engine.studies.experiments import Claim, repeats_for
+from engine.studies.trends import trend
 from engine.studies.sweeps import (EXPERIMENTS, PROMPT, LiveSweep, cell_words, derive, get, grid_for, host_busy_note,
                                     run_sweep, start_sweep, summary, to_csv)
 from engine.events import Request, WorkerSpec
@@ -308,7 +309,7 @@ def test_the_summary_marks_slowed_rows_counts_them_and_states_each_claim():
                  tokens_per_s_repeats=[190.0, 200.0, 210.0], reason=None, prompt_length=64, pad_ratio=0.0,
                  max_new_tokens=16)]
     experiment = get("batch")
-    from engine.studies.experiments import trends
+    from engine.studies.trends import trends
     from engine.views.sweep_charts import figure_text
     rows = derive(experiment, rows)
     sweep = {"experiment": "batch", "results": rows, "left_out": [], "trends": trends(experiment, rows, figure_text)}

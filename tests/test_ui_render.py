@@ -10,7 +10,7 @@ from app_server import ROOT
 from engine import events
 from engine.errors import InputError, PresetError
 from engine.views.run import Lane, RunView
-from ui import render
+from ui import render, sweep_render
 
 
 def engine_stub(random_weights=True, threads=1, kind="cpu", reasons=None):
@@ -23,7 +23,7 @@ def engine_stub(random_weights=True, threads=1, kind="cpu", reasons=None):
 
 
 def test_the_view_modules_import_neither_gradio_nor_torch():
-    code = ("import sys, ui.render, engine.views.run, engine.views.run_charts, engine.views.summary, "
+    code = ("import sys, ui.render, ui.sweep_render, engine.views.run, engine.views.run_charts, engine.views.summary, "
             "engine.views.sweep_charts, engine.views.tables; "
             "assert 'gradio' not in sys.modules and 'torch' not in sys.modules, 'imported'; "
             "import app, ui.page; assert 'torch' not in sys.modules, 'app imports torch'")
@@ -90,13 +90,13 @@ def test_the_run_message_follows_the_run():
 
 
 def test_the_experiment_paragraph_and_its_standalone_chart_page():
-    paragraph = render.explanation_html("batch", quick=True)
+    paragraph = sweep_render.explanation_html("batch", quick=True)
     assert 'data-experiment="batch"' in paragraph and "Quick grid: 3 cells per variant" in paragraph
-    assert f"{render.sweeps.repeats_for(True)} measured requests per cell (the median is kept)," in paragraph
-    assert "3 measured requests per cell (the median is kept)" in render.explanation_html("batch", quick=False)
+    assert f"{sweep_render.sweeps.repeats_for(True)} measured requests per cell (the median is kept)," in paragraph
+    assert "3 measured requests per cell (the median is kept)" in sweep_render.explanation_html("batch", quick=False)
     sweep = {"title": "Batching <b>", "explanation": "why", "quick": True, "device": {"name": "cpu"},
              "preset": {"title": "Tiny", "random_weights": True}}
-    page = render.sweep_page(sweep, "<div id=chart></div>")
+    page = sweep_render.sweep_page(sweep, "<div id=chart></div>")
     assert page.startswith("<!doctype html>") and "<title>Batching &lt;b&gt;</title>" in page
     assert "Tiny on cpu; quick grid. Random weights" in page and page.endswith("<div id=chart></div></body></html>")
 
@@ -104,10 +104,10 @@ def test_the_experiment_paragraph_and_its_standalone_chart_page():
 def test_a_running_sweep_shows_its_progress_and_what_it_loads():
     live = SimpleNamespace(settled=3, total=12, done=False, experiment=SimpleNamespace(name="attention"),
                            stages={"sdpa": "loading", "baseline": "done"})
-    text = render.sweep_message(live, "CPU", stopping=False, elapsed_s=5.0)
+    text = sweep_render.sweep_message(live, "CPU", stopping=False, elapsed_s=5.0)
     assert "Running attention: 3 of 12 measurements (25%); loading and warming up sdpa (5 s)." in text
     assert 'data-progress="0.2500"' in text and 'data-kind="info"' in text
-    assert 'data-kind="warn"' in render.sweep_message(live, "CPU", stopping=True, elapsed_s=5.0)
+    assert 'data-kind="warn"' in sweep_render.sweep_message(live, "CPU", stopping=True, elapsed_s=5.0)
 
 
 def test_the_banner_says_the_mode_and_a_run_where_nothing_answered_is_an_error():

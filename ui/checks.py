@@ -24,12 +24,10 @@ def whole(name: str, value, low: int, high: int | None) -> int:
     return number
 
 
-def text(name: str, value, limit: int | None = None) -> str:
-    """A string that is valid Unicode text (no unpaired surrogate), at most `limit` characters."""
+def text(name: str, value) -> str:
+    """A string that is valid Unicode text (no unpaired surrogate)."""
     if not isinstance(value, str):
         raise InputError(f"{name} must be text, got {type(value).__name__}")
-    if limit is not None and len(value) > limit:
-        raise InputError(f"the {name} has {len(value):,} characters; this page allows up to {limit:,}: shorten it")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:

@@ -149,13 +149,15 @@ def compare(ctx: Context, prompt_text: str, preset_name: str, selected: list[str
 
 
 def checked_spec(ctx: Context, prompt_text, selected, max_new_tokens, run_mode, repeats) -> RunSpec:
-    """The run the parameters ask for, each checked for type and range (ui/checks.py)."""
-    limit = ctx.limits
-    return RunSpec(checks.text("prompt", prompt_text if prompt_text is not None else "", limit.prompt_chars),
+    """The run the parameters ask for, each checked for type and range (ui/checks.py), then against the
+    page's limits that need no tokenizing (the engine checks them again, with the rest)."""
+    spec = RunSpec(checks.text("prompt", prompt_text if prompt_text is not None else ""),
                    checks.names("variants", selected), checks.whole("max new tokens", max_new_tokens, 1, None),
                    mode=checks.choice("mode", run_mode, ("fair", "race")),
                    repeats=checks.whole("repeats", REPEATS_DEFAULT if repeats is None else repeats, 1,
-                                        limit.repeats or REPEATS_MAX))
+                                        ctx.limits.repeats or REPEATS_MAX))
+    ctx.limits.check(spec)
+    return spec
 
 
 def limits_md(limits) -> str:

@@ -14,7 +14,7 @@ from gradio.components.plot import PlotData
 from engine.errors import InputError
 from engine.studies import sweeps
 from engine.views.sweep_charts import empty_sweep_figure, sweep_figure, sweep_table
-from ui import checks, render, stream
+from ui import checks, render, stream, sweep_render
 from ui.gate import visitor_of
 from ui.outputs import Outputs, Wiring
 from ui.presets import preset_update
@@ -64,7 +64,7 @@ def blank(name: str) -> dict:
 def on_experiment(ctx: Context, name: str, preset_name: str, quick: bool) -> dict:
     """A new experiment: its paragraph, its own variants selected, its empty chart."""
     engine, update = preset_update(ctx, preset_name, sweeps.get(name).variants)
-    return {"explanation": render.explanation_html(name, quick), "message": "", **blank(name),
+    return {"explanation": sweep_render.explanation_html(name, quick), "message": "", **blank(name),
             **({"variants": update["variants"]} if engine else {})}
 
 
@@ -77,7 +77,7 @@ def on_preset(ctx: Context, preset_name: str, name: str) -> dict:
 
 
 def on_quick(ctx: Context, name: str, quick: bool) -> dict:
-    return {"explanation": render.explanation_html(name, quick)}
+    return {"explanation": sweep_render.explanation_html(name, quick)}
 
 
 def prepare(ctx: Context, name: str, session_state: Session) -> dict:
@@ -114,16 +114,16 @@ class SweepView:
 def frame(ctx: Context, name: str, view: SweepView, run_id: int, elapsed_s: float, stopping: bool) -> dict:
     """One update of the sweep's outputs; once it is done, with its rows and files."""
     figure, plot, table = view.draw(name)
-    update = {"message": render.sweep_message(view.live, view.device, stopping, elapsed_s), "plot": plot,
+    update = {"message": sweep_render.sweep_message(view.live, view.device, stopping, elapsed_s), "plot": plot,
               "table": table, "sweep": None, **{key: gr.update(**NO_FILE) for key in FILES}}
     if view.done or not view.explained:     # the plain paragraph while it runs; what the run showed once done
-        update["explanation"] = render.explanation_html(name, view.live.quick, view.live.result)
+        update["explanation"] = sweep_render.explanation_html(name, view.live.quick, view.live.result)
         view.explained = True
     if view.done:
         sweep = view.live.result
         paths = ctx.downloads.save("sweep", run_id, f"{name}-{sweep['preset']['name']}",
                                    json=json.dumps(sweep, indent=1), csv=sweeps.to_csv(sweep),
-                                   html=render.sweep_page(sweep, figure.to_html(full_html=False,
+                                   html=sweep_render.sweep_page(sweep, figure.to_html(full_html=False,
                                                                                 include_plotlyjs=True)))
         update.update({"sweep": sweep, **{key: gr.update(value=path, interactive=True)
                                           for key, path in zip(FILES, paths)}})
@@ -196,7 +196,7 @@ def build(ctx: Context, preset: str, preset_choices: list) -> None:
     with gr.Row(equal_height=False, elem_id="exp-chart-row"):
         c["plot"] = gr.Plot(empty["plot"], label="Chart", show_label=False, scale=3, min_width=320,
                             elem_id="exp-plot")
-        c["explanation"] = gr.HTML(render.explanation_html(FIRST_EXPERIMENT, quick), js_on_load=None, scale=1,
+        c["explanation"] = gr.HTML(sweep_render.explanation_html(FIRST_EXPERIMENT, quick), js_on_load=None, scale=1,
                                    min_width=260, elem_id="exp-explanation")
     c["table"] = gr.Dataframe(empty["table"], label="Rows: one per variant and cell (units in the headers)",
                               interactive=False, wrap=True, elem_id="exp-table")

@@ -16,8 +16,8 @@ from engine.outcomes import Outcome
 from engine.pool import Engine, Run
 from engine.presets import Preset
 from engine.spec import RunSpec
-from engine.studies.experiments import (EXPERIMENTS, PROMPT, Experiment, derive, get, grid_for, repeats_for,
-                                        spread, trends)
+from engine.studies.experiments import EXPERIMENTS, PROMPT, Experiment, derive, get, grid_for, repeats_for, spread
+from engine.studies.trends import trends
 from engine.views.sweep_charts import cell_text, figure_text, sweep_table
 from engine.views.tables import csv_text, fixed_width
 

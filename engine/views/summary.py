@@ -70,9 +70,9 @@ def judgement(report: dict) -> dict:
     return report.get("comparison") or verdict.judge(report.get("results", []))
 
 
-def versus(row: dict, metric: str) -> str:
+def versus(row: dict, metric: str, with_slowed: bool = True) -> str:
     """A variant against the reference in one figure: "4.40x (3.85-5.00x)", "1.02x within noise",
-    "reference" on the reference's own row, and who was slowed by other processes."""
+    "reference" on the reference's own row, and (`with_slowed`) who was slowed by other processes."""
     if row["variant"] == REFERENCE:
         return "reference" if verdict.answered(row) else tables.DASH
     found = (row.get("vs_reference") or {}).get(metric)
@@ -80,11 +80,10 @@ def versus(row: dict, metric: str) -> str:
         return tables.DASH
     measure = verdict.BY_NAME[metric]
     comparison = verdict.Comparison(**found)
-    text = verdict.ratio_text(measure, comparison, with_range=comparison.verdict != verdict.NOISE)
-    text = text.replace("(range ", "(")
+    text = verdict.ratio_text(measure, comparison, with_range=comparison.verdict != verdict.NOISE, word="")
     if VERDICT_WORDS[comparison.verdict]:
         text += f" {VERDICT_WORDS[comparison.verdict]}"
-    busy = (row.get("vs_reference") or {}).get("slowed_by_others") or []
+    busy = ((row.get("vs_reference") or {}).get("slowed_by_others") or []) if with_slowed else []
     return text + (f"; slowed: {', '.join(busy)}" if busy else "")
 
 
