@@ -37,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--host", help="address to serve on (default: Gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME)")
     top.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or $GRADIO_SERVER_PORT)")
     top.add_argument("--share", action="store_true", help="ask Gradio for a public link")
-    top.add_argument("--preset", default="tiny", help=f"preset shown first: {', '.join(presets.available())}")
+    top.add_argument("--preset", help=f"preset shown first (default: {DEFAULT_PRESET}, or the first preset that "
+                     f"loads when it does not): {', '.join(presets.available())}")
     top.add_argument("--mode", choices=("fair", "race"), default="fair", help="mode selected first")
     top.add_argument("--threads", type=int, help="torch CPU threads per worker (default: on a CPU device, "
                      "all cores but one, which is left to the page; on a GPU host, torch's)")
@@ -55,12 +56,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 AUTH_ENV = "SIDEBYSIDE_AUTH"
+DEFAULT_PRESET = "tiny"
 LIMIT_FLAGS = (("--queue-size", "queue_size", int, "runs that may wait for the device"),
                ("--max-prompt-chars", "prompt_chars", int, "characters of a prompt"),
                ("--max-repeats", "repeats", int, "timed requests per variant"),
                ("--max-new-tokens", "new_tokens", int, "new tokens per request"),
                ("--max-work-tokens", "work_tokens", int, "token positions of one run"),
-               ("--run-deadline", "run_deadline_s", float, "seconds after which a run is stopped"))
+               ("--run-deadline", "run_deadline_s", float, "seconds after which a run is stopped"),
+               ("--unread-timeout", "unread_s", float, "seconds a job's updates may go unread before it is stopped"))
 
 
 def page_limits(args) -> Limits:
@@ -73,6 +76,31 @@ def page_limits(args) -> Limits:
         if value <= 0:
             raise ValueError(f"--{field.replace('_', '-')} must be positive, got {value}")
     return Limits.public_defaults(**overrides)
+
+
+def opening_presets(asked: str | None, offered: list[str] | None) -> list[str]:
+    """The presets to open the page on, in order: the one asked for alone; else the default, then every
+    other preset that loads (a broken default file, or one that cannot run here, must not keep the
+    app from starting: the page lists it as unavailable)."""
+    if asked is not None:
+        return [asked]
+    names = [DEFAULT_PRESET, *(name for name in presets.available() if name != DEFAULT_PRESET)]
+    return [name for name in names if offered is None or name in offered]
+
+
+def open_page(engines: Engines, asked: str | None, mode: str, offered: list[str] | None):
+    """The page, opened on the preset asked for (its PresetError or DeviceError raised as is), or on the
+    first of `opening_presets` that can be used, a line on stderr for each one passed over."""
+    candidates = opening_presets(asked, offered)
+    for preset in candidates:
+        try:
+            return build_app(engines, preset, mode)
+        except (PresetError, DeviceError) as error:
+            if asked is not None:
+                raise
+            print(f"preset {preset} cannot open the page ({error}); trying the next one", file=sys.stderr)
+    raise PresetError("no preset can be used here" + (" (see the lines above)" if candidates else "")
+                      + ": fix a preset file in presets/ or add one")
 
 
 def credentials(args) -> tuple[str, str] | None:
@@ -111,13 +139,13 @@ def main(argv=None) -> int:
     if limits.public:
         offered = ([p.strip() for p in args.public_presets.split(",") if p.strip()] if args.public_presets
                    else offered_by_default())
-        if args.preset not in offered:
+        if args.preset is not None and args.preset not in offered:
             print(f"error: --preset {args.preset} is not among the presets this public page offers "
                   f"({', '.join(offered) or 'none'}): choose one, or list it in --public-presets", file=sys.stderr)
             return 2
     engines = Engines(threads=args.threads, limits=limits, offered=offered)
     try:
-        demo = build_app(engines, args.preset, args.mode)
+        demo = open_page(engines, args.preset, args.mode, offered)
     except (PresetError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

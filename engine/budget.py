@@ -19,6 +19,9 @@ ACTIVATION_MARGIN = 0.15          # share of weights + cache kept free for activ
 CUDA_CONTEXT_BYTES = 600 * 2**20  # each CUDA process holds a context of roughly this size
 HEADROOM = 0.10                   # share of free memory never planned: fragmentation, other processes,
 HEADROOM_MAX_BYTES = 4 * 2**30    # at most this much: on a large card the estimates' own margins cover the rest
+# the compiled variant keeps a static KV cache (and a CUDA graph) per request shape for reuse, up to
+# this many whole contexts' worth at batch 1 (engine/worker/decode.py evicts the least recently used)
+STATIC_CACHE_CONTEXTS = 2
 
 
 def _first(config: dict, *keys, default=None):
@@ -64,6 +67,8 @@ def footprint(preset: Preset, variant: Variant, cuda: bool) -> Footprint | None:
     else:
         weights = params * full
     kv = 0 if not variant.use_cache else 2 * layers * kv_heads * head_dim * preset.context_length * full
+    if variant.compile:
+        kv *= STATIC_CACHE_CONTEXTS
     load_peak = params * full if (variant.quantization and preset.random_weights) else weights
     total = max(weights + kv, load_peak) * (1 + ACTIVATION_MARGIN) + (CUDA_CONTEXT_BYTES if cuda else 0)
     return Footprint(params, int(weights), int(kv), int(load_peak), int(total))

@@ -24,13 +24,14 @@ class Limits:
     work_tokens: int | None = None         # token positions of a whole run (see `work`)
     run_deadline_s: float | None = None    # a run still going then is stopped, its results kept
     quick_experiments_only: bool = False   # experiments run their quick grid
+    unread_s: float | None = None          # a job whose updates nobody reads for this long gives up its place
 
     @classmethod
     def public_defaults(cls, **overrides) -> Limits:
         """The limits of a public page; `overrides` (from the command line) replace single fields."""
         return replace(cls(public=True, queue_size=8, per_visitor=1, prompt_chars=20_000, repeats=3,
                            new_tokens=256, work_tokens=400_000, run_deadline_s=300.0,
-                           quick_experiments_only=True), **overrides)
+                           quick_experiments_only=True, unread_s=30.0), **overrides)
 
     def describe(self) -> list[str]:
         """The limits in words, one line each, for the page's banner and definitions."""
@@ -42,7 +43,9 @@ class Limits:
                  f"a run's work up to {self.work_tokens:,} token positions (no-kv-cache counts every position it "
                  "recomputes); a run still going after "
                  f"{self.run_deadline_s:.0f} s is stopped, what it measured kept",
-                 "experiments run their quick grid; uploads are refused"]
+                 "experiments run their quick grid; uploads are refused",
+                 f"a job whose updates nobody reads for {self.unread_s:.0f} s (its page closed, a script gone) is "
+                 "stopped and gives its place up"]
         return lines
 
     def check(self, spec, prompt_tokens: int | None = None) -> None:

@@ -43,10 +43,9 @@ def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float
     raise RuntimeError(f"app.py did not answer within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-@contextlib.contextmanager
-def serve(*args: str, name: str = "app", env: dict | None = None) -> Iterator[str]:
-    """Run `python app.py --port <free> *args` (with `env` added to the environment); yield its URL;
-    stop it and its workers afterwards."""
+def start(*args: str, name: str = "app", env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Start `python app.py --port <free> *args` (with `env` added to the environment), its output in
+    test-artifacts/NAME.log; (the process, its URL) once it answers."""
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / f"{name}.log"
     port = free_port()
@@ -55,9 +54,22 @@ def serve(*args: str, name: str = "app", env: dict | None = None) -> Iterator[st
         process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
                                     *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    children: list[psutil.Process] = []
     try:
         _wait_ready(url, process, log, 90)
+    except BaseException:
+        process.kill()
+        process.wait(10)
+        raise
+    return process, url
+
+
+@contextlib.contextmanager
+def serve(*args: str, name: str = "app", env: dict | None = None) -> Iterator[str]:
+    """Run `python app.py --port <free> *args` (with `env` added to the environment); yield its URL;
+    stop it and its workers afterwards."""
+    process, url = start(*args, name=name, env=env)
+    children: list[psutil.Process] = []
+    try:
         yield url
     finally:
         with contextlib.suppress(psutil.Error):

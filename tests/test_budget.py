@@ -13,6 +13,8 @@ def test_memory_budget_keeps_what_fits_and_swaps_the_rest():
     nf4 = budget.footprint(llama, CATALOG["bnb-4bit"], cuda=True)
     assert nf4.weights_bytes < bf16.weights_bytes / 2
     assert nf4.load_peak_bytes == bf16.weights_bytes        # random weights are quantized in place
+    compiled = budget.footprint(llama, CATALOG["compiled"], cuda=True)     # its caches kept for reuse count
+    assert compiled.kv_cache_bytes == budget.STATIC_CACHE_CONTEXTS * bf16.kv_cache_bytes > 0
     placement = budget.plan(llama, variants, 80 * 10**9, cuda=True)
     resident = [n for n in names if placement[n] == "resident"]
     assert 1 <= len(resident) < len(names)                    # eight 8B variants do not fit on 80 GB

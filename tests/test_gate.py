@@ -7,7 +7,7 @@ import pytest
 from engine.limits import Limits
 from ui import checks
 from engine.errors import InputError
-from ui.gate import Gate, Refused, visitor_of
+from ui.gate import Audience, Gate, Refused, unread_updates, visitor_of
 
 
 def test_jobs_hold_the_device_in_arrival_order_and_the_next_goes_when_one_leaves():
@@ -83,3 +83,30 @@ def test_download_folders_of_killed_app_processes_are_removed_and_live_ones_kept
         (folder / "run-1.json").write_text("{}")
     assert remove_orphans(tmp_path) == [dead]
     assert not dead.exists() and alive.exists()
+
+
+def test_a_job_whose_updates_pile_up_unread_for_its_patience_is_gone_and_one_read_now_and_then_is_not():
+    now, waiting = [0.0], [0]
+    audience = Audience(lambda: waiting[0], 3.0, clock=lambda: now[0])
+    for second in range(1, 10):                 # a reader taking every update within the second
+        now[0], waiting[0] = float(second), (second + 1) % 2   # all taken at t=9
+        assert not audience.gone()
+    waiting[0] = 1                              # from t=9 nothing is taken any more
+    for t, expected in ((10.0, False), (12.0, False), (12.5, True)):
+        now[0], waiting[0] = t, waiting[0] + 1
+        assert audience.gone() is expected
+    assert not Audience(lambda: 50, None).gone()                 # no patience set: never gone
+    unknown = Audience(lambda: None, 0.5, clock=lambda: now[0])
+    now[0] += 100
+    assert not unknown.gone()                                    # cannot be told: given the benefit of the doubt
+
+
+def test_unread_updates_are_read_from_gradios_queue_of_the_session():
+    import asyncio
+    queue = asyncio.Queue()
+    queue.put_nowait("update")
+    queue.put_nowait("update")
+    blocks = SimpleNamespace(_queue=SimpleNamespace(pending_messages_per_session={"abc": queue}))
+    assert unread_updates(blocks, "abc") == 2
+    assert unread_updates(blocks, "other") is None and unread_updates(blocks, None) is None
+    assert unread_updates(SimpleNamespace(), "abc") is None      # a Gradio that keeps them elsewhere

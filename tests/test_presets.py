@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine import presets
+from engine.errors import PresetError
 from engine.variants import CATALOG
 
 
@@ -173,3 +174,24 @@ def test_the_dropdown_lists_a_broken_file_as_unavailable_with_its_reason(folder)
         ("Tiny Llama (random weights, built in) (tiny)", "tiny"),
         ("wrongtype (unavailable: field 'dtype' must be a string, got 16)", "wrongtype"),
     ]
+
+
+def test_a_broken_default_preset_does_not_keep_the_app_from_starting_but_one_asked_for_by_name_does(folder, capsys):
+    import app
+    from ui.state import Engines
+    (folder / "tiny.yaml").write_text("name: tiny\ntitle: [unclosed\n")          # the default, broken
+    (folder / "good.yaml").write_text(GOOD.format(name="good"))
+    assert app.opening_presets(None, None) == ["tiny", "good"]
+    assert app.opening_presets(None, ["good"]) == ["good"] and app.opening_presets("tiny", None) == ["tiny"]
+    engines = Engines()
+    try:
+        assert app.open_page(engines, None, "fair", None) is not None
+        assert "good" in engines._engines and "tiny" not in engines._engines   # opened on the next preset
+        assert "preset tiny cannot open the page (presets/tiny.yaml: not valid YAML" in capsys.readouterr().err
+        with pytest.raises(PresetError, match="presets/tiny.yaml: not valid YAML"):
+            app.open_page(engines, "tiny", "fair", None)                    # by name: its own reason
+        (folder / "good.yaml").write_text("name: good\n")
+        with pytest.raises(PresetError, match="no preset can be used here"):
+            app.open_page(Engines(), None, "fair", ["tiny"])
+    finally:
+        engines.close()

@@ -24,7 +24,8 @@ LONG_PROMPT = "Why does decoding wait on memory bandwidth? " * 40
 
 @pytest.fixture(scope="module")
 def public_url():
-    with serve("--public", "--max-prompt-chars", "2000", "--run-deadline", "120", name="test_public") as address:
+    with serve("--public", "--max-prompt-chars", "2000", "--run-deadline", "120", "--unread-timeout", "3",
+               name="test_public") as address:
         yield address
 
 
@@ -116,6 +117,36 @@ def test_one_job_per_visitor_then_a_good_run_works(public_url, visitor):
     good = second.predict(PROMPT, "tiny", ["baseline", "sdpa"], 8, "fair", 3, api_name="/compare")
     assert all(r["status"] == "ok" for r in good[REPORT]["results"])
     assert "Verdict" in good[MESSAGE] or "Done" in good[MESSAGE]
+
+
+def join(url: str, data: list, session_hash: str) -> int:
+    """Join the queue for /compare as the page does (POST queue/join; the last input, the session's state,
+    is the server's), and never read the updates."""
+    with urllib.request.urlopen(url + "/config", timeout=10) as response:
+        fn_index = next(d["id"] for d in json.loads(response.read())["dependencies"] if d.get("api_name") == "compare")
+    body = json.dumps({"data": [*data, None], "fn_index": fn_index, "session_hash": session_hash, "event_data": None,
+                       "trigger_id": None}).encode()
+    request = urllib.request.Request(url + "/gradio_api/queue/join", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status
+
+
+def test_jobs_whose_updates_nobody_reads_give_the_device_up_and_a_visitor_runs_after(public_url):
+    log = ARTIFACTS / "test_public.log"
+    before = log.read_text().count("nobody read its updates")
+    heavy = [LONG_PROMPT, "tiny", ["baseline", "sdpa"], 256, "fair", 3]
+    assert [join(public_url, heavy, f"gone-{i}") for i in range(10)] == [200] * 10     # accepted by Gradio
+    deadline = time.monotonic() + 60             # one of them ran (one job per address), unread for 3 s
+    while log.read_text().count("nobody read its updates") == before:
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)
+    stopped = log.read_text().splitlines()
+    lines = [line for line in stopped if "nobody read its updates for 3 s" in line]
+    assert len(lines) == before + 1 and "running (run " in lines[-1], lines   # the other nine never got in
+    good = Client(public_url, verbose=False).predict(PROMPT, "tiny", ["baseline", "sdpa"], 8, "fair", 3,
+                                                     api_name="/compare")
+    assert all(r["status"] == "ok" for r in good[REPORT]["results"]), good[MESSAGE]
 
 
 def test_nothing_reached_the_log_as_a_traceback(public_url, visitor):

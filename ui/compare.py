@@ -20,7 +20,6 @@ from engine import verdict
 from engine.views.summary import DEFINITIONS_MD, SUMMARY_HEADERS, judgement, report_csv, summary_rows
 from engine.errors import InputError
 from ui import checks, render, stream
-from ui.gate import visitor_of
 from ui.examples import EXAMPLES, QUESTION
 from ui.outputs import Outputs, Wiring
 from ui.presets import preset_update
@@ -145,7 +144,7 @@ def compare(ctx: Context, prompt_text: str, preset_name: str, selected: list[str
     yield from stream.stream(ctx, session_state, preset_name, partial(_start, ctx, preset_name, spec, view,
                                                                       session_state),
                              partial(frame, ctx, RunCharts(CHART_TICK_S)), partial(failure_frame, view),
-                             f"Preset {render.e(preset_name)} cannot be used", visitor=visitor_of(request))
+                             f"Preset {render.e(preset_name)} cannot be used", request=request)
 
 
 def checked_spec(ctx: Context, prompt_text, selected, max_new_tokens, run_mode, repeats) -> RunSpec:

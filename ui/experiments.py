@@ -15,7 +15,6 @@ from engine.errors import InputError
 from engine.studies import sweeps
 from engine.views.sweep_charts import empty_sweep_figure, sweep_figure, sweep_table
 from ui import checks, render, stream, sweep_render
-from ui.gate import visitor_of
 from ui.outputs import Outputs, Wiring
 from ui.presets import preset_update
 from ui.state import Context, Session
@@ -165,7 +164,7 @@ def experiment(ctx: Context, name: str, preset_name: str, selected: list[str], q
                              partial(_start, ctx, name, preset_name, selected, quick),
                              partial(frame, ctx, name), partial(failure, name),
                              f"Experiment {render.e(name)} on preset {render.e(preset_name)} cannot run",
-                             interval_s=SWEEP_TICK_S, visitor=visitor_of(request))
+                             interval_s=SWEEP_TICK_S, request=request)
 
 
 def build(ctx: Context, preset: str, preset_choices: list) -> None:

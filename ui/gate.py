@@ -4,13 +4,16 @@ Each job (a /compare or /experiment call) takes a ticket, waits for its turn whi
 how many are ahead, and gives the ticket back however it ends (done, refused, stopped, or the page
 closed: Gradio closes the generator). The queue is bounded and, on a public page, each visitor
 (their session, and their address) has at most `per_visitor` jobs queued or running; a job
-refused at the door gets a message at once, never a silent wait.
+refused at the door gets a message at once, never a silent wait. A job whose updates nobody reads
+(its tab lost, a script that joined the queue and went away) gives its place up (`Audience`).
 """
 from __future__ import annotations
 
 import itertools
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.limits import Limits
@@ -93,3 +96,32 @@ class Gate:
     def __len__(self) -> int:
         with self._changed:
             return len(self._line)
+
+
+def unread_updates(blocks, session_hash: str | None) -> int | None:
+    """How many of a session's updates wait in Gradio's queue for its page (or script) to read them;
+    None when that cannot be told (no session, or a Gradio that keeps them elsewhere). A reader
+    connected to the session's stream takes each update as it comes: the count keeps falling to 0."""
+    pending = getattr(getattr(blocks, "_queue", None), "pending_messages_per_session", None)
+    if not session_hash or not isinstance(pending, dict):
+        return None
+    messages = pending.get(session_hash)
+    return messages.qsize() if messages is not None else None
+
+
+class Audience:
+    """Whether anyone still reads a job's updates: gone once they have piled up unread, never all
+    taken, for `patience_s` (None: never gone). Asked at each update the job makes."""
+
+    def __init__(self, unread: Callable[[], int | None], patience_s: float | None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.unread, self.patience_s, self.clock = unread, patience_s, clock
+        self.heard = clock()                      # the last time nothing was waiting unread
+
+    def gone(self) -> bool:
+        if self.patience_s is None:
+            return False
+        if not self.unread():                     # 0: all read; None: unknown, given the benefit of the doubt
+            self.heard = self.clock()
+            return False
+        return self.clock() - self.heard > self.patience_s

@@ -1,6 +1,7 @@
 """The whole page: a header and the two tabs, with its theme and CSS (both go to launch() in Gradio 6)."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -10,7 +11,7 @@ from engine.views.palette import color_of
 from ui import compare, experiments
 from ui.downloads import Downloads
 from ui.presets import preset_choices
-from ui.gate import Gate
+from ui.gate import Gate, unread_updates
 from ui.state import Context, Engines
 
 TITLE = "Side by side: LLM inference variants"
@@ -36,9 +37,9 @@ def launch_kwargs() -> dict:
 def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.Blocks:
     """The Blocks of the dashboard over `engines`; raises PresetError or DeviceError for an unusable `preset`."""
     engines.get(preset)
-    ctx = Context(engines, Downloads.temporary(), Gate(engines.limits))
     choices = preset_choices(engines.offered)
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+        ctx = Context(engines, Downloads.temporary(), Gate(engines.limits), partial(unread_updates, demo))
         gr.Markdown(INTRO)
         with gr.Tabs(elem_id="sbs-tabs"):
             with gr.Tab("Compare", id="compare", elem_id="sbs-tab-compare"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import enum
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine import presets
@@ -140,6 +141,7 @@ class Context:
     engines: Engines
     downloads: Downloads
     gate: Gate = field(default_factory=lambda: Gate(Limits()))
+    unread: Callable[[str | None], int | None] = lambda session_hash: None   # ui/gate.py's unread_updates
 
     @property
     def limits(self) -> Limits:

@@ -6,13 +6,15 @@ makes one update of its outputs from it.
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from engine.errors import USER_ERRORS
 from engine.views.run import pump
 from ui import render
-from ui.gate import Refused
+from ui.gate import Audience, Refused, visitor_of
 from ui.state import Context, Phase, Session
 
 TICK_S = 0.1          # text and status refresh period while a run streams
@@ -23,16 +25,19 @@ REFUSED = (*USER_ERRORS, ValueError, OSError)
 
 
 def stream(ctx: Context, session: Session, preset: str, start: Callable, draw: Callable, refuse: Callable,
-           cannot: str, interval_s: float = TICK_S, visitor: tuple[str, ...] = ()) -> Iterator[dict]:
+           cannot: str, interval_s: float = TICK_S, request=None) -> Iterator[dict]:
     """Wait for the device (ui/gate.py), start a run and yield the page updates of a tab until it is done.
 
     `start()` -> (engine, run, view): the view folds events (`apply(batch, now)`, `done`);
     `draw(view, run_id, elapsed_s, stopping)` -> the tab's update; `refuse(message_html)` -> the update
     when the run does not start, `cannot` saying what could not run. A page closed while waiting or
-    mid-run (Gradio closes this generator) gives its place up, or cancels the run.
+    mid-run (Gradio closes this generator) gives its place up, or cancels the run; so does a job
+    whose updates nobody reads (`request`: the visitor's, for their place in line and their session).
     """
+    session_hash = getattr(request, "session_hash", None)
+    audience = Audience(partial(ctx.unread, session_hash), ctx.limits.unread_s)
     try:
-        ticket = ctx.gate.enter(visitor)
+        ticket = ctx.gate.enter(visitor_of(request))
     except Refused as refused:
         session.end()
         yield {"message": render.message_html(f"Not queued: {render.e(refused)}.", "warn")}
@@ -43,16 +48,26 @@ def stream(ctx: Context, session: Session, preset: str, start: Callable, draw: C
             patience = WAIT_TICK_S
             if session.phase is Phase.STOP_REQUESTED:
                 break
+            if audience.gone():
+                session.end()
+                _abandoned(session_hash, "waiting for the device", audience)
+                return
             ahead = ctx.gate.ahead(ticket)
             yield {"message": render.message_html(
                 f"Waiting for the device: {ahead} run{'s' * (ahead != 1)} ahead of yours (one runs at a time).")}
-        yield from _run(session, preset, start, draw, refuse, cannot, interval_s)
+        yield from _run(session, preset, start, draw, refuse, cannot, interval_s, audience, session_hash)
     finally:
         ctx.gate.leave(ticket)
 
 
+def _abandoned(session_hash: str | None, where: str, audience: Audience) -> None:
+    """One line in the server's log: a job stopped because nobody read its updates."""
+    print(f"stopped a job {where}: nobody read its updates for {audience.patience_s:g} s "
+          f"(session {session_hash})", file=sys.stderr, flush=True)
+
+
 def _run(session: Session, preset: str, start: Callable, draw: Callable, refuse: Callable, cannot: str,
-         interval_s: float) -> Iterator[dict]:
+         interval_s: float, audience: Audience, session_hash: str | None) -> Iterator[dict]:
     if session.take_stop_request():
         yield refuse(render.message_html("Stopped before the run started.", "warn"))
         return
@@ -70,6 +85,9 @@ def _run(session: Session, preset: str, start: Callable, draw: Callable, refuse:
     began = time.perf_counter()
     try:
         for view in pump(run, view, interval_s):
+            if audience.gone():                  # cancelled in `finally`; what it measured is nobody's
+                _abandoned(session_hash, f"running (run {run.id})", audience)
+                break
             yield draw(view, run.id, time.perf_counter() - began, session.phase is Phase.STOPPING)
     finally:
         if not view.done:

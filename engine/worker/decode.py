@@ -11,6 +11,9 @@ positions per layer. The cache is sized in power-of-two buckets of the request i
 (prompt + new tokens, at least MIN_BUCKET): one cache and one CUDA graph per bucket, and the
 cache's length is a dynamic dimension of the compiled step, so a new bucket does not compile
 again (the batch stays static: inductor turns one-row matmuls into tuned GEMVs only for batch 1).
+The caches kept for reuse hold at most STATIC_CACHE_CONTEXTS whole contexts at batch 1 (what the
+memory budget counts for this variant): past that the least recently used are let go, so a long
+session of sweeps over lengths and batch sizes does not grow the worker's memory without bound.
 
 The step is the engine's fused step for Llama-family models (engine/worker/fused.py), else the
 model's own forward. The loop queues the next step before it waits for the current token, so
@@ -20,11 +23,14 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 
+from engine.budget import STATIC_CACHE_CONTEXTS
 from engine.worker.fused import FusedLlamaStep, unsupported_reason, visible_positions
+from engine.worker.models import kv_cache_shape
 
 
 def cache_keyword(model) -> str:
@@ -107,7 +113,11 @@ class CompiledDecoder:
         of attention, "sdpa" or "reduce" (see engine/worker/fused.py)."""
         self.model, self.context_length, self.device = model, context_length, device
         self.keyword = cache_keyword(model)
-        self.caches: dict[tuple[int, int], object] = {}   # (batch, bucket) -> StaticCache; graphs keep its addresses
+        # (batch, bucket) -> StaticCache, least recently used first; graphs keep its addresses
+        self.caches: OrderedDict[tuple[int, int], object] = OrderedDict()
+        shape = kv_cache_shape(model)
+        self.position_bytes = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * model.dtype.itemsize
+        self.cache_budget_bytes = STATIC_CACHE_CONTEXTS * context_length * self.position_bytes
         self.cuda = device.startswith("cuda")
         # one compile per batch size (and per bucket where the step fixes the cache's length): past
         # dynamo's default of 8 it would run the step uncompiled, unannounced; allow more, and fail
@@ -139,10 +149,26 @@ class CompiledDecoder:
         warm-up, not in a measurement."""
         return self.key(input_ids, max_new_tokens) in self.caches
 
+    def cache_bytes(self, key: tuple[int, int]) -> int:
+        """What the static cache of shape `key` (batch, length) holds."""
+        return key[0] * key[1] * self.position_bytes
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(self.cache_bytes(key) for key in self.caches)
+
     def _cache(self, key: tuple[int, int]):
         from transformers import StaticCache
         if key not in self.caches:
+            # let the least recently used go until this one fits the budget (alone, it always may)
+            evicted = False
+            while self.caches and self.held_bytes + self.cache_bytes(key) > self.cache_budget_bytes:
+                self.caches.popitem(last=False)
+                evicted = True
+            if evicted and self.cuda:
+                torch.cuda.empty_cache()         # what they held goes back to the device, not to this process
             self.caches[key] = StaticCache(config=self.model.config, max_cache_len=key[1])
+        self.caches.move_to_end(key)
         cache = self.caches[key]
         cache.reset()
         return cache

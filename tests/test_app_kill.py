@@ -1,0 +1,37 @@
+"""The app killed outright (SIGKILL: no handler runs): its workers end by themselves, and the next app
+on the machine deletes the download folder the killed one left. Only the processes this test started
+are ended, by their ids."""
+from __future__ import annotations
+
+import psutil
+from app_server import serve, start
+from gradio_client import Client
+
+from ui.compare import RUN
+from ui.downloads import PREFIX
+
+REPORT = RUN.index("report")
+
+
+def test_a_killed_app_leaves_no_worker_running_and_its_downloads_are_deleted_by_the_next(tmp_path):
+    env = {"TMPDIR": str(tmp_path)}               # the apps' temporary folders, apart from everyone else's
+    app, url = start("--private", name="test_app_kill", env=env)
+    try:
+        result = Client(url, verbose=False).predict("Why is decoding memory bound?", "tiny", ["baseline", "sdpa"],
+                                                    4, "fair", 1, api_name="/compare")
+        assert [r["status"] for r in result[REPORT]["results"]] == ["ok", "ok"]
+        workers = psutil.Process(app.pid).children(recursive=True)
+        assert len(workers) >= 2, workers          # a worker per variant, loaded for the next run
+        left = list(tmp_path.glob(f"{PREFIX}{app.pid}-*"))
+        assert len(left) == 1 and any(left[0].iterdir())        # the run's files to download
+    finally:
+        app.kill()                                 # SIGKILL, by its handle: the app cannot stop anything
+        app.wait(10)
+    gone, alive = psutil.wait_procs(workers, timeout=20)
+    for worker in alive:                           # never expected: fail, but end what this test started
+        worker.kill()
+    assert not alive, f"workers outlived the app: {[w.pid for w in alive]}"
+    assert left[0].exists()                        # nobody deleted it yet
+    with serve("--private", name="test_app_kill_next", env=env):
+        assert not left[0].exists()                # the next app's downloads folder replaced it
+        assert len(list(tmp_path.glob(f"{PREFIX}*-*"))) == 1
