@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from engine import events, presets
+from engine import events, history, presets
 from engine.errors import USER_ERRORS, InputError
 from engine.pool import Engine
 from engine.spec import RunSpec
@@ -71,6 +71,7 @@ def cmd_run(args) -> int:
         report = found["report"]
     print(table(report))
     write(args.json, json.dumps(report, indent=1))
+    history.keep(args, report, "run")
     return finish(report)
 
 
@@ -137,6 +138,7 @@ def cmd_bench(args) -> int:
                        threads=args.threads)
     print(bench_table(report))
     write(args.json, json.dumps(report, indent=1))
+    history.keep(args, report, "bench")
     return finish(report)
 
 
@@ -150,6 +152,7 @@ def cmd_sweep(args) -> int:
     write(args.csv, to_csv(sweep))
     if args.html:
         write(args.html, sweep_figure(sweep).to_html(include_plotlyjs=True))
+    history.keep(args, sweep, "sweep")
     return finish(sweep)
 
 
@@ -195,6 +198,9 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--csv", help="write the rows as CSV here")
     sweep.add_argument("--html", help="write the chart as a standalone HTML page here")
     sweep.set_defaults(func=cmd_sweep)
+    for command in (run, bench, sweep):         # each saves its report to the run history when it ends
+        history.add_save_options(command)
+    history.add_command(sub)
     return top
 
 

@@ -1,0 +1,736 @@
+"""The run history: every finished report kept in one SQLite file, with what makes it reproducible.
+
+One row per run, bench, sweep, experiment or imported file: the full report JSON beside the
+provenance a later reader needs to trust a comparison (device, driver, library versions, the
+project's git commit, the host, the settings). Several processes may write at once (the dashboard,
+a command line run beside it): the file is in WAL mode, a writer waits up to BUSY_TIMEOUT_S for
+another, and every write is one transaction, so a process killed mid-write leaves the earlier rows
+whole and its own write absent. Reads open the file read-only.
+
+The schema's version is `PRAGMA user_version`; an older file is migrated in place on first use
+(MIGRATIONS), a newer one is refused with a message. `compare` sets runs side by side per variant
+with engine/verdict.py's noise rule; the command line is `python -m engine history ...` (the end
+of this module).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import functools
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import verdict
+from engine.errors import InputError
+from engine.source import cache_dir
+from engine.views import tables
+
+SCHEMA_VERSION = 2
+KINDS = ("run", "bench", "sweep", "experiment", "imported")
+BUSY_TIMEOUT_S = 30.0        # how long a writer waits for another's transaction before giving up
+EXPECTED = ("the JSON that `python -m engine run`, `bench` or `sweep` writes with --json (an object with "
+            "'device', 'preset' and 'results' rows)")
+
+# Version 1: the report and little else. Kept to document what a version-1 file holds (and for tests).
+SCHEMA_V1 = ("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, created TEXT NOT NULL, kind TEXT NOT NULL, "
+             "preset TEXT, report_json TEXT NOT NULL)",)
+
+# Version 2 (current): provenance in columns, so that list filters need not parse every report.
+SCHEMA_V2 = (
+    f"""CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused after a delete: an id shown once means one run
+        kind TEXT NOT NULL CHECK (kind IN ({", ".join(f"'{k}'" for k in KINDS)})),
+        created TEXT NOT NULL,        -- when the report was made, UTC ISO 8601 with a Z: text order is time order
+        saved TEXT NOT NULL,          -- when it was saved here, the same format
+        preset TEXT,
+        device TEXT,                  -- the device's name as the report gives it
+        driver TEXT,
+        versions_json TEXT NOT NULL,  -- library versions, {{"torch": "2.13.0", ...}}
+        git_commit TEXT,              -- the project's commit when saved from a git checkout, else NULL
+        host TEXT,
+        settings_json TEXT NOT NULL,  -- mode, repeats, new tokens, variants, prompt tokens (settings())
+        session TEXT,                 -- the public page's visitor session (each sees their own); NULL elsewhere
+        source TEXT,                  -- where an imported report came from
+        report_json TEXT NOT NULL)""",
+    # one row per variant of a run: the variant filter is an index lookup, not a scan of every report
+    "CREATE TABLE run_variants (run_id INTEGER NOT NULL REFERENCES runs (id), variant TEXT NOT NULL, "
+    "PRIMARY KEY (run_id, variant))",
+    "CREATE INDEX runs_by_created ON runs (created)",
+    "CREATE INDEX run_variants_by_variant ON run_variants (variant)",
+)
+COLUMNS = ("kind", "created", "saved", "preset", "device", "driver", "versions_json", "git_commit", "host",
+           "settings_json", "session", "source", "report_json")
+
+
+def default_path() -> Path:
+    """Where the history lives unless told: the cache folder's history.sqlite."""
+    return cache_dir() / "history.sqlite"
+
+
+@functools.cache
+def project_commit() -> str | None:
+    """The project's commit (`git rev-parse HEAD` in its folder); None outside a git checkout of it or
+    without git. Read once per process: the code that runs is the code loaded at start, even if the
+    checkout moves on meanwhile."""
+    folder = Path(__file__).resolve().parent.parent
+    try:
+        done = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=folder, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = done.stdout.split()
+    # the project's own checkout, not a repository that happens to hold an installed copy
+    if done.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != folder:
+        return None
+    return lines[1]
+
+
+def _moment(value) -> dt.datetime | None:
+    """A datetime from a report's time text ("2026-11-26T10:42:19+0000"), an ISO date, or a datetime."""
+    if isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        return None
+    for parse in (lambda t: dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z"), dt.datetime.fromisoformat):
+        with contextlib.suppress(ValueError):
+            return parse(value.strip())
+    return None
+
+
+def _utc(moment: dt.datetime) -> str:
+    """UTC ISO 8601 with a Z; a time without a zone is taken as local."""
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _now() -> str:
+    return _utc(dt.datetime.now(dt.timezone.utc))
+
+
+def report_kind(report) -> str | None:
+    """"run", "bench" or "sweep" for a report the engine wrote (`--json`), None for anything else."""
+    if not isinstance(report, dict) or not isinstance(report.get("results"), list):
+        return None
+    if not isinstance(report.get("device"), dict) or not isinstance(report.get("preset"), dict):
+        return None
+    if not all(isinstance(row, dict) and "variant" in row and "status" in row for row in report["results"]):
+        return None
+    if "experiment" in report:
+        return "sweep"
+    if "prompt_lengths" in report:
+        return "bench"
+    return "run" if "mode" in report else None
+
+
+def settings(report: dict) -> dict:
+    """What the run was asked to do, as far as its report says: the fields a list shows and filters on."""
+    rows = report["results"]
+    batch = report.get("batch_size") or 1
+    # a run's report does not hold max new tokens: the most any row made per sequence is the best stand-in
+    made = [row["output_tokens"] // (row.get("batch_size") or batch) for row in rows if row.get("output_tokens")]
+    asked = [row["max_new_tokens"] for row in rows if row.get("max_new_tokens")]
+    return {"report_kind": report_kind(report), "mode": report.get("mode"), "repeats": report.get("repeats"),
+            "new_tokens": report.get("new_tokens") or max(asked, default=None) or max(made, default=None),
+            "variants": list(dict.fromkeys(row["variant"] for row in rows)),
+            "prompt_tokens": report.get("prompt_tokens"), "prompt_lengths": report.get("prompt_lengths"),
+            "batch_size": report.get("batch_size"), "experiment": report.get("experiment"),
+            "cancelled": bool(report.get("cancelled"))}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One saved run: its provenance, and (from `History.get`) its report."""
+    id: int
+    kind: str
+    created: str
+    saved: str
+    preset: str | None
+    device: str | None
+    driver: str | None
+    versions: dict
+    git_commit: str | None
+    host: str | None
+    settings: dict
+    session: str | None
+    source: str | None
+    report: dict | None = None
+
+    def provenance(self) -> dict:
+        """Everything but the report: what an exported file carries under "history"."""
+        return {"id": self.id, "kind": self.kind, "created": self.created, "saved": self.saved,
+                "preset": self.preset, "device": self.device, "driver": self.driver, "versions": self.versions,
+                "git_commit": self.git_commit, "host": self.host, "settings": self.settings, "source": self.source}
+
+
+def _entry(row: sqlite3.Row, with_report: bool) -> Entry:
+    return Entry(row["id"], row["kind"], row["created"], row["saved"], row["preset"], row["device"], row["driver"],
+                 json.loads(row["versions_json"]), row["git_commit"], row["host"], json.loads(row["settings_json"]),
+                 row["session"], row["source"], json.loads(row["report_json"]) if with_report else None)
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Version 1 -> 2: the provenance columns, read back from each stored report where it says them
+    (the git commit and host of an old row are unknown: NULL). The table is rebuilt, SQLite's way
+    to add constraints, keeping every id and the id counter."""
+    counter = 0
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+        found = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
+        counter = found[0] if found else 0
+    old = db.execute("SELECT id, created, kind, preset, report_json FROM runs ORDER BY id").fetchall()
+    db.execute("ALTER TABLE runs RENAME TO runs_v1")
+    for statement in SCHEMA_V2:
+        db.execute(statement)
+    for row in old:
+        report = json.loads(row["report_json"])
+        shape = report_kind(report)
+        device = report.get("device") if isinstance(report, dict) and isinstance(report.get("device"), dict) else {}
+        created = _moment(row["created"])
+        kind = row["kind"] if row["kind"] in KINDS else (shape or "imported")
+        db.execute(f"INSERT INTO runs (id, {', '.join(COLUMNS)}) VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
+                   (row["id"], kind, _utc(created) if created else row["created"],
+                    _utc(created) if created else row["created"], row["preset"], device.get("name"),
+                    device.get("driver"), json.dumps(report.get("versions") or {} if shape else {}), None, None,
+                    json.dumps(settings(report) if shape else {}), None, None, row["report_json"]))
+        if shape:
+            db.executemany("INSERT OR IGNORE INTO run_variants VALUES (?, ?)",
+                           [(row["id"], r["variant"]) for r in report["results"]])
+    db.execute("DROP TABLE runs_v1")
+    db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'runs'", (counter,))
+
+
+MIGRATIONS = {1: _migrate_1_to_2}    # from version N to N + 1, applied in turn in one transaction
+
+
+class History:
+    """The run history in the SQLite file at `path` (created on the first write)."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else default_path()
+        self._batch = threading.local()      # .db: the connection of this thread's open `batch()`
+
+    def __repr__(self) -> str:
+        return f"History({str(self.path)!r})"
+
+    # --- connections -------------------------------------------------------------------------
+
+    def _open(self, write: bool) -> sqlite3.Connection:
+        """A connection in autocommit mode (transactions are begun explicitly); a file that is not a
+        history, or cannot be opened, is an InputError naming it."""
+        if self.path.is_dir():
+            raise InputError(f"{self.path} is a folder: give the history's file, e.g. {self.path / 'history.sqlite'}")
+        try:
+            if write:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            else:
+                db = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                                     isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA user_version").fetchone()        # an SQLite file at all? (raises if not)
+        except sqlite3.OperationalError as error:
+            raise InputError(f"cannot open the history {self.path}: {error}") from None
+        except sqlite3.DatabaseError as error:
+            raise InputError(f"{self.path} is not a run history ({error})") from None
+        if write:
+            try:
+                self._prepare(db)
+            except BaseException:
+                db.close()
+                raise
+        return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        """WAL mode, then the current schema: created in an empty file, migrated from an older one.
+        Inside one immediate transaction, so that two processes opening a new file at once create it once."""
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")             # persistent: set once per file
+        with _immediate(db):
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            self._check_version(db, version)
+            if version == 0:
+                for statement in SCHEMA_V2:
+                    db.execute(statement)
+            while 0 < version < SCHEMA_VERSION:
+                MIGRATIONS[version](db)
+                version += 1
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")    # part of the transaction
+
+    def _check_version(self, db: sqlite3.Connection, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise InputError(f"{self.path} is a version-{version} history, newer than this Side by Side reads "
+                             f"(up to {SCHEMA_VERSION}): update the project to use it")
+        if version == 0 and db.execute("SELECT 1 FROM sqlite_master").fetchone():
+            raise InputError(f"{self.path} is an SQLite file but not a run history: give another --history path")
+
+    @contextlib.contextmanager
+    def _reading(self):
+        """A read-only connection, or None when there is no file yet; an older file is migrated first."""
+        if not self.path.exists():
+            yield None
+            return
+        db = self._open(write=False)
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            self._check_version(db, version)
+            if version < SCHEMA_VERSION:
+                db.close()
+                self._open(write=True).close()               # migrates it in place
+                db = self._open(write=False)
+            yield db
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A connection inside a write transaction: the open batch's, or a new one committed on exit."""
+        held = getattr(self._batch, "db", None)
+        if held is not None:
+            yield held
+            return
+        db = self._open(write=True)
+        try:
+            with _immediate(db):
+                yield db
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Several writes of this thread as one transaction: all of them are kept, or (after an error, or
+        if the process dies first) none."""
+        if getattr(self._batch, "db", None) is not None:
+            yield self
+            return
+        db = self._open(write=True)
+        try:
+            with _immediate(db):
+                self._batch.db = db
+                yield self
+        finally:
+            self._batch.db = None
+            db.close()
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def save(self, report: dict, kind: str, session: str | None = None) -> int:
+        """Keep a finished report; returns its id. `kind`: one of KINDS; `session`: the public page's visitor."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if report_kind(report) is None:
+            raise InputError(f"not a report: expected {EXPECTED}")
+        return self._insert(report, kind, session, project_commit(), platform.node() or None, None)
+
+    def _insert(self, report: dict, kind: str, session, commit, host, source) -> int:
+        device = report["device"]
+        created = _moment(report.get("created"))
+        values = (kind, _utc(created) if created else _now(), _now(), report["preset"].get("name"),
+                  device.get("name"), device.get("driver"), json.dumps(report.get("versions") or {}), commit, host,
+                  json.dumps(settings(report)), session, source, json.dumps(report))
+        with self._writing() as db:
+            run_id = db.execute(f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                                values).lastrowid
+            db.executemany("INSERT OR IGNORE INTO run_variants VALUES (?, ?)",
+                           [(run_id, row["variant"]) for row in report["results"]])
+        return run_id
+
+    def import_file(self, path: str | os.PathLike) -> int:
+        """Keep a report file written by `--json` (or exported from a history) as kind "imported"; returns its id.
+        The provenance it carries is kept; what it does not say (the commit, the host) is left unknown."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path} {'is a folder' if path.is_dir() else 'does not exist'}: give {EXPECTED}")
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise InputError(f"{path} is not JSON ({str(error).splitlines()[0]}): expected {EXPECTED}") from None
+        if report_kind(report) is None:
+            raise InputError(f"{path} is not a run, bench or sweep report: expected {EXPECTED}{_hint(report)}")
+        report = dict(report)
+        came = report.pop("history", None)                 # the provenance of a file `export` wrote
+        came = came if isinstance(came, dict) else {}
+        source = f"imported from {path.resolve()} on {_now()}"
+        if came.get("id") is not None:
+            source += f"; exported from history #{came['id']} ({came.get('kind')}, saved {came.get('saved')})"
+        return self._insert(report, "imported", None, came.get("git_commit"), came.get("host"), source)
+
+    def delete(self, run_id: int, session: str | None = None) -> None:
+        """Remove a run (with `session`: only if it is that visitor's); an unknown id is an InputError."""
+        with self._writing() as db:
+            found = db.execute("SELECT id FROM runs WHERE id = ?" + (" AND session = ?" if session else ""),
+                               (run_id, session) if session else (run_id,)).fetchone()
+            if found is None:
+                raise InputError(self._unknown(run_id))
+            db.execute("DELETE FROM run_variants WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def export(self, run_id: int, path: str | os.PathLike, session: str | None = None) -> Path:
+        """Write a run's report (its provenance under "history") to `path`, whole or not at all; importable again."""
+        entry = self.get(run_id, session)
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            with open(partial, "w", encoding="utf-8") as out:
+                json.dump({**entry.report, "history": entry.provenance()}, out, indent=1)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        return target
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def list(self, preset: str | None = None, device: str | None = None, variant: str | None = None,
+             since=None, session: str | None = None, limit: int | None = None) -> list[Entry]:
+        """The saved runs, newest first, without their reports. `device` matches part of the name
+        (case-insensitive: "h200"); `since`: a datetime or ISO text ("2026-12-01"); `session`: only that
+        visitor's runs."""
+        moment = _moment(since) if since is not None else None
+        if since is not None and moment is None:
+            raise InputError(f"since: expected a date or time such as 2026-12-01 or 2026-12-01T10:00, got {since!r}")
+        asked = [("preset = ?", preset), ("device LIKE ? ESCAPE '\\'", device and f"%{_like(device)}%"),
+                 ("id IN (SELECT run_id FROM run_variants WHERE variant = ?)", variant),
+                 ("created >= ?", moment and _utc(moment)), ("session = ?", session)]
+        where = [(clause, value) for clause, value in asked if value]
+        query = (f"SELECT {', '.join(c for c in ('id',) + COLUMNS if c != 'report_json')} FROM runs"
+                 + (" WHERE " + " AND ".join(clause for clause, _ in where) if where else "")
+                 + " ORDER BY created DESC, id DESC")
+        params = [value for _, value in where]
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        with self._reading() as db:
+            if db is None:
+                return []
+            return [_entry(row, False) for row in db.execute(query, params)]
+
+    def get(self, run_id: int, session: str | None = None) -> Entry:
+        """One run with its report (with `session`: only that visitor's); an unknown id is an InputError."""
+        with self._reading() as db:
+            found = None if db is None else db.execute(
+                "SELECT * FROM runs WHERE id = ?" + (" AND session = ?" if session else ""),
+                (run_id, session) if session else (run_id,)).fetchone()
+        if found is None:
+            raise InputError(self._unknown(run_id))
+        return _entry(found, True)
+
+    def _unknown(self, run_id) -> str:
+        where = f"the history {self.path}" if self.path.exists() else f"{self.path} (no history there yet)"
+        return f"no run #{run_id} in {where}: `python -m engine history list` shows the ids"
+
+
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection):
+    """One write transaction, its lock taken at BEGIN (waiting out another writer by the busy timeout):
+    taken later, a reader turned writer could fail at once instead of waiting."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if db.in_transaction:            # SQLite may have rolled it back itself (a full disk, say)
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _hint(found) -> str:
+    """What a file that is not a report holds instead, when it is a known wrapper of reports."""
+    runs = found.get("runs") if isinstance(found, dict) else None
+    if isinstance(runs, list) and any(report_kind(run) for run in runs):
+        return (f"; it holds {len(runs)} reports under 'runs' (as scripts/gpu_check.py writes them): "
+                "write each to its own file to import it")
+    return ""
+
+
+# --- runs side by side -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Change:
+    """One figure of one row (variant and cell) in every compared run, against the reference run."""
+    variant: str
+    cell: str                              # "" in a plain run, "prompt 128" in a bench or sweep cell
+    metric: str                            # a verdict.Metric name: tpot, ttft, tokens_per_s, memory
+    values: tuple                          # each run's median (None where it has no answer), in the order given
+    percent: tuple                         # (value / reference's - 1) x 100; None for the reference and where missing
+    verdicts: tuple                        # verdict.compare's word for each run against the reference: better,
+                                           # worse, within noise, no range (one repeat); None as above
+
+    @property
+    def within_noise(self) -> tuple:
+        """For each run: True when its difference from the reference is within the runs' spread."""
+        return tuple(None if word is None else word == verdict.NOISE for word in self.verdicts)
+
+
+@dataclass(frozen=True)
+class Compared:
+    """Several runs side by side."""
+    reference: int                         # the index of the reference run
+    changes: list                          # Change, by row (in order of first appearance) then figure
+    differs: dict                          # settings that are not the same in every run: name -> each run's value
+    left_out: dict                         # run index -> [(variant, cell)]: its rows that no other run has
+                                           # (the reference's) or that the reference has not (the others')
+
+
+def cell_label(row: dict) -> str:
+    """The cell a row measures, as matched across runs: "" for a plain run, "prompt 128", "prompt 512, batch 4"."""
+    if "cell" not in row:
+        return ""
+    parts = [f"prompt {row['prompt_length']}"] if row.get("prompt_length") else []
+    if row.get("batch_size") not in (None, 1):
+        parts.append(f"batch {row['batch_size']}")
+    if row.get("pad_ratio"):
+        parts.append(f"pad {row['pad_ratio']:g}")
+    if row.get("max_new_tokens"):
+        parts.append(f"new {row['max_new_tokens']}")
+    return ", ".join(parts) or f"cell {row['cell']}"
+
+
+COMPARED_SETTINGS = {"preset": lambda r: r["preset"].get("name"), "device": lambda r: r["device"].get("name"),
+                     "prompt tokens": lambda r: r.get("prompt_tokens"), "mode": lambda r: r.get("mode"),
+                     "repeats": lambda r: r.get("repeats"), "batch size": lambda r: r.get("batch_size")}
+
+
+def compare(reports: list[dict], reference_index: int = 0) -> Compared:
+    """Each row's TTFT, TPOT, tokens/s and peak memory in every run, its difference from the reference run
+    in percent, and whether that difference is beyond the runs' own spread (engine/verdict.py's rule: the
+    min-max ranges over repeats do not overlap; memory within 1% is the same)."""
+    if len(reports) < 2:
+        raise InputError("compare needs two runs or more")
+    if not 0 <= reference_index < len(reports):
+        raise InputError(f"the reference must be one of the {len(reports)} runs compared")
+    keyed = [{(row["variant"], cell_label(row)): row for row in report["results"]} for report in reports]
+    base = keyed[reference_index]
+    shared = [key for key in base if any(key in rows for i, rows in enumerate(keyed) if i != reference_index)]
+    changes = []
+    for key in shared:
+        ref_row = base[key]
+        for metric in verdict.METRICS:
+            values, percent, words = [], [], []
+            for index, rows in enumerate(keyed):
+                row = rows.get(key)
+                value = row.get(metric.field) if row is not None and verdict.answered(row) else None
+                values.append(value)
+                if index == reference_index or value is None or not verdict.answered(ref_row):
+                    percent.append(None); words.append(None)
+                    continue
+                reference = ref_row.get(metric.field)
+                percent.append((value / reference - 1) * 100 if reference else None)
+                found = verdict.compare(row, ref_row, metric)
+                words.append(found.verdict if found is not None else None)
+            changes.append(Change(key[0], key[1], metric.name, tuple(values), tuple(percent), tuple(words)))
+    differs = {}
+    for name, read in COMPARED_SETTINGS.items():
+        seen = [read(report) for report in reports]
+        if len(set(map(str, seen))) > 1:
+            differs[name] = seen
+    left_out = {index: [key for key in rows if key not in (shared if index == reference_index else base)]
+                for index, rows in enumerate(keyed)}
+    return Compared(reference_index, changes, differs, {index: keys for index, keys in left_out.items() if keys})
+
+
+FIGURES = {"ttft": ("TTFT ms", lambda v: tables.ms(v, 2)), "tpot": ("TPOT ms", lambda v: tables.ms(v, 2)),
+           "tokens_per_s": ("tok/s", tables.fixed), "memory": ("peak memory", tables.size)}
+
+
+def _percent_text(change: float | None, word: str | None) -> str:
+    if change is None:
+        return tables.DASH
+    number = f"{change:+.1f}%" if abs(change) < 100 else f"{change:+.0f}%"
+    return f"{number} {word}" if word else number
+
+
+def compare_table(compared: Compared, labels: list[str]) -> str:
+    """The comparison as a fixed-width table: each run's value, then each other run's change from the reference."""
+    ref = labels[compared.reference]
+    others = [i for i in range(len(labels)) if i != compared.reference]
+    with_cells = any(change.cell for change in compared.changes)
+    head = ["variant"] + ["cell"] * with_cells + ["figure"] + [
+        f"{label} (ref)" if i == compared.reference else label for i, label in enumerate(labels)]
+    rows = [head + [f"{labels[i]} vs {ref}" for i in others]]
+    for change in compared.changes:
+        title, show = FIGURES[change.metric]
+        rows.append([change.variant] + [change.cell or tables.DASH] * with_cells + [title]
+                    + [show(v) for v in change.values]
+                    + [_percent_text(change.percent[i], change.verdicts[i]) for i in others])
+    lines = tables.fixed_width(rows).splitlines()
+    if not compared.changes:
+        lines.append(f"nothing to compare: no variant (and cell) of {ref} is in another run")
+    lines.append(f"vs {ref}: the change of the median; better or worse when the runs' min-max ranges over their "
+                 "repeats do not overlap, within noise when they do (peak memory within 1% is the same), no range "
+                 "with one repeat (engine/verdict.py)")
+    for name, seen in compared.differs.items():
+        lines.append(f"note: the runs differ in {name} ("
+                     + "; ".join(f"{label}: {value}" for label, value in zip(labels, seen))
+                     + "): a difference may come from that, not from the variant")
+    for index, keys in compared.left_out.items():
+        rows_text = ", ".join(variant + (f" at {cell}" if cell else "") for variant, cell in keys)
+        lines.append(f"note: left out, as only {labels[index]} has them: {rows_text}" if index == compared.reference
+                     else f"note: left out, as {ref} does not have them: {labels[index]}'s {rows_text}")
+    return "\n".join(lines)
+
+
+def describe(entry: Entry) -> str:
+    """A saved run as text: its provenance, then one line per row, then its verdict."""
+    s = entry.settings
+    asked = ", ".join(f"{name} {s[key]}" for key, name in (
+        ("mode", "mode"), ("repeats", "repeats"), ("new_tokens", "new tokens"), ("prompt_tokens", "prompt tokens"),
+        ("prompt_lengths", "prompt lengths"), ("batch_size", "batch"), ("experiment", "experiment"))
+        if s.get(key) is not None)
+    versions = ", ".join(f"{name} {version}" for name, version in entry.versions.items() if version)
+    lines = [f"#{entry.id} {entry.kind}" + (f" ({s['report_kind']} report)" if entry.kind == "imported" else "")
+             + f", created {entry.created}, saved {entry.saved}" + (", cancelled" if s.get("cancelled") else ""),
+             f"preset {entry.preset or tables.DASH}; device {entry.device or tables.DASH}; driver "
+             f"{entry.driver or tables.DASH}",
+             f"versions: {versions or tables.DASH}",
+             f"commit {entry.git_commit or tables.DASH}; host {entry.host or tables.DASH}",
+             f"settings: {asked or tables.DASH}; variants {', '.join(s.get('variants') or []) or tables.DASH}"]
+    if entry.source:
+        lines.append(f"source: {entry.source}")
+    results = entry.report["results"]
+    with_cells = any(cell_label(r) for r in results)
+    rows = [["variant"] + ["cell"] * with_cells + ["status", "TTFT ms", "TPOT ms", "min-max ms", "tok/s",
+                                                   "peak memory"]]
+    for r in results:
+        rows.append([r["variant"]] + [cell_label(r) or tables.DASH] * with_cells
+                    + [r["status"], tables.ms(r.get("ttft_s"), 2), tables.ms(r.get("tpot_s"), 2),
+                       tables.ms_range(r.get("tpot_min_s"), r.get("tpot_max_s")), tables.fixed(r.get("tokens_per_s")),
+                       tables.size(r.get("peak_memory_bytes"))])
+    lines += tables.fixed_width(rows).splitlines()
+    judged = entry.report.get("comparison") or {}
+    if judged.get("text"):
+        lines.append(f"verdict: {judged['text']}")
+    return "\n".join(lines)
+
+
+def list_table(entries: list[Entry]) -> str:
+    """Saved runs, one line each."""
+    rows = [("id", "created", "kind", "preset", "device", "variants", "mode", "repeats", "prompt", "commit")]
+    for e in entries:
+        s = e.settings
+        prompt = s.get("prompt_tokens") or ",".join(map(str, s.get("prompt_lengths") or [])) or None
+        rows.append((str(e.id), e.created, e.kind, e.preset or tables.DASH, e.device or tables.DASH,
+                     ",".join(s.get("variants") or []) or tables.DASH, tables.general(s.get("mode")),
+                     tables.general(s.get("repeats")), tables.general(prompt),
+                     (e.git_commit or tables.DASH)[:10]))
+    return tables.fixed_width(rows)
+
+
+# --- the command line: `python -m engine history ...`, and saving from run, bench and sweep ----
+
+def add_save_options(command: argparse.ArgumentParser) -> None:
+    """--history PATH and --no-history on a command whose report is saved when it ends."""
+    group = command.add_mutually_exclusive_group()
+    group.add_argument("--history", metavar="PATH", help=f"save the report to this history (default: {default_path()})")
+    group.add_argument("--no-history", action="store_true", help="do not save the report to the history")
+
+
+def keep(args, report: dict, kind: str) -> int | None:
+    """Save a finished command's report unless --no-history. Called after its output is printed and
+    written: a failure here only warns, on stderr, and changes neither the output nor the exit code."""
+    if getattr(args, "no_history", False):
+        return None
+    history = History(args.history or None)
+    try:
+        run_id = history.save(report, kind)
+    except Exception as error:        # whatever went wrong (disk full, locked too long, a bad path): the run stands
+        print(f"warning: the report was not saved to the history {history.path}: {error}", file=sys.stderr)
+        return None
+    print(f"saved to the history as #{run_id} ({history.path})", file=sys.stderr)
+    return run_id
+
+
+def _run_id(text: str) -> int:
+    try:
+        value = int(text.lstrip("#"))
+    except ValueError:
+        raise InputError(f"{text!r} is not a run id: the ids are the numbers `python -m engine history list` "
+                         "shows") from None
+    return value
+
+
+def _list(args) -> int:
+    history = History(args.history or None)
+    entries = history.list(args.preset, args.device, args.variant, args.since)
+    print(list_table(entries) if entries else f"no runs saved in {history.path}"
+          + (" that match" if any((args.preset, args.device, args.variant, args.since)) else ""))
+    return 0
+
+
+def _show(args) -> int:
+    print(describe(History(args.history or None).get(_run_id(args.id))))
+    return 0
+
+
+def _compare(args) -> int:
+    history = History(args.history or None)
+    ids = list(dict.fromkeys(_run_id(text) for text in args.ids))
+    reference = _run_id(args.reference) if args.reference else ids[0]
+    if reference not in ids:
+        ids.insert(0, reference)
+    entries = [history.get(run_id) for run_id in ids]
+    compared = compare([entry.report for entry in entries], ids.index(reference))
+    print(compare_table(compared, [f"#{run_id}" for run_id in ids]))
+    return 0
+
+
+def _import(args) -> int:
+    history = History(args.history or None)
+    print(f"imported {args.file} as #{history.import_file(args.file)} ({history.path})")
+    return 0
+
+
+def _export(args) -> int:
+    History(args.history or None).export(_run_id(args.id), args.json)
+    print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _delete(args) -> int:
+    history = History(args.history or None)
+    run_id = _run_id(args.id)
+    history.delete(run_id)
+    print(f"deleted #{run_id} from {history.path}")
+    return 0
+
+
+def add_command(sub) -> None:
+    """The `history` command and its actions, on the command line's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--history", metavar="PATH", help=f"the history file (default: {default_path()})")
+    top = sub.add_parser("history", help="the saved runs: list, show, compare, import, export, delete")
+    actions = top.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", parents=[common], help="the saved runs, newest first")
+    listing.add_argument("--preset", help="only this preset's runs")
+    listing.add_argument("--device", help="only runs on a device whose name contains this (e.g. H200)")
+    listing.add_argument("--variant", help="only runs with this variant")
+    listing.add_argument("--since", help="only runs made since this date or time (e.g. 2026-12-01)")
+    listing.set_defaults(func=_list)
+    show = actions.add_parser("show", parents=[common], help="one run: its provenance and figures")
+    show.add_argument("id")
+    show.set_defaults(func=_show)
+    side = actions.add_parser("compare", parents=[common], help="runs side by side per variant, with the change "
+                              "from the reference in percent and whether it is within noise")
+    side.add_argument("ids", nargs="+", metavar="ID")
+    side.add_argument("--reference", metavar="ID", help="the run the others are compared with (default: the first)")
+    side.set_defaults(func=_compare)
+    load = actions.add_parser("import", parents=[common], help="keep a report file written by --json")
+    load.add_argument("file")
+    load.set_defaults(func=_import)
+    out = actions.add_parser("export", parents=[common], help="write a run's report as JSON")
+    out.add_argument("id")
+    out.add_argument("--json", required=True, metavar="PATH", help="the file to write")
+    out.set_defaults(func=_export)
+    drop = actions.add_parser("delete", parents=[common], help="remove a run")
+    drop.add_argument("id")
+    drop.set_defaults(func=_delete)
