@@ -70,9 +70,14 @@ COLUMNS = ("kind", "created", "saved", "preset", "device", "driver", "versions_j
            "settings_json", "session", "source", "report_json")
 
 
+HISTORY_ENV = "SIDEBYSIDE_HISTORY"
+
+
 def default_path() -> Path:
-    """Where the history lives unless told: the cache folder's history.sqlite."""
-    return cache_dir() / "history.sqlite"
+    """Where the history lives unless told: $SIDEBYSIDE_HISTORY, else the cache folder's history.sqlite
+    (the variable lets tests, or a second deployment, keep their runs apart without moving the models)."""
+    env = os.environ.get(HISTORY_ENV)
+    return Path(env) if env else cache_dir() / "history.sqlite"
 
 
 @functools.cache

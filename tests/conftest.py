@@ -1,4 +1,9 @@
 """Shared pytest configuration and fixtures."""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from engine import presets
@@ -8,6 +13,17 @@ from engine.pool import Engine
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives the real page in Chromium with Playwright "
                                        "(deselect with -m 'not browser')")
+    # every run, bench, sweep and app the tests start saves to a history of this session, never the user's
+    # (the model cache stays where it is: the tests reuse its random models)
+    folder = tempfile.mkdtemp(prefix="sbs-test-history-")
+    config._sbs_history_folder = folder
+    os.environ["SIDEBYSIDE_HISTORY"] = str(Path(folder) / "history.sqlite")
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_sbs_history_folder", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

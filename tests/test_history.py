@@ -52,6 +52,7 @@ def cli(*args, cache=None):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     if cache is not None:
         env["SIDEBYSIDE_CACHE"] = str(cache)
+        env.pop("SIDEBYSIDE_HISTORY", None)         # the cache folder's history, not the session's (conftest.py)
     return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=300)
 
@@ -309,6 +310,16 @@ def test_a_run_saves_to_the_default_history_unless_told_not_to(tmp_path):
                   "--no-history", cache=tmp_path / "skipped")
     assert skipped.returncode == 0 and "history" not in skipped.stderr
     assert not (tmp_path / "skipped" / "history.sqlite").exists()
+
+
+def test_sidebyside_history_chooses_the_default_history_and_leaves_the_cache_alone(tmp_path, monkeypatch):
+    from engine import history
+    assert os.environ["SIDEBYSIDE_HISTORY"] != str(Path.home() / ".cache" / "sidebyside" / "history.sqlite")
+    monkeypatch.setenv("SIDEBYSIDE_HISTORY", str(tmp_path / "mine.sqlite"))
+    monkeypatch.setenv("SIDEBYSIDE_CACHE", str(tmp_path / "cache"))
+    assert history.default_path() == tmp_path / "mine.sqlite" and History().path == tmp_path / "mine.sqlite"
+    monkeypatch.delenv("SIDEBYSIDE_HISTORY")
+    assert history.default_path() == tmp_path / "cache" / "history.sqlite"
 
 
 def test_a_failed_save_warns_and_leaves_the_run_alone(tmp_path, capsys):
