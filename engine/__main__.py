@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
-from engine import events, history, presets
+from engine import events, history, presets, remote
 from engine.errors import USER_ERRORS, InputError
 from engine.pool import Engine
 from engine.spec import RunSpec
@@ -46,9 +47,26 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(args) -> int:
+def load_preset(args):
+    """--preset, with the served endpoints of --remote added to it (engine/remote.py); and the variants
+    to run: --variants, else the preset's and those endpoints."""
     preset = presets.load(args.preset, allow_path=True)
-    variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
+    try:
+        added = tuple(remote.from_flag(text) for text in getattr(args, "remote", None) or ())
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    taken = {e.name for e in preset.remote}
+    clash = next((e.name for e in added if e.name in taken or [a.name for a in added].count(e.name) > 1), None)
+    if clash:
+        raise InputError(f"--remote: the name {clash!r} is taken: give each endpoint its own name=...")
+    preset = dataclasses.replace(preset, remote=preset.remote + added)
+    default = ",".join([*preset.variants, *(e.name for e in added)])
+    variants = [v.strip() for v in (args.variants or default).split(",") if v.strip()]
+    return preset, variants
+
+
+def cmd_run(args) -> int:
+    preset, variants = load_preset(args)
     max_new = preset.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     with Engine(preset, request_timeout_s=args.timeout, threads=args.threads) as engine:
         run = engine.start(RunSpec(args.prompt, variants, max_new, args.mode, args.repeats, args.ignore_eos,
@@ -132,8 +150,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_bench(args) -> int:
-    preset = presets.load(args.preset, allow_path=True)
-    variants = [v.strip() for v in (args.variants or ",".join(preset.variants)).split(",") if v.strip()]
+    preset, variants = load_preset(args)
     report = run_bench(preset, variants, args.prompt_lengths, args.new_tokens, args.repeats, args.batch_size,
                        threads=args.threads)
     print(bench_table(report))
@@ -143,7 +160,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    preset = presets.load(args.preset, allow_path=True)
+    preset, _ = load_preset(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants, threads=args.threads,
                       progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -200,6 +217,9 @@ def parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=cmd_sweep)
     for command in (run, bench, sweep):         # each saves its report to the run history when it ends
         history.add_save_options(command)
+        command.add_argument("--remote", action="append", metavar="URL[,model=M,name=N,api_key_env=E]",
+                             help="a served model (an OpenAI-compatible server, e.g. vLLM at http://host:8000/v1) "
+                                  "as one more variant; repeat for several")
     history.add_command(sub)
     return top
 

@@ -42,7 +42,10 @@ class Footprint:
 
 
 def footprint(preset: Preset, variant: Variant, cuda: bool) -> Footprint | None:
-    """Estimated footprint; None when the architecture is unknown (no config.json cached)."""
+    """Estimated footprint; None when the architecture is unknown (no config.json cached). A served
+    variant holds nothing here."""
+    if variant.remote:
+        return Footprint(0, 0, 0, 0, 0)
     config = architecture(preset)
     if not config:
         return None

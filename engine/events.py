@@ -123,6 +123,7 @@ class Finished:
     # serving thread) and, on a GPU, sm_clock_mhz and sm_clock_mhz_min
     host: dict = field(default_factory=dict)
     cell: int | None = None
+    server: dict = field(default_factory=dict)   # a served variant's endpoint, version and own figures
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 
-from engine import events, hardware, load_times, report, schedule, topology
+from engine import events, hardware, load_times, report, schedule, topology, variants
 from engine.errors import InputError
 from engine.events import WorkerSpec
 from engine.limits import Limits
@@ -22,7 +22,6 @@ from engine.outcomes import RunState
 from engine.presets import Preset
 from engine.process import WorkerSet
 from engine.spec import RunSpec, validate
-from engine.variants import CATALOG
 
 BANDWIDTH_TIMEOUT_S = 120.0       # the copy-bandwidth probe: a second or two on any device
 CLOSE_WAIT_S = 15.0               # how long close() lets a cancelled run end before stopping its workers
@@ -109,9 +108,10 @@ class Engine:
 
     # ------------------------------------------------------------------ public surface
     def variant_choices(self) -> list[tuple[str, str, str | None]]:
-        """(name, label, reason it cannot run here or None) for every catalog variant."""
-        return [(v.name, v.display_label(), v.unavailable_reason(self.preset, self.device))
-                for v in CATALOG.values()]
+        """(name, label, reason it cannot run here or None) for every catalog variant, then the preset's
+        served endpoints."""
+        found = [variants.lookup(name, self.preset) for name in variants.names(self.preset)]
+        return [(v.name, v.display_label(), v.unavailable_reason(self.preset, self.device)) for v in found]
 
     def validate(self, spec: RunSpec) -> int:
         """Raise InputError with what to do; return the prompt's token count."""
@@ -198,6 +198,9 @@ class Engine:
 
     # ------------------------------------------------------------------ a run
     def _worker_spec(self, name: str, others: list[WorkerSpec]) -> WorkerSpec:
+        served = next((e for e in self.preset.remote if e.name == name), None)
+        if served is not None:                     # its own device: fair mode does not queue it behind ours
+            return WorkerSpec(self.preset, name, f"remote:{served.host}")
         core = None
         if self.device.kind == "cuda":             # a core of its own for the thread that launches kernels
             core = topology.free_core(sorted(topology.usable_cores()), {spec.core for spec in others})
@@ -263,13 +266,14 @@ class Engine:
     def _run(self, run: Run, state: RunState) -> None:
         runnable = []
         for name in run.spec.variants:
-            reason = CATALOG[name].unavailable_reason(self.preset, self.device)
+            variant = variants.lookup(name, self.preset)
+            reason = variant.unavailable_reason(self.preset, self.device)
             if reason:
                 for outcome in state.of(name):
                     outcome.unavailable = reason
                 run.put(events.Unavailable(name, reason))
             else:
-                runnable.append(CATALOG[name])
+                runnable.append(variant)
         placement = schedule.place(self._workers, runnable, self.preset, self.device)
         execution = self._execution(run, state)
         execution.run(run.spec, placement, after_timed=lambda loaded: self._measure_bandwidth(execution, loaded))

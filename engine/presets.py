@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from engine.errors import PresetError
+from engine import remote
 from engine.variants import CATALOG, REFERENCE
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -45,6 +46,7 @@ class Preset:
     context_length: int = 2048        # prompt + new tokens must fit
     chat_template: bool = False       # wrap the prompt in the tokenizer's chat template
     ignore_eos: bool = False          # generate exactly max_new_tokens (always so for random weights)
+    remote: tuple = ()                # served endpoints (engine/remote.py Endpoint), each one more variant
 
     @property
     def random_weights(self) -> bool:
@@ -64,12 +66,14 @@ def _type_ok(value, annotation: str) -> bool:
         "bool": lambda v: isinstance(v, bool),
         "dict": lambda v: isinstance(v, dict),
         "tuple[str, ...]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "tuple": lambda v: isinstance(v, list),
     }
     return checks[annotation](value)
 
 
 _TYPE_WORDS = {"str": "a string", "str | None": "a string or null", "int": "an integer",
-               "bool": "true or false", "dict": "a mapping", "tuple[str, ...]": "a list of strings"}
+               "bool": "true or false", "dict": "a mapping", "tuple[str, ...]": "a list of strings",
+               "tuple": "a list of mappings"}
 
 
 def _short(value, limit: int = 60) -> str:
@@ -100,10 +104,17 @@ def parse(data: object, origin: str) -> Preset:
     for key, allowed in choices.items():
         if key in data and data[key] not in allowed:
             raise PresetError(f"{origin}: field {key!r} is {data[key]!r}; allowed: {', '.join(allowed)}")
+    try:
+        served = tuple(remote.endpoint(entry, origin) for entry in data.get("remote", []))
+    except ValueError as error:
+        raise PresetError(str(error)) from None
+    if len({e.name for e in served}) != len(served):
+        raise PresetError(f"{origin}: two 'remote' entries share a name: give each its own")
+    allowed = [*CATALOG, *(e.name for e in served)]
     for variant in data.get("variants", []):
-        if variant not in CATALOG:
+        if variant not in allowed:
             raise PresetError(f"{origin}: field 'variants' names unknown variant {variant!r}; "
-                              f"allowed: {', '.join(CATALOG)}")
+                              f"allowed: {', '.join(allowed)}")
     if data["source"] == "hub" and not data.get("model_id"):
         raise PresetError(f"{origin}: source 'hub' needs field 'model_id' (a hub id or a local path)")
     if data["source"] == "random" and "model_type" not in data.get("config", {}):
@@ -123,7 +134,7 @@ def parse(data: object, origin: str) -> Preset:
     cap = data.get("max_new_tokens_cap", Preset.max_new_tokens_cap)
     if data.get("max_new_tokens", Preset.max_new_tokens) > cap:
         raise PresetError(f"{origin}: field 'max_new_tokens' is above 'max_new_tokens_cap' ({cap})")
-    values = dict(data)
+    values = dict(data, remote=served)
     if "variants" in values:
         values["variants"] = tuple(values["variants"])
     return Preset(**values)

@@ -5,11 +5,11 @@ import importlib.metadata
 import platform
 import time
 
-from engine import metrics, verdict
+from engine import metrics, variants, verdict
 from engine.hardware import Device
 from engine.presets import Preset
 from engine.spec import RunSpec
-from engine.variants import CATALOG, REFERENCE
+from engine.variants import REFERENCE, Variant
 
 VERSIONED = ("torch", "transformers", "accelerate", "bitsandbytes", "flash-attn", "flash-attn-4", "optimum",
              "gradio", "nvidia-ml-py")
@@ -113,9 +113,8 @@ def host_note(row: dict) -> str | None:
             "its figures are slower than this device can do (close them, or leave a core spare)")
 
 
-def result(outcome, reference_ids, peak_bandwidth: float | None) -> dict:
+def result(outcome, reference_ids, peak_bandwidth: float | None, variant: Variant) -> dict:
     """One row of `results`; `reference_ids`: the reference variant's tokens in the same cell."""
-    variant = CATALOG[outcome.variant]
     row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
            "text": "", "first_diff_token": None, "identical_token_share": None, "contended": outcome.contended,
            "placement": outcome.placement, "repeats": len(outcome.finished), "token_times_s": [],
@@ -138,7 +137,25 @@ def result(outcome, reference_ids, peak_bandwidth: float | None) -> dict:
     else:
         read = (row["weights_bytes"] or 0) - (loaded.input_table_bytes if loaded is not None else 0)
         _timed(row, outcome, read, peak_bandwidth, variant.use_cache, reference_ids)
+        if variant.remote:
+            _served(row, outcome)
     return row
+
+
+def _served(row: dict, outcome) -> None:
+    """A served variant's row: no local memory, weights or MBU (the server's memory is its own), and
+    what the server said of itself and measured, the medians over the repeats."""
+    row.update(weights_bytes=None, kv_cache_bytes=None, decode_bytes_per_step=None, mbu=None, memory={},
+               peak_memory_bytes=None, peak_memory_repeats_bytes=[None] * len(outcome.finished))
+    reports = [f.server for f in outcome.finished]
+    server = dict(reports[0])
+    for key in ("ttft_s", "tpot_s", "queue_s", "e2e_s"):
+        values = [r[key] for r in reports if r.get(key) is not None]
+        server[key] = metrics.median(values) if values else None
+        server[key + "_repeats"] = [r.get(key) for r in reports]
+    server["multi_token_chunks"] = sum(r.get("multi_token_chunks") or 0 for r in reports)
+    server["completion_tokens_repeats"] = [r.get("completion_tokens") for r in reports]
+    row["server"] = server
 
 
 def _timed(row: dict, outcome, read_bytes: int, peak_bandwidth: float | None, use_cache: bool,
@@ -187,7 +204,7 @@ def build(spec: RunSpec, preset: Preset, device: Device, prompt_tokens: int, out
         reference_ids = reference.finished[0].token_ids if reference and reference.finished else None
         for name in spec.variants:
             if (name, index) in outcomes:
-                row = result(outcomes[(name, index)], reference_ids, peak)
+                row = result(outcomes[(name, index)], reference_ids, peak, variants.lookup(name, preset))
                 if cell is not None:
                     row.update(cell=index, prompt_length=cell.prompt_tokens or prompt_tokens,
                                max_new_tokens=cell.max_new_tokens, batch_size=cell.batch_size or spec.batch_size,

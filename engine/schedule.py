@@ -8,6 +8,7 @@ timeout into a `Failed` event for that variant alone.
 """
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import time
 from dataclasses import dataclass
@@ -41,6 +42,19 @@ def groups(names: list[str], placement: dict[str, str]) -> list[list[str]]:
     """Variants that are loaded at the same time: the resident ones, then each swapped one alone."""
     resident = [name for name in names if placement[name] == "resident"]
     return [group for group in [resident] + [[n] for n in names if placement[n] == "swapped"] if group]
+
+
+def on_this_machine(device: str) -> bool:
+    """A served variant's device ("remote:HOST:PORT") whose host is this machine's loopback address."""
+    if not device.startswith("remote:"):
+        return False
+    host = device[len("remote:"):].rsplit(":", 1)[0].strip("[]") if device.count(":") > 1 else device[7:]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -96,10 +110,24 @@ class Execution:
                 self.state.outcomes[(name, turn.cell)].contended = True
             self.generate({name: self._request(spec, turn) for name in ready}, turn.warmup)
             return
-        for name in ready:
+        # fair: one variant at a time on each device; variants on different devices (a served
+        # endpoint, another GPU) do not contend, so their requests go out together
+        for together in self._rounds(ready):
             if self.cancelled.is_set():
                 return
-            self.generate({name: self._request(spec, turn)}, turn.warmup)
+            self.generate({name: self._request(spec, turn) for name in together}, turn.warmup)
+
+    def _rounds(self, names: list[str]) -> list[list[str]]:
+        """`names` by device, then round by round the next variant of every device."""
+        devices = {name: self.workers.get(name).spec.device for name in names}
+        shared = any(on_this_machine(device) for device in devices.values())
+        lanes: dict[str, list[str]] = {}
+        for name, device in devices.items():
+            remote = device.startswith("remote:")
+            # a server on this very machine shares its cores (and maybe its GPU) with every local worker
+            key = device if remote and not on_this_machine(device) else ("this machine" if shared else device)
+            lanes.setdefault(key, []).append(name)
+        return [[n for n in group if n is not None] for group in itertools.zip_longest(*lanes.values())]
 
     def _request(self, spec: RunSpec, turn: Turn) -> Request:
         # a warm-up is the timed request itself, not a shorter one: every sequence length the cell's

@@ -8,10 +8,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from engine import source
+from engine import source, variants
 from engine.errors import InputError, ModelSourceError
 from engine.presets import Preset
-from engine.variants import CATALOG
 
 MODES = ("fair", "race")
 
@@ -71,9 +70,10 @@ def validate(spec: RunSpec, preset: Preset) -> int:
     """Raise InputError with what to do; return the prompt's token count (tokenized once, here)."""
     if not spec.variants:
         raise InputError("no variant selected: choose at least one (e.g. baseline,sdpa)")
-    unknown = [v for v in spec.variants if v not in CATALOG]
+    known = variants.names(preset)
+    unknown = [v for v in spec.variants if v not in known]
     if unknown:
-        raise InputError(f"unknown variant {unknown[0]!r}; available: {', '.join(CATALOG)}")
+        raise InputError(f"unknown variant {str(unknown[0])[:60]!r}; available: {', '.join(known)}")
     if len(set(spec.variants)) != len(spec.variants):
         raise InputError("a variant is listed twice: list each once")
     if spec.mode not in MODES:

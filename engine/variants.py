@@ -46,6 +46,7 @@ class Variant:
     bettertransformer: bool = False      # convert with optimum where the installed versions allow
     compile: bool = False                # static KV cache + torch.compile of the decode step
     use_cache: bool = True               # False recomputes all positions at every step
+    remote: bool = False                 # a served model (engine/remote.py): nothing loads here
 
     def unavailable_reason(self, preset: Preset, device: Device) -> str | None:
         """Why this variant cannot run with this preset on this device; None when it can."""
@@ -139,3 +140,23 @@ CHECKS = {
     "bnb-4bit": (_needs_package("bitsandbytes", BNB_HINT),),
     "bnb-8bit": (_needs_package("bitsandbytes", BNB_HINT),),
 }
+
+
+def served(endpoint) -> Variant:
+    """The variant of a preset's served endpoint (engine/remote.py): its label says where it is served;
+    the worker's Loaded event says by what, once it has asked the server."""
+    return Variant(endpoint.name, f"served at {endpoint.host}", f"The model served at {endpoint.base_url} "
+                   "(an OpenAI-compatible server), streamed and timed like the local variants.", remote=True)
+
+
+def lookup(name: str, preset: Preset) -> Variant | None:
+    """A catalog variant, or one of the preset's served endpoints, by name; None when neither."""
+    if name in CATALOG:
+        return CATALOG[name]
+    found = next((e for e in getattr(preset, "remote", ()) if e.name == name), None)
+    return served(found) if found is not None else None
+
+
+def names(preset: Preset) -> list[str]:
+    """Every variant a run of this preset may name: the catalog's, then its served endpoints'."""
+    return [*CATALOG, *(e.name for e in getattr(preset, "remote", ()))]

@@ -35,6 +35,20 @@ class Cancelled(StoppingCriteria):
         return self.halt if self.streamer.stop else self.go
 
 
+def prompt_ids(tokenizer, preset, request: Request) -> list[int]:
+    """The prompt's token ids: repeated to `prompt_tokens` for a synthetic one, else as the chat
+    template (where the preset asks for it) or the tokenizer gives them. A served variant sends
+    the same ids (engine/remote.py)."""
+    if request.prompt_tokens is not None:
+        ids = tokenizer(request.prompt or "x", add_special_tokens=True)["input_ids"]
+        return (ids * (request.prompt_tokens // max(len(ids), 1) + 1))[:request.prompt_tokens]
+    if preset.chat_template and tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],
+                                            add_generation_prompt=True, tokenize=True)
+        return ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    return tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+
+
 class Runner:
     """A loaded variant: the model, its tokenizer and how to call generate for it."""
 
@@ -86,17 +100,7 @@ class Runner:
         return (torch.tensor(rows, device=self.spec.device), torch.tensor(mask, device=self.spec.device))
 
     def prompt_ids(self, request: Request) -> list[int]:
-        """The prompt's token ids: repeated to `prompt_tokens` for a synthetic one, else as the chat
-        template (where the preset asks for it) or the tokenizer gives them."""
-        tokenizer = self.tokenizer
-        if request.prompt_tokens is not None:
-            ids = tokenizer(request.prompt or "x", add_special_tokens=True)["input_ids"]
-            return (ids * (request.prompt_tokens // max(len(ids), 1) + 1))[:request.prompt_tokens]
-        if self.spec.preset.chat_template and tokenizer.chat_template:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],
-                                                add_generation_prompt=True, tokenize=True)
-            return ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        return tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+        return prompt_ids(self.tokenizer, self.spec.preset, request)
 
     def generation_kwargs(self, request: Request) -> dict:
         kwargs = {"max_new_tokens": request.max_new_tokens, "do_sample": False,

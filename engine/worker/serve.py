@@ -150,6 +150,9 @@ def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[objec
     while (request := receive()) is not None:
         try:
             if isinstance(request, Probe):
+                if getattr(runner, "remote", False):
+                    raise ValueError(f"the {request.kind} probe times a model on this machine: not applicable "
+                                     "to a served model")
                 emit(probes.answer(runner, request, cancel))
                 continue
             emit(runner.generate(request, cancel))        # its Started event says it is generating
@@ -180,7 +183,15 @@ def load_delay_s(variant: str) -> float:
 
 
 def load(spec: WorkerSpec, emit: Callable[[object], None], cancel):
-    """Load and warm up the variant, announcing each stage; the Runner, once `Loaded` is sent."""
+    """Load and warm up the variant, announcing each stage; the Runner, once `Loaded` is sent. A
+    served variant (engine/remote.py) loads nothing: it asks its server what it serves."""
+    if any(e.name == spec.variant for e in spec.preset.remote):
+        from engine import remote
+        t0 = time.perf_counter()
+        runner = remote.load(spec, emit)
+        emit(events.Loaded(spec.variant, time.perf_counter() - t0, 0.0, 0, f"remote:{runner.endpoint.host}",
+                           "the server's", runner.label))
+        return runner
     if spec.threads:
         import torch
         torch.set_num_threads(spec.threads)

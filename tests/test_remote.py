@@ -1,0 +1,155 @@
+"""Served engines as variants: endpoints from presets and flags, the server's metrics read, fair mode
+on several devices, and a real vLLM server (its CPU build) serving the `small` model folder beside
+the local baseline on the same weights."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+from types import SimpleNamespace
+
+import pytest
+from served import vllm_server
+
+from engine import events, metrics, presets, remote
+from engine.errors import InputError, PresetError
+from engine.pool import Engine
+from engine.schedule import Execution, on_this_machine
+from engine.spec import RunSpec, validate
+
+PROMPT = "Why is decoding bound by memory bandwidth?"
+
+METRICS_TEXT = """\
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="small"} 1.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="small"} %s
+vllm:time_to_first_token_seconds_count{engine="0",model_name="small"} %s
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="other"} 99.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="other"} 9.0
+vllm:request_time_per_output_token_seconds_sum{engine="0",model_name="small"} %s
+vllm:request_time_per_output_token_seconds_count{engine="0",model_name="small"} %s
+vllm:num_requests_running{engine="0",model_name="small"} 0.0
+"""
+
+
+def test_the_servers_own_figures_are_the_difference_of_its_histograms_over_one_request():
+    before = remote.read_metrics(METRICS_TEXT % (1.5, 3, 0.30, 3), "small")
+    after = remote.read_metrics(METRICS_TEXT % (1.62, 4, 0.35, 4), "small")
+    assert before["vllm:time_to_first_token_seconds_count"] == 3.0          # the other model's series left out
+    figures = remote.server_figures(before, after)
+    assert figures["ttft_s"] == pytest.approx(0.12) and figures["tpot_s"] == pytest.approx(0.05)
+    assert "queue_s" not in figures                                       # not exposed: not made up
+    assert remote.server_figures(None, after) == {}
+
+
+def test_endpoints_come_from_a_flag_or_a_preset_entry_and_bad_ones_say_what_to_fix():
+    flag = remote.from_flag("http://gpu-box:8000/v1,model=meta-llama/Llama-3.1-8B,name=vllm-tp2,api_key_env=KEY")
+    assert flag == remote.Endpoint("vllm-tp2", "http://gpu-box:8000/v1", "meta-llama/Llama-3.1-8B", "KEY")
+    assert flag.host == "gpu-box:8000" and flag.server_root == "http://gpu-box:8000"
+    assert remote.from_flag("http://127.0.0.1:8011/v1").name == "remote-127-0-0-1-8011"
+    os.environ["SBS_TEST_KEY"] = "secret"
+    assert remote.from_flag("http://h/v1,api_key_env=SBS_TEST_KEY").headers() == {"Authorization": "Bearer secret"}
+    for text, message in (("ftp://h/v1", "must be an http:// or https:// URL"),
+                          ("http://h/v1,port=3", "is not model=..., name=... or api_key_env=..."),
+                          ("http://h/v1,name=sdpa", "not a local variant's name")):
+        with pytest.raises(ValueError, match=message):
+            remote.from_flag(text)
+    preset = presets.parse({"name": "p", "title": "P", "source": "random", "tokenizer": "bytes",
+                            "config": {"model_type": "llama"}, "variants": ["baseline", "vllm"],
+                            "remote": [{"name": "vllm", "base_url": "http://h:8000/v1/", "model": "m"}]}, "p.yaml")
+    assert preset.remote == (remote.Endpoint("vllm", "http://h:8000/v1", "m"),)
+    assert preset.variants == ("baseline", "vllm")
+    bad = {"name": "p", "title": "P", "source": "random", "config": {"model_type": "llama"}}
+    for entries, message in (([{"name": "x"}], "needs 'base_url'"), (["http://h"], "must be a mapping"),
+                             ([{"name": "x", "base_url": "http://h", "key": "k"}], "unknown field 'key'")):
+        with pytest.raises(PresetError, match=message):
+            presets.parse({**bad, "remote": entries}, "p.yaml")
+
+
+def test_a_run_may_name_the_presets_endpoints_and_nothing_else():
+    small = presets.load("small")
+    served = dataclasses.replace(small, remote=(remote.Endpoint("vllm", "http://h:8000/v1"),))
+    assert validate(RunSpec(PROMPT, ["baseline", "vllm"], 4), served) > 0
+    with pytest.raises(InputError, match="unknown variant 'vllm'; available: baseline, .*"):
+        validate(RunSpec(PROMPT, ["baseline", "vllm"], 4), small)
+
+
+def test_fair_mode_sends_variants_on_different_devices_together_and_one_at_a_time_on_each():
+    devices = {"baseline": "cpu", "sdpa": "cpu", "far": "remote:gpu-box:8000", "other": "remote:10.0.0.7:8000",
+               "near": "remote:127.0.0.1:8011"}
+    workers = SimpleNamespace(get=lambda name: SimpleNamespace(spec=SimpleNamespace(device=devices[name])))
+    execution = Execution(workers, None, None, threading.Event(), None, None)
+    assert execution._rounds(["baseline", "sdpa", "far", "other"]) == [["baseline", "far", "other"], ["sdpa"]]
+    # a server on this machine shares its cores with the local workers: it waits its turn with them
+    assert execution._rounds(["baseline", "near", "far"]) == [["baseline", "far"], ["near"]]
+    assert on_this_machine("remote:localhost:8000") and not on_this_machine("cpu")
+
+
+@pytest.fixture(scope="module")
+def served_small():
+    """vLLM serving the `small` preset's own model folder (random weights, made locally) as "small"."""
+    from engine.worker.models import saved_random_model
+    preset = presets.load("small")
+    with vllm_server(saved_random_model(preset), "small", log_name="test_remote_vllm") as (url, process):
+        yield dataclasses.replace(preset, remote=(remote.Endpoint("vllm", url, "small"),)), process
+
+
+def test_a_served_model_streams_beside_the_local_baseline_timed_the_same_way(served_small):
+    preset, _ = served_small
+    with Engine(preset, request_timeout_s=120) as engine:
+        seen = list(engine.run(RunSpec(PROMPT, ["baseline", "vllm"], 16, repeats=2, ignore_eos=True)))
+    tokens = [e for e in seen if isinstance(e, events.Token) and e.variant == "vllm"]
+    finished = [e for e in seen if isinstance(e, events.Finished) and e.variant == "vllm"]
+    assert len(tokens) >= 16 * 2 and tokens[0].t < finished[0].token_times[-1]      # streamed, then finished
+    report = seen[-1].report
+    base, served = report["results"]
+    assert (base["status"], served["status"]) == ("ok", "ok"), (base["reason"], served["reason"])
+    assert served["label"].startswith("served by vLLM 0.") and served["label"].endswith(preset.remote[0].host)
+    server = served["server"]
+    assert server["completion_tokens_repeats"] == [16, 16] and served["output_tokens"] == 16
+    times = served["token_times_s"]
+    assert served["ttft_repeats_s"][0] == times[0] < times[-1]                  # TTFT < E2E, from the send
+    assert served["ttft_s"] == pytest.approx(metrics.median(served["ttft_repeats_s"]))
+    assert served["ttft_s"] < served["e2e_s"]
+    assert served["tpot_repeats_s"][0] == pytest.approx((times[-1] - times[0]) / 15)
+    assert served["tpot_s"] == pytest.approx(metrics.median(served["tpot_repeats_s"]))
+    # the server's own figures beside the client's: the client's include the network and the queue
+    assert 0 < server["ttft_s"] <= served["ttft_s"] + 0.005 and 0 < server["tpot_s"]
+    assert server["queue_s"] is not None and server["memory"] == "not reported by the server"
+    assert served["peak_memory_bytes"] is None and served["mbu"] is None and served["weights_bytes"] is None
+    assert server["multi_token_chunks"] == 0                          # vLLM streams one token a chunk by default
+    # the same weights, the same prompt tokens, greedy: the same tokens as the local baseline
+    assert served["first_diff_token"] is None and served["token_ids"] == base["token_ids"]
+    assert served["prompt_tokens"] == base["prompt_tokens"]
+
+
+def test_an_unreachable_server_and_a_wrong_model_fail_their_column_in_one_line_while_the_baseline_runs(served_small):
+    preset, _ = served_small
+    from app_server import free_port
+    url = preset.remote[0].base_url
+    broken = dataclasses.replace(preset, remote=(remote.Endpoint("gone", f"http://127.0.0.1:{free_port()}/v1"),
+                                                 remote.Endpoint("wrong", url, "no-such-model")))
+    with Engine(broken, request_timeout_s=120) as engine:
+        report = list(engine.run(RunSpec(PROMPT, ["baseline", "gone", "wrong"], 4)))[-1].report
+    rows = {r["variant"]: r for r in report["results"]}
+    assert rows["baseline"]["status"] == "ok"
+    assert rows["gone"]["status"] == "failed" and "cannot reach http://127.0.0.1:" in rows["gone"]["reason"]
+    assert rows["wrong"]["status"] == "failed"
+    assert "does not serve model 'no-such-model'; it serves: small" in rows["wrong"]["reason"]
+    assert all("\n" not in rows[n]["reason"] for n in ("gone", "wrong"))
+
+
+def test_a_server_killed_mid_answer_turns_into_a_failed_column_while_the_local_variant_finishes(served_small):
+    preset, process = served_small                   # the last test of the module: it ends the server
+    with Engine(preset, request_timeout_s=120) as engine:
+        run = engine.start(RunSpec(PROMPT, ["vllm", "baseline"], 120, repeats=1, warmup_requests=0, ignore_eos=True))
+        seen = []
+        for event in run:
+            seen.append(event)
+            if isinstance(event, events.Token) and event.variant == "vllm" and event.index == 5:
+                os.killpg(process.pid, signal.SIGKILL)       # the server this module started, by its id
+    rows = {r["variant"]: r for r in seen[-1].report["results"]}
+    assert rows["vllm"]["status"] == "failed", rows["vllm"]
+    assert "broke after" in rows["vllm"]["reason"] or "ended without [DONE]" in rows["vllm"]["reason"]
+    assert rows["baseline"]["status"] == "ok" and rows["baseline"]["output_tokens"] == 120
