@@ -102,6 +102,34 @@ def plan(preset: Preset, variants: list[Variant], free_bytes: int, cuda: bool) -
     return placement
 
 
+def assign(preset: Preset, variants: list[Variant], devices, fixed: dict[str, int] | None = None) -> dict[str, int]:
+    """variant name -> the index of the GPU its worker goes to, on a host with several (`devices`: each
+    with `index` and `free_bytes`). One worker per GPU while a GPU has none: the largest first, each to
+    the emptiest GPU with room for it; past one each, the next goes where the most room is left. A
+    variant that fits no GPU goes to the one with the most room (its plan there swaps). `fixed`: the
+    variants whose workers are loaded already, on the GPU they are on. Served variants hold no GPU here."""
+    fixed = dict(fixed or {})
+    local = [v for v in variants if not v.remote]
+    sizes = {}
+    for v in local:
+        estimate = footprint(preset, v, cuda=True)
+        sizes[v.name] = estimate.total_bytes if estimate else 0
+    room = {d.index: d.free_bytes - min(d.free_bytes * HEADROOM, HEADROOM_MAX_BYTES) for d in devices}
+    count = dict.fromkeys(room, 0)
+    placed = {}
+    for name, index in fixed.items():
+        if name in sizes and index in room:
+            placed[name] = index
+            count[index] += 1                  # its memory is already outside the free bytes
+    for v in sorted((v for v in local if v.name not in placed), key=lambda v: -sizes[v.name]):
+        fits = [i for i in room if room[i] >= sizes[v.name]]
+        index = min(fits or list(room), key=lambda i: (count[i], -room[i], i))
+        placed[v.name] = index
+        room[index] -= sizes[v.name]
+        count[index] += 1
+    return {v.name: placed[v.name] for v in local}
+
+
 def free_bytes(device: hardware.Device) -> int:
     """Memory free on the device now (NVML on a GPU, available RAM on a CPU)."""
     if device.kind == "cpu":

@@ -14,7 +14,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 
-from engine import events, hardware, load_times, report, schedule, topology, variants
+from engine import budget, events, hardware, load_times, report, schedule, topology, variants
 from engine.errors import InputError
 from engine.events import WorkerSpec
 from engine.limits import Limits
@@ -91,6 +91,11 @@ class Engine:
         self.preset = preset
         self.run_limits = limits or Limits()       # what one run may ask (engine/limits.py)
         self.device = hardware.resolve(preset.device)
+        # "auto" on a host with several GPUs: workers are spread over them (budget.assign), and fair
+        # mode runs variants on different GPUs at the same time, since they do not contend
+        gpus = hardware.cuda_devices() if self.device.kind == "cuda" and preset.device == "auto" else []
+        self.devices = gpus if len(gpus) > 1 else [self.device]
+        self._assignment: dict[str, int] = {}      # variant -> GPU index, with several GPUs
         self.limits = schedule.Limits(request_timeout_s, load_timeout_s)
         if threads is not None and threads < 1:
             raise InputError(f"threads must be at least 1, got {threads}")
@@ -204,7 +209,7 @@ class Engine:
         core = None
         if self.device.kind == "cuda":             # a core of its own for the thread that launches kernels
             core = topology.free_core(sorted(topology.usable_cores()), {spec.core for spec in others})
-        device = "cpu" if self.device.kind == "cpu" else f"cuda:{self.device.index}"
+        device = "cpu" if self.device.kind == "cpu" else f"cuda:{self._assignment.get(name, self.device.index)}"
         return WorkerSpec(self.preset, name, device, self.threads, core)
 
     def _execution(self, run: Run, state: RunState) -> schedule.Execution:
@@ -274,9 +279,25 @@ class Engine:
                 run.put(events.Unavailable(name, reason))
             else:
                 runnable.append(variant)
-        placement = schedule.place(self._workers, runnable, self.preset, self.device)
+        placement = self._place(runnable)
         execution = self._execution(run, state)
         execution.run(run.spec, placement, after_timed=lambda loaded: self._measure_bandwidth(execution, loaded))
+
+    def _place(self, runnable: list) -> dict[str, str]:
+        """Resident or swapped for each variant; with several GPUs, which GPU first (budget.assign; a
+        loaded worker keeps its GPU), then each GPU's own plan."""
+        if len(self.devices) == 1:
+            return schedule.place(self._workers, runnable, self.preset, self.device)
+        on = {w.variant: int(w.spec.device.split(":")[1]) for w in self._workers.all()
+              if w.spec.device.startswith("cuda:")}
+        self._assignment = budget.assign(self.preset, runnable, hardware.cuda_devices() or self.devices,
+                                         {v.name: on[v.name] for v in runnable if v.name in on})
+        placement = {v.name: "resident" for v in runnable if v.remote}
+        for device in self.devices:
+            mine = [v for v in runnable if self._assignment.get(v.name) == device.index]
+            if mine:
+                placement.update(schedule.place(self._workers, mine, self.preset, device, f"cuda:{device.index}"))
+        return placement
 
     def _measure_bandwidth(self, execution: schedule.Execution, loaded: list[str]) -> None:
         """The device's copy bandwidth, measured once per engine in a loaded worker (after the timed

@@ -232,6 +232,9 @@ class RemoteRunner:
         return read_metrics(response.text, self.model) if response.status_code == 200 else None
 
     def prompt(self, request: events.Request):
+        if request.pad_ratio:
+            raise ServerError("padding within a batch is the local variants' experiment: not applicable to a "
+                              "served model, which batches its requests itself")
         if self.tokenizer is None:
             if request.prompt_tokens is not None:
                 raise ServerError("a prompt of a given token length needs the model's tokenizer on this "

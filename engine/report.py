@@ -127,7 +127,7 @@ def result(outcome, reference_ids, peak_bandwidth: float | None, variant: Varian
     loaded = outcome.loaded
     if loaded is not None:
         row.update(load_s=loaded.load_s, warmup_s=loaded.warmup_s, weights_bytes=loaded.weights_bytes,
-                   label=loaded.label)
+                   label=loaded.label, device=loaded.device)       # "cuda:1" on a host with several GPUs
     if outcome.unavailable:
         row.update(status="unavailable", reason=outcome.unavailable)
     elif outcome.failed is not None and not outcome.finished:

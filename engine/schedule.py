@@ -285,11 +285,13 @@ class Execution:
         worker.cancel.clear()
 
 
-def place(workers: WorkerSet, runnable, preset, device) -> dict[str, str]:
+def place(workers: WorkerSet, runnable, preset, device, on_device: str | None = None) -> dict[str, str]:
     """Plan the run against the memory free now plus what this run's own loaded workers hold.
 
     Workers of variants outside this run stay loaded (the next run may want them) unless their room
-    is needed; a loaded worker that the plan swaps is stopped, to load in its turn.
+    is needed; a loaded worker that the plan swaps is stopped, to load in its turn. `on_device`
+    ("cuda:N", on a host with several GPUs): the plan of that GPU alone, whose idle workers alone
+    may give their room up.
     """
     names = {v.name for v in runnable}
 
@@ -298,7 +300,8 @@ def place(workers: WorkerSet, runnable, preset, device) -> dict[str, str]:
         return budget.plan(preset, runnable, budget.free_bytes(device) + held, device.kind == "cuda")
 
     placement = planned()
-    idle = [n for n in workers.names() if n not in names]
+    idle = [n for n in workers.names() if n not in names
+            and (on_device is None or workers.get(n) is None or workers.get(n).spec.device == on_device)]
     if idle and "swapped" in placement.values():
         workers.stop(idle)
         placement = planned()

@@ -28,3 +28,27 @@ def test_memory_budget_keeps_what_fits_and_swaps_the_rest():
     assert sum(budget.footprint(llama, v, cuda=True).total_bytes for v in runnable) > 149_553_283_072 * 0.9
     tiny = presets.load("tiny")
     assert set(budget.plan(tiny, variants, 10**9, cuda=False).values()) == {"resident"}
+
+
+def test_on_a_host_with_several_gpus_workers_go_one_per_gpu_where_the_memory_plan_allows():
+    from types import SimpleNamespace
+    llama = presets.load("llama-3.1-8b-random")
+    names = ["baseline", "sdpa", "bnb-4bit", "compiled"]
+    variants = [CATALOG[n] for n in names]
+    gib = 2**30
+    four = [SimpleNamespace(index=i, free_bytes=80 * gib) for i in range(4)]
+    assert sorted(budget.assign(llama, variants, four).values()) == [0, 1, 2, 3]     # one each
+    two = [SimpleNamespace(index=0, free_bytes=80 * gib), SimpleNamespace(index=1, free_bytes=40 * gib)]
+    placed = budget.assign(llama, variants, two)
+    assert sorted(placed) == sorted(names) and set(placed.values()) == {0, 1}
+    assert placed["compiled"] == 0                 # the largest (two contexts of cache) where the room is
+    sizes = {n: budget.footprint(llama, CATALOG[n], cuda=True).total_bytes for n in names}
+    for index, device in enumerate(two):            # what each GPU got fits what it has
+        assert sum(sizes[n] for n, i in placed.items() if i == index) <= device.free_bytes
+    # a worker loaded already keeps its GPU; a served variant takes none
+    from engine.variants import served
+    from engine.remote import Endpoint
+    kept = budget.assign(llama, [*variants, served(Endpoint("vllm", "http://h/v1"))], four, fixed={"sdpa": 3})
+    assert kept["sdpa"] == 3 and "vllm" not in kept and sorted(kept.values()) == [0, 1, 2, 3]
+    tiny_gpu = [SimpleNamespace(index=0, free_bytes=1 * gib), SimpleNamespace(index=1, free_bytes=2 * gib)]
+    assert budget.assign(llama, [CATALOG["baseline"]], tiny_gpu) == {"baseline": 1}   # fits none: the roomiest
