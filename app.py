@@ -16,11 +16,12 @@ import socket
 import sys
 
 from engine import presets
-from engine.errors import DeviceError, PresetError
+from engine.errors import DeviceError, InputError, PresetError
+from engine.history import HISTORY_ENV, default_path
 from engine.limits import Limits
 from ui.page import build_app, launch_kwargs
 from ui.presets import offered_by_default
-from ui.state import Engines
+from ui.state import Engines, PageHistory
 
 
 def share_reachable(timeout_s: float = 3.0) -> str | None:
@@ -49,6 +50,16 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--auth", help=f"USER:PASS: a login in front of the page (or ${AUTH_ENV})")
     top.add_argument("--public-presets", help="comma-separated presets a public page offers (default: those that "
                      "need no download and fit the device with their default variants)")
+    kept = top.add_argument_group("run history (engine/history.py; the History tab)")
+    saving = kept.add_mutually_exclusive_group()
+    saving.add_argument("--history", metavar="PATH", help=f"the history file the page saves runs to and shows "
+                        f"(default: ${HISTORY_ENV} or {default_path()}); a public page uses it only with "
+                        "--keep-public-history")
+    saving.add_argument("--no-history", action="store_true", help="save no run, and leave the History tab out")
+    kept.add_argument("--keep-public-history", action="store_true",
+                      help="on a public page, keep visitors' runs in the history after their session ends (each "
+                           "visitor still sees only their own; default: in a temporary file of this process, "
+                           "deleted when the session ends)")
     limits = top.add_argument_group("public limits (see engine/limits.py)")
     for flag, field, kind, what in LIMIT_FLAGS:
         limits.add_argument(flag, dest=field, type=kind, help=what)
@@ -88,13 +99,14 @@ def opening_presets(asked: str | None, offered: list[str] | None) -> list[str]:
     return [name for name in names if offered is None or name in offered]
 
 
-def open_page(engines: Engines, asked: str | None, mode: str, offered: list[str] | None):
+def open_page(engines: Engines, asked: str | None, mode: str, offered: list[str] | None,
+              history: PageHistory | None = None):
     """The page, opened on the preset asked for (its PresetError or DeviceError raised as is), or on the
     first of `opening_presets` that can be used, a line on stderr for each one passed over."""
     candidates = opening_presets(asked, offered)
     for preset in candidates:
         try:
-            return build_app(engines, preset, mode)
+            return build_app(engines, preset, mode, history)
         except (PresetError, DeviceError) as error:
             if asked is not None:
                 raise
@@ -143,10 +155,17 @@ def main(argv=None) -> int:
             print(f"error: --preset {args.preset} is not among the presets this public page offers "
                   f"({', '.join(offered) or 'none'}): choose one, or list it in --public-presets", file=sys.stderr)
             return 2
+    history = None if args.no_history else PageHistory.for_page(args.history, limits.public,
+                                                                 args.keep_public_history)
+    if limits.public and args.history and not args.keep_public_history:
+        print(f"--history: this public page keeps visitors' runs only for their session, in a temporary file, not "
+              f"in {args.history} (add --keep-public-history to keep them there)", file=sys.stderr)
     engines = Engines(threads=args.threads, limits=limits, offered=offered)
     try:
-        demo = open_page(engines, args.preset, args.mode, offered)
-    except (PresetError, DeviceError) as error:
+        if history is not None:
+            history.store.list(limit=1)                # a file that is no history: one line now, not per run
+        demo = open_page(engines, args.preset, args.mode, offered, history)
+    except (PresetError, DeviceError, InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     share = share_wanted(args.share)

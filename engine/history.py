@@ -375,6 +375,14 @@ class History:
             db.execute("DELETE FROM run_variants WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
+    def forget(self, session: str) -> int:
+        """Remove every run of a visitor's session (their page closed); how many were removed."""
+        if not session:
+            raise ValueError("forget needs a session")
+        with self._writing() as db:
+            db.execute("DELETE FROM run_variants WHERE run_id IN (SELECT id FROM runs WHERE session = ?)", (session,))
+            return db.execute("DELETE FROM runs WHERE session = ?", (session,)).rowcount
+
     def export(self, run_id: int, path: str | os.PathLike, session: str | None = None) -> Path:
         """Write a run's report (its provenance under "history") to `path`, whole or not at all; importable again."""
         entry = self.get(run_id, session)
@@ -548,7 +556,8 @@ FIGURES = {"ttft": ("TTFT ms", lambda v: tables.ms(v, 2)), "tpot": ("TPOT ms", l
            "tokens_per_s": ("tok/s", tables.fixed), "memory": ("peak memory", tables.size)}
 
 
-def _percent_text(change: float | None, word: str | None) -> str:
+def percent_text(change: float | None, word: str | None) -> str:
+    """A change from the reference, "+3.1% within noise"; a dash where there is none."""
     if change is None:
         return tables.DASH
     number = f"{change:+.1f}%" if abs(change) < 100 else f"{change:+.0f}%"
@@ -567,7 +576,7 @@ def compare_table(compared: Compared, labels: list[str]) -> str:
         title, show = FIGURES[change.metric]
         rows.append([change.variant] + [change.cell or tables.DASH] * with_cells + [title]
                     + [show(v) for v in change.values]
-                    + [_percent_text(change.percent[i], change.verdicts[i]) for i in others])
+                    + [percent_text(change.percent[i], change.verdicts[i]) for i in others])
     lines = tables.fixed_width(rows).splitlines()
     if not compared.changes:
         lines.append(f"nothing to compare: no variant (and cell) of {ref} is in another run")

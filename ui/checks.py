@@ -56,3 +56,17 @@ def flag(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise InputError(f"{name} must be true or false, got {value!r}")
     return value
+
+
+def ids(name: str, value) -> list[int]:
+    """Run ids: a list of whole numbers of at least 1 (or their text, "12" or "#12"), each once, in order."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise InputError(f"{name} must be a list of run ids, got {value!r}")
+    found = []
+    for item in value:
+        if isinstance(item, str) and item.strip().lstrip("#").isdigit():
+            item = int(item.strip().lstrip("#"))
+        found.append(whole(f"each of the {name}", item, 1, None))
+    return list(dict.fromkeys(found))

@@ -17,15 +17,24 @@ KEEP_S = 3600.0                # run and sweep files older than this are deleted
 PREFIX = "sidebyside-runs-"    # then the app's process id, then mkdtemp's random part
 
 
-def remove_orphans(parent: Path) -> list[Path]:
-    """Delete the download folders under `parent` whose app process no longer runs; the ones deleted."""
+def remove_orphans(parent: Path, prefix: str = PREFIX) -> list[Path]:
+    """Delete the folders `{prefix}{pid}-...` under `parent` whose app process no longer runs; the ones deleted."""
     removed = []
-    for folder in parent.glob(f"{PREFIX}*-*"):
-        pid = folder.name[len(PREFIX):].split("-", 1)[0]
+    for folder in parent.glob(f"{prefix}*-*"):
+        pid = folder.name[len(prefix):].split("-", 1)[0]
         if folder.is_dir() and pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+def process_folder(prefix: str) -> Path:
+    """A new temporary folder of this process, deleted when it exits; the folders of earlier app
+    processes that were killed (their process id is gone) are deleted first."""
+    remove_orphans(Path(tempfile.gettempdir()), prefix)
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 class Downloads:
@@ -38,10 +47,7 @@ class Downloads:
     def temporary(cls) -> Downloads:
         """A new temporary folder, deleted when the process exits; those of earlier app processes that
         were killed (their process id is gone) are deleted first."""
-        remove_orphans(Path(tempfile.gettempdir()))
-        folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        return cls(folder)
+        return cls(process_folder(PREFIX))
 
     def prune(self) -> None:
         cutoff = time.time() - self.keep_s

@@ -97,6 +97,11 @@ class SweepView:
     def done(self) -> bool:
         return self.live.done
 
+    @property
+    def report(self) -> dict | None:
+        """The sweep's JSON once it is done (what the history keeps), like RunView.report."""
+        return self.live.result if self.live.done else None
+
     def apply(self, batch, now=None) -> None:
         for event in batch:
             self.live.apply(event)

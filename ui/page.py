@@ -8,11 +8,11 @@ import gradio as gr
 
 from engine.variants import CATALOG
 from engine.views.palette import color_of
-from ui import compare, experiments
+from ui import compare, experiments, history as history_tab
 from ui.downloads import Downloads
 from ui.presets import preset_choices
 from ui.gate import Gate, unread_updates
-from ui.state import Context, Engines
+from ui.state import Context, Engines, PageHistory
 
 TITLE = "Side by side: LLM inference variants"
 INTRO = ("# Side by side: one prompt, several inference variants\n"
@@ -34,16 +34,25 @@ def launch_kwargs() -> dict:
     return {"theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), "css": css()}
 
 
-def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair") -> gr.Blocks:
-    """The Blocks of the dashboard over `engines`; raises PresetError or DeviceError for an unusable `preset`."""
+def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair",
+              history: PageHistory | None = None) -> gr.Blocks:
+    """The Blocks of the dashboard over `engines`, saving finished runs to `history` (None: no history and
+    no History tab); raises PresetError or DeviceError for an unusable `preset`."""
     engines.get(preset)
     choices = preset_choices(engines.offered)
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
-        ctx = Context(engines, Downloads.temporary(), Gate(engines.limits), partial(unread_updates, demo))
+        ctx = Context(engines, Downloads.temporary(), Gate(engines.limits), partial(unread_updates, demo), history)
         gr.Markdown(INTRO)
         with gr.Tabs(elem_id="sbs-tabs"):
             with gr.Tab("Compare", id="compare", elem_id="sbs-tab-compare"):
                 compare.build(ctx, preset, mode, choices)
             with gr.Tab("Experiments", id="experiments", elem_id="sbs-tab-experiments"):
                 experiments.build(ctx, preset, choices)
+            if history is not None:
+                with gr.Tab("History", id="history", elem_id="sbs-tab-history") as tab:
+                    history_tab.build(ctx, tab)
+        if history is not None:
+            def forget(request: gr.Request) -> None:
+                history.forget(request)           # a public session's runs go when its page closes
+            demo.unload(forget)
     return demo

@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import copy
 import enum
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine import presets
-from engine.errors import PresetError
+from engine.errors import InputError, PresetError
+from engine.history import History, report_kind
 from engine.pool import Engine
 from engine.views.run import RunView
 from engine.limits import Limits
-from ui.downloads import Downloads
+from ui.downloads import Downloads, process_folder
 from ui.gate import Gate
+
+HISTORY_PREFIX = "sidebyside-history-"     # a public page's own history folder: then its process id
+PAGE_KINDS = {"run": "run", "sweep": "experiment"}      # the report's shape -> the kind saved from the page
 
 
 class Engines:
@@ -60,6 +65,60 @@ class Engines:
             engines = list(self._engines.values())
         for engine in engines:
             engine.close()
+
+
+class PageHistory:
+    """The page's side of the run history (engine/history.py): what it saves, and whose runs a visitor sees.
+
+    A private page shows every run of its file (the command line's too). On a public page each saved run
+    carries the visitor's Gradio session, and a visitor sees and changes only their own. Unless the
+    deployment keeps them (`keep`), public runs go to a temporary file of this process (deleted when it
+    exits, or by the next app when it was killed) and a session's runs are deleted when its page closes:
+    nothing outlives the session, and the deployment's own history never holds a stranger's run.
+    """
+
+    def __init__(self, store: History, public: bool = False, keep: bool = False):
+        self.store, self.public, self.keep = store, public, keep
+
+    @classmethod
+    def for_page(cls, path: str | None, public: bool, keep: bool) -> PageHistory:
+        """`path` (None: the default history) on a private page or one that keeps public runs; else a
+        temporary file of this process."""
+        if public and not keep:
+            return cls(History(process_folder(HISTORY_PREFIX) / "history.sqlite"), public=True)
+        return cls(History(path), public, keep)
+
+    @property
+    def imports(self) -> bool:
+        """Whether the page may import a report file: a public page takes no upload."""
+        return not self.public
+
+    def scope(self, request) -> str | None:
+        """The session whose runs this caller may see: None (all) on a private page."""
+        if not self.public:
+            return None
+        session = getattr(request, "session_hash", None)
+        if not isinstance(session, str) or not session:
+            raise InputError("this public page shows each visitor the runs of their own session, and this call "
+                             "has none: open the page, or call it with gradio_client")
+        return session
+
+    def save(self, report: dict, request=None) -> int | None:
+        """Keep a finished run or experiment of the page; a failure only warns (the run stands)."""
+        kind = PAGE_KINDS.get(report_kind(report))
+        if kind is None:
+            return None
+        try:
+            return self.store.save(report, kind, session=self.scope(request))
+        except Exception as error:           # a full disk, a locked file, no session: the page goes on
+            print(f"warning: a {kind} was not saved to the history {self.store.path}: {error}", file=sys.stderr)
+            return None
+
+    def forget(self, request) -> None:
+        """A page closed (Gradio's unload): its session's runs go, unless the deployment keeps them."""
+        session = getattr(request, "session_hash", None)
+        if self.public and not self.keep and session:
+            self.store.forget(session)
 
 
 PRIVATE_QUEUE = 16      # jobs in the gate's line on a private page; more wait in Gradio's queue
@@ -142,6 +201,7 @@ class Context:
     downloads: Downloads
     gate: Gate = field(default_factory=lambda: Gate(Limits()))
     unread: Callable[[str | None], int | None] = lambda session_hash: None   # ui/gate.py's unread_updates
+    history: PageHistory | None = None       # None: the page saves nothing (--no-history)
 
     @property
     def limits(self) -> Limits:

@@ -55,7 +55,8 @@ def stream(ctx: Context, session: Session, preset: str, start: Callable, draw: C
             ahead = ctx.gate.ahead(ticket)
             yield {"message": render.message_html(
                 f"Waiting for the device: {ahead} run{'s' * (ahead != 1)} ahead of yours (one runs at a time).")}
-        yield from _run(session, preset, start, draw, refuse, cannot, interval_s, audience, session_hash)
+        yield from _run(session, preset, start, draw, refuse, cannot, interval_s, audience, session_hash,
+                        partial(_save, ctx, request))
     finally:
         ctx.gate.leave(ticket)
 
@@ -66,8 +67,15 @@ def _abandoned(session_hash: str | None, where: str, audience: Audience) -> None
           f"(session {session_hash})", file=sys.stderr, flush=True)
 
 
+def _save(ctx: Context, request, view) -> None:
+    """A finished run's or experiment's report into the history (with the visitor's session on a public page)."""
+    report = getattr(view, "report", None)
+    if ctx.history is not None and isinstance(report, dict):
+        ctx.history.save(report, request)
+
+
 def _run(session: Session, preset: str, start: Callable, draw: Callable, refuse: Callable, cannot: str,
-         interval_s: float, audience: Audience, session_hash: str | None) -> Iterator[dict]:
+         interval_s: float, audience: Audience, session_hash: str | None, save: Callable) -> Iterator[dict]:
     if session.take_stop_request():
         yield refuse(render.message_html("Stopped before the run started.", "warn"))
         return
@@ -88,6 +96,8 @@ def _run(session: Session, preset: str, start: Callable, draw: Callable, refuse:
             if audience.gone():                  # cancelled in `finally`; what it measured is nobody's
                 _abandoned(session_hash, f"running (run {run.id})", audience)
                 break
+            if view.done:                        # the last view: saved before its frame, once
+                save(view)
             yield draw(view, run.id, time.perf_counter() - began, session.phase is Phase.STOPPING)
     finally:
         if not view.done:
