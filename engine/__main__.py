@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from engine import events, history, presets, remote
+from engine import events, history, presets, remote, slo
 from engine.errors import USER_ERRORS, InputError
 from engine.pool import Engine
 from engine.spec import RunSpec
@@ -44,7 +44,19 @@ def table(report: dict) -> str:
     judged = report.get("comparison") or {}
     if judged.get("text"):
         lines.append(f"verdict: {judged['text']}")
-    return "\n".join(lines)
+    return "\n".join(lines + slo.lines(report))
+
+
+def targeted(args, report: dict) -> dict:
+    """The report with each result judged against --slo, when it was given."""
+    return slo.apply(report, args.slo) if getattr(args, "slo", None) else report
+
+
+def _targets(text: str) -> slo.Targets:
+    try:
+        return slo.Targets.parse(text)
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def load_preset(args):
@@ -86,7 +98,7 @@ def cmd_run(args) -> int:
                 found["report"] = event.report
 
         run.follow(handle, lambda: engine.cancel(run.id))     # Ctrl-C: stop, keep what was measured
-        report = found["report"]
+        report = targeted(args, found["report"])
     print(table(report))
     write(args.json, json.dumps(report, indent=1))
     history.keep(args, report, "run")
@@ -151,9 +163,9 @@ def _int_list(text: str) -> list[int]:
 
 def cmd_bench(args) -> int:
     preset, variants = load_preset(args)
-    report = run_bench(preset, variants, args.prompt_lengths, args.new_tokens, args.repeats, args.batch_size,
-                       threads=args.threads)
-    print(bench_table(report))
+    report = targeted(args, run_bench(preset, variants, args.prompt_lengths, args.new_tokens, args.repeats,
+                                      args.batch_size, threads=args.threads))
+    print("\n".join([bench_table(report), *slo.lines(report)]))
     write(args.json, json.dumps(report, indent=1))
     history.keep(args, report, "bench")
     return finish(report)
@@ -164,7 +176,8 @@ def cmd_sweep(args) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants, threads=args.threads,
                       progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(summary(sweep))
+    sweep = targeted(args, sweep)
+    print("\n".join([summary(sweep), *slo.lines(sweep)]))
     write(args.json, json.dumps(sweep, indent=1))
     write(args.csv, to_csv(sweep))
     if args.html:
@@ -217,6 +230,10 @@ def parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=cmd_sweep)
     for command in (run, bench, sweep):         # each saves its report to the run history when it ends
         history.add_save_options(command)
+        command.add_argument("--slo", type=_targets, metavar="ttft_ms=MS,tpot_ms=MS",
+                             help=f"latency targets (e.g. {slo.EXAMPLE}): each result says whether its requests met "
+                                  "them, with request throughput and goodput (requests meeting every target per "
+                                  "second, vLLM's definition)")
         command.add_argument("--remote", action="append", metavar="URL[,model=M,name=N,api_key_env=E]",
                              help="a served model (an OpenAI-compatible server, e.g. vLLM at http://host:8000/v1) "
                                   "as one more variant; repeat for several")

@@ -56,6 +56,12 @@ reached the host (the copy to the host waits for the device). The prompt is not 
   Every comparison it enters names it (*slowed: baseline*); a slowed reference overstates every gain.
 - While a run streams, the figures are live estimates from the tokens so far; the report's numbers
   replace them at the end.
+- **Goodput** (with latency targets: `--slo ttft_ms=200,tpot_ms=50` on the command line, the targets
+  on the History tab's comparison) = requests that met *every* target per second, beside all
+  requests per second: vLLM's serving-benchmark definition (GenAI-Perf's and AIPerf's too). Each timed
+  repeat is one request per sequence of its batch; the seconds are the repeats' E2E latencies summed;
+  a one-token request has no TPOT and meets a TPOT target. In tokens/s: the good requests' tokens
+  over the same seconds.
 """
 
 SUMMARY_HEADERS = ("Variant", "Speedup (TPOT)", "TPOT ms (min-max)", "TTFT vs reference", "TTFT ms (min-max)",
