@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 
-from engine import presets
+from engine import presets, remote
 from engine.errors import DeviceError, InputError, PresetError
 from engine.history import HISTORY_ENV, default_path
 from engine.limits import Limits
@@ -47,6 +47,10 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--public", action="store_true", default=None,
                       help="limit what a visitor may ask (on by itself on a Space and with --share)")
     mode.add_argument("--private", dest="public", action="store_false", help="no limits beyond the presets' own")
+    top.add_argument("--remote", action="append", metavar="URL[,model=M,name=N,api_key_env=E]",
+                     help="a served model (an OpenAI-compatible server such as vLLM at http://host:8000/v1) as one "
+                          "more variant of every preset; repeat for several. Only the command line and preset "
+                          "files name endpoints, never a visitor")
     top.add_argument("--auth", help=f"USER:PASS: a login in front of the page (or ${AUTH_ENV})")
     top.add_argument("--public-presets", help="comma-separated presets a public page offers (default: those that "
                      "need no download and fit the device with their default variants)")
@@ -160,7 +164,12 @@ def main(argv=None) -> int:
     if limits.public and args.history and not args.keep_public_history:
         print(f"--history: this public page keeps visitors' runs only for their session, in a temporary file, not "
               f"in {args.history} (add --keep-public-history to keep them there)", file=sys.stderr)
-    engines = Engines(threads=args.threads, limits=limits, offered=offered)
+    try:
+        served = tuple(remote.from_flag(text) for text in args.remote or ())
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    engines = Engines(threads=args.threads, limits=limits, offered=offered, served=served)
     try:
         if history is not None:
             history.store.list(limit=1)                # a file that is no history: one line now, not per run
@@ -183,7 +192,7 @@ def main(argv=None) -> int:
         demo.launch(server_name=args.host, server_port=args.port, share=share, quiet=True,
                     prevent_thread_lock=True, auth=login,
                     max_file_size=1 if limits.public else None,      # the page takes no file: refuse uploads
-                    **launch_kwargs())
+                    **launch_kwargs(engines.lanes()))
         print(f"* Running on local URL:  {demo.local_url}", flush=True)
         demo.block_thread()
     finally:

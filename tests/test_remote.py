@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from served import vllm_server
+from test_browser import browser, set_max_tokens, wait_until_all_final  # noqa: F401 - fixture
 
 from engine import events, metrics, presets, remote
 from engine.errors import InputError, PresetError
@@ -84,6 +85,8 @@ def test_fair_mode_sends_variants_on_different_devices_together_and_one_at_a_tim
     # a server on this machine shares its cores with the local workers: it waits its turn with them
     assert execution._rounds(["baseline", "near", "far"]) == [["baseline", "far"], ["near"]]
     assert on_this_machine("remote:localhost:8000") and not on_this_machine("cpu")
+    devices.update(a="cuda:0", b="cuda:0", c="cuda:1")          # several GPUs: one variant at a time on each
+    assert execution._rounds(["a", "b", "c", "far"]) == [["a", "c", "far"], ["b"]]
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +141,33 @@ def test_an_unreachable_server_and_a_wrong_model_fail_their_column_in_one_line_w
     assert rows["wrong"]["status"] == "failed"
     assert "does not serve model 'no-such-model'; it serves: small" in rows["wrong"]["reason"]
     assert all("\n" not in rows[n]["reason"] for n in ("gone", "wrong"))
+
+
+@pytest.mark.browser
+def test_the_page_shows_a_served_column_beside_the_local_one(served_small, browser):  # noqa: F811
+    """The dashboard started with --remote: the endpoint is one more column, selected, labelled with
+    what serves it; its answer streams and the summary has its row."""
+    from app_server import ARTIFACTS, serve
+    preset, _ = served_small
+    url = preset.remote[0].base_url
+    with serve("--private", "--preset", "small", "--remote", f"{url},model=small,name=vllm",
+               name="test_remote_page") as address:
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.goto(address)
+        page.wait_for_selector("#sbs-card-vllm", timeout=30_000)
+        boxes = {b.get_attribute("name"): b.is_checked() for b in page.locator("#sbs-variants input").all()}
+        assert boxes["vllm"] and boxes["baseline"], boxes
+        for name in [n for n, checked in boxes.items() if checked and n not in ("baseline", "vllm")]:
+            page.locator(f'#sbs-variants input[name="{name}"]').click()
+        set_max_tokens(page, 12)
+        page.click("#sbs-run")
+        assert wait_until_all_final(page, 2, 240) == ["done"] * 2
+        card = page.inner_text("#sbs-card-vllm")
+        assert "served by vLLM 0." in card and "127.0.0.1" in card, card
+        assert page.input_value("#sbs-answer-vllm textarea") != ""
+        page.wait_for_selector("#sbs-message .sbs-verdict", timeout=10_000)
+        assert "vllm" in page.locator("#sbs-summary").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "served-column.png"), full_page=True)
 
 
 def test_a_server_killed_mid_answer_turns_into_a_failed_column_while_the_local_variant_finishes(served_small):

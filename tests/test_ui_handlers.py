@@ -73,6 +73,9 @@ class FakeEngines:
     def cancel(self, name, run_id):
         return self.engine.cancel(run_id)
 
+    def lanes(self):
+        return compare.NAMES
+
 
 @pytest.fixture(scope="module")
 def engines():

@@ -50,11 +50,23 @@ def column(name: str) -> str:
 
 PLOTS = tuple(f"plot:{key}" for key in FIGURE_NAMES)
 FILES = ("json_file", "csv_file")
-RUN = Outputs(["message", "report", "summary", "replay", *FILES, *PLOTS, *map(card, NAMES), *map(answer, NAMES)],
-              unlisted=["replay"])
-PREPARE = Outputs([*RUN.names, *map(column, NAMES)])
-PRESET = Outputs(["banner", "variants", "max_new", "message", *map(answer, NAMES)])
-REPLAY = Outputs(["message", "plot:race", *map(answer, NAMES)])
+
+
+class Layout:
+    """The tab's outputs for its columns: one per catalog variant, then one per served endpoint of the
+    page's presets (engine/remote.py), in that order (an API client finds them by name in `run`)."""
+
+    def __init__(self, names):
+        self.names = tuple(names)
+        self.run = Outputs(["message", "report", "summary", "replay", *FILES, *PLOTS, *map(card, self.names),
+                            *map(answer, self.names)], unlisted=["replay"])
+        self.prepare = Outputs([*self.run.names, *map(column, self.names)])
+        self.preset = Outputs(["banner", "variants", "max_new", "message", *map(answer, self.names)])
+        self.replay = Outputs(["message", "plot:race", *map(answer, self.names)])
+
+
+LAYOUT = Layout(NAMES)              # a page whose presets name no served endpoint
+RUN, PREPARE, PRESET, REPLAY = LAYOUT.run, LAYOUT.prepare, LAYOUT.preset, LAYOUT.replay
 STOP = Outputs(["message"])
 NO_FILE = {"value": None, "interactive": False}
 
@@ -75,7 +87,7 @@ def on_preset(ctx: Context, preset_name: str) -> dict:
     if engine is not None:
         cap = min(engine.preset.max_new_tokens_cap, ctx.limits.new_tokens or engine.preset.max_new_tokens_cap)
         update["max_new"] = gr.update(maximum=cap, value=min(engine.preset.max_new_tokens, cap))
-        update.update({answer(name): gr.update(label=render.answer_label(engine)) for name in NAMES})
+        update.update({answer(name): gr.update(label=render.answer_label(engine)) for name in ctx.engines.lanes()})
     return update
 
 
@@ -84,7 +96,7 @@ def prepare(ctx: Context, selected: list[str], session_state: Session) -> dict:
     session_state.prepare()
     selected = selected or []
     update = {"message": render.message_html("Waiting for the device..." if selected else ""), **blank()}
-    for name in NAMES:
+    for name in ctx.engines.lanes():
         update[column(name)] = gr.update(visible=name in selected)
         if name in selected:
             update[card(name)] = render.card_html(Lane(name, label_of(name), detail="waiting for the device"), 0.0)
@@ -92,13 +104,13 @@ def prepare(ctx: Context, selected: list[str], session_state: Session) -> dict:
     return update
 
 
-def failure_frame(view: RunView, message: str) -> dict:
-    """Every run output when the run did not start: `message` (HTML) says why."""
+def failure_frame(names: tuple[str, ...], view: RunView, message: str) -> dict:
+    """Every run output (the columns `names`) when the run did not start: `message` (HTML) says why."""
     for lane in view.lanes.values():
         lane.stage, lane.detail = "idle", "not run: see the message above"
     return {"message": message, "report": None, **blank(),
-            **{card(n): render.card_html(view.lanes[n], 0.0) if n in view.lanes else "" for n in NAMES},
-            **{answer(n): "" for n in NAMES}}
+            **{card(n): render.card_html(view.lanes[n], 0.0) if n in view.lanes else "" for n in names},
+            **{answer(n): "" for n in names}}
 
 
 def frame(ctx: Context, charts: RunCharts, view: RunView, run_id: int, elapsed_s: float, stopping: bool) -> dict:
@@ -107,7 +119,7 @@ def frame(ctx: Context, charts: RunCharts, view: RunView, run_id: int, elapsed_s
     update = {"message": render.run_message(view, stopping, elapsed_s), "report": None, **no_result(),
               **{f"plot:{key}": figure for key, figure in charts.figures(view, now).items()}}
     judged = judgement(view.report) if view.done else {}
-    for name in NAMES:
+    for name in ctx.engines.lanes():
         lane = view.lanes.get(name)
         update[card(name)] = render.card_html(lane, now, verdict.marks(judged, name)) if lane else ""
         update[answer(name)] = render.answer_text(lane.text) if lane else ""
@@ -137,13 +149,15 @@ def compare(ctx: Context, prompt_text: str, preset_name: str, selected: list[str
         spec = checked_spec(ctx, prompt_text, selected, max_new_tokens, run_mode, repeats)
     except InputError as error:                     # before any work, and before the queue
         session_state.end()
-        names = [n for n in (selected if isinstance(selected, list) else []) if isinstance(n, str) and n in CATALOG]
-        yield failure_frame(RunView(names), render.message_html(render.refusal(error, ""), "error"))
+        lanes = ctx.engines.lanes()
+        names = [n for n in (selected if isinstance(selected, list) else []) if isinstance(n, str) and n in lanes]
+        yield failure_frame(lanes, RunView(names), render.message_html(render.refusal(error, ""), "error"))
         return
-    view = RunView([n for n in spec.variants if n in CATALOG], spec.mode, repeats=spec.repeats)
+    lanes = ctx.engines.lanes()
+    view = RunView([n for n in spec.variants if n in lanes], spec.mode, repeats=spec.repeats)
     yield from stream.stream(ctx, session_state, preset_name, partial(_start, ctx, preset_name, spec, view,
                                                                       session_state),
-                             partial(frame, ctx, RunCharts(CHART_TICK_S)), partial(failure_frame, view),
+                             partial(frame, ctx, RunCharts(CHART_TICK_S)), partial(failure_frame, lanes, view),
                              f"Preset {render.e(preset_name)} cannot be used", request=request)
 
 
@@ -190,7 +204,7 @@ def replay(ctx: Context, session_state: Session):
         note += (f" ({speed:.1f}x speed)" if speed > 1 else f" (slowed {1 / speed:.0f}x to be watchable)"
                  if speed < 1 else "")
         yield {"message": render.message_html(note), "plot:race": race_figure(view, replay_s=t),
-               **{answer(n): render.answer_text(view.lanes[n].text_until(t)) for n in NAMES if n in view.lanes}}
+               **{answer(n): render.answer_text(view.lanes[n].text_until(t)) for n in view.lanes}}
         if t >= duration:
             return
         time.sleep(stream.TICK_S)
@@ -202,6 +216,7 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
     One long function on purpose: the layout reads top to bottom as the page does.
     """
     first = ctx.engines.get(preset)
+    layout = Layout(ctx.engines.lanes())
     choices, defaults, classes = render.variant_choices(first)
     c: dict = {"session": gr.State(Session())}
     c["banner"] = gr.HTML(render.banner_html(first), js_on_load=None)
@@ -229,7 +244,7 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
                                  info="fair: one at a time; race: all at once (contended)", elem_id="sbs-mode")
     c["message"] = gr.HTML("", elem_id="sbs-message", js_on_load=None)
     with gr.Row(elem_id="sbs-lanes", equal_height=False):
-        for name in NAMES:
+        for name in layout.names:
             with gr.Column(visible=name in defaults, min_width=300,
                            elem_classes=["sbs-lane", f"sbs-lane-{name}"]) as c[column(name)]:
                 idle = Lane(name, label_of(name), stage="idle", detail="press Run")
@@ -259,13 +274,13 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
         c["report"] = gr.JSON(label="run", elem_id="sbs-report")
 
     on = Wiring(ctx, c)
-    on(c["preset"].change, on_preset, ["preset"], PRESET, queue=False, api_visibility="private")
-    prepared = on(c["run"].click, prepare, ["variants", "session"], PREPARE, queue=False,
+    on(c["preset"].change, on_preset, ["preset"], layout.preset, queue=False, api_visibility="private")
+    prepared = on(c["run"].click, prepare, ["variants", "session"], layout.prepare, queue=False,
                   api_visibility="private", show_progress="hidden")
-    on(prepared.then, compare, ["prompt", "preset", "variants", "max_new", "mode", "repeats", "session"], RUN,
+    on(prepared.then, compare, ["prompt", "preset", "variants", "max_new", "mode", "repeats", "session"], layout.run,
        api_name="compare", concurrency_limit=ctx.jobs, concurrency_id="device",
        preprocess=False,       # raw values: ui/checks.py checks each, with a message, where Gradio would crash
        show_progress="hidden")        # the message says where the run is; Gradio's history-based ETA misleads
     on(c["stop"].click, stream.stop, ["session"], STOP, queue=False, api_name="stop", show_progress="hidden")
-    on(c["replay"].click, replay, ["session"], REPLAY, api_name="replay", concurrency_limit=4,
+    on(c["replay"].click, replay, ["session"], layout.replay, api_name="replay", concurrency_limit=4,
        concurrency_id="replay", show_progress="hidden")

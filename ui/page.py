@@ -20,18 +20,19 @@ INTRO = ("# Side by side: one prompt, several inference variants\n"
          "prompt, with live time-to-first-token, time-per-token and memory.")
 
 
-def css() -> str:
-    """theme.css, then one rule per catalog variant: its lane colour, and its checkbox greyed and
-    unclickable while it cannot run here (its reason is in its label)."""
-    rules = [f".sbs-lane-{name} {{ --lane: {color_of(name)}; }}" for name in CATALOG]
+def css(lanes=tuple(CATALOG)) -> str:
+    """theme.css, then one rule per column (`lanes`: the catalog's variants, then served endpoints): its
+    colour; and one per catalog variant: its checkbox greyed and unclickable while it cannot run here
+    (its reason is in its label)."""
+    rules = [f".sbs-lane-{name} {{ --lane: {color_of(name)}; }}" for name in lanes]
     rules += [f'.sbs-variants.sbs-off-{name} label:has(input[name="{name}"]) {{ opacity: .5; pointer-events: none; '
               'filter: grayscale(1); }' for name in CATALOG]
     return (Path(__file__).with_name("theme.css").read_text() + "\n".join(rules))
 
 
-def launch_kwargs() -> dict:
+def launch_kwargs(lanes=tuple(CATALOG)) -> dict:
     """Theme and CSS go to launch() in Gradio 6."""
-    return {"theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), "css": css()}
+    return {"theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), "css": css(lanes)}
 
 
 def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair",

@@ -171,11 +171,13 @@ def card_html(lane: Lane, now: float, best: list[str] | None = None) -> str:
         progress = f'<div class="sbs-progress"><div style="width:{int(100 * share)}%"></div></div>'
     figures = lane.figures()
     tokens_per_s = figures["tokens_per_s"]
+    served = lane.loaded is not None and lane.loaded.device.startswith("remote:")     # engine/remote.py
+    memory = "server's own" if served else tables.size(figures["peak_memory_bytes"])
     kpis = "".join(
         f'<div class="sbs-kpi"><div class="sbs-kpi-name">{name}</div><div class="sbs-kpi-value">{value}</div></div>'
         for name, value in (("TTFT", tables.duration(figures["ttft_s"])), ("TPOT", tables.duration(figures["tpot_s"])),
                             ("tokens/s", tables.fixed(tokens_per_s)),
-                            ("peak memory", tables.size(figures["peak_memory_bytes"]))))
+                            ("peak memory", memory)))
     return (f'<div class="sbs-card" data-variant="{e(lane.variant)}" data-stage="{e(stage)}" '
             f'style="--lane:{color_of(lane.variant)}">'
             f'<div class="sbs-head"><span class="sbs-dot"></span><span class="sbs-name">{e(lane.variant)}</span>'

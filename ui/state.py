@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import sys
 import threading
@@ -12,6 +13,7 @@ from engine import presets
 from engine.errors import InputError, PresetError
 from engine.history import History, report_kind
 from engine.pool import Engine
+from engine.variants import CATALOG
 from engine.views.run import RunView
 from engine.limits import Limits
 from ui.downloads import Downloads, process_folder
@@ -25,13 +27,34 @@ class Engines:
     """The app's engines, one per preset, made on first use; only one preset keeps workers loaded."""
 
     def __init__(self, threads: int | None = None, spare_cores: int = 1, limits: Limits | None = None,
-                 offered: list[str] | None = None):
+                 offered: list[str] | None = None, served: tuple = ()):
         """`limits`: what one run may ask (engine/limits.py); `offered`: the only presets this page
-        serves (None: every preset file)."""
+        serves (None: every preset file); `served`: endpoints (engine/remote.py, from app.py --remote)
+        added to every preset, beside each preset's own."""
         self.threads, self.spare_cores = threads, spare_cores      # see Engine: the page needs a core
-        self.limits, self.offered = limits or Limits(), offered
+        self.limits, self.offered, self.served = limits or Limits(), offered, tuple(served)
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
+        self._lanes: tuple[str, ...] | None = None
+
+    def preset(self, name: str):
+        """The preset by name with the page's served endpoints added (and selected at first)."""
+        preset = presets.load(name)
+        added = tuple(e for e in self.served if e.name not in {r.name for r in preset.remote})
+        return dataclasses.replace(preset, remote=preset.remote + added,
+                                   variants=preset.variants + tuple(e.name for e in added))
+
+    def lanes(self) -> tuple[str, ...]:
+        """Every variant a column may show: the catalog's, then the served endpoints of the offered presets."""
+        if self._lanes is None:
+            names = list(CATALOG)
+            for name in self.offered if self.offered is not None else presets.available():
+                try:
+                    names += [e.name for e in self.preset(name).remote if e.name not in names]
+                except (PresetError, OSError):
+                    continue
+            self._lanes = tuple(names)
+        return self._lanes
 
     def get(self, name: str) -> Engine:
         """The preset's engine (no workers are started); raises PresetError or DeviceError."""
@@ -41,7 +64,7 @@ class Engines:
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
-                engine = self._engines[name] = Engine(presets.load(name), threads=self.threads,
+                engine = self._engines[name] = Engine(self.preset(name), threads=self.threads,
                                                       spare_cores=self.spare_cores, limits=self.limits)
             return engine
 

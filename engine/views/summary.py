@@ -47,6 +47,11 @@ reached the host (the copy to the host waits for the device). The prompt is not 
   (launching kernels from Python, say) sets the pace.
 - **Peak memory**: the worker process's own memory: peak reserved by the torch allocator on a GPU,
   peak resident set size on a CPU. Whole-GPU memory mixes variants and is never shown as one's.
+- **Served** variants (an OpenAI-compatible server, e.g. vLLM) are timed by the same clock as each
+  chunk arrives: TTFT from the request being sent, TPOT over the server's own token count. Their
+  JSON row's `server` holds what the server measured of itself (its TTFT, time per output token and
+  queue time, from its Prometheus metrics): the difference is network and queueing. Their memory is
+  the server's own, not reported here.
 - **First diff**: index of the first new token that differs from the {REFERENCE}'s (greedy decoding).
 - **Fair** mode runs one variant at a time on a device, so no variant slows another. **Race** mode
   runs them all at once: their timings are marked *contended*. *Replay* plays fair timings as a race.
@@ -140,7 +145,8 @@ def summary_rows(report: dict) -> list[list[str]]:
     for r in sorted(results, key=_order):
         best = verdict.marks(judged, r["variant"])
         rows.append([r["variant"], versus(r, "tpot"), tpot_text(r), versus(r, "ttft"), ttft_text(r),
-                     tables.fixed(r.get("tokens_per_s")), tables.size(r.get("peak_memory_bytes")), versus(r, "memory"),
+                     tables.fixed(r.get("tokens_per_s")),
+                     "server's own" if r.get("server") else tables.size(r.get("peak_memory_bytes")), versus(r, "memory"),
                      ("\u2605 " + ", ".join(best)) if best else "", r["status"],
                      str(r.get("output_tokens") or tables.DASH), tables.size(r.get("weights_bytes")),
                      tables.percent(r.get("mbu_measured")), tables.percent(r.get("mbu")),
