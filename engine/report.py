@@ -156,6 +156,9 @@ def _served(row: dict, outcome) -> None:
     server["multi_token_chunks"] = sum(r.get("multi_token_chunks") or 0 for r in reports)
     server["completion_tokens_repeats"] = [r.get("completion_tokens") for r in reports]
     row["server"] = server
+    if -1 in row["token_ids"]:                # the server streamed text without its token ids
+        row.update(first_diff_token=None, identical_token_share=None, token_ids=[])
+        server["token_ids"] = "not returned by the server: no first difference against the baseline"
 
 
 def _timed(row: dict, outcome, read_bytes: int, peak_bandwidth: float | None, use_cache: bool,

@@ -183,3 +183,21 @@ def test_a_server_killed_mid_answer_turns_into_a_failed_column_while_the_local_v
     assert rows["vllm"]["status"] == "failed", rows["vllm"]
     assert "broke after" in rows["vllm"]["reason"] or "ended without [DONE]" in rows["vllm"]["reason"]
     assert rows["baseline"]["status"] == "ok" and rows["baseline"]["output_tokens"] == 120
+
+
+def test_a_chunk_of_several_tokens_counts_as_that_many_each_with_its_share_of_the_gap():
+    runner = object.__new__(remote.RemoteRunner)          # the chunk arithmetic alone, no server
+    seen = []
+    runner.endpoint, runner.emit = remote.Endpoint("srv", "http://h/v1"), seen.append
+    request = events.Request(1, PROMPT, 8)
+    stream = remote.Stream()
+    runner._take({"text": "a", "token_ids": [5]}, 10.0, request, stream)
+    runner._take({"text": "bcd", "token_ids": [6, 7, 8]}, 10.3, request, stream)    # three tokens at once
+    runner._take({"text": "", "token_ids": [9]}, 10.4, request, stream)             # a token with no text yet
+    assert stream.times == pytest.approx([10.0, 10.1, 10.2, 10.3, 10.4]) and stream.ids == [5, 6, 7, 8, 9]
+    assert stream.multi_token_chunks == 1 and stream.text == "abcd"
+    assert [e.index for e in seen] == [0, 1, 2, 3, 4] and [e.text for e in seen] == ["a", "bcd", "", "", ""]
+    plain = remote.Stream()                                # a server that sends no token ids
+    runner._take({"text": "x"}, 1.0, request, plain)
+    runner._take({"text": "", "finish_reason": "length"}, 1.1, request, plain)       # the end: no token
+    assert plain.ids == [-1] and plain.times == [1.0]

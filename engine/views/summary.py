@@ -117,6 +117,8 @@ def _first_diff(row: dict, has_reference: bool) -> str:
         return "reference"
     if not has_reference or not row.get("output_tokens"):
         return tables.DASH
+    if row.get("server") and not row.get("token_ids"):
+        return "unknown: no token ids from the server"
     return "none" if row.get("first_diff_token") is None else f"token {row['first_diff_token']}"
 
 
