@@ -19,6 +19,7 @@ from engine import presets, remote
 from engine.errors import DeviceError, InputError, PresetError
 from engine.history import HISTORY_ENV, default_path
 from engine.limits import Limits
+from ui import mcp
 from ui.page import build_app, launch_kwargs
 from ui.presets import offered_by_default
 from ui.state import Engines, PageHistory
@@ -52,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
                           "more variant of every preset; repeat for several. Only the command line and preset "
                           "files name endpoints, never a visitor")
     top.add_argument("--auth", help=f"USER:PASS: a login in front of the page (or ${AUTH_ENV})")
+    top.add_argument("--mcp", action="store_true",
+                     help="also serve the page's compare, experiment and history queries as MCP tools, at "
+                          f"{mcp.PATH} (Gradio's MCP server; needs the gradio[mcp] extra)")
     top.add_argument("--public-presets", help="comma-separated presets a public page offers (default: those that "
                      "need no download and fit the device with their default variants)")
     kept = top.add_argument_group("run history (engine/history.py; the History tab)")
@@ -159,6 +163,9 @@ def main(argv=None) -> int:
             print(f"error: --preset {args.preset} is not among the presets this public page offers "
                   f"({', '.join(offered) or 'none'}): choose one, or list it in --public-presets", file=sys.stderr)
             return 2
+    if args.mcp and mcp.missing():
+        print(f"error: --mcp: {mcp.missing()}", file=sys.stderr)
+        return 2
     history = None if args.no_history else PageHistory.for_page(args.history, limits.public,
                                                                  args.keep_public_history)
     if limits.public and args.history and not args.keep_public_history:
@@ -191,9 +198,19 @@ def main(argv=None) -> int:
         # quiet: Gradio's own hint about share=True would contradict the line above
         demo.launch(server_name=args.host, server_port=args.port, share=share, quiet=True,
                     prevent_thread_lock=True, auth=login,
+                    mcp_server=args.mcp,        # False, not None: Gradio would read $GRADIO_MCP_SERVER
                     max_file_size=1 if limits.public else None,      # the page takes no file: refuse uploads
                     **launch_kwargs(engines.lanes()))
         print(f"* Running on local URL:  {demo.local_url}", flush=True)
+        if args.mcp:
+            try:
+                names = mcp.expose(demo, limits.public)
+            except RuntimeError as error:           # Gradio only prints it, and not when quiet
+                print(f"error: --mcp: {error}", file=sys.stderr)
+                demo.close()
+                return 2
+            print(f"* MCP server (streamable HTTP): {mcp.url(demo)} (SSE: {mcp.url(demo)}sse), tools: "
+                  f"{', '.join(names)}", flush=True)
         demo.block_thread()
     finally:
         engines.close()

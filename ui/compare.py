@@ -144,7 +144,29 @@ def _start(ctx: Context, preset_name: str, spec: RunSpec, view: RunView, session
 
 def compare(ctx: Context, prompt_text: str, preset_name: str, selected: list[str], max_new_tokens: int,
             run_mode: str, repeats: int, session_state: Session, request: gr.Request = None):
-    """Run the prompt through the selected variants, streaming the page (API: /compare)."""
+    """Run the prompt through the selected variants, streaming the page (API: /compare).
+
+    Each variant, in a worker process of its own, answers one untimed warm-up request, then `repeats` timed
+    ones (greedy decoding); each figure is the median over the repeats, with its min-max range. A public page's
+    limits apply (prompt length, new tokens, repeats, a work budget, one job per visitor); bad input is refused
+    at once, in one line.
+
+    Args:
+        prompt_text: the prompt, as plain text (a chat preset wraps it in its tokenizer's chat template)
+        preset_name: the model setup to run, e.g. "tiny" (a 2-layer Llama made locally: no download, any CPU)
+        selected: the variants to run side by side, e.g. ["baseline", "sdpa"]; baseline (eager) is the reference
+        max_new_tokens: new tokens per request, a whole number from 1 to the preset's cap or the page's limit
+        run_mode: "fair" (one variant at a time on a device, the default) or "race" (all at once: contended)
+        repeats: timed requests per variant, a whole number from 1 to 5 (default 3), or to a public page's limit
+
+    Returns:
+        message: one status line (HTML); a refused input or a run that could not start says why, in one line
+        report: the run's JSON in the schema of `python -m engine run --json` (None when it did not run);
+        per variant in its results: status, reason, ttft_s, tpot_s (the median; tpot_min_s, tpot_max_s),
+        e2e_s, tokens_per_s, itl_p50_s/p90/p99, peak_memory_bytes, mbu, the answer's text
+        summary: the summary table (headers, rows): baseline first, then the variants from the fastest per token
+        then the report as JSON and CSV files, the four charts (plotly), each variant's card (HTML) and answer
+    """
     try:
         spec = checked_spec(ctx, prompt_text, selected, max_new_tokens, run_mode, repeats)
     except InputError as error:                     # before any work, and before the queue

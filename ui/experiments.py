@@ -152,8 +152,23 @@ def experiment(ctx: Context, name: str, preset_name: str, selected: list[str], q
                session_state: Session, request: gr.Request = None):
     """Run an experiment's sweep, streaming progress, the chart and the rows (API: /experiment).
 
-    Outputs: status line, chart, rows table, sweep JSON, JSON file, CSV file, chart HTML file, and the
-    paragraph beside the chart (once done, with what the run showed of its claims).
+    The sweep of `python -m engine sweep NAME`: every (variant, grid cell) measured 3 times after a warm-up
+    request, on the device's queue like a run. A public page runs the quick grid with the experiment's own
+    variants, whatever is asked.
+
+    Args:
+        name: the experiment: "attention", "batch", "kv-cache", "quantization" or "lengths"
+        preset_name: the model setup to run it on, e.g. "tiny" (a 2-layer Llama made locally: no download)
+        selected: the variants to sweep, at least one, e.g. ["baseline", "sdpa"] (a public page: the experiment's)
+        quick: true for the quick grid (fewer, smaller cells: seconds on "tiny" on a CPU), false for the full one
+
+    Returns:
+        message: a status line (HTML); a refused input or a sweep that could not run says why, in one line
+        plot: the chart (plotly JSON); table: the rows (headers, data), one per variant and cell
+        sweep: the sweep's JSON in the schema of `python -m engine sweep --json` (None until it is done): its
+        rows in results (variant, cell, each figure's median and range), its claims checked in trends
+        then the JSON, CSV and chart HTML files, and the paragraph beside the chart (once done, with what the
+        run showed of its claims)
     """
     try:
         checks.choice("experiment", name, tuple(sweeps.EXPERIMENTS))

@@ -83,10 +83,19 @@ def listing(ctx: Context, preset: str, device: str, variant: str, since: str, pi
             request: gr.Request = None) -> dict:
     """The saved runs that match the filters, newest first (API: /history_list).
 
-    preset: only this preset's runs ("" for any); device: only devices whose name contains this ("" for any);
-    variant: only runs with this variant ("" for any); since: only runs made since this date or time, e.g.
-    2026-12-01 ("" for any); picked: the run ids selected to compare, kept when still listed.
-    Returns a status line, the runs as a table, and the choices of the selection, the reference and the filters.
+    Runs, experiments and benches of this page and of the command line (a public page: the caller's session's).
+
+    Args:
+        preset: only this preset's runs, e.g. "tiny" ("" for any)
+        device: only runs on a device whose name contains this, e.g. "H200" or "cpu" ("" for any)
+        variant: only runs that have this variant, e.g. "sdpa" ("" for any)
+        since: only runs made since this date or time (UTC), e.g. "2026-12-01" ("" for any)
+        picked: the run ids selected to compare, kept when still listed ([] for none)
+
+    Returns:
+        message: a status line (HTML): how many runs are listed, or why the filters were refused
+        runs: the table (headers, data): per run its id, date, kind, preset, device, variants, versions, commit
+        then the choices of the selection (each run's id), of the reference run and of the three filters
     """
     return _listing(ctx, preset, device, variant, since, picked, request)
 
@@ -194,13 +203,22 @@ def _targets(ttft_ms, tpot_ms) -> slo.Targets:
 def compare(ctx: Context, picked: list, reference, ttft_ms=None, tpot_ms=None, request: gr.Request = None) -> dict:
     """Set saved runs side by side against a reference run (API: /history_compare).
 
-    picked: the ids of the runs to compare (two or more, e.g. [3, 5]); reference: the id of the run the
-    others are compared with (0: the oldest selected; a run not selected is added); ttft_ms, tpot_ms: latency
-    targets in milliseconds (None or 0: none), which add each run's requests that met them and its goodput
-    (requests meeting every target per second, vLLM's definition). Returns a status line
-    with the notes (settings that differ, rows left out), the table (per variant and figure: each run's
-    median, then each other run's change in percent with better, worse, within noise or no range), and
-    the chart.
+    A change is better or worse only when the two runs' ranges over their repeats do not overlap; otherwise
+    it is within noise (engine/verdict.py's rule).
+
+    Args:
+        picked: the ids of the runs to compare, two or more, e.g. [3, 5] (the ids that /history_list shows)
+        reference: the id of the run the others are compared with (0: the oldest selected; one not picked is added)
+        ttft_ms: a time-to-first-token target in milliseconds (None or 0: none), for goodput
+        tpot_ms: a time-per-output-token target in milliseconds (None or 0: none), for goodput
+
+    Returns:
+        message: a status line (HTML) with the notes: settings in which the runs differ, rows left out
+        comparison: the table (headers, data): per variant and figure (TTFT, TPOT, tokens/s, peak memory), each
+        other run's change from the reference in percent (better, worse, within noise or no range), then each
+        run's median; with targets, each run's requests that met every target and its goodput (requests meeting
+        every target per second beside all requests per second, vLLM's definition)
+        chart: the same as a plotly chart
     """
     try:
         ids = checks.ids("selected runs", picked)

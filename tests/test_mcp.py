@@ -1,0 +1,158 @@
+"""The dashboard's tools for agents: the real app with `--mcp` (tests/app_server.py) on a free local port,
+reached with the `mcp` client library over Gradio's streamable HTTP transport (/gradio_api/mcp/).
+
+A tool's result is what Gradio makes of the endpoint's last update: the outputs as text, each dict and
+list written as Python writes it (one text of the whole list, or one text per output when the call asks
+for progress), read back here with ast.literal_eval. It holds every output of the event, buttons too
+(`Outputs.names`, where a gradio_client result leaves the buttons out: `Outputs.api`).
+"""
+from __future__ import annotations
+
+import ast
+import asyncio
+import urllib.error
+import urllib.request
+
+import pytest
+from app_server import serve
+from gradio_client import Client
+
+from ui.compare import RUN
+from ui.history import COMPARE, LIST
+
+mcp = pytest.importorskip("mcp", reason='the MCP client library comes with gradio[mcp] (requirements.txt)')
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+
+PROMPT = "Explain the KV cache."
+AT = RUN.names.index                  # where an output is in a tool's result
+API = RUN.index                       # and in a gradio_client result
+HIDDEN = ("stop", "stop_1", "experiment_stop", "replay", "prepare", "on_preset", "on_experiment", "on_quick",
+          "history_delete", "delete", "history_import", "import_report", "forget")
+
+
+async def _session(url: str, work):
+    async with streamable_http_client(url + "/gradio_api/mcp/") as (read, write, _):
+        async with mcp.ClientSession(read, write) as session:
+            await session.initialize()
+            return await work(session)
+
+
+def over_mcp(url: str, work):
+    """`await work(session)` in an initialized MCP session of the app at `url`."""
+    return asyncio.run(asyncio.wait_for(_session(url, work), timeout=240))
+
+
+def tools(url: str) -> dict:
+    async def listed(session):
+        return {tool.name: tool for tool in (await session.list_tools()).tools}
+    return over_mcp(url, listed)
+
+
+def call(url: str, name: str, arguments: dict, progress: bool = False) -> list:
+    """A tool's outputs, in the endpoint's API order."""
+    async def called(session):
+        async def ignore(*_):
+            pass
+        return await session.call_tool(name, arguments, progress_callback=ignore if progress else None)
+    result = over_mcp(url, called)
+    assert not result.isError, result.content
+    texts = [item.text for item in result.content]
+    if len(texts) == 1:
+        return ast.literal_eval(texts[0])
+    return [_value(text) for text in texts]
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text                                       # an HTML status line, an answer
+
+
+def compare_args(tokens: int = 4, variants=("baseline", "sdpa"), repeats: int = 1) -> dict:
+    return {"prompt_text": PROMPT, "preset_name": "tiny", "selected": list(variants), "max_new_tokens": tokens,
+            "run_mode": "fair", "repeats": repeats}
+
+
+@pytest.fixture(scope="module")
+def mcp_url(tmp_path_factory):
+    history = tmp_path_factory.mktemp("mcp-history") / "history.sqlite"
+    with serve("--mcp", "--history", str(history), name="test_mcp") as address:
+        yield address
+
+
+def test_the_page_offers_its_queries_as_tools_described_by_their_docstrings(mcp_url):
+    found = tools(mcp_url)
+    assert {"compare", "experiment", "history_list", "history_compare"} <= set(found), sorted(found)
+    assert not set(HIDDEN) & set(found), sorted(found)
+    expected = {"compare": {"prompt_text", "preset_name", "selected", "max_new_tokens", "run_mode", "repeats"},
+                "experiment": {"name", "preset_name", "selected", "quick"},
+                "history_list": {"preset", "device", "variant", "since", "picked"},
+                "history_compare": {"picked", "reference", "ttft_ms", "tpot_ms"}}
+    for name, arguments in expected.items():
+        schema = found[name].inputSchema["properties"]
+        assert set(schema) == arguments, (name, sorted(schema))
+        for argument in arguments:                        # each argument said in words, from its Args: line
+            assert len(schema[argument].get("description", "")) > 20, (name, argument, schema[argument])
+        assert "Returns:" in found[name].description, found[name].description
+    assert "greedy" in found["compare"].description and "ttft_s" in found["compare"].description
+    assert "goodput" in found["history_compare"].description
+    assert '"fair"' in found["compare"].inputSchema["properties"]["run_mode"]["description"]
+
+
+def test_compare_over_mcp_gives_each_variants_figures_and_keeps_the_run(mcp_url):
+    outputs = call(mcp_url, "compare", compare_args())
+    assert len(outputs) == len(RUN.names), len(outputs)
+    message, report = outputs[AT("message")], outputs[AT("report")]
+    assert 'data-kind="ok"' in message and "2 of 2 variants answered" in message, message
+    rows = {row["variant"]: row for row in report["results"]}
+    assert set(rows) == {"baseline", "sdpa"}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["output_tokens"] == 4, row
+        assert 0 < row["ttft_s"] < 30 and 0 < row["tpot_s"] < 5 and row["tokens_per_s"] > 0, row
+        assert row["peak_memory_bytes"] > 1 << 20 and row["text"], row
+    assert report["preset"]["name"] == "tiny" and report["repeats"] == 1
+
+    # the same run again, asking for progress this time (Gradio then answers one text per output)
+    again = call(mcp_url, "compare", compare_args(), progress=True)
+    assert again[AT("report")]["results"][0]["status"] == "ok"
+
+    listed = call(mcp_url, "history_list", {"preset": "tiny", "device": "", "variant": "sdpa", "since": "",
+                                            "picked": []})
+    assert "2 runs listed" in listed[LIST.index("message")], listed[LIST.index("message")]
+    ids = [int(row[0].lstrip("#")) for row in listed[LIST.index("runs")]["data"]]
+    compared = call(mcp_url, "history_compare", {"picked": ids, "reference": min(ids), "ttft_ms": 1000,
+                                                 "tpot_ms": 1000})
+    table = compared[COMPARE.index("comparison")]
+    assert any(row[0] == "sdpa" and "TPOT" in row[1] for row in table["data"]), table
+    assert any("goodput" in str(row) for row in table["data"]), table
+
+
+def test_a_refused_input_gets_the_same_line_over_mcp_as_over_the_api_and_the_queue_is_the_pages(mcp_url):
+    refused = call(mcp_url, "compare", compare_args(tokens=0))[AT("message")]
+    assert "max new tokens must be a whole number of at least 1, got 0" in refused, refused
+    direct = Client(mcp_url, verbose=False).predict(PROMPT, "tiny", ["baseline"], 0, "fair", 1, api_name="/compare")
+    assert direct[API("message")] == refused
+
+
+def test_a_public_page_applies_its_limits_to_mcp_calls_and_keeps_the_history_out():
+    with serve("--mcp", "--public", name="test_mcp_public") as url:
+        found = tools(url)
+        assert {"compare", "experiment"} <= set(found) and not {"history_list", "history_compare"} & set(found)
+        for args, expected in ((compare_args(tokens=300), "max new tokens is 300; this page allows 1 to 256"),
+                               (compare_args(repeats=5), "repeats must be a whole number from 1 to 3, got 5")):
+            over = call(url, "compare", args)[AT("message")]
+            assert expected in over and 'data-kind="error"' in over, over
+            direct = Client(url, verbose=False).predict(*args.values(), api_name="/compare")
+            assert direct[API("message")] == over
+        done = call(url, "compare", compare_args(tokens=3, variants=("baseline",)))
+        assert done[AT("report")]["results"][0]["status"] == "ok"
+
+
+def test_without_the_flag_no_mcp_endpoint_is_served(url):
+    for path in ("/gradio_api/mcp/", "/gradio_api/mcp/sse", "/gradio_api/mcp/schema"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + path, timeout=10).read()
+        assert refused.value.code == 404, (path, refused.value.code)
+    with pytest.raises(Exception):
+        tools(url)
