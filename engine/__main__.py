@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from engine import events, history, presets, remote, slo
+from engine import events, history_cli, presets, remote, slo
 from engine.errors import USER_ERRORS, InputError
 from engine.pool import Engine
 from engine.spec import RunSpec
@@ -101,7 +101,7 @@ def cmd_run(args) -> int:
         report = targeted(args, found["report"])
     print(table(report))
     write(args.json, json.dumps(report, indent=1))
-    history.keep(args, report, "run")
+    history_cli.keep(args, report, "run")
     return finish(report)
 
 
@@ -167,7 +167,7 @@ def cmd_bench(args) -> int:
                                       args.batch_size, threads=args.threads))
     print("\n".join([bench_table(report), *slo.lines(report)]))
     write(args.json, json.dumps(report, indent=1))
-    history.keep(args, report, "bench")
+    history_cli.keep(args, report, "bench")
     return finish(report)
 
 
@@ -182,7 +182,7 @@ def cmd_sweep(args) -> int:
     write(args.csv, to_csv(sweep))
     if args.html:
         write(args.html, sweep_figure(sweep).to_html(include_plotlyjs=True))
-    history.keep(args, sweep, "sweep")
+    history_cli.keep(args, sweep, "sweep")
     return finish(sweep)
 
 
@@ -229,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--html", help="write the chart as a standalone HTML page here")
     sweep.set_defaults(func=cmd_sweep)
     for command in (run, bench, sweep):         # each saves its report to the run history when it ends
-        history.add_save_options(command)
+        history_cli.add_save_options(command)
         command.add_argument("--slo", type=_targets, metavar="ttft_ms=MS,tpot_ms=MS",
                              help=f"latency targets (e.g. {slo.EXAMPLE}): each result says whether its requests met "
                                   "them, with request throughput and goodput (requests meeting every target per "
@@ -237,7 +237,7 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--remote", action="append", metavar="URL[,model=M,name=N,api_key_env=E]",
                              help="a served model (an OpenAI-compatible server, e.g. vLLM at http://host:8000/v1) "
                                   "as one more variant; repeat for several")
-    history.add_command(sub)
+    history_cli.add_command(sub)
     return top
 
 

@@ -9,12 +9,11 @@ whole and its own write absent. Reads open the file read-only.
 
 The schema's version is `PRAGMA user_version`; an older file is migrated in place on first use
 (MIGRATIONS), a newer one is refused with a message. `compare` sets runs side by side per variant
-with engine/verdict.py's noise rule; the command line is `python -m engine history ...` (the end
-of this module).
+with engine/verdict.py's noise rule; engine/views/history_tables.py writes it and a saved run as
+text, and engine/history_cli.py is `python -m engine history ...`.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import functools
@@ -23,7 +22,6 @@ import os
 import platform
 import sqlite3
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,6 @@ from pathlib import Path
 from engine import verdict
 from engine.errors import InputError
 from engine.source import cache_dir
-from engine.views import tables
 
 SCHEMA_VERSION = 2
 KINDS = ("run", "bench", "sweep", "experiment", "imported")
@@ -550,201 +547,3 @@ def compare(reports: list[dict], reference_index: int = 0) -> Compared:
     left_out = {index: [key for key in rows if key not in (shared if index == reference_index else base)]
                 for index, rows in enumerate(keyed)}
     return Compared(reference_index, changes, differs, {index: keys for index, keys in left_out.items() if keys})
-
-
-FIGURES = {"ttft": ("TTFT ms", lambda v: tables.ms(v, 2)), "tpot": ("TPOT ms", lambda v: tables.ms(v, 2)),
-           "tokens_per_s": ("tok/s", tables.fixed), "memory": ("peak memory", tables.size)}
-
-
-def percent_text(change: float | None, word: str | None) -> str:
-    """A change from the reference, "+3.1% within noise"; a dash where there is none."""
-    if change is None:
-        return tables.DASH
-    number = f"{change:+.1f}%" if abs(change) < 100 else f"{change:+.0f}%"
-    return f"{number} {word}" if word else number
-
-
-def compare_table(compared: Compared, labels: list[str]) -> str:
-    """The comparison as a fixed-width table: each run's value, then each other run's change from the reference."""
-    ref = labels[compared.reference]
-    others = [i for i in range(len(labels)) if i != compared.reference]
-    with_cells = any(change.cell for change in compared.changes)
-    head = ["variant"] + ["cell"] * with_cells + ["figure"] + [
-        f"{label} (ref)" if i == compared.reference else label for i, label in enumerate(labels)]
-    rows = [head + [f"{labels[i]} vs {ref}" for i in others]]
-    for change in compared.changes:
-        title, show = FIGURES[change.metric]
-        rows.append([change.variant] + [change.cell or tables.DASH] * with_cells + [title]
-                    + [show(v) for v in change.values]
-                    + [percent_text(change.percent[i], change.verdicts[i]) for i in others])
-    lines = tables.fixed_width(rows).splitlines()
-    if not compared.changes:
-        lines.append(f"nothing to compare: no variant (and cell) of {ref} is in another run")
-    lines.append(f"vs {ref}: the change of the median; better or worse when the runs' min-max ranges over their "
-                 "repeats do not overlap, within noise when they do (peak memory within 1% is the same), no range "
-                 "with one repeat (engine/verdict.py)")
-    for name, seen in compared.differs.items():
-        lines.append(f"note: the runs differ in {name} ("
-                     + "; ".join(f"{label}: {value}" for label, value in zip(labels, seen))
-                     + "): a difference may come from that, not from the variant")
-    for index, keys in compared.left_out.items():
-        rows_text = ", ".join(variant + (f" at {cell}" if cell else "") for variant, cell in keys)
-        lines.append(f"note: left out, as only {labels[index]} has them: {rows_text}" if index == compared.reference
-                     else f"note: left out, as {ref} does not have them: {labels[index]}'s {rows_text}")
-    return "\n".join(lines)
-
-
-def describe(entry: Entry) -> str:
-    """A saved run as text: its provenance, then one line per row, then its verdict."""
-    s = entry.settings
-    asked = ", ".join(f"{name} {s[key]}" for key, name in (
-        ("mode", "mode"), ("repeats", "repeats"), ("new_tokens", "new tokens"), ("prompt_tokens", "prompt tokens"),
-        ("prompt_lengths", "prompt lengths"), ("batch_size", "batch"), ("experiment", "experiment"))
-        if s.get(key) is not None)
-    versions = ", ".join(f"{name} {version}" for name, version in entry.versions.items() if version)
-    lines = [f"#{entry.id} {entry.kind}" + (f" ({s['report_kind']} report)" if entry.kind == "imported" else "")
-             + f", created {entry.created}, saved {entry.saved}" + (", cancelled" if s.get("cancelled") else ""),
-             f"preset {entry.preset or tables.DASH}; device {entry.device or tables.DASH}; driver "
-             f"{entry.driver or tables.DASH}",
-             f"versions: {versions or tables.DASH}",
-             f"commit {entry.git_commit or tables.DASH}; host {entry.host or tables.DASH}",
-             f"settings: {asked or tables.DASH}; variants {', '.join(s.get('variants') or []) or tables.DASH}"]
-    if entry.source:
-        lines.append(f"source: {entry.source}")
-    results = entry.report["results"]
-    with_cells = any(cell_label(r) for r in results)
-    rows = [["variant"] + ["cell"] * with_cells + ["status", "TTFT ms", "TPOT ms", "min-max ms", "tok/s",
-                                                   "peak memory"]]
-    for r in results:
-        rows.append([r["variant"]] + [cell_label(r) or tables.DASH] * with_cells
-                    + [r["status"], tables.ms(r.get("ttft_s"), 2), tables.ms(r.get("tpot_s"), 2),
-                       tables.ms_range(r.get("tpot_min_s"), r.get("tpot_max_s")), tables.fixed(r.get("tokens_per_s")),
-                       tables.size(r.get("peak_memory_bytes"))])
-    lines += tables.fixed_width(rows).splitlines()
-    judged = entry.report.get("comparison") or {}
-    if judged.get("text"):
-        lines.append(f"verdict: {judged['text']}")
-    return "\n".join(lines)
-
-
-def list_table(entries: list[Entry]) -> str:
-    """Saved runs, one line each."""
-    rows = [("id", "created", "kind", "preset", "device", "variants", "mode", "repeats", "prompt", "commit")]
-    for e in entries:
-        s = e.settings
-        prompt = s.get("prompt_tokens") or ",".join(map(str, s.get("prompt_lengths") or [])) or None
-        rows.append((str(e.id), e.created, e.kind, e.preset or tables.DASH, e.device or tables.DASH,
-                     ",".join(s.get("variants") or []) or tables.DASH, tables.general(s.get("mode")),
-                     tables.general(s.get("repeats")), tables.general(prompt),
-                     (e.git_commit or tables.DASH)[:10]))
-    return tables.fixed_width(rows)
-
-
-# --- the command line: `python -m engine history ...`, and saving from run, bench and sweep ----
-
-def add_save_options(command: argparse.ArgumentParser) -> None:
-    """--history PATH and --no-history on a command whose report is saved when it ends."""
-    group = command.add_mutually_exclusive_group()
-    group.add_argument("--history", metavar="PATH", help=f"save the report to this history (default: {default_path()})")
-    group.add_argument("--no-history", action="store_true", help="do not save the report to the history")
-
-
-def keep(args, report: dict, kind: str) -> int | None:
-    """Save a finished command's report unless --no-history. Called after its output is printed and
-    written: a failure here only warns, on stderr, and changes neither the output nor the exit code."""
-    if getattr(args, "no_history", False):
-        return None
-    history = History(args.history or None)
-    try:
-        run_id = history.save(report, kind)
-    except Exception as error:        # whatever went wrong (disk full, locked too long, a bad path): the run stands
-        print(f"warning: the report was not saved to the history {history.path}: {error}", file=sys.stderr)
-        return None
-    print(f"saved to the history as #{run_id} ({history.path})", file=sys.stderr)
-    return run_id
-
-
-def _run_id(text: str) -> int:
-    try:
-        value = int(text.lstrip("#"))
-    except ValueError:
-        raise InputError(f"{text!r} is not a run id: the ids are the numbers `python -m engine history list` "
-                         "shows") from None
-    return value
-
-
-def _list(args) -> int:
-    history = History(args.history or None)
-    entries = history.list(args.preset, args.device, args.variant, args.since)
-    print(list_table(entries) if entries else f"no runs saved in {history.path}"
-          + (" that match" if any((args.preset, args.device, args.variant, args.since)) else ""))
-    return 0
-
-
-def _show(args) -> int:
-    print(describe(History(args.history or None).get(_run_id(args.id))))
-    return 0
-
-
-def _compare(args) -> int:
-    history = History(args.history or None)
-    ids = list(dict.fromkeys(_run_id(text) for text in args.ids))
-    reference = _run_id(args.reference) if args.reference else ids[0]
-    if reference not in ids:
-        ids.insert(0, reference)
-    entries = [history.get(run_id) for run_id in ids]
-    compared = compare([entry.report for entry in entries], ids.index(reference))
-    print(compare_table(compared, [f"#{run_id}" for run_id in ids]))
-    return 0
-
-
-def _import(args) -> int:
-    history = History(args.history or None)
-    print(f"imported {args.file} as #{history.import_file(args.file)} ({history.path})")
-    return 0
-
-
-def _export(args) -> int:
-    History(args.history or None).export(_run_id(args.id), args.json)
-    print(f"wrote {args.json}", file=sys.stderr)
-    return 0
-
-
-def _delete(args) -> int:
-    history = History(args.history or None)
-    run_id = _run_id(args.id)
-    history.delete(run_id)
-    print(f"deleted #{run_id} from {history.path}")
-    return 0
-
-
-def add_command(sub) -> None:
-    """The `history` command and its actions, on the command line's subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--history", metavar="PATH", help=f"the history file (default: {default_path()})")
-    top = sub.add_parser("history", help="the saved runs: list, show, compare, import, export, delete")
-    actions = top.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", parents=[common], help="the saved runs, newest first")
-    listing.add_argument("--preset", help="only this preset's runs")
-    listing.add_argument("--device", help="only runs on a device whose name contains this (e.g. H200)")
-    listing.add_argument("--variant", help="only runs with this variant")
-    listing.add_argument("--since", help="only runs made since this date or time (e.g. 2026-12-01)")
-    listing.set_defaults(func=_list)
-    show = actions.add_parser("show", parents=[common], help="one run: its provenance and figures")
-    show.add_argument("id")
-    show.set_defaults(func=_show)
-    side = actions.add_parser("compare", parents=[common], help="runs side by side per variant, with the change "
-                              "from the reference in percent and whether it is within noise")
-    side.add_argument("ids", nargs="+", metavar="ID")
-    side.add_argument("--reference", metavar="ID", help="the run the others are compared with (default: the first)")
-    side.set_defaults(func=_compare)
-    load = actions.add_parser("import", parents=[common], help="keep a report file written by --json")
-    load.add_argument("file")
-    load.set_defaults(func=_import)
-    out = actions.add_parser("export", parents=[common], help="write a run's report as JSON")
-    out.add_argument("id")
-    out.add_argument("--json", required=True, metavar="PATH", help="the file to write")
-    out.set_defaults(func=_export)
-    drop = actions.add_parser("delete", parents=[common], help="remove a run")
-    drop.add_argument("id")
-    drop.set_defaults(func=_delete)

@@ -14,7 +14,9 @@ import pytest
 
 from engine import verdict
 from engine.errors import InputError
-from engine.history import SCHEMA_V1, SCHEMA_VERSION, History, compare, compare_table, keep
+from engine.history import SCHEMA_V1, SCHEMA_VERSION, History, compare
+from engine.history_cli import keep
+from engine.views.history_tables import compare_table
 
 ROOT = Path(__file__).resolve().parent.parent
 H200 = ROOT / "benchmarks" / "results" / "gpu_check-h200-2026-11-26-2.json"

@@ -14,8 +14,9 @@ from gradio.components.plot import PlotData
 
 from engine import slo, verdict
 from engine.errors import InputError
-from engine.history import FIGURES, Entry, cell_label, compare as compare_runs, percent_text
+from engine.history import Entry, cell_label, compare as compare_runs
 from engine.views import tables
+from engine.views.history_tables import FIGURES, percent_text
 from engine.views.history_charts import CAPTION, compare_figure
 from ui import checks, render
 from ui.outputs import Outputs, Wiring

@@ -1,0 +1,93 @@
+"""The run history as text: the comparison of runs (engine/history.py `compare`), a saved run, the list
+of runs; the command line prints these and the History tab shares their words."""
+from __future__ import annotations
+
+from engine.history import Compared, Entry, cell_label
+from engine.views import tables
+
+FIGURES = {"ttft": ("TTFT ms", lambda v: tables.ms(v, 2)), "tpot": ("TPOT ms", lambda v: tables.ms(v, 2)),
+           "tokens_per_s": ("tok/s", tables.fixed), "memory": ("peak memory", tables.size)}
+
+
+def percent_text(change: float | None, word: str | None) -> str:
+    """A change from the reference, "+3.1% within noise"; a dash where there is none."""
+    if change is None:
+        return tables.DASH
+    number = f"{change:+.1f}%" if abs(change) < 100 else f"{change:+.0f}%"
+    return f"{number} {word}" if word else number
+
+
+def compare_table(compared: Compared, labels: list[str]) -> str:
+    """The comparison as a fixed-width table: each run's value, then each other run's change from the reference."""
+    ref = labels[compared.reference]
+    others = [i for i in range(len(labels)) if i != compared.reference]
+    with_cells = any(change.cell for change in compared.changes)
+    head = ["variant"] + ["cell"] * with_cells + ["figure"] + [
+        f"{label} (ref)" if i == compared.reference else label for i, label in enumerate(labels)]
+    rows = [head + [f"{labels[i]} vs {ref}" for i in others]]
+    for change in compared.changes:
+        title, show = FIGURES[change.metric]
+        rows.append([change.variant] + [change.cell or tables.DASH] * with_cells + [title]
+                    + [show(v) for v in change.values]
+                    + [percent_text(change.percent[i], change.verdicts[i]) for i in others])
+    lines = tables.fixed_width(rows).splitlines()
+    if not compared.changes:
+        lines.append(f"nothing to compare: no variant (and cell) of {ref} is in another run")
+    lines.append(f"vs {ref}: the change of the median; better or worse when the runs' min-max ranges over their "
+                 "repeats do not overlap, within noise when they do (peak memory within 1% is the same), no range "
+                 "with one repeat (engine/verdict.py)")
+    for name, seen in compared.differs.items():
+        lines.append(f"note: the runs differ in {name} ("
+                     + "; ".join(f"{label}: {value}" for label, value in zip(labels, seen))
+                     + "): a difference may come from that, not from the variant")
+    for index, keys in compared.left_out.items():
+        rows_text = ", ".join(variant + (f" at {cell}" if cell else "") for variant, cell in keys)
+        lines.append(f"note: left out, as only {labels[index]} has them: {rows_text}" if index == compared.reference
+                     else f"note: left out, as {ref} does not have them: {labels[index]}'s {rows_text}")
+    return "\n".join(lines)
+
+
+def describe(entry: Entry) -> str:
+    """A saved run as text: its provenance, then one line per row, then its verdict."""
+    s = entry.settings
+    asked = ", ".join(f"{name} {s[key]}" for key, name in (
+        ("mode", "mode"), ("repeats", "repeats"), ("new_tokens", "new tokens"), ("prompt_tokens", "prompt tokens"),
+        ("prompt_lengths", "prompt lengths"), ("batch_size", "batch"), ("experiment", "experiment"))
+        if s.get(key) is not None)
+    versions = ", ".join(f"{name} {version}" for name, version in entry.versions.items() if version)
+    lines = [f"#{entry.id} {entry.kind}" + (f" ({s['report_kind']} report)" if entry.kind == "imported" else "")
+             + f", created {entry.created}, saved {entry.saved}" + (", cancelled" if s.get("cancelled") else ""),
+             f"preset {entry.preset or tables.DASH}; device {entry.device or tables.DASH}; driver "
+             f"{entry.driver or tables.DASH}",
+             f"versions: {versions or tables.DASH}",
+             f"commit {entry.git_commit or tables.DASH}; host {entry.host or tables.DASH}",
+             f"settings: {asked or tables.DASH}; variants {', '.join(s.get('variants') or []) or tables.DASH}"]
+    if entry.source:
+        lines.append(f"source: {entry.source}")
+    results = entry.report["results"]
+    with_cells = any(cell_label(r) for r in results)
+    rows = [["variant"] + ["cell"] * with_cells + ["status", "TTFT ms", "TPOT ms", "min-max ms", "tok/s",
+                                                   "peak memory"]]
+    for r in results:
+        rows.append([r["variant"]] + [cell_label(r) or tables.DASH] * with_cells
+                    + [r["status"], tables.ms(r.get("ttft_s"), 2), tables.ms(r.get("tpot_s"), 2),
+                       tables.ms_range(r.get("tpot_min_s"), r.get("tpot_max_s")), tables.fixed(r.get("tokens_per_s")),
+                       tables.size(r.get("peak_memory_bytes"))])
+    lines += tables.fixed_width(rows).splitlines()
+    judged = entry.report.get("comparison") or {}
+    if judged.get("text"):
+        lines.append(f"verdict: {judged['text']}")
+    return "\n".join(lines)
+
+
+def list_table(entries: list[Entry]) -> str:
+    """Saved runs, one line each."""
+    rows = [("id", "created", "kind", "preset", "device", "variants", "mode", "repeats", "prompt", "commit")]
+    for e in entries:
+        s = e.settings
+        prompt = s.get("prompt_tokens") or ",".join(map(str, s.get("prompt_lengths") or [])) or None
+        rows.append((str(e.id), e.created, e.kind, e.preset or tables.DASH, e.device or tables.DASH,
+                     ",".join(s.get("variants") or []) or tables.DASH, tables.general(s.get("mode")),
+                     tables.general(s.get("repeats")), tables.general(prompt),
+                     (e.git_commit or tables.DASH)[:10]))
+    return tables.fixed_width(rows)
