@@ -25,6 +25,9 @@ class WorkerSpec:
     device: str                   # "cpu" or "cuda:N"
     threads: int | None = None    # torch CPU threads (None: torch's default)
     core: int | None = None       # pin the serving thread to this CPU core once loaded (GPU workers)
+    # on a host with several GPUs, the one (NVML's index) this worker alone sees: the child sets
+    # CUDA_VISIBLE_DEVICES to it before torch loads, and its torch device is then cuda:0
+    own_gpu: int | None = None
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,13 @@ def cpu_device() -> Device:
                   memory.available, None, None, None)
 
 
+def nvml_index(logical: int) -> int:
+    """NVML's index of CUDA device `logical`: NVML ignores CUDA_VISIBLE_DEVICES, which renumbers the
+    devices torch sees ("3,1": torch's cuda:0 is NVML's 3)."""
+    visible = [int(i) for i in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if i.strip().isdigit()]
+    return visible[logical] if logical < len(visible) else logical
+
+
 def cuda_devices() -> list[Device]:
     """NVIDIA GPUs visible to NVML (honouring CUDA_VISIBLE_DEVICES by index); [] without any."""
     try:

@@ -209,8 +209,11 @@ class Engine:
         core = None
         if self.device.kind == "cuda":             # a core of its own for the thread that launches kernels
             core = topology.free_core(sorted(topology.usable_cores()), {spec.core for spec in others})
-        device = "cpu" if self.device.kind == "cpu" else f"cuda:{self._assignment.get(name, self.device.index)}"
-        return WorkerSpec(self.preset, name, device, self.threads, core)
+        if self.device.kind == "cpu":
+            return WorkerSpec(self.preset, name, "cpu", self.threads, core)
+        index = self._assignment.get(name, self.device.index)
+        own = hardware.nvml_index(index) if len(self.devices) > 1 else None     # it sees only its own GPU
+        return WorkerSpec(self.preset, name, f"cuda:{index}", self.threads, core, own)
 
     def _execution(self, run: Run, state: RunState) -> schedule.Execution:
         return schedule.Execution(self._workers, state, run.put, run.cancelled, self._ids, self.limits)

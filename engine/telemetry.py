@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psutil
 
+from engine.hardware import nvml_index
+
 
 def reset_peak_rss() -> bool:
     """Start a new peak resident-set measurement for this process (Linux: clear_refs 5); False if unsupported."""
@@ -103,14 +105,14 @@ class HostLoad:
 
 
 def process_gpu_bytes(pid: int, index: int = 0) -> int | None:
-    """GPU memory used by one process, as nvidia-smi shows it (NVML); None where unknown."""
+    """GPU memory used by one process on CUDA device `index`, as nvidia-smi shows it (NVML); None where unknown."""
     try:
         import pynvml
         pynvml.nvmlInit()
     except Exception:
         return None
     try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(index))
         for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
             if proc.pid == pid and proc.usedGpuMemory is not None:
                 return int(proc.usedGpuMemory)
@@ -133,7 +135,7 @@ class ClockReader:
             return
         self._nvml = pynvml
         try:
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(index))
         except Exception:
             pynvml.nvmlShutdown()                 # init succeeded: undo it, as close() would
 

@@ -52,3 +52,28 @@ def test_on_a_host_with_several_gpus_workers_go_one_per_gpu_where_the_memory_pla
     assert kept["sdpa"] == 3 and "vllm" not in kept and sorted(kept.values()) == [0, 1, 2, 3]
     tiny_gpu = [SimpleNamespace(index=0, free_bytes=1 * gib), SimpleNamespace(index=1, free_bytes=2 * gib)]
     assert budget.assign(llama, [CATALOG["baseline"]], tiny_gpu) == {"baseline": 1}   # fits none: the roomiest
+
+
+def test_with_several_gpus_each_worker_is_told_its_own_gpu_and_sees_only_it(monkeypatch):
+    import os
+    from types import SimpleNamespace
+    from engine import hardware
+    from engine.events import WorkerSpec
+    from engine.pool import Engine
+    from engine.worker.serve import own_gpu
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1,2")
+    assert [hardware.nvml_index(i) for i in range(4)] == [3, 1, 2, 3]     # NVML ignores the renumbering
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert hardware.nvml_index(2) == 2
+    engine = Engine(presets.load("tiny"))             # no worker starts: only the specs it would give
+    gpu = SimpleNamespace(kind="cuda", index=0)
+    engine.device, engine.devices = gpu, [gpu, SimpleNamespace(kind="cuda", index=1)]
+    engine._assignment = {"sdpa": 1}
+    spec = engine._worker_spec("sdpa", [])
+    assert (spec.device, spec.own_gpu) == ("cuda:1", 1) and engine._worker_spec("baseline", []).device == "cuda:0"
+    engine.devices = [gpu]                            # one GPU: the worker sees what the app sees
+    assert engine._worker_spec("sdpa", []).own_gpu is None
+    inside = own_gpu(spec)                            # in the worker, before torch is imported
+    assert inside.device == "cuda:0" and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert own_gpu(WorkerSpec(spec.preset, "sdpa", "cpu")).device == "cpu"

@@ -8,6 +8,7 @@ driven without a process. Every failure becomes a `Failed` event.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import multiprocessing
@@ -27,6 +28,7 @@ ORPHANED_EXIT_CODE = 3            # the worker's exit status when it ends becaus
 def main(spec: WorkerSpec, conn, cancel) -> None:
     """Child-process entry: serve over the pipe `conn`, the events batched (see Outbox)."""
     exit_with_parent()                # first: the parent may die while torch is still importing
+    spec, shown = own_gpu(spec), spec.device                       # before torch is imported
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")     # keep the terminal for the table
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)   # "MatMul8bitLt: inputs will be cast" per matmul
@@ -39,10 +41,20 @@ def main(spec: WorkerSpec, conn, cancel) -> None:
             return None
 
     try:
-        serve(spec, receive, outbox.emit, cancel)
+        serve(spec, receive, outbox.emit, cancel, shown)
     finally:
         with contextlib.suppress(OSError, ValueError):
             outbox.close()
+
+
+def own_gpu(spec: WorkerSpec) -> WorkerSpec:
+    """On a host with several GPUs, make the worker see its own GPU alone (CUDA_VISIBLE_DEVICES, set
+    before torch is imported): its torch device is then cuda:0; NVML's index stays the GPU's own
+    (engine/hardware.py nvml_index reads the variable). The spec as given elsewhere."""
+    if spec.own_gpu is None or not spec.device.startswith("cuda"):
+        return spec
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(spec.own_gpu)
+    return dataclasses.replace(spec, device="cuda:0")
 
 
 def exit_with_parent() -> None:
@@ -139,10 +151,12 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"[:300]
 
 
-def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[object], None], cancel) -> None:
-    """Process body: load, warm up, then answer what `receive()` returns (Request, Probe) until None."""
+def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[object], None], cancel,
+          shown: str | None = None) -> None:
+    """Process body: load, warm up, then answer what `receive()` returns (Request, Probe) until None.
+    `shown`: the device as the orchestrator names it (cuda:3 for a worker that sees it as cuda:0)."""
     try:
-        runner = load(spec, emit, cancel)
+        runner = load(spec, emit, cancel, shown)
     except BaseException as error:  # noqa: BLE001 - a failure is a value, sent to the orchestrator
         emit(events.Failed(spec.variant, "could not load: " + one_line(error), traceback.format_exc()))
         return
@@ -182,7 +196,7 @@ def load_delay_s(variant: str) -> float:
     return 0.0
 
 
-def load(spec: WorkerSpec, emit: Callable[[object], None], cancel):
+def load(spec: WorkerSpec, emit: Callable[[object], None], cancel, shown: str | None = None):
     """Load and warm up the variant, announcing each stage; the Runner, once `Loaded` is sent. A
     served variant (engine/remote.py) loads nothing: it asks its server what it serves."""
     if any(e.name == spec.variant for e in spec.preset.remote):
@@ -195,7 +209,7 @@ def load(spec: WorkerSpec, emit: Callable[[object], None], cancel):
     if spec.threads:
         import torch
         torch.set_num_threads(spec.threads)
-    emit(events.Status(spec.variant, "loading", f"{spec.preset.title} on {spec.device}"))
+    emit(events.Status(spec.variant, "loading", f"{spec.preset.title} on {shown or spec.device}"))
     from engine.worker.runner import Runner        # imports torch and transformers: after the status
     t0 = time.perf_counter()
     time.sleep(load_delay_s(spec.variant))
@@ -216,6 +230,6 @@ def load(spec: WorkerSpec, emit: Callable[[object], None], cancel):
     label = runner.variant.display_label()
     if runner.decoder is not None:
         label += f" ({runner.decoder.step_kind})"
-    emit(events.Loaded(spec.variant, load_s, time.perf_counter() - t1, runner.weights_bytes, spec.device,
+    emit(events.Loaded(spec.variant, load_s, time.perf_counter() - t1, runner.weights_bytes, shown or spec.device,
                        spec.preset.dtype, label, runner.input_table_bytes))
     return runner
