@@ -508,7 +508,12 @@ def cell_label(row: dict) -> str:
 
 COMPARED_SETTINGS = {"preset": lambda r: r["preset"].get("name"), "device": lambda r: r["device"].get("name"),
                      "prompt tokens": lambda r: r.get("prompt_tokens"), "mode": lambda r: r.get("mode"),
-                     "repeats": lambda r: r.get("repeats"), "batch size": lambda r: r.get("batch_size")}
+                     "repeats": lambda r: r.get("repeats"), "batch size": lambda r: r.get("batch_size"),
+                     # torch's CPU threads per worker: on a CPU they set the pace as much as the variant
+                     "CPU threads": lambda r: sorted({row.get("cpu_threads") for row in r["results"]
+                                                      if row.get("cpu_threads") is not None}) or None,
+                     "torch": lambda r: (r.get("versions") or {}).get("torch"),
+                     "transformers": lambda r: (r.get("versions") or {}).get("transformers")}
 
 
 def compare(reports: list[dict], reference_index: int = 0) -> Compared:

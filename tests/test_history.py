@@ -271,6 +271,10 @@ def test_compare_gives_each_change_in_percent_and_the_noise_rule_of_verdict():
     assert "note: left out, as #1 does not have them: #2's compiled" in lines
     with pytest.raises(InputError, match="two runs or more"):
         compare([reference])
+    # what sets the pace besides the variant is named when it differs: CPU threads, library versions
+    fewer = report(row("baseline", (10, 11, 12), cpu_threads=1))
+    newer = report(row("baseline", (10, 11, 12), cpu_threads=2), versions={"torch": "2.14.0"})
+    assert compare([fewer, newer]).differs == {"CPU threads": [[1], [2]], "torch": ["2.13.0", "2.14.0"]}
 
 
 # --- real runs: the command line saves them, the history shows and compares them -----------------
