@@ -342,25 +342,36 @@ class History:
                            [(run_id, row["variant"]) for row in report["results"]])
         return run_id
 
-    def import_file(self, path: str | os.PathLike) -> int:
-        """Keep a report file written by `--json` (or exported from a history) as kind "imported"; returns its id.
-        The provenance it carries is kept; what it does not say (the commit, the host) is left unknown."""
+    def import_file(self, path: str | os.PathLike) -> list[int]:
+        """Keep a report file written by `--json` (or exported from a history) as kind "imported", or each
+        report of a file that holds several under "runs" (scripts/gpu_check.py's, such as the committed
+        H200 results); returns their ids. The provenance they carry is kept; what they do not say (the
+        commit, the host) is left unknown."""
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path} {'is a folder' if path.is_dir() else 'does not exist'}: give {EXPECTED}")
         try:
-            report = json.loads(path.read_text(encoding="utf-8"))
+            found = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as error:
             raise InputError(f"{path} is not JSON ({str(error).splitlines()[0]}): expected {EXPECTED}") from None
-        if report_kind(report) is None:
-            raise InputError(f"{path} is not a run, bench or sweep report: expected {EXPECTED}{_hint(report)}")
-        report = dict(report)
-        came = report.pop("history", None)                 # the provenance of a file `export` wrote
-        came = came if isinstance(came, dict) else {}
-        source = f"imported from {path.resolve()} on {_now()}"
-        if came.get("id") is not None:
-            source += f"; exported from history #{came['id']} ({came.get('kind')}, saved {came.get('saved')})"
-        return self._insert(report, "imported", None, came.get("git_commit"), came.get("host"), source)
+        if report_kind(found) is not None:
+            reports = [(found, "")]
+        else:
+            runs = found.get("runs") if isinstance(found, dict) else None
+            if not (isinstance(runs, list) and runs and all(report_kind(run) for run in runs)):
+                raise InputError(f"{path} is not a run, bench or sweep report: expected {EXPECTED}")
+            reports = [(run, f" (report {i + 1} of {len(runs)} under 'runs')") for i, run in enumerate(runs)]
+        ids = []
+        with self.batch():                                 # all of a file's reports, or none
+            for report, which in reports:
+                report = dict(report)
+                came = report.pop("history", None)         # the provenance of a file `export` wrote
+                came = came if isinstance(came, dict) else {}
+                source = f"imported from {path.resolve()}{which} on {_now()}"
+                if came.get("id") is not None:
+                    source += f"; exported from history #{came['id']} ({came.get('kind')}, saved {came.get('saved')})"
+                ids.append(self._insert(report, "imported", None, came.get("git_commit"), came.get("host"), source))
+        return ids
 
     def delete(self, run_id: int, session: str | None = None) -> None:
         """Remove a run (with `session`: only if it is that visitor's); an unknown id is an InputError."""
@@ -452,15 +463,6 @@ def _immediate(db: sqlite3.Connection):
 
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _hint(found) -> str:
-    """What a file that is not a report holds instead, when it is a known wrapper of reports."""
-    runs = found.get("runs") if isinstance(found, dict) else None
-    if isinstance(runs, list) and any(report_kind(run) for run in runs):
-        return (f"; it holds {len(runs)} reports under 'runs' (as scripts/gpu_check.py writes them): "
-                "write each to its own file to import it")
-    return ""
 
 
 # --- runs side by side -----------------------------------------------------------------------

@@ -67,7 +67,8 @@ def _compare(args) -> int:
 
 def _import(args) -> int:
     history = History(args.history or None)
-    print(f"imported {args.file} as #{history.import_file(args.file)} ({history.path})")
+    ids = history.import_file(args.file)
+    print(f"imported {args.file} as {', '.join(f'#{i}' for i in ids)} ({history.path})")
     return 0
 
 

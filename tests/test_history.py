@@ -341,23 +341,25 @@ def test_a_failed_save_warns_and_leaves_the_run_alone(tmp_path, capsys):
 
 
 def test_an_h200_report_imports_with_its_provenance_and_compares_with_a_cpu_bench(saved, tmp_path):
-    """No committed H200 file is itself a report: gpu_check files hold two bench reports under "runs".
-    The first (llama-3.1-8b-random, prompts 128 and 2048) is imported from a file of its own."""
+    """The committed GPU check file holds two bench reports under "runs": each is imported as a run of its
+    own; the first (llama-3.1-8b-random, prompts 128 and 2048) compares with a CPU bench. A single
+    report imports as one."""
     h200 = json.loads(H200.read_text())["runs"][0]
+    history = History(tmp_path / "h.sqlite")
+    h200_id, second = history.import_file(H200)
+    assert history.get(second).preset == json.loads(H200.read_text())["runs"][1]["preset"]["name"]
     single = tmp_path / "h200-bench.json"
     single.write_text(json.dumps(h200))
-    history = History(tmp_path / "h.sqlite")
-    with pytest.raises(InputError, match="holds 2 reports under 'runs'"):
-        history.import_file(H200)
-    h200_id = history.import_file(single)
+    assert history.import_file(single) == [second + 1]
+    history.delete(second + 1)
     cpu_id = history.save(saved["bench"], "bench")
     entry = history.get(h200_id)
     assert entry.kind == "imported" and entry.settings["report_kind"] == "bench" and entry.report == h200
     assert (entry.device, entry.driver, entry.preset) == ("NVIDIA H200", "580.159.04", "llama-3.1-8b-random")
     assert entry.versions["torch"] == "2.11.0" and entry.git_commit is None and entry.host is None
-    assert entry.source.startswith(f"imported from {single.resolve()} on 20")
+    assert entry.source.startswith(f"imported from {H200.resolve()} (report 1 of 2 under 'runs') on 20")
     assert entry.settings["prompt_lengths"] == [128, 2048] and entry.settings["repeats"] == 3
-    assert [e.id for e in history.list(device="H200")] == [h200_id]
+    assert [e.id for e in history.list(device="H200")] == [second, h200_id]      # newest first
 
     found = compare([entry.report, history.get(cpu_id).report])
     gpu_rows = {(r["variant"], r["prompt_length"]): r for r in h200["results"]}

@@ -278,10 +278,11 @@ def import_report(ctx: Context, path, preset: str, device: str, variant: str, si
             raise InputError(NO_IMPORT)
         if not path:
             raise InputError("choose a report file (.json) to import")
-        run_id = ctx.history.store.import_file(checks.text("file", path))
+        ids = ctx.history.store.import_file(checks.text("file", path))
     except InputError as error:
         return {"message": render.message_html(render.e(error), "error")}
-    return _listing(ctx, preset, device, variant, since, [run_id], request, note=f"Imported as #{run_id}. ")
+    return _listing(ctx, preset, device, variant, since, ids, request,
+                    note=f"Imported as {', '.join(f'#{i}' for i in ids)}. ")
 
 
 def build(ctx: Context, tab: gr.Tab) -> None:
