@@ -13,7 +13,8 @@ from engine.source import architecture
 from engine.variants import Variant
 
 BYTES_PER_PARAM = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
-QUANTIZED_BYTES_PER_PARAM = {"nf4": 0.5 + 0.0625, "int8": 1.0 + 0.0625}     # + block scales / outlier slack
+# + block scales / outlier slack; int4: a bfloat16 scale and zero per group of 128
+QUANTIZED_BYTES_PER_PARAM = {"nf4": 0.5 + 0.0625, "int8": 1.0 + 0.0625, "int4": 0.5 + 4 / 128}
 GATED_MLP = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "granite", "smollm3"}
 ACTIVATION_MARGIN = 0.15          # share of weights + cache kept free for activations and fragmentation
 CUDA_CONTEXT_BYTES = 600 * 2**20  # each CUDA process holds a context of roughly this size

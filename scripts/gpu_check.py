@@ -6,7 +6,7 @@
     python scripts/gpu_check.py --device cpu   # a dry run of the same path on the tiny model
 
 Needs only torch 2.11+, transformers 5.17+, pyyaml, psutil and nvidia-ml-py (bitsandbytes for the
-4/8-bit variants, flash-attn for fa2); no internet: every model is made from its config with
+4/8-bit variants, torchao for int4, flash-attn for fa2); no internet: every model is made from its config with
 random weights. Writes gpu_check.json and gpu_check-timeline.txt (each load and request as it
 ended) to --out (default: $OUT, else runs/) and prints a short table last.
 """
@@ -27,7 +27,7 @@ from engine import presets                                              # noqa: 
 from engine.studies.bench import run_bench, table, timeline                 # noqa: E402
 from engine.studies.targets import check_targets, target_lines              # noqa: E402
 
-ALL_VARIANTS = ["baseline", "sdpa", "sdpa-flash", "fa2", "bnb-4bit", "bnb-8bit", "compiled", "no-kv-cache"]
+ALL_VARIANTS = ["baseline", "sdpa", "sdpa-flash", "fa2", "bnb-4bit", "bnb-8bit", "compiled", "int4", "no-kv-cache"]
 
 
 def plan(args) -> list[dict]:

@@ -80,7 +80,7 @@ def test_gpu_check_without_cuda_says_how_to_dry_run():
 
 
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
-    done = _gpu_check("--device", "cpu", "--variants", "baseline,sdpa,fa2,compiled", "--out", str(tmp_path))
+    done = _gpu_check("--device", "cpu", "--variants", "baseline,sdpa,fa2,compiled,int4", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["device"] == "cpu"
@@ -88,7 +88,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     (run,) = summary["runs"]
     statuses = {(r["variant"], r["prompt_length"]): r["status"] for r in run["results"]}
     assert statuses == {(v, n): ("unavailable" if v == "fa2" else "ok")
-                        for v in ("baseline", "sdpa", "fa2", "compiled") for n in (32, 128)}
+                        for v in ("baseline", "sdpa", "fa2", "compiled", "int4") for n in (32, 128)}
     assert done.stdout.strip().splitlines()[-1].startswith("total ")
     timeline = (tmp_path / "gpu_check-timeline.txt").read_text()   # each timed request as it ended, also on stderr
     assert timeline.count("compiled, prompt 128: 8 tokens") == 1 and timeline.splitlines()[-1] in done.stderr
@@ -110,6 +110,21 @@ def test_gpu_check_targets_count_a_preset_that_never_ran_as_not_met():
                             "wall_s": 470.0}, quick=False)
     assert [(c["target"], c["met"], c["detail"]) for c in checks] == [
         ("opt-350m-random: measured", False, "time budget spent (470 s)"), ("wall time <= 480 s", True, "")]
+
+
+def test_the_int4_target_is_its_tpot_over_compiled_bf16_at_prompt_128():
+    from engine.studies.targets import check_targets
+    row = dict(status="ok", repeats=1, reason=None, prompt_length=128, mbu_measured=None, tpot_min_s=None,
+               tpot_max_s=None)
+    rows = [dict(row, variant="compiled", tpot_s=0.0050), dict(row, variant="int4", tpot_s=0.0026)]
+    summary = {"runs": [{"preset": {"name": "llama-3.1-8b-random"}, "results": rows, "overhead_ratio": 1.0}],
+               "wall_s": 100.0}
+    name = "llama-3.1-8b-random: int4 TPOT / compiled TPOT at prompt 128 <= 0.55"
+    found = {c["target"]: c for c in check_targets(summary, quick=True)}[name]
+    assert found["value"] == pytest.approx(0.52) and found["met"]
+    rows[1]["status"] = "failed"
+    found = {c["target"]: c for c in check_targets(summary, quick=True)}[name]
+    assert found["value"] is None and not found["met"] and "did not answer" in found["detail"]
 
 
 def test_gpu_check_spread_target_names_the_cells_over_it():

@@ -12,6 +12,7 @@ import gradio as gr
 import pytest
 
 from engine import events
+from engine.variants import CATALOG
 from engine.views.run import RunView
 from ui import compare, experiments, stream
 from ui.downloads import Downloads
@@ -92,7 +93,8 @@ def test_outputs_are_named_and_an_api_client_finds_each_by_its_index():
     assert Outputs(["message"]).values({"message": "hi"}) == "hi"             # a lone output: the value itself
     with pytest.raises(KeyError, match="plots"):
         outputs.values({"plots": 1})
-    assert compare.RUN.api[:3] == ("message", "report", "summary") and len(compare.RUN.api) == 25
+    # message, report, summary, two files, four plots, then a card and an answer per catalog variant
+    assert compare.RUN.api[:3] == ("message", "report", "summary") and len(compare.RUN.api) == 9 + 2 * len(CATALOG)
     assert compare.RUN.index("json_file") == 3                              # the replay button is not listed
 
 

@@ -84,3 +84,29 @@ def test_a_cache_path_taken_by_a_file_is_replaced(tmp_path, monkeypatch):
     folder.write_text("not a folder")
     assert models.saved_random_model(tiny) == folder
     assert folder.is_dir() and models.saved_model_complete(folder)
+
+
+def test_int4_quantizes_every_linear_layer_but_the_head_and_runs_compiled_on_the_cpu():
+    """torchao's int4 on the CPU: its packed layout, a group size that divides the layers' widths, the
+    weights counted at their packed size, decoded by the compiled static-cache loop (not the fused step,
+    which cannot fuse quantized weights), the same number of tokens as asked."""
+    import torch
+    from engine.events import Request, WorkerSpec
+    from engine.worker import models
+    from engine.worker.runner import Runner
+    tiny = presets.load("tiny")
+    never = type("Never", (), {"is_set": lambda self: False})()
+    int4 = Runner(WorkerSpec(tiny, "int4", "cpu"), lambda event: None)
+    baseline = Runner(WorkerSpec(tiny, "baseline", "cpu"), lambda event: None)
+    linears = {name: m for name, m in int4.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert type(linears.pop("lm_head").weight) is torch.nn.Parameter          # the head stays full precision
+    assert {type(m.weight).__name__ for m in linears.values()} == {"Int4OpaqueTensor"}
+    assert models.int4_group_size(int4.model) == 64                            # tiny's widths: 64 and 192
+    params = sum(m.in_features * m.out_features for m in linears.values())
+    # 4 bytes a parameter became half a byte plus a scale and a zero per group
+    saved = baseline.weights_bytes - int4.weights_bytes
+    assert 0.8 * params * 3.5 < saved < params * 4, (saved, params)
+    assert int4.decoder is not None and int4.decoder.step_kind == "transformers forward"
+    finished = int4.generate(Request(1, "Why is decoding memory bound?", 12, ignore_eos=True), never)
+    assert len(finished.token_ids) == 12 and finished.token_times == tuple(sorted(finished.token_times))
+    assert int4.decoder.is_ready_for(*[torch.zeros(1, 30, dtype=torch.long)], 12)   # compiled for that bucket

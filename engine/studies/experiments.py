@@ -121,9 +121,11 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         "quantization", "Quantization: memory, speed and agreement with full precision",
         "4-bit NF4 and 8-bit weights take a quarter and a half of the memory of 16-bit ones. Decoding reads "
         "every weight each step, so fewer bytes can mean faster tokens, but the kernels must dequantize on "
-        "the fly, which at batch 1 often costs more than it saves. Rounding the weights changes the logits a "
-        "little: greedy outputs agree with the full-precision baseline for a while, then may part ways.",
-        (REFERENCE, "bnb-4bit", "bnb-8bit"), _quant_grid, lambda quick: 16 if quick else 64,
+        "the fly, which at batch 1 often costs more than it saves (bitsandbytes); torchao's int4 unpacks "
+        "inside its matrix product and runs compiled, where fewer bytes do make faster tokens. Rounding the "
+        "weights changes the logits a little: greedy outputs agree with the full-precision baseline for a "
+        "while, then may part ways.",
+        (REFERENCE, "bnb-4bit", "bnb-8bit", "int4"), _quant_grid, lambda quick: 16 if quick else 64,
         ("weights_bytes", "tpot_s", "identical_token_share"),
         (Claim("weights take less memory with fewer bits: 8-bit less than the baseline, 4-bit less still",
                "weights_bytes", "variant", "the weights did not shrink with fewer bits",

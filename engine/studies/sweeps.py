@@ -153,7 +153,8 @@ class LiveSweep:
             else:
                 said = f"{row['status']}: {row['reason']}"
                 self._said.add((variant, row["reason"]))
-            lines.append(f"[{elapsed_s:5.1f} s] {variant}, {cell_words(self.grid, cell)}: {said}")
+            where = cell_words(self.grid, cell)          # empty where the grid has one cell per variant
+            lines.append(f"[{elapsed_s:5.1f} s] {variant}{', ' + where if where else ''}: {said}")
         return lines
 
     def sweep(self) -> dict:

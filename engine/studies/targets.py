@@ -5,6 +5,7 @@ from __future__ import annotations
 from engine.report import tpot_spread
 
 OVERHEAD_MIN, OVERHEAD_MAX, COMPILED_MBU_MIN, SPREAD_MAX = 0.98, 1.02, 0.75, 0.05
+INT4_TPOT_MAX = 0.55          # int4's TPOT over compiled bf16's on the 8B shape (gpt-fast: 104.9 / 196.8 tok/s)
 WALL_S_MAX = {"full": 480.0, "quick": 240.0}
 
 
@@ -32,6 +33,13 @@ def check_targets(summary: dict, quick: bool) -> list[dict]:
                     mbu = row.get("mbu_measured")
                     check(f"{name}: compiled, prompt {row['prompt_length']}, MBU vs measured copy >= "
                           f"{COMPILED_MBU_MIN:.0%}", mbu, mbu is not None and mbu >= COMPILED_MBU_MIN)
+            by = {(r["variant"], r["prompt_length"]): r for r in rows if r["status"] == "ok" and r.get("tpot_s")}
+            if any(r["variant"] == "int4" for r in rows):
+                int4, compiled = by.get(("int4", 128)), by.get(("compiled", 128))
+                ratio = int4["tpot_s"] / compiled["tpot_s"] if int4 and compiled else None
+                check(f"{name}: int4 TPOT / compiled TPOT at prompt 128 <= {INT4_TPOT_MAX}", ratio,
+                      ratio is not None and ratio <= INT4_TPOT_MAX,
+                      "" if ratio is not None else "int4 or compiled did not answer at prompt 128")
         spreads = {f"{r['variant']}@{r['prompt_length']}": tpot_spread(r)
                    for r in rows if r["status"] == "ok" and tpot_spread(r) is not None}
         if spreads:

@@ -8,7 +8,7 @@ from engine.variants import CATALOG
 
 # One colour per catalog variant, in catalog order; served endpoints (engine/remote.py) take one of
 # their own, the same for a name in every run.
-PALETTE = ("#6b7280", "#2563eb", "#0891b2", "#7c3aed", "#d97706", "#db2777", "#16a34a", "#dc2626")
+PALETTE = ("#6b7280", "#2563eb", "#0891b2", "#7c3aed", "#d97706", "#db2777", "#16a34a", "#65a30d", "#dc2626")
 SERVED_PALETTE = ("#0f766e", "#a16207", "#be185d", "#4338ca")
 GRID = "rgba(128,128,128,0.22)"
 AXIS_TEXT = "#7c828d"

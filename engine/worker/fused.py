@@ -50,6 +50,8 @@ def unsupported_reason(model) -> str | None:
                        mlp.down_proj):
             if type(module) is not nn.Linear:          # a subclass (bitsandbytes) stores other weights
                 return f"{type(module).__name__} layers, not plain Linear ones (quantized weights, for one)"
+            if type(module.weight) is not nn.Parameter:   # a tensor subclass (torchao's int4) cannot be fused
+                return f"{type(module.weight).__name__} weights (quantized), not plain ones"
     return None
 
 

@@ -179,8 +179,8 @@ def _save_random_model(preset: Preset, folder: Path) -> None:
 
 
 def quantization_config(variant: Variant, dtype):
-    """The BitsAndBytesConfig for a quantized variant, or None."""
-    if variant.quantization is None:
+    """The BitsAndBytesConfig for a bitsandbytes variant, or None (torchao's int4 quantizes after loading)."""
+    if variant.quantization in (None, "int4"):
         return None
     from transformers import BitsAndBytesConfig
     if variant.quantization == "nf4":
@@ -220,6 +220,38 @@ def quantize_in_place(model, variant: Variant, dtype, device: str):
     return model
 
 
+INT4_GROUPS = (128, 64, 32)      # torchao's group sizes, largest first: one scale and zero per group
+
+
+def int4_group_size(model) -> int:
+    """The largest group size that divides the input width of every linear layer that int4 quantizes."""
+    import torch
+    widths = {m.in_features for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"}
+    for group in INT4_GROUPS:
+        if all(width % group == 0 for width in widths):
+            return group
+    raise ValueError(f"int4 needs linear layers whose input widths divide by 32; this model has {sorted(widths)}")
+
+
+def quantize_int4(model, device: str):
+    """Every nn.Linear but the output head to torchao's int4 weights, in place: tinygemm's tile-packed
+    layout on a GPU (bfloat16), torchao's packed CPU layout on a CPU. Raises when a layer stays unquantized."""
+    import torch
+    from torchao.quantization import Int4WeightOnlyConfig, quantize_
+    group = int4_group_size(model)
+    if device.startswith("cuda"):
+        config = Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
+    else:
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+        config = PrototypeInt4WeightOnlyConfig(group_size=group)
+    quantize_(model, config, filter_fn=lambda module, name: isinstance(module, torch.nn.Linear) and name != "lm_head")
+    plain = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"
+             and type(m.weight) in (torch.nn.Parameter, torch.Tensor)]
+    if plain:                            # never run unquantized under an int4 label
+        raise RuntimeError(f"torchao left {len(plain)} linear layers unquantized (the first: {plain[0]})")
+    return model
+
+
 def load_model(preset: Preset, variant: Variant, device: str):
     """(model, tokenizer) for one variant on `device` ("cpu" or "cuda:N"), in eval mode."""
     import torch
@@ -240,6 +272,8 @@ def load_model(preset: Preset, variant: Variant, device: str):
             kwargs["quantization_config"] = quant
         model = AutoModelForCausalLM.from_pretrained(source, device_map={"": device}, **kwargs)
         tokenizer = load_tokenizer(preset)
+    if variant.quantization == "int4":
+        model = quantize_int4(model, device)
     if variant.bettertransformer:
         from engine.variants import bettertransformer_supported
         if bettertransformer_supported():
@@ -249,8 +283,14 @@ def load_model(preset: Preset, variant: Variant, device: str):
 
 
 def weights_bytes(model) -> int:
-    """Bytes of parameters and buffers as stored (quantized weights count at their packed size)."""
-    return int(model.get_memory_footprint())
+    """Bytes of parameters and buffers as stored (quantized weights count at their packed size). A
+    torchao weight is a tensor subclass whose own size is the unquantized one: its inner tensors count."""
+    total = int(model.get_memory_footprint())
+    for tensor in model.parameters():
+        if type(tensor).__module__.startswith("torchao"):
+            names, _ = tensor.__tensor_flatten__()
+            total += sum(getattr(tensor, name).nbytes for name in names) - tensor.nelement() * tensor.element_size()
+    return total
 
 
 def input_table_bytes(model) -> int:

@@ -32,6 +32,7 @@ def main(spec: WorkerSpec, conn, cancel) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")     # keep the terminal for the table
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)   # "MatMul8bitLt: inputs will be cast" per matmul
+    logging.getLogger("torchao").setLevel(logging.ERROR)        # its kernels built for other GPUs, one line each
     outbox = Outbox(conn.send)
 
     def receive():
