@@ -241,6 +241,10 @@ class Engine:
                                  cancelled=run.cancelled.is_set())
             built["stop_reason"] = run.stop_reason
             for row in built["results"]:
+                if run.cancelled.is_set() and row["status"] == "ok" and row["repeats"] < spec.repeats:
+                    # stopped between two of its repeats: it answered, but fewer times than asked
+                    row.update(status="cancelled", reason=f"stopped by the user after {row['repeats']} of "
+                               f"{spec.repeats} repeats: the figures cover those")
                 if run.stop_reason and row["status"] == "cancelled":
                     row["reason"] = run.stop_reason            # not the user's Stop: the page's limit
             report.add_measured_bandwidth(built, self.bandwidth)

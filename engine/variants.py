@@ -57,11 +57,15 @@ class Variant:
         return None
 
     def display_label(self) -> str:
-        """The label, saying when BetterTransformer is replaced by native SDPA."""
+        """The label, saying when BetterTransformer is replaced by native SDPA, and which FlashAttention
+        or torchao release runs (the report keeps the label of what ran)."""
         if self.bettertransformer and not bettertransformer_supported():
             return self.label.replace("BetterTransformer", "SDPA") + \
                 " (BetterTransformer is native SDPA in transformers 5)"
-        return self.label
+        package = {"flash_attention_2": "flash-attn"}.get(self.attn_implementation) or \
+            ("torchao" if self.quantization == "int4" else None)
+        version = installed_version(package) if package else None
+        return f"{self.label} ({package} {version})" if version else self.label
 
 
 def _needs_cuda(what: str):
@@ -138,7 +142,7 @@ CATALOG: dict[str, Variant] = {v.name: v for v in (
     Variant("compiled", "Static cache + torch.compile", "A fixed-size KV cache lets torch.compile "
             "capture the decode step as one CUDA graph (for Llama-family models, a step with fused "
             "q/k/v and gate/up weights); compile time counts as warm-up.", compile=True),
-    Variant("int4", "int4 weights (torchao) + static cache + torch.compile", "torchao's int4 weight-only "
+    Variant("int4", "int4 weights + static cache + torch.compile", "torchao's int4 weight-only "
             "quantization, a quarter of the bytes of 16-bit weights, read by a kernel that unpacks them "
             "inside the matrix product (tinygemm on a GPU, a packed CPU layout here), compiled with a static "
             "cache like compiled: fewer bytes per token where bitsandbytes at batch 1 is slower than 16-bit.",

@@ -4,6 +4,8 @@
     python scripts/gpu_check.py            # Llama-3.1-8B shape + OPT-350m shape, prompts 128 and 2048
     python scripts/gpu_check.py --quick    # Llama-3.1-8B shape, prompt 128, one repeat
     python scripts/gpu_check.py --device cpu   # a dry run of the same path on the tiny model
+    python scripts/gpu_check.py --quick --attention   # and the attention sweep (eager, sdpa, sdpa-flash,
+                                                      # fa2; prompts 256-4096, padding 0 and 0.3, batch 4)
 
 Needs only torch 2.11+, transformers 5.17+, pyyaml, psutil and nvidia-ml-py (bitsandbytes for the
 4/8-bit variants, torchao for int4, flash-attn for fa2); no internet: every model is made from its config with
@@ -25,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import presets                                              # noqa: E402
 from engine.studies.bench import run_bench, table, timeline                 # noqa: E402
+from engine.studies.sweeps import run_sweep, summary as sweep_summary       # noqa: E402
 from engine.studies.targets import check_targets, target_lines              # noqa: E402
 
+ATTENTION_VARIANTS = ["baseline", "sdpa", "sdpa-flash", "fa2"]
 ALL_VARIANTS = ["baseline", "sdpa", "sdpa-flash", "fa2", "bnb-4bit", "bnb-8bit", "compiled", "int4", "no-kv-cache"]
 
 
@@ -68,6 +72,25 @@ def flash_implementations(device: str) -> dict:
     return found
 
 
+def attention(args, summary: dict, t0: float, log) -> str:
+    """The attention sweep (engine/studies/experiments.py): its rows in summary["attention"], its table."""
+    elapsed = time.perf_counter() - t0
+    if elapsed > args.budget_s:
+        summary["attention"] = {"skipped": f"time budget spent ({elapsed:.0f} s)"}
+        return f"== attention sweep: skipped, the time budget ({args.budget_s:.0f} s) was spent"
+    cpu = args.device == "cpu"
+    preset = dataclasses.replace(presets.load("tiny" if cpu else "llama-3.1-8b-random"), device=args.device)
+    print(f"== attention sweep on {preset.name}", flush=True)
+    try:
+        sweep = run_sweep("attention", preset, quick=cpu, variants=ATTENTION_VARIANTS,
+                          progress=log)
+    except Exception as error:  # noqa: BLE001 - report it beside the bench results
+        summary["attention"] = {"error": f"{type(error).__name__}: {error}"}
+        return f"== attention sweep: error {type(error).__name__}: {error}"
+    summary["attention"] = sweep
+    return f"== attention sweep on {preset.name}\n" + sweep_summary(sweep)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8B shape, prompt 128, one repeat (about 4 minutes)")
@@ -78,6 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=460.0,
                         help="start no new preset after this many seconds (the rest is reported skipped)")
+    parser.add_argument("--attention", action="store_true",
+                        help="then the attention sweep on the 8B shape (the quick grid on --device cpu)")
     parser.add_argument("--out", default=os.environ.get("OUT") or "runs", help="folder for gpu_check.json")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
@@ -122,6 +147,9 @@ def main(argv=None) -> int:
         summary["runs"].append(report)
         (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))   # kept even if a later job dies
         tables.append(f"== {preset.name} on {report['device']['name']} ({report['wall_s']:.0f} s)\n" + table(report))
+    if args.attention:
+        tables.append(attention(args, summary, t0, log))
+        (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
     summary["wall_s"] = time.perf_counter() - t0
     summary["targets"] = check_targets(summary, args.quick)
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))

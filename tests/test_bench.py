@@ -104,6 +104,18 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
         assert f"[{'met' if check['met'] else 'NOT MET'}] {check['target']}" in done.stdout
 
 
+def test_gpu_check_with_the_attention_sweep_dry_run_on_the_cpu(tmp_path):
+    done = _gpu_check("--device", "cpu", "--variants", "sdpa", "--attention", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    sweep = json.loads((tmp_path / "gpu_check.json").read_text())["attention"]
+    assert sweep["experiment"] == "attention" and sweep["quick"] is True
+    rows = {(r["variant"], r["prompt_length"], r["pad_ratio"], r["max_new_tokens"]): r for r in sweep["results"]}
+    # eager, sdpa, sdpa-flash, fa2 over prompts 64 and 256, padding 0 and 0.3, prefill and generation
+    assert {key[0] for key in rows} == {"baseline", "sdpa", "sdpa-flash", "fa2"} and len(rows) == 4 * 8
+    assert all(r["status"] == ("unavailable" if r["variant"] == "fa2" else "ok") for r in rows.values())
+    assert "== attention sweep on tiny" in done.stdout and "claim:" in done.stdout
+
+
 def test_gpu_check_targets_count_a_preset_that_never_ran_as_not_met():
     from engine.studies.targets import check_targets
     checks = check_targets({"runs": [{"preset": "opt-350m-random", "skipped": "time budget spent (470 s)"}],

@@ -43,3 +43,14 @@ def test_missing_bitsandbytes_is_a_reason(monkeypatch):
 def test_bettertransformer_label_says_it_is_native_sdpa_in_transformers_5():
     label = CATALOG["bnb-4bit"].display_label()
     assert "4-bit NF4 + SDPA" in label and "BetterTransformer is native SDPA in transformers 5" in label
+
+
+def test_a_label_names_the_flashattention_or_torchao_release_that_runs(monkeypatch):
+    from engine import variants
+    versions = {"flash-attn": "2.8.3.post2", "torchao": "0.18.0"}
+    monkeypatch.setattr(variants, "installed_version", versions.get)
+    assert CATALOG["fa2"].display_label() == "FlashAttention-2 (flash-attn 2.8.3.post2)"
+    assert CATALOG["int4"].display_label() == "int4 weights + static cache + torch.compile (torchao 0.18.0)"
+    assert CATALOG["sdpa"].display_label() == "PyTorch SDPA"
+    monkeypatch.setattr(variants, "installed_version", lambda package: None)
+    assert CATALOG["fa2"].display_label() == "FlashAttention-2"             # not installed: unavailable anyway
