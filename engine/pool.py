@@ -203,7 +203,7 @@ class Engine:
 
     # ------------------------------------------------------------------ a run
     def _worker_spec(self, name: str, others: list[WorkerSpec]) -> WorkerSpec:
-        served = next((e for e in self.preset.remote if e.name == name), None)
+        served = self.preset.endpoint(name)
         if served is not None:                     # its own device: fair mode does not queue it behind ours
             return WorkerSpec(self.preset, name, f"remote:{served.host}")
         core = None
@@ -241,10 +241,6 @@ class Engine:
                                  cancelled=run.cancelled.is_set())
             built["stop_reason"] = run.stop_reason
             for row in built["results"]:
-                if run.cancelled.is_set() and row["status"] == "ok" and row["repeats"] < spec.repeats:
-                    # stopped between two of its repeats: it answered, but fewer times than asked
-                    row.update(status="cancelled", reason=f"stopped by the user after {row['repeats']} of "
-                               f"{spec.repeats} repeats: the figures cover those")
                 if run.stop_reason and row["status"] == "cancelled":
                     row["reason"] = run.stop_reason            # not the user's Stop: the page's limit
             report.add_measured_bandwidth(built, self.bandwidth)

@@ -52,6 +52,10 @@ class Preset:
     def random_weights(self) -> bool:
         return self.source == "random"
 
+    def endpoint(self, name: str):
+        """The served endpoint (engine/remote.py) named `name`, or None."""
+        return next((e for e in self.remote if e.name == name), None)
+
     @property
     def always_ignore_eos(self) -> bool:
         """Random weights stop at a random end-of-sequence token: never let them."""

@@ -345,6 +345,6 @@ class RemoteRunner:
 
 def load(spec, emit) -> RemoteRunner:
     """The worker's load step for a remote variant: connect and describe; raises ServerError."""
-    target = next(e for e in spec.preset.remote if e.name == spec.variant)
+    target = spec.preset.endpoint(spec.variant)
     emit(events.Status(spec.variant, "loading", f"connecting to {target.base_url}"))
     return RemoteRunner(target, spec.preset, emit)

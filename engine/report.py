@@ -113,8 +113,10 @@ def host_note(row: dict) -> str | None:
             "its figures are slower than this device can do (close them, or leave a core spare)")
 
 
-def result(outcome, reference_ids, peak_bandwidth: float | None, variant: Variant) -> dict:
-    """One row of `results`; `reference_ids`: the reference variant's tokens in the same cell."""
+def result(outcome, reference_ids, peak_bandwidth: float | None, variant: Variant, asked_repeats: int = 1,
+           stopped: bool = False) -> dict:
+    """One row of `results`; `reference_ids`: the reference variant's tokens in the same cell; a run
+    `stopped` before this variant made its `asked_repeats` leaves it cancelled, its figures those it made."""
     row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
            "text": "", "first_diff_token": None, "identical_token_share": None, "contended": outcome.contended,
            "placement": outcome.placement, "repeats": len(outcome.finished), "token_times_s": [],
@@ -139,6 +141,9 @@ def result(outcome, reference_ids, peak_bandwidth: float | None, variant: Varian
         _timed(row, outcome, read, peak_bandwidth, variant.use_cache, reference_ids)
         if variant.remote:
             _served(row, outcome)
+        if stopped and row["status"] == "ok" and len(outcome.finished) < asked_repeats:
+            row.update(status="cancelled", reason=f"stopped by the user after {len(outcome.finished)} of "
+                       f"{asked_repeats} repeats: the figures cover those")
     return row
 
 
@@ -207,7 +212,8 @@ def build(spec: RunSpec, preset: Preset, device: Device, prompt_tokens: int, out
         reference_ids = reference.finished[0].token_ids if reference and reference.finished else None
         for name in spec.variants:
             if (name, index) in outcomes:
-                row = result(outcomes[(name, index)], reference_ids, peak, variants.lookup(name, preset))
+                row = result(outcomes[(name, index)], reference_ids, peak, variants.lookup(name, preset),
+                             spec.repeats, cancelled)
                 if cell is not None:
                     row.update(cell=index, prompt_length=cell.prompt_tokens or prompt_tokens,
                                max_new_tokens=cell.max_new_tokens, batch_size=cell.batch_size or spec.batch_size,

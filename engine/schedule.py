@@ -12,6 +12,7 @@ import ipaddress
 import itertools
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from engine import budget, events, process
 from engine.events import Probe, Request
@@ -48,8 +49,8 @@ def on_this_machine(device: str) -> bool:
     """A served variant's device ("remote:HOST:PORT") whose host is this machine's loopback address."""
     if not device.startswith("remote:"):
         return False
-    host = device[len("remote:"):].rsplit(":", 1)[0].strip("[]") if device.count(":") > 1 else device[7:]
-    if host.lower() == "localhost":
+    host = urlsplit("//" + device[len("remote:"):]).hostname or ""     # the port and IPv6 brackets dropped
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

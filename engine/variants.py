@@ -174,10 +174,10 @@ def lookup(name: str, preset: Preset) -> Variant | None:
     """A catalog variant, or one of the preset's served endpoints, by name; None when neither."""
     if name in CATALOG:
         return CATALOG[name]
-    found = next((e for e in getattr(preset, "remote", ()) if e.name == name), None)
+    found = preset.endpoint(name)
     return served(found) if found is not None else None
 
 
 def names(preset: Preset) -> list[str]:
     """Every variant a run of this preset may name: the catalog's, then its served endpoints'."""
-    return [*CATALOG, *(e.name for e in getattr(preset, "remote", ()))]
+    return [*CATALOG, *(e.name for e in preset.remote)]

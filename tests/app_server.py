@@ -29,18 +29,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float, what: str = "app.py") -> None:
+    """Until `url` answers 200; a RuntimeError with the end of `log` if `process` exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url + "/gradio_api/info", timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    raise RuntimeError(f"app.py did not answer within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"{what} did not answer {url} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def start(*args: str, name: str = "app", env: dict | None = None) -> tuple[subprocess.Popen, str]:
@@ -55,7 +56,7 @@ def start(*args: str, name: str = "app", env: dict | None = None) -> tuple[subpr
                                     *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, log, 90)
+        wait_ready(url + "/gradio_api/info", process, log, 90)
     except BaseException:
         process.kill()
         process.wait(10)

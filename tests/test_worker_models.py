@@ -109,4 +109,4 @@ def test_int4_quantizes_every_linear_layer_but_the_head_and_runs_compiled_on_the
     assert int4.decoder is not None and int4.decoder.step_kind == "transformers forward"
     finished = int4.generate(Request(1, "Why is decoding memory bound?", 12, ignore_eos=True), never)
     assert len(finished.token_ids) == 12 and finished.token_times == tuple(sorted(finished.token_times))
-    assert int4.decoder.is_ready_for(*[torch.zeros(1, 30, dtype=torch.long)], 12)   # compiled for that bucket
+    assert int4.decoder.is_ready_for(torch.zeros(1, 30, dtype=torch.long), 12)      # compiled for that bucket

@@ -200,11 +200,11 @@ def load_delay_s(variant: str) -> float:
 def load(spec: WorkerSpec, emit: Callable[[object], None], cancel, shown: str | None = None):
     """Load and warm up the variant, announcing each stage; the Runner, once `Loaded` is sent. A
     served variant (engine/remote.py) loads nothing: it asks its server what it serves."""
-    if any(e.name == spec.variant for e in spec.preset.remote):
+    if spec.preset.endpoint(spec.variant) is not None:
         from engine import remote
         t0 = time.perf_counter()
         runner = remote.load(spec, emit)
-        emit(events.Loaded(spec.variant, time.perf_counter() - t0, 0.0, 0, f"remote:{runner.endpoint.host}",
+        emit(events.Loaded(spec.variant, time.perf_counter() - t0, 0.0, 0, spec.device,
                            "the server's", runner.label))
         return runner
     if spec.threads:
