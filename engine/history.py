@@ -23,6 +23,7 @@ import platform
 import sqlite3
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,8 +252,7 @@ class History:
     def _prepare(self, db: sqlite3.Connection) -> None:
         """WAL mode, then the current schema: created in an empty file, migrated from an older one.
         Inside one immediate transaction, so that two processes opening a new file at once create it once."""
-        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            db.execute("PRAGMA journal_mode=WAL")             # persistent: set once per file
+        _wal(db)
         with _immediate(db):
             version = db.execute("PRAGMA user_version").fetchone()[0]
             self._check_version(db, version)
@@ -445,6 +445,24 @@ class History:
     def _unknown(self, run_id) -> str:
         where = f"the history {self.path}" if self.path.exists() else f"{self.path} (no history there yet)"
         return f"no run #{run_id} in {where}: `python -m engine history list` shows the ids"
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (persistent: once per file). Switching needs the file to itself, and
+    SQLite answers "database is locked" at once, without its busy wait, when another process is
+    creating the same new file: try again until the switch is made or BUSY_TIMEOUT_S has passed."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal" or \
+                    db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"database is locked: no WAL mode after {BUSY_TIMEOUT_S:.0f} s")
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager
