@@ -6,8 +6,10 @@
 Plain greedy generate() on a preset's model in this process, TTFT timed by a minimal streamer, the
 setups alternated: nothing before the call; a thread started (and parked) just before it, as a
 per-request monitor thread would be; 5 ms asleep just before it, as a worker waits for its next
-request; each alone and while another thread, started once, waits all along. The engine keeps one
-monitor thread per worker because of what this prints.
+request; 5 ms asleep, then the short untimed forward pass a worker makes just before its clock
+starts (engine/worker/runner.py, Runner.prime); each alone and while another thread, started once,
+waits all along. The engine keeps one monitor thread per worker, and primes each request, because
+of what this prints.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ def main() -> int:
     from engine.variants import CATALOG
     from engine.worker import models
     from engine.worker.instruments import TimingStreamer
+    from engine.worker.runner import PRIME_TOKENS
     model, tokenizer = models.load_model(presets.load(args.preset), CATALOG["sdpa"], "cpu")
     ids = torch.randint(3, 200, (1, args.prompt_tokens))
 
@@ -58,7 +61,15 @@ def main() -> int:
         time.sleep(0.005)                      # as a worker waits on its pipe for the next request
         return ttft_s()
 
-    setups = {"nothing": ttft_s, "a thread started just before": after_a_new_thread, "5 ms idle just before": after_idling}
+    def after_idling_then_a_prime() -> float:
+        time.sleep(0.005)
+        with torch.inference_mode():           # what the worker does just before its clock (Runner.prime)
+            model(input_ids=ids[:, -PRIME_TOKENS:], attention_mask=torch.ones_like(ids[:, -PRIME_TOKENS:]),
+                  use_cache=False)
+        return ttft_s()
+
+    setups = {"nothing": ttft_s, "a thread started just before": after_a_new_thread, "5 ms idle just before": after_idling,
+              f"5 ms idle, then a forward of {PRIME_TOKENS} tokens": after_idling_then_a_prime}
     results: dict[str, list[float]] = {name: [] for name in setups}
     for round_ in range(2):
         if round_ == 1:                        # from now on a thread started once waits beside every call
@@ -68,9 +79,9 @@ def main() -> int:
                 setup()
             results[name].append(statistics.median(setup() for _ in range(args.runs)))
     print(f"{args.preset}, prompt {args.prompt_tokens}, torch threads {torch.get_num_threads()}: median TTFT ms")
-    print(f"{'setup':32} {'alone':>8} {'beside a waiting thread':>24}")
+    print(f"{'setup':40} {'alone':>8} {'beside a waiting thread':>24}")
     for name, (alone, beside) in results.items():
-        print(f"{name:32} {alone * 1000:8.3f} {beside * 1000:24.3f}")
+        print(f"{name:40} {alone * 1000:8.3f} {beside * 1000:24.3f}")
     return 0
 
 

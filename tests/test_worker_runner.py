@@ -58,3 +58,27 @@ def test_cpu_peak_memory_is_measured_per_request():
     assert memory["peak_rss_scope"] == "request"
     assert memory["peak_rss_bytes"] < high_water - 300 * 2**20  # the ballast's peak is not this request's
     assert memory["peak_rss_bytes"] >= memory["rss_bytes"] * 0.9
+
+
+def test_a_short_untimed_forward_pass_primes_the_model_just_before_the_clock_starts():
+    import time
+
+    from engine.events import Request, WorkerSpec
+    from engine.worker.runner import PRIME_TOKENS, Runner
+    runner = Runner(WorkerSpec(presets.load("tiny"), "sdpa", "cpu"), lambda event: None)
+    calls = []                                     # (when, input width, with a cache?) of every forward pass
+    forward = runner.model.forward
+
+    def timed_forward(*args, **kwargs):
+        calls.append((time.perf_counter(), kwargs["input_ids"].shape[1], kwargs.get("use_cache")))
+        return forward(*args, **kwargs)
+
+    runner.model.forward = timed_forward
+    never = type("Never", (), {"is_set": lambda self: False})()
+    finished = runner.generate(Request(1, "x", 6, ignore_eos=True, batch_size=2, prompt_tokens=40, pad_ratio=0.25),
+                               never)
+    before = [call for call in calls if call[0] < finished.t_start]
+    after = [call for call in calls if call[0] >= finished.t_start]
+    assert [(width, cache) for _, width, cache in before] == [(PRIME_TOKENS, False)]    # the prime, untimed
+    assert after[0][1] == 40 and len(after) == 6          # the timed prefill, then one step per later token
+    assert len(finished.token_ids) == 6

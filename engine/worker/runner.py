@@ -20,6 +20,7 @@ from engine.variants import CATALOG
 from engine.worker import decode, models
 from engine.worker.instruments import RequestMonitor, TimingStreamer, TokenFeed, Watch
 
+PRIME_TOKENS = 8                  # the untimed forward pass just before a request's clock (Runner.prime)
 WARMUP_PROMPT = "Warm-up: the quick brown fox jumps over the lazy dog."
 
 
@@ -137,6 +138,20 @@ class Runner:
             self.decoder.run(input_ids, min(request.max_new_tokens, 4), lambda *token: None, lambda host: False,
                              attention_mask=mask)
 
+    def prime(self, input_ids, mask) -> None:
+        """One short untimed forward pass of the model right before the clock starts, so that a timed
+        request meets the machine as a back-to-back loop of requests leaves it. Between two requests a
+        worker waits on its pipe, and a core that idled has lost the model's code and data from its
+        caches: on tiny, 5 ms asleep cost a 128-token prefill 9%, which a forward of 8 tokens just
+        before it won back (BENCHMARKS.md, "What idling before a request costs"). The compiled
+        decoder's steps are replayed graphs, primed by its own preparation."""
+        if self.decoder is not None:
+            return
+        width = min(PRIME_TOKENS, int(input_ids.shape[1]))
+        self.model(input_ids=input_ids[:1, -width:], attention_mask=mask[:1, -width:], use_cache=False)
+        if self.cuda_index is not None:
+            torch.cuda.synchronize(self.cuda_index)     # its kernels end before the clock starts
+
     def generate(self, request: Request, cancel) -> events.Finished:
         """Serve one request, streaming its Started and Token events; its raw measurements."""
         input_ids, mask = self.encode(request)
@@ -157,6 +172,7 @@ class Runner:
         # text and memory samples are the monitor's work, on its own thread
         with telemetry.HostLoad(cores) as host, self.monitor.watching(watch), self.attention_context(), \
                 torch.inference_mode():
+            self.prime(input_ids, mask)
             watch.t_start = t_start = time.perf_counter()
             decoding()
         return events.Finished(
