@@ -14,7 +14,9 @@ DEFINITIONS_MD = f"""\
 Timestamps are taken in the worker process with `time.perf_counter()` right after each new token
 reached the host (the copy to the host waits for the device). The prompt is not a token.
 
-- **TTFT** (time to first token) = t(first token) - t(request start in the worker).
+- **TTFT** (time to first token) = t(first token) - t(request start in the worker). Just before
+  that start the worker makes one untimed forward pass of a few tokens, so that a request meets the
+  machine as back-to-back requests leave it, not as an idle wait does (BENCHMARKS.md).
 - **TPOT** (time per output token) = (t(last token) - t(first token)) / (N - 1); the first
   token is excluded (vLLM's definition; GenAI-Perf calls it ITL).
 - **ITL** (inter-token latency) = the gaps between consecutive tokens; the chart shows each

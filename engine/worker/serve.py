@@ -29,10 +29,7 @@ def main(spec: WorkerSpec, conn, cancel) -> None:
     """Child-process entry: serve over the pipe `conn`, the events batched (see Outbox)."""
     exit_with_parent()                # first: the parent may die while torch is still importing
     spec, shown = own_gpu(spec), spec.device                       # before torch is imported
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")     # keep the terminal for the table
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)   # "MatMul8bitLt: inputs will be cast" per matmul
-    logging.getLogger("torchao").setLevel(logging.ERROR)        # its kernels built for other GPUs, one line each
+    quiet_libraries()
     outbox = Outbox(conn.send)
 
     def receive():
@@ -46,6 +43,16 @@ def main(spec: WorkerSpec, conn, cancel) -> None:
     finally:
         with contextlib.suppress(OSError, ValueError):
             outbox.close()
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for the table: no download bars, and the libraries' notices at error level only
+    (set before transformers is imported, which reads its verbosity then)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)   # "MatMul8bitLt: inputs will be cast" per matmul
+    logging.getLogger("torchao").setLevel(logging.ERROR)        # its kernels built for other GPUs, one line each
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)   # torchao's enums, twice per worker
 
 
 def own_gpu(spec: WorkerSpec) -> WorkerSpec:
