@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from engine import presets, remote
 from engine.errors import DeviceError, InputError, PresetError
@@ -211,10 +212,22 @@ def main(argv=None) -> int:
                 return 2
             print(f"* MCP server (streamable HTTP): {mcp.url(demo)} (SSE: {mcp.url(demo)}sse), tools: "
                   f"{', '.join(names)}", flush=True)
-        demo.block_thread()
+        wait_for_interrupt(demo)
     finally:
+        demo.close(verbose=False)
         engines.close()
     return 0
+
+
+def wait_for_interrupt(demo) -> None:
+    """Until Ctrl-C or SIGTERM. Gradio's own block_thread() then closes only the HTTP server, which
+    waits out its 5 s timeout for the page's open event streams; demo.close() (in main's finally)
+    ends those streams first, so the app stops in a moment."""
+    try:
+        while demo.is_running:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        print("Stopping: closing the page and the workers.", flush=True)
 
 
 if __name__ == "__main__":

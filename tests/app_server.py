@@ -75,7 +75,8 @@ def serve(*args: str, name: str = "app", env: dict | None = None) -> Iterator[st
     finally:
         with contextlib.suppress(psutil.Error):
             children = psutil.Process(process.pid).children(recursive=True)
-        if process.poll() is None:
+        stopped = process.poll() is None
+        if stopped:
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(30)
@@ -86,3 +87,5 @@ def serve(*args: str, name: str = "app", env: dict | None = None) -> Iterator[st
         for child in alive:                                 # never expected: fail loudly, but clean up
             child.kill()
         assert not alive, f"app.py left processes running: {[c.pid for c in alive]}"
+        if stopped:                                         # SIGTERM is a stop like Ctrl-C: a clean exit
+            assert process.returncode == 0, f"app.py exited with {process.returncode} on SIGTERM"
