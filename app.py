@@ -212,22 +212,16 @@ def main(argv=None) -> int:
                 return 2
             print(f"* MCP server (streamable HTTP): {mcp.url(demo)} (SSE: {mcp.url(demo)}sse), tools: "
                   f"{', '.join(names)}", flush=True)
-        wait_for_interrupt(demo)
+        while demo.is_running:
+            time.sleep(0.1)
+    except KeyboardInterrupt:        # Ctrl-C or SIGTERM, while the page starts or serves
+        print("Stopping: closing the page and the workers.", flush=True)
     finally:
+        # the whole page: Gradio's own block_thread() closes only its HTTP server, which then waits
+        # out a 5 s timeout for the page's open event streams; demo.close() ends those first
         demo.close(verbose=False)
         engines.close()
     return 0
-
-
-def wait_for_interrupt(demo) -> None:
-    """Until Ctrl-C or SIGTERM. Gradio's own block_thread() then closes only the HTTP server, which
-    waits out its 5 s timeout for the page's open event streams; demo.close() (in main's finally)
-    ends those streams first, so the app stops in a moment."""
-    try:
-        while demo.is_running:
-            time.sleep(0.1)
-    except KeyboardInterrupt:
-        print("Stopping: closing the page and the workers.", flush=True)
 
 
 if __name__ == "__main__":
