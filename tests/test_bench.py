@@ -79,8 +79,9 @@ def test_gpu_check_without_cuda_says_how_to_dry_run():
     assert done.returncode == 2 and "pass --device cpu for a dry run" in done.stderr
 
 
-def test_gpu_check_dry_run_on_the_cpu(tmp_path):
-    done = _gpu_check("--device", "cpu", "--variants", "baseline,sdpa,fa2,compiled,int4", "--out", str(tmp_path))
+def test_gpu_check_dry_run_on_the_cpu_with_the_attention_sweep(tmp_path):
+    done = _gpu_check("--device", "cpu", "--variants", "baseline,sdpa,fa2,compiled,int4", "--attention",
+                      "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["device"] == "cpu"
@@ -102,12 +103,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert (spread in checks) == (run["repeats"] > 1)              # one repeat here: no spread to judge
     for check in summary["targets"]:
         assert f"[{'met' if check['met'] else 'NOT MET'}] {check['target']}" in done.stdout
-
-
-def test_gpu_check_with_the_attention_sweep_dry_run_on_the_cpu(tmp_path):
-    done = _gpu_check("--device", "cpu", "--variants", "sdpa", "--attention", "--out", str(tmp_path))
-    assert done.returncode == 0, done.stderr[-2000:]
-    sweep = json.loads((tmp_path / "gpu_check.json").read_text())["attention"]
+    sweep = summary["attention"]            # the attention sweep, after the variants' runs
     assert sweep["experiment"] == "attention" and sweep["quick"] is True
     rows = {(r["variant"], r["prompt_length"], r["pad_ratio"], r["max_new_tokens"]): r for r in sweep["results"]}
     # eager, sdpa, sdpa-flash, fa2 over prompts 64 and 256, padding 0 and 0.3, prefill and generation
