@@ -1,8 +1,9 @@
 """A loaded variant: its model and tokenizer, and how one request is encoded, decoded and timed.
 
 The clock of a request starts after everything but the decode is set up (the cores' CPU time read,
-the request's monitor started, a new cache bucket prepared, the decode call's arguments built) and
-each token is timed when it reaches the host (`instruments.TimingStreamer`).
+the request's monitor started, a new cache bucket prepared, the decode call's arguments built, the
+model primed by a short forward pass) and each token is timed when it reaches the host
+(`instruments.TimingStreamer`).
 """
 from __future__ import annotations
 
@@ -141,8 +142,8 @@ class Runner:
     def prime(self, input_ids, mask) -> None:
         """One short untimed forward pass of the model right before the clock starts, so that a timed
         request meets the machine as a back-to-back loop of requests leaves it. Between two requests a
-        worker waits on its pipe, and a core that idled has lost the model's code and data from its
-        caches: on tiny, 5 ms asleep cost a 128-token prefill 9%, which a forward of 8 tokens just
+        worker waits on its pipe, and a core that idled has (most likely) lost the model's code and data
+        from its caches: on tiny, 5 ms asleep cost a 128-token prefill 9%, which a forward of 8 tokens just
         before it won back (BENCHMARKS.md, "What idling before a request costs"). The compiled
         decoder's steps are replayed graphs, primed by its own preparation."""
         if self.decoder is not None:
