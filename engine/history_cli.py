@@ -6,8 +6,10 @@ import argparse
 import sys
 
 from engine.errors import InputError
-from engine.history import History, compare, default_path
+from engine.history import History, default_path
+from engine.history_compare import compare
 from engine.views.history_tables import compare_table, describe, list_table
+
 
 def add_save_options(command: argparse.ArgumentParser) -> None:
     """--history PATH and --no-history on a command whose report is saved when it ends."""

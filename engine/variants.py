@@ -113,6 +113,7 @@ def _needs_half_on_cuda(what: str):
 
 BNB_HINT = "pip install bitsandbytes"
 TORCHAO_HINT = "pip install torchao (0.18)"
+FA_HINT = "install a flash-attn wheel built for this torch and CUDA (see README: FlashAttention-2)"
 
 
 def _int4_kernel(preset: Preset, device: Device) -> str | None:
@@ -122,7 +123,7 @@ def _int4_kernel(preset: Preset, device: Device) -> str | None:
         return (f"torchao's int4 GPU kernel (tinygemm) takes bfloat16 activations; this preset is "
                 f"{preset.dtype}: use a bfloat16 preset")
     return None
-FA_HINT = "install a flash-attn wheel built for this torch and CUDA (see README: FlashAttention-2)"
+
 
 CATALOG: dict[str, Variant] = {v.name: v for v in (
     Variant(REFERENCE, "Eager attention", "Plain PyTorch attention: materialises the full attention "

@@ -14,7 +14,8 @@ import pytest
 
 from engine import verdict
 from engine.errors import InputError
-from engine.history import SCHEMA_V1, SCHEMA_VERSION, History, compare
+from engine.history import SCHEMA_V1, SCHEMA_VERSION, History
+from engine.history_compare import compare
 from engine.history_cli import keep
 from engine.views.history_tables import compare_table
 

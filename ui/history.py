@@ -14,7 +14,8 @@ from gradio.components.plot import PlotData
 
 from engine import slo, verdict
 from engine.errors import InputError
-from engine.history import Entry, cell_label, compare as compare_runs
+from engine.history import Entry
+from engine.history_compare import cell_label, compare as compare_runs
 from engine.views import tables
 from engine.views.history_tables import FIGURES, percent_text
 from engine.views.history_charts import CAPTION, compare_figure

@@ -33,8 +33,8 @@ def check_targets(summary: dict, quick: bool) -> list[dict]:
                     mbu = row.get("mbu_measured")
                     check(f"{name}: compiled, prompt {row['prompt_length']}, MBU vs measured copy >= "
                           f"{COMPILED_MBU_MIN:.0%}", mbu, mbu is not None and mbu >= COMPILED_MBU_MIN)
-            by = {(r["variant"], r["prompt_length"]): r for r in rows if r["status"] == "ok" and r.get("tpot_s")}
             if any(r["variant"] == "int4" for r in rows):
+                by = {(r["variant"], r["prompt_length"]): r for r in rows if r["status"] == "ok" and r.get("tpot_s")}
                 int4, compiled = by.get(("int4", 128)), by.get(("compiled", 128))
                 ratio = int4["tpot_s"] / compiled["tpot_s"] if int4 and compiled else None
                 check(f"{name}: int4 TPOT / compiled TPOT at prompt 128 <= {INT4_TPOT_MAX}", ratio,

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from engine import verdict
-from engine.history import Compared, cell_label
+from engine.history_compare import Compared, cell_label
 from engine.views import tables
 from engine.views.palette import GRID, PALETTE, SURFACE, note
 

@@ -2,7 +2,8 @@
 of runs; the command line prints these and the History tab shares their words."""
 from __future__ import annotations
 
-from engine.history import Compared, Entry, cell_label
+from engine.history import Entry
+from engine.history_compare import Compared, cell_label
 from engine.views import tables
 
 FIGURES = {"ttft": ("TTFT ms", lambda v: tables.ms(v, 2)), "tpot": ("TPOT ms", lambda v: tables.ms(v, 2)),

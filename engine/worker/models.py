@@ -223,10 +223,15 @@ def quantize_in_place(model, variant: Variant, dtype, device: str):
 INT4_GROUPS = (128, 64, 32)      # torchao's group sizes, largest first: one scale and zero per group
 
 
+def _int4_linear(module, name: str) -> bool:
+    """A layer that int4 quantizes: every nn.Linear but the output head, which stays in full precision."""
+    import torch
+    return isinstance(module, torch.nn.Linear) and name != "lm_head"
+
+
 def int4_group_size(model) -> int:
     """The largest group size that divides the input width of every linear layer that int4 quantizes."""
-    import torch
-    widths = {m.in_features for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"}
+    widths = {m.in_features for name, m in model.named_modules() if _int4_linear(m, name)}
     for group in INT4_GROUPS:
         if all(width % group == 0 for width in widths):
             return group
@@ -244,9 +249,9 @@ def quantize_int4(model, device: str):
     else:
         from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
         config = PrototypeInt4WeightOnlyConfig(group_size=group)
-    quantize_(model, config, filter_fn=lambda module, name: isinstance(module, torch.nn.Linear) and name != "lm_head")
-    plain = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"
-             and type(m.weight) in (torch.nn.Parameter, torch.Tensor)]
+    quantize_(model, config, filter_fn=_int4_linear)
+    plain = [name for name, m in model.named_modules()
+             if _int4_linear(m, name) and type(m.weight) in (torch.nn.Parameter, torch.Tensor)]
     if plain:                            # never run unquantized under an int4 label
         raise RuntimeError(f"torchao left {len(plain)} linear layers unquantized (the first: {plain[0]})")
     return model
