@@ -217,6 +217,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:        # Ctrl-C or SIGTERM, while the page starts or serves
         print("Stopping: closing the page and the workers.", flush=True)
     finally:
+        # a second Ctrl-C or SIGTERM (`timeout` signals the process and then its group) must not cut
+        # the closing short: it would leave a traceback and the workers to end by themselves
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, signal.SIG_IGN)
         # the whole page: Gradio's own block_thread() closes only its HTTP server, which then waits
         # out a 5 s timeout for the page's open event streams; demo.close() ends those first
         demo.close(verbose=False)

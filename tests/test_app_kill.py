@@ -3,8 +3,11 @@ on the machine deletes the download folder the killed one left. Only the process
 are ended, by their ids."""
 from __future__ import annotations
 
+import signal
+import time
+
 import psutil
-from app_server import serve, start
+from app_server import ARTIFACTS, serve, start
 from gradio_client import Client
 
 from ui.compare import RUN
@@ -35,3 +38,28 @@ def test_a_killed_app_leaves_no_worker_running_and_its_downloads_are_deleted_by_
     with serve("--private", name="test_app_kill_next", env=env):
         assert not left[0].exists()                # the next app's downloads folder replaced it
         assert len(list(tmp_path.glob(f"{PREFIX}*-*"))) == 1
+
+
+def test_two_stop_signals_in_a_row_still_close_the_app_cleanly(tmp_path):
+    """`timeout` and a double Ctrl-C send a second signal while the app is closing: it still exits 0,
+    with no traceback, and every worker it started ends."""
+    app, url = start("--private", name="test_app_two_signals", env={"TMPDIR": str(tmp_path)})
+    try:
+        result = Client(url, verbose=False).predict("Why?", "tiny", ["sdpa"], 2, "fair", 1, api_name="/compare")
+        assert [r["status"] for r in result[REPORT]["results"]] == ["ok"]
+        workers = psutil.Process(app.pid).children(recursive=True)
+        log = ARTIFACTS / "test_app_two_signals.log"
+        app.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "Stopping" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        app.send_signal(signal.SIGTERM)            # the second, while the app is closing
+        assert app.wait(30) == 0
+    finally:
+        if app.poll() is None:
+            app.kill()                             # our own child, by its handle
+            app.wait(10)
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, f"workers outlived the app: {[w.pid for w in alive]}"
+    log = log.read_text()
+    assert "Stopping: closing the page and the workers." in log and "Traceback" not in log, log[-2000:]
