@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -75,24 +76,27 @@ def reference_attn(name: str) -> str:
     return variant.attn_implementation
 
 
-def run_process(command: list[str], json_path: Path, timeout_s: float) -> dict:
-    """Run one side in a fresh process; the JSON it wrote (an error with its stderr when it wrote none)."""
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+def run_process(command: list[str], json_path: Path, timeout_s: float, env: dict | None = None) -> dict:
+    """Run one side in a fresh process (with `env` added to the environment); the JSON it wrote (an
+    error with its stderr when it wrote none)."""
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
+                          env=dict(os.environ, **env) if env else None)
     if not json_path.exists():
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"{' '.join(command[:5])} ... exited {done.returncode} without its JSON:\n{tail}")
     return json.loads(json_path.read_text())
 
 
-def engine_side(setup: Setup, variant: str, folder: Path) -> dict:
-    """One engine bench process on one variant and one cell: the figures of that cell."""
+def engine_side(setup: Setup, variant: str, folder: Path, env: dict | None = None) -> dict:
+    """One engine bench process on one variant and one cell (with `env` added to its environment): the
+    figures of that cell."""
     path = folder / "engine.json"
     path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "engine", "bench", "--preset", setup.preset, "--variants", variant,
                "--prompt-lengths", str(setup.prompt_tokens), "--new-tokens", str(setup.new_tokens),
                "--repeats", str(setup.repeats), "--json", str(path)]
     report = run_process(command + (["--threads", str(setup.threads)] if setup.threads else []), path,
-                         setup.timeout_s)
+                         setup.timeout_s, env)
     row = next(r for r in report["results"] if r["variant"] == variant)
     if row["status"] != "ok":
         raise RuntimeError(f"the engine's {variant} cell is {row['status']}: {row['reason']}")

@@ -32,3 +32,15 @@ def crash(spec, conn, cancel) -> None:
     """Says it is loading, then dies."""
     conn.send(events.Status(spec.variant, "loading"))
     os._exit(3)
+
+
+def describe(spec, conn, cancel) -> None:
+    """Writes how it was started and what it found already imported, then ends."""
+    import multiprocessing
+    import sys
+    torch = sys.modules.get("torch")
+    _log(spec, start_method=multiprocessing.get_start_method(allow_none=True) or "",
+         process_name=multiprocessing.current_process().name, cwd=os.getcwd(), marker=os.environ.get("SBS_MARKER"),
+         torch_imported=torch is not None, transformers_imported="transformers" in sys.modules,
+         cuda_initialized=bool(torch is not None and torch.cuda.is_initialized()),
+         parent_alive=multiprocessing.parent_process() is not None and multiprocessing.parent_process().is_alive())

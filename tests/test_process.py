@@ -68,3 +68,29 @@ def test_the_worker_set_can_be_walked_and_cancelled_while_another_thread_spawns(
         thread.join(60)
     workers.stop_all(timeout=20)
     assert errors == [] and len(list(tmp_path.glob("w*.json"))) == 8
+
+
+def test_a_cpu_worker_is_forked_from_the_preloaded_server_with_the_environment_and_folder_of_now(tmp_path,
+                                                                                                  monkeypatch):
+    """The fork server imported torch and transformers once (without starting CUDA); a worker forked
+    from it still sees the environment variables and working folder the orchestrator has when it
+    starts the worker, not those from when the fork server started. A GPU worker is spawned."""
+    monkeypatch.setenv("SIDEBYSIDE_FAKE_LOG", str(tmp_path))
+    first = WorkerProcess(WorkerSpec(None, "first", "cpu"), entry="fake_workers:describe")   # starts the server
+    first.process.join(120)
+    monkeypatch.setenv("SBS_MARKER", "set after the fork server started")
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    later = WorkerProcess(WorkerSpec(None, "later", "cpu"), entry="fake_workers:describe")
+    later.process.join(60)
+    assert first.process.exitcode == later.process.exitcode == 0
+    facts = json.loads((tmp_path / "later.json").read_text())
+    assert facts == {"start_method": "forkserver", "process_name": "worker-later", "cwd": str(folder),
+                     "marker": "set after the fork server started", "torch_imported": True,
+                     "transformers_imported": True, "cuda_initialized": False, "parent_alive": True}
+    assert process.context(WorkerSpec(None, "gpu", "cuda:0")) is process.SPAWN
+    monkeypatch.setenv(process.START_METHOD_ENV, "spawn")
+    assert process.context(WorkerSpec(None, "cpu", "cpu")) is process.SPAWN
+    for worker in (first, later):
+        worker.close()
