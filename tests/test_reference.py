@@ -96,3 +96,30 @@ def test_one_pair_against_the_engine_runs_end_to_end_and_writes_its_json(tmp_pat
     assert sdpa["tpot_ratios"] == [pair["tpot_ratio"]] and sdpa["tpot_ratio_median"] == pair["tpot_ratio"]
     assert sdpa["ttft_ratio_median"] == pair["ttft_ratio"]
     assert "TPOT engine/reference median" in done.stdout
+
+
+def test_the_start_method_pairs_give_ratios_medians_and_counts_of_the_slower_side():
+    sys.path.insert(0, str(BENCHMARKS))
+    import start_method
+
+    def side(ttft, tpot, ids=(1, 2, 3)):
+        return {"ttft_s": ttft, "tpot_s": tpot, "token_ids": list(ids), "text": "abc"}
+
+    figures = [((2.0, 1.0), (2.2, 1.0)), ((2.4, 1.1), (2.0, 1.0)), ((2.0, 0.9), (2.0, 1.0))]
+    pairs = []
+    for index, (forked, spawned) in enumerate(figures):
+        f, s = side(*forked), side(*spawned)
+        pairs.append({"pair": index, "first": start_method.SIDES[index % 2], "forkserver": f, "spawn": s,
+                      "tpot_ratio": f["tpot_s"] / s["tpot_s"], "ttft_ratio": f["ttft_s"] / s["ttft_s"],
+                      "same_tokens": True})
+    result = start_method.summary(pairs)
+    assert result["ttft_ratios"] == [2.0 / 2.2, 1.2, 1.0] and result["ttft_ratio_median"] == 1.0
+    assert (result["ttft_ratio_min"], result["ttft_ratio_max"]) == (2.0 / 2.2, 1.2)
+    assert result["ttft_ratio_slower_pairs"] == 1 and result["tpot_ratio_slower_pairs"] == 1
+    assert result["tpot_ratio_median"] == 1.0 and result["same_work"]
+    assert result["forkserver_ttft_s_median"] == 2.0 and result["spawn_ttft_s_median"] == 2.0
+    text = start_method.table({"sdpa": result})
+    assert "forked slower in 1 of 3 pairs" in text and "TTFT median 1.000 (range 0.909-1.200" in text
+    pairs[1]["same_tokens"] = False
+    assert not start_method.summary(pairs)["same_work"]
+    assert "NOT THE SAME TOKENS" in start_method.table({"sdpa": start_method.summary(pairs)})
