@@ -160,7 +160,9 @@ def test_ctrl_c_during_a_sweep_writes_what_was_measured_and_says_so(tmp_path):
     out = tmp_path / "sweep.json"
     process = subprocess.Popen([sys.executable, "-m", "engine", "sweep", "kv-cache", "--preset", "tiny", "--json",
                                 str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                               env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                               # as from a terminal: a shell's background job would hand it SIGINT ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:                  # the first (variant, cell) measured: then Ctrl-C
