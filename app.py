@@ -16,14 +16,19 @@ import socket
 import sys
 import time
 
+from typing import TYPE_CHECKING
+
 from engine import presets, remote
 from engine.errors import DeviceError, InputError, PresetError
 from engine.history import HISTORY_ENV, default_path
 from engine.limits import Limits
-from ui import mcp
-from ui.page import build_app, launch_kwargs
-from ui.presets import offered_by_default
-from ui.state import Engines, PageHistory
+
+if TYPE_CHECKING:
+    from ui.state import Engines, PageHistory
+
+# Every worker process runs this file again, as `__mp_main__` (multiprocessing's spawn and fork server
+# import the parent's main script in the child), so its top level imports nothing heavy: gradio and
+# the page (the ui package) are imported inside the functions that build and serve the page.
 
 
 def share_reachable(timeout_s: float = 3.0) -> str | None:
@@ -36,6 +41,7 @@ def share_reachable(timeout_s: float = 3.0) -> str | None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from ui import mcp
     top = argparse.ArgumentParser(description="Side-by-side inference dashboard (Gradio).")
     top.add_argument("--host", help="address to serve on (default: Gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME)")
     top.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or $GRADIO_SERVER_PORT)")
@@ -112,6 +118,7 @@ def open_page(engines: Engines, asked: str | None, mode: str, offered: list[str]
               history: PageHistory | None = None):
     """The page, opened on the preset asked for (its PresetError or DeviceError raised as is), or on the
     first of `opening_presets` that can be used, a line on stderr for each one passed over."""
+    from ui.page import build_app
     candidates = opening_presets(asked, offered)
     for preset in candidates:
         try:
@@ -148,6 +155,10 @@ def share_wanted(share: bool) -> bool:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    from ui import mcp
+    from ui.page import launch_kwargs
+    from ui.presets import offered_by_default
+    from ui.state import Engines, PageHistory
     if args.threads is not None and args.threads < 1:
         print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from engine.events import WorkerSpec
 from engine.limits import Limits
 from engine.outcomes import RunState
 from engine.presets import Preset
-from engine.process import WorkerSet
+from engine.process import WorkerSet, start_fork_server
 from engine.spec import RunSpec, validate
 
 BANDWIDTH_TIMEOUT_S = 120.0       # the copy-bandwidth probe: a second or two on any device
@@ -102,6 +102,8 @@ class Engine:
         if threads is None and spare_cores and self.device.kind == "cpu":
             threads = max(len(topology.usable_cores()) - spare_cores, 1)
         self.threads = threads
+        if self.device.kind == "cpu":
+            start_fork_server()                    # its imports overlap whatever comes before the first run
         self.bandwidth: float | None = None        # the device's measured copy bandwidth, bytes/s
         self._workers = WorkerSet(self._worker_spec)
         self._runs: dict[int, Run] = {}            # accepted and not finished: pending or active

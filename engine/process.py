@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import threading
 import time
@@ -38,6 +39,14 @@ def context(spec: WorkerSpec):
     if spec.device.startswith("cuda") or os.environ.get(START_METHOD_ENV) == "spawn":
         return SPAWN
     return FORKSERVER
+
+
+def start_fork_server() -> None:
+    """Start the fork server now, unless every worker is spawned: it imports torch and transformers
+    (seconds) while the caller goes on, so the first CPU worker need not wait for all of it. It is
+    started once per process; an engine on a CPU calls this when it is made (the dashboard at start-up)."""
+    if os.environ.get(START_METHOD_ENV) != "spawn":
+        multiprocessing.forkserver.ensure_running()
 
 
 def _child(entry: str, environment: dict[str, str], folder: str, *args) -> None:

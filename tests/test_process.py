@@ -94,3 +94,19 @@ def test_a_cpu_worker_is_forked_from_the_preloaded_server_with_the_environment_a
     assert process.context(WorkerSpec(None, "cpu", "cpu")) is process.SPAWN
     for worker in (first, later):
         worker.close()
+
+
+def test_an_engine_on_a_cpu_starts_the_fork_server_when_it_is_made_unless_every_worker_is_spawned():
+    """Its imports then overlap what comes before the first run (the page starting, a prompt being
+    tokenized). Checked in fresh processes, which end the fork server they started, by its id."""
+    import os
+    import subprocess
+    import sys
+    code = ("import psutil; from engine import Engine, load_preset; engine = Engine(load_preset('tiny')); "
+            "servers = [c for c in psutil.Process().children() if 'multiprocessing.forkserver' in ' '.join(c.cmdline())]; "
+            "[c.kill() for c in servers]; print(len(servers))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for method, expected in (("forkserver", "1"), ("spawn", "0")):
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, **{process.START_METHOD_ENV: method}))
+        assert done.returncode == 0 and done.stdout.split() == [expected], (method, done.stderr[-2000:])

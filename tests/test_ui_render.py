@@ -23,7 +23,11 @@ def engine_stub(random_weights=True, threads=1, kind="cpu", reasons=None):
 
 
 def test_the_view_modules_import_neither_gradio_nor_torch():
-    code = ("import sys, ui.render, ui.sweep_render, engine.views.run, engine.views.run_charts, engine.views.summary, "
+    # a worker runs app.py again as __mp_main__ (multiprocessing does, for the parent's main script):
+    # that must not import gradio, the page or torch into every worker
+    code = ("import runpy, sys; runpy.run_path('app.py', run_name='__mp_main__'); "
+            "assert not {'gradio', 'torch', 'ui.page'} & set(sys.modules), 'app.py imports gradio for its workers'; "
+            "import ui.render, ui.sweep_render, engine.views.run, engine.views.run_charts, engine.views.summary, "
             "engine.views.sweep_charts, engine.views.tables; "
             "assert 'gradio' not in sys.modules and 'torch' not in sys.modules, 'imported'; "
             "import app, ui.page; assert 'torch' not in sys.modules, 'app imports torch'")
