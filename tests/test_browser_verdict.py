@@ -19,7 +19,7 @@ SELECTED = ["baseline", "sdpa"]
 
 @pytest.fixture(scope="module")
 def slow_url():
-    with serve(name="test_browser_verdict", env={"SIDEBYSIDE_LOAD_DELAY": f"{SLOW}=8"}) as address:
+    with serve(name="test_browser_verdict", env={"SIDEBYSIDE_LOAD_DELAY": f"{SLOW}=5"}) as address:
         yield address
 
 
