@@ -153,6 +153,15 @@ def share_wanted(share: bool) -> bool:
     return reason is None
 
 
+def stop_once(signum, frame) -> None:
+    """Ctrl-C or SIGTERM: ignore any further one, then stop (KeyboardInterrupt). Ignoring them here, in
+    the handler, leaves no moment between the first signal and the closing in which a second (`timeout`
+    signals the process and then its group) could cut the closing short."""
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from ui import mcp
@@ -205,7 +214,8 @@ def main(argv=None) -> int:
     # public: a bounded queue, and no direct HTTP call that skips it
     demo.queue(default_concurrency_limit=1, max_size=(limits.queue_size + 4) if limits.public else None,
                api_open=not limits.public)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)     # stop like Ctrl-C: close workers too
+    for stop in (signal.SIGINT, signal.SIGTERM):                   # SIGTERM stops like Ctrl-C: workers too
+        signal.signal(stop, stop_once)
     try:
         # quiet: Gradio's own hint about share=True would contradict the line above
         demo.launch(server_name=args.host, server_port=args.port, share=share, quiet=True,
@@ -228,8 +238,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:        # Ctrl-C or SIGTERM, while the page starts or serves
         print("Stopping: closing the page and the workers.", flush=True)
     finally:
-        # a second Ctrl-C or SIGTERM (`timeout` signals the process and then its group) must not cut
-        # the closing short: it would leave a traceback and the workers to end by themselves
+        # a Ctrl-C or SIGTERM while closing must not cut the closing short: it would leave a traceback
+        # and the workers to end by themselves
         for stop in (signal.SIGINT, signal.SIGTERM):
             signal.signal(stop, signal.SIG_IGN)
         # the whole page: Gradio's own block_thread() closes only its HTTP server, which then waits
