@@ -156,6 +156,8 @@ def test_the_page_shows_a_served_column_beside_the_local_one(served_small, brows
         page = browser.new_page(viewport={"width": 1366, "height": 768})
         page.goto(address)
         page.wait_for_selector("#sbs-card-vllm", timeout=30_000)
+        # the variants' boxes may be drawn after the cards: read them once the served one is there
+        page.wait_for_selector('#sbs-variants input[name="vllm"]', state="attached", timeout=30_000)
         boxes = {b.get_attribute("name"): b.is_checked() for b in page.locator("#sbs-variants input").all()}
         assert boxes["vllm"] and boxes["baseline"], boxes
         for name in [n for n, checked in boxes.items() if checked and n not in ("baseline", "vllm")]:
