@@ -13,11 +13,8 @@ that both made the same greedy tokens.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vs_reference import Setup, engine_side, model_dir, ratio  # noqa: E402
+from vs_reference import (Setup, engine_side, finish, model_dir, pair_parser, parse, ratio,  # noqa: E402
+                          ratio_spread, run_pairs)
 
 from engine import hardware, presets  # noqa: E402
 from engine.process import START_METHOD_ENV  # noqa: E402
@@ -48,13 +46,9 @@ def measure_pair(setup: Setup, variant: str, index: int, folder: Path) -> dict:
 
 def summary(pairs: list[dict]) -> dict:
     """A variant's pairs with the medians and ranges of their ratios."""
-    result = {"pairs": pairs, "same_work": all(p["same_tokens"] for p in pairs)}
+    result = {"pairs": pairs, "same_work": all(p["same_tokens"] for p in pairs), **ratio_spread(pairs)}
     for key in ("tpot_ratio", "ttft_ratio"):
-        values = [p[key] for p in pairs if p[key] is not None]
-        result[key + "s"] = values
-        result[key + "_median"] = statistics.median(values) if values else None
-        result[key + "_min"], result[key + "_max"] = (min(values), max(values)) if values else (None, None)
-        result[key + "_slower_pairs"] = sum(v > 1 for v in values)
+        result[key + "_slower_pairs"] = sum(v > 1 for v in result[key + "s"])
     for side in SIDES:
         for figure in ("ttft_s", "tpot_s"):
             values = [p[side][figure] for p in pairs if p[side][figure] is not None]
@@ -86,24 +80,12 @@ def table(variants: dict) -> str:
     return "\n".join(lines)
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    top.add_argument("--preset", default="tiny")
-    top.add_argument("--variants", default="sdpa,baseline", help="comma-separated")
-    top.add_argument("--prompt-tokens", type=int, default=128)
-    top.add_argument("--new-tokens", type=int, default=64)
-    top.add_argument("--pairs", type=int, default=10, help="fresh-process pairs per variant")
-    top.add_argument("--repeats", type=int, default=5, help="timed requests in each process, after its warm-up")
-    top.add_argument("--threads", type=int, help="torch CPU threads on both sides (default: the engine's)")
-    top.add_argument("--timeout", type=float, default=900.0, help="seconds one process may take")
-    top.add_argument("--json", help="write every pair and the medians here")
-    return top
+def parser():
+    return pair_parser(__doc__.splitlines()[0], "tiny", 10, "comma-separated", "the engine's")
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    if min(args.pairs, args.repeats, args.prompt_tokens, args.new_tokens) < 1:
-        raise SystemExit("error: --pairs, --repeats, --prompt-tokens and --new-tokens must be at least 1")
+    args = parse(parser(), argv)
     preset = presets.load(args.preset)
     device = hardware.resolve(preset.device)
     if device.kind != "cpu":
@@ -113,26 +95,13 @@ def main(argv=None) -> int:
     setup = Setup(preset.name, model_dir(preset), "cpu", preset.dtype, args.prompt_tokens, args.new_tokens,
                   args.repeats, args.threads, args.timeout)
     t0 = time.perf_counter()
-    pairs = {name: [] for name in variants}
-    with tempfile.TemporaryDirectory() as tmp:
-        for index in range(args.pairs):          # variants interleaved, so each sees the same drift
-            for name in variants:
-                pairs[name].append(measure_pair(setup, name, index, Path(tmp)))
-                p = pairs[name][-1]
-                print(f"[{time.perf_counter() - t0:5.0f} s] {name} pair {index + 1}/{args.pairs} "
-                      f"({p['first']} first): TPOT ratio {fixed(p['tpot_ratio'], 3)}, "
-                      f"TTFT ratio {fixed(p['ttft_ratio'], 3)}", file=sys.stderr, flush=True)
+    pairs = run_pairs(setup, variants, args.pairs, measure_pair)
     results = {name: summary(pairs[name]) for name in variants}
     report = {"setup": asdict(setup), "device_name": device.name, "prompt": FILLER,
               "ratio": "forkserver / spawn, of each process's median over its repeats",
               "order": "ABBA: pair 1 forks first, pair 2 spawns first, and so on",
               "wall_s": time.perf_counter() - t0, "variants": results}
-    print(table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.json}", file=sys.stderr)
-    return 0 if all(r["same_work"] for r in results.values()) else 1
-
+    return finish(report, table(results), args.json)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -158,14 +158,20 @@ def measure_pair(setup: Setup, variant: str, index: int, folder: Path) -> dict:
             "same_tokens": tokens, "tokens_compared_by": basis}
 
 
-def summary(pairs: list[dict], attn: str) -> dict:
-    """A variant's pairs with the medians (and ranges) of their ratios."""
-    result = {"reference_attn_implementation": attn, "pairs": pairs}
+def ratio_spread(pairs: list[dict]) -> dict:
+    """The pairs' TPOT and TTFT ratios: every value, their median and their range (None without any)."""
+    result = {}
     for key in ("tpot_ratio", "ttft_ratio"):
         values = [p[key] for p in pairs if p[key] is not None]
         result[key + "s"] = values
         result[key + "_median"] = statistics.median(values) if values else None
         result[key + "_min"], result[key + "_max"] = (min(values), max(values)) if values else (None, None)
+    return result
+
+
+def summary(pairs: list[dict], attn: str) -> dict:
+    """A variant's pairs with the medians (and ranges) of their ratios."""
+    result = {"reference_attn_implementation": attn, "pairs": pairs, **ratio_spread(pairs)}
     result["same_work"] = all(p["same_prompt_length"] and p["same_output_tokens"] and p["same_tokens"]
                               and p["same_threads"] for p in pairs)
     return result
@@ -192,24 +198,60 @@ def table(variants: dict) -> str:
     return "\n".join(lines)
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    top.add_argument("--preset", default="small")
-    top.add_argument("--variants", default="sdpa,baseline", help="comma-separated; each must only change attention")
+def pair_parser(description: str, preset: str, pairs: int, variants_help: str, threads_help: str):
+    """The command line of a command that alternates fresh processes in pairs (this one, start_method.py)."""
+    top = argparse.ArgumentParser(description=description)
+    top.add_argument("--preset", default=preset)
+    top.add_argument("--variants", default="sdpa,baseline", help=variants_help)
     top.add_argument("--prompt-tokens", type=int, default=128)
     top.add_argument("--new-tokens", type=int, default=64)
-    top.add_argument("--pairs", type=int, default=6, help="fresh-process pairs per variant")
+    top.add_argument("--pairs", type=int, default=pairs, help="fresh-process pairs per variant")
     top.add_argument("--repeats", type=int, default=5, help="timed requests in each process, after its warm-up")
-    top.add_argument("--threads", type=int, help="torch CPU threads on both sides (default: torch's)")
+    top.add_argument("--threads", type=int, help=f"torch CPU threads on both sides (default: {threads_help})")
     top.add_argument("--timeout", type=float, default=900.0, help="seconds one process may take")
     top.add_argument("--json", help="write every pair and the medians here")
     return top
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+def parse(top: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    args = top.parse_args(argv)
     if min(args.pairs, args.repeats, args.prompt_tokens, args.new_tokens) < 1:
         raise SystemExit("error: --pairs, --repeats, --prompt-tokens and --new-tokens must be at least 1")
+    return args
+
+
+def run_pairs(setup: Setup, variants: list[str], count: int, measure) -> dict[str, list[dict]]:
+    """`count` pairs of every variant, `measure(setup, variant, index, folder)` each, variants interleaved
+    so that each sees the same drift of the machine; a line on stderr per pair."""
+    t0 = time.perf_counter()
+    pairs = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for index in range(count):
+            for name in variants:
+                pairs[name].append(measure(setup, name, index, Path(tmp)))
+                p = pairs[name][-1]
+                print(f"[{time.perf_counter() - t0:5.0f} s] {name} pair {index + 1}/{count} "
+                      f"({p['first']} first): TPOT ratio {fixed(p['tpot_ratio'], 3)}, "
+                      f"TTFT ratio {fixed(p['ttft_ratio'], 3)}", file=sys.stderr, flush=True)
+    return pairs
+
+
+def finish(report: dict, text: str, json_path: str | None) -> int:
+    """Print the table, write the JSON when asked; 0 when every variant's pairs did the same work."""
+    print(text)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1))
+        print(f"wrote {json_path}", file=sys.stderr)
+    return 0 if all(r["same_work"] for r in report["variants"].values()) else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    return pair_parser(__doc__.splitlines()[0], "small", 6, "comma-separated; each must only change attention",
+                       "torch's")
+
+
+def main(argv=None) -> int:
+    args = parse(parser(), argv)
     preset = presets.load(args.preset)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     attns = {name: reference_attn(name) for name in variants}       # refuse a variant before any run
@@ -217,25 +259,13 @@ def main(argv=None) -> int:
     setup = Setup(preset.name, model_dir(preset), "cpu" if device.kind == "cpu" else f"cuda:{device.index}",
                   preset.dtype, args.prompt_tokens, args.new_tokens, args.repeats, args.threads, args.timeout)
     t0 = time.perf_counter()
-    pairs = {name: [] for name in variants}
-    with tempfile.TemporaryDirectory() as tmp:
-        for index in range(args.pairs):          # variants interleaved, so each sees the same drift
-            for name in variants:
-                pairs[name].append(measure_pair(setup, name, index, Path(tmp)))
-                p = pairs[name][-1]
-                print(f"[{time.perf_counter() - t0:5.0f} s] {name} pair {index + 1}/{args.pairs} "
-                      f"({p['first']} first): TPOT ratio {fixed(p['tpot_ratio'], 3)}, "
-                      f"TTFT ratio {fixed(p['ttft_ratio'], 3)}", file=sys.stderr, flush=True)
+    pairs = run_pairs(setup, variants, args.pairs, measure_pair)
     results = {name: summary(pairs[name], attns[name]) for name in variants}
     report = {"setup": asdict(setup), "device_name": device.name, "prompt": FILLER,
               "ratio": "engine / reference, of each process's median over its repeats",
               "order": "ABBA: pair 1 runs the engine first, pair 2 the reference first, and so on",
               "wall_s": time.perf_counter() - t0, "variants": results}
-    print(table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.json}", file=sys.stderr)
-    return 0 if all(r["same_work"] for r in results.values()) else 1
+    return finish(report, table(results), args.json)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """What the fork server imports once, so that a CPU worker forked from it starts without importing
-torch and transformers again (about 3 s of a core per worker on a 2-core CPU, BENCHMARKS.md).
+torch and transformers again (about 3.6 s of a core per worker on a 2-core CPU, BENCHMARKS.md).
 
 The fork server is multiprocessing's: a process started on the first CPU worker, that imports this
 module and then forks every CPU worker from itself (engine/process.py). Nothing here may start the
