@@ -64,6 +64,20 @@ def start(*args: str, name: str = "app", env: dict | None = None) -> tuple[subpr
     return process, url
 
 
+def still_running(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Those of `processes` still running after up to `timeout_s`. A zombie has ended: a forked worker
+    stays one until the fork server, or whoever adopts it once the fork server is gone, collects it."""
+    def running(process: psutil.Process) -> bool:
+        try:
+            return process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    deadline = time.monotonic() + timeout_s
+    while (alive := [p for p in processes if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
 @contextlib.contextmanager
 def serve(*args: str, name: str = "app", env: dict | None = None) -> Iterator[str]:
     """Run `python app.py --port <free> *args` (with `env` added to the environment); yield its URL;
@@ -83,7 +97,7 @@ def serve(*args: str, name: str = "app", env: dict | None = None) -> Iterator[st
             except subprocess.TimeoutExpired:
                 process.kill()                              # our own child, by its handle
                 process.wait(10)
-        gone, alive = psutil.wait_procs(children, timeout=15)
+        alive = still_running(children, timeout_s=15)
         for child in alive:                                 # never expected: fail loudly, but clean up
             child.kill()
         assert not alive, f"app.py left processes running: {[c.pid for c in alive]}"

@@ -7,7 +7,7 @@ import signal
 import time
 
 import psutil
-from app_server import ARTIFACTS, serve, start
+from app_server import ARTIFACTS, serve, start, still_running
 from gradio_client import Client
 
 from ui.compare import RUN
@@ -30,7 +30,7 @@ def test_a_killed_app_leaves_no_worker_running_and_its_downloads_are_deleted_by_
     finally:
         app.kill()                                 # SIGKILL, by its handle: the app cannot stop anything
         app.wait(10)
-    gone, alive = psutil.wait_procs(workers, timeout=20)
+    alive = still_running(workers, timeout_s=20)
     for worker in alive:                           # never expected: fail, but end what this test started
         worker.kill()
     assert not alive, f"workers outlived the app: {[w.pid for w in alive]}"
@@ -59,7 +59,7 @@ def test_two_stop_signals_in_a_row_still_close_the_app_cleanly(tmp_path):
         if app.poll() is None:
             app.kill()                             # our own child, by its handle
             app.wait(10)
-    _, alive = psutil.wait_procs(workers, timeout=20)
+    alive = still_running(workers, timeout_s=20)
     assert not alive, f"workers outlived the app: {[w.pid for w in alive]}"
     log = log.read_text()
     assert "Stopping: closing the page and the workers." in log and "Traceback" not in log, log[-2000:]

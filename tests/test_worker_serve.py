@@ -12,6 +12,7 @@ import pytest
 
 from engine import events, presets
 from engine.worker.serve import LOAD_DELAY_ENV
+from app_server import still_running
 
 
 def test_a_worker_given_a_core_serves_from_it_once_loaded():
@@ -122,7 +123,7 @@ def test_workers_exit_within_seconds_of_a_killed_parent(stage, tmp_path):
         assert cli.poll() is None and all(worker.is_running() for worker in workers)     # still at work
         cli.kill()                                            # our own child, by its handle
         cli.wait(10)
-        _, alive = psutil.wait_procs(workers, timeout=3.0)
+        alive = still_running(workers, timeout_s=3.0)
         assert not alive, f"workers {[p.pid for p in alive]} outlived their parent by 3 s"
     finally:
         for process in [cli, *workers]:
