@@ -102,8 +102,6 @@ class Engine:
         if threads is None and spare_cores and self.device.kind == "cpu":
             threads = max(len(topology.usable_cores()) - spare_cores, 1)
         self.threads = threads
-        if self.device.kind == "cpu":
-            start_fork_server()                    # its imports overlap whatever comes before the first run
         self.bandwidth: float | None = None        # the device's measured copy bandwidth, bytes/s
         self._workers = WorkerSet(self._worker_spec)
         self._runs: dict[int, Run] = {}            # accepted and not finished: pending or active
@@ -131,9 +129,17 @@ class Engine:
             self._validated[spec] = count
         return self._validated[spec]
 
+    def prepare(self) -> None:
+        """Start, ahead of the first run, what its workers are made from: on a CPU the fork server, whose
+        imports of torch and transformers (seconds) then overlap what comes first (the dashboard calls
+        this as the page starts). A run calls it too, once its input is valid: a refused run starts nothing."""
+        if self.device.kind == "cpu":
+            start_fork_server()
+
     def start(self, spec: RunSpec) -> Run:
         """Validate, then run in a background thread; raises InputError before starting anything."""
         prompt_tokens = self.validate(spec)
+        self.prepare()
         run = Run(spec)
         with self._runs_lock:
             self._runs[run.id] = run

@@ -44,7 +44,8 @@ def context(spec: WorkerSpec):
 def start_fork_server() -> None:
     """Start the fork server now, unless every worker is spawned: it imports torch and transformers
     (seconds) while the caller goes on, so the first CPU worker need not wait for all of it. It is
-    started once per process; an engine on a CPU calls this when it is made (the dashboard at start-up)."""
+    started once per process, by Engine.prepare: the dashboard's engines as the page starts, a
+    command line's once its input is valid."""
     if os.environ.get(START_METHOD_ENV) != "spawn":
         multiprocessing.forkserver.ensure_running()
 

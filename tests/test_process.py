@@ -96,17 +96,35 @@ def test_a_cpu_worker_is_forked_from_the_preloaded_server_with_the_environment_a
         worker.close()
 
 
-def test_an_engine_on_a_cpu_starts_the_fork_server_when_it_is_made_unless_every_worker_is_spawned():
-    """Its imports then overlap what comes before the first run (the page starting, a prompt being
-    tokenized). Checked in fresh processes, which end the fork server they started, by its id."""
+def test_a_cpu_engine_starts_the_fork_server_when_prepared_and_a_refused_run_starts_none():
+    """The dashboard prepares its engines as the page starts, so the fork server's imports overlap it;
+    a command line refused on its input exits at once, with no fork server holding its output open
+    for seconds. Checked in fresh processes, which end the fork server they started, by its id."""
     import os
     import subprocess
     import sys
-    code = ("import psutil; from engine import Engine, load_preset; engine = Engine(load_preset('tiny')); "
-            "servers = [c for c in psutil.Process().children() if 'multiprocessing.forkserver' in ' '.join(c.cmdline())]; "
-            "[c.kill() for c in servers]; print(len(servers))")
+    code = ("import psutil\n"
+            "from engine import Engine, InputError, RunSpec, load_preset\n"
+            "from ui.state import Engines\n"
+            "def servers():\n"
+            "    return [c for c in psutil.Process().children() if 'multiprocessing.forkserver' in ' '.join(c.cmdline())]\n"
+            "engine = Engine(load_preset('tiny'))\n"
+            "counts = [len(servers())]\n"
+            "try:\n"
+            "    engine.start(RunSpec('hello', ['baseline'], 0))\n"
+            "except InputError:\n"
+            "    counts.append(len(servers()))\n"
+            "engine.prepare()\n"
+            "counts.append(len(servers()))\n"
+            "[c.kill() for c in servers()]\n"
+            "print(*counts)\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for method, expected in (("forkserver", "1"), ("spawn", "0")):
+    for method, expected in (("forkserver", ["0", "0", "1"]), ("spawn", ["0", "0", "0"])):
         done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                               env=dict(os.environ, **{process.START_METHOD_ENV: method}))
-        assert done.returncode == 0 and done.stdout.split() == [expected], (method, done.stderr[-2000:])
+        assert done.returncode == 0 and done.stdout.split() == expected, (method, done.stderr[-2000:])
+    code = ("import psutil; from ui.state import Engines; Engines().get('tiny'); "
+            "servers = [c for c in psutil.Process().children() if 'multiprocessing.forkserver' in ' '.join(c.cmdline())]; "
+            "[c.kill() for c in servers]; print(len(servers))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["1"], done.stderr[-2000:]

@@ -57,7 +57,8 @@ class Engines:
         return self._lanes
 
     def get(self, name: str) -> Engine:
-        """The preset's engine (no workers are started); raises PresetError or DeviceError."""
+        """The preset's engine (no workers are started, only what they are made from: Engine.prepare);
+        raises PresetError or DeviceError."""
         if self.offered is not None and name not in self.offered:
             raise PresetError(f"preset {str(name)[:60]!r} is not offered on this page; choose one of: "
                               f"{', '.join(self.offered)}")
@@ -66,6 +67,7 @@ class Engines:
             if engine is None:
                 engine = self._engines[name] = Engine(self.preset(name), threads=self.threads,
                                                       spare_cores=self.spare_cores, limits=self.limits)
+                engine.prepare()             # the fork server's imports overlap the page starting
             return engine
 
     def activate(self, name: str) -> Engine:
