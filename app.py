@@ -164,18 +164,20 @@ def stop_once(signum, frame) -> None:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from ui import mcp
-    from ui.page import launch_kwargs
-    from ui.presets import offered_by_default
-    from ui.state import Engines, PageHistory
     if args.threads is not None and args.threads < 1:
         print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
         return 2
     try:
         limits, login = page_limits(args), credentials(args)
-    except ValueError as error:
+        if args.preset is not None:
+            presets.load(args.preset)                  # a name that is no preset: one line before gradio loads
+    except (ValueError, PresetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from ui import mcp
+    from ui.page import launch_kwargs
+    from ui.presets import offered_by_default
+    from ui.state import Engines, PageHistory
     offered = None
     if limits.public:
         offered = ([p.strip() for p in args.public_presets.split(",") if p.strip()] if args.public_presets

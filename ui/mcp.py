@@ -13,8 +13,10 @@ page's and an API client's, so every check, the device's gate and a public page'
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
-import gradio as gr
+if TYPE_CHECKING:                 # imported where it is used: the command line reads PATH before gradio loads
+    import gradio as gr
 
 PATH = "/gradio_api/mcp/"
 TOOLS = {"compare": "/compare", "experiment": "/experiment",           # tool name -> the page's endpoint
@@ -55,6 +57,7 @@ def expose(demo: gr.Blocks, public: bool) -> dict[str, str]:
     if server is None:
         raise RuntimeError(demo.mcp_error or "Gradio started no MCP server")
     if not isinstance(getattr(server, "tool_to_endpoint", None), dict):        # what Gradio 6.31 lists and calls by
+        import gradio as gr
         raise RuntimeError(f"this Gradio ({gr.__version__}) names its MCP tools otherwise: the page cannot choose them")
     named = server.api_info["named_endpoints"]
     for endpoint, arguments in ARGUMENTS.items():
