@@ -193,18 +193,18 @@ def test_next_run_after_bad_input_works_without_reloading(client):
     assert not {stage(u[CARD[n]]) for u in updates for n in SELECTED} & {"loading", "warming"}
 
 
-def wait_until_generating(job, timeout_s=60) -> None:
+def wait_until_generating(job, timeout_s=60, stages=("generating",)) -> None:
     deadline = time.monotonic() + timeout_s
     for update in job:
-        if any(stage(update[CARD[name]]) == "generating" for name in NAMES):
+        if any(stage(update[CARD[name]]) in stages for name in NAMES):
             return
-        assert time.monotonic() < deadline, "no variant started generating"
-    raise AssertionError("the run ended before any variant was seen generating")
+        assert time.monotonic() < deadline, f"no variant reached {' or '.join(stages)}"
+    raise AssertionError(f"the run ended before any variant was seen in {' or '.join(stages)}")
 
 
 def test_visitors_queue_and_stop_only_their_own_run(url, client):
     other = Client(url, verbose=False)
-    job = compare(client, tokens=256, prompt=LONG_PROMPT)
+    job = compare(client, tokens=256, prompt=LONG_PROMPT, repeats=1)
     wait_until_generating(job)
     queued = compare(other, tokens=4)
     waiting = ""
@@ -228,10 +228,13 @@ def test_visitors_queue_and_stop_only_their_own_run(url, client):
 
 
 def test_a_page_closed_mid_run_leaves_no_worker_busy(url, client):
-    # without a KV cache each of 256 tokens recomputes the ~4k-token prompt (about 40 ms a token on
-    # a CPU): left running, the abandoned run would hold the device for about 10 s
+    # without a KV cache each of 256 tokens recomputes the ~4k-token prompt (40-100 ms a token on a
+    # CPU): left running, the abandoned run would hold the device for tens of seconds. The page goes
+    # away during the warm-up request, which is as long as a timed one: the worker stops it at its
+    # next token as it would a timed one (test_visitors_queue_and_stop_only_their_own_run stops a
+    # run mid-generation), and the test need not wait the warm-up out first
     job = compare(client, variants=["no-kv-cache"], tokens=256, prompt=LONG_PROMPT)
-    wait_until_generating(job)
+    wait_until_generating(job, stages=("warmup", "generating"))
     job.cancel()                                   # what Gradio does when the page goes away
     t0 = time.monotonic()
     after = Client(url, verbose=False).predict(PROMPT, "tiny", ["no-kv-cache"], 4, "fair", api_name="/compare")
@@ -246,10 +249,14 @@ def test_a_page_closed_mid_run_leaves_no_worker_busy(url, client):
 def test_bad_command_line_exits_2_with_what_to_fix(args, message):
     done = subprocess.run([sys.executable, str(ROOT / "app.py"), *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    # refused before the page's imports: `--help` and a mistyped flag answer at once
+    code = f"import app, sys; code = app.main({args!r}); print(code, 'gradio' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"] and message in done.stderr, done.stderr[-2000:]
 
 
 def test_a_job_abandoned_while_waiting_gives_its_place_up_and_never_runs(url, client):
-    job = compare(client, tokens=256, prompt=LONG_PROMPT)
+    job = compare(client, tokens=256, prompt=LONG_PROMPT, repeats=1)
     wait_until_generating(job)
     abandoned = compare(Client(url, verbose=False), tokens=4)
     deadline = time.monotonic() + 30
@@ -270,7 +277,7 @@ def test_a_job_abandoned_while_waiting_gives_its_place_up_and_never_runs(url, cl
 
 
 def test_another_visitors_preset_switch_waits_and_unloads_nothing_of_a_running_run(url, client):
-    job = compare(client, tokens=256, prompt=LONG_PROMPT)
+    job = compare(client, tokens=256, prompt=LONG_PROMPT, repeats=1)
     wait_until_generating(job)
     other = compare(Client(url, verbose=False), variants=["baseline"], tokens=4, preset="small")
     deadline = time.monotonic() + 30
