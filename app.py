@@ -22,6 +22,7 @@ from engine import presets, remote
 from engine.errors import DeviceError, InputError, PresetError
 from engine.history import HISTORY_ENV, default_path
 from engine.limits import Limits
+from engine.process import stop_fork_server
 
 if TYPE_CHECKING:
     from ui.state import Engines, PageHistory
@@ -248,6 +249,7 @@ def main(argv=None) -> int:
         # out a 5 s timeout for the page's open event streams; demo.close() ends those first
         demo.close(verbose=False)
         engines.close()
+        stop_fork_server()                  # its workers are stopped: it need not finish its imports
     return 0
 
 

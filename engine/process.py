@@ -50,6 +50,26 @@ def start_fork_server() -> None:
         multiprocessing.forkserver.ensure_running()
 
 
+def stop_fork_server(timeout_s: float = 5.0) -> None:
+    """End this process's fork server, by its id, once its workers are stopped (the dashboard closing).
+    Left alone, it ends when this process exits, but only after its imports: a dashboard stopped
+    seconds after it started would leave it importing for seconds more. It is not reaped here: were
+    a worker started later, multiprocessing would reap it and start another."""
+    import psutil
+    servers = []
+    with contextlib.suppress(psutil.Error):
+        servers = [child for child in psutil.Process().children()
+                   if "from multiprocessing.forkserver import main" in " ".join(child.cmdline())]
+    for server in servers:
+        with contextlib.suppress(psutil.Error):
+            server.terminate()
+    deadline = time.monotonic() + timeout_s
+    for server in servers:
+        with contextlib.suppress(psutil.Error):
+            while server.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+
 def _child(entry: str, environment: dict[str, str], folder: str, *args) -> None:
     """The worker process's target: take the orchestrator's environment and folder as they are now (a
     forked worker would otherwise have the fork server's, from when it started), import the entry

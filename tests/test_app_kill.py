@@ -63,3 +63,23 @@ def test_two_stop_signals_in_a_row_still_close_the_app_cleanly(tmp_path):
     assert not alive, f"workers outlived the app: {[w.pid for w in alive]}"
     log = log.read_text()
     assert "Stopping: closing the page and the workers." in log and "Traceback" not in log, log[-2000:]
+
+
+def test_an_app_stopped_as_soon_as_it_answers_ends_its_fork_server_with_it(tmp_path):
+    """The fork server is still importing torch and transformers when the page first answers: the app
+    ends it as it closes instead of leaving it to finish its imports, seconds after the app is gone."""
+    app, url = start("--private", name="test_app_fork_server", env={"TMPDIR": str(tmp_path)})
+    try:
+        servers = [c for c in psutil.Process(app.pid).children()
+                   if "from multiprocessing.forkserver import main" in " ".join(c.cmdline())]
+        assert len(servers) == 1, servers          # started with the page, for the first CPU worker
+        app.send_signal(signal.SIGTERM)
+        assert app.wait(30) == 0
+    finally:
+        if app.poll() is None:
+            app.kill()                             # our own child, by its handle
+            app.wait(10)
+    alive = still_running(servers, timeout_s=0.5)
+    for server in alive:                           # never expected: fail, but end what this test started
+        server.kill()
+    assert not alive, "the fork server outlived the app"
