@@ -33,16 +33,18 @@ def engine():
         yield eng
 
 
-@pytest.fixture(scope="module")
-def url(request):
-    """The real app (`python app.py` on a free port) for one test module; its log is named after the module."""
+@pytest.fixture(scope="session")
+def url():
+    """The real app (`python app.py` on a free port, its defaults), shared by the test modules that take
+    it as it is (one that needs flags of its own starts its own with app_server.serve); its log is
+    test-artifacts/app.log. Each module's `client` is a visitor of its own, and each browser page too."""
     from app_server import serve
-    with serve(name=request.module.__name__.rsplit(".", 1)[-1]) as address:
+    with serve(name="app") as address:
         yield address
 
 
 @pytest.fixture(scope="module")
 def client(url):
-    """A gradio_client Client of that app."""
+    """A gradio_client Client of that app: a visitor (a Gradio session) of this module's own."""
     from gradio_client import Client
     return Client(url, verbose=False)

@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from app_server import serve
 from gradio_client import Client
 from gradio_client.utils import Status
 
@@ -25,6 +26,14 @@ from ui.experiments import RUN
 
 MESSAGE, PLOT, TABLE, SWEEP, JSON_FILE, CSV_FILE, HTML_FILE, EXPLANATION = map(
     RUN.index, ("message", "plot", "table", "sweep", "json_file", "csv_file", "html_file", "explanation"))
+
+
+@pytest.fixture(scope="module")
+def url():
+    """An app of this module's own, not the shared one (conftest.py): its first sweep finds no worker
+    loaded yet, and so streams the load and every measurement."""
+    with serve(name="test_experiments_tab") as address:
+        yield address
 
 
 def progress(message: str) -> float:
