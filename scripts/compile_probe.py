@@ -3,7 +3,7 @@
 
     python scripts/compile_probe.py [--preset llama-3.1-8b-random] [--configs fused-tuned,forward-tuned]
                                     [--prompt 128] [--long-prompt 2048] [--tokens 128]
-    python scripts/compile_probe.py --device cpu --preset tiny --tokens 8     # a dry run
+    python scripts/compile_probe.py --device cpu --preset tiny --tokens 8 [--keep-caches]    # a dry run
     python scripts/compile_probe.py --configs fused-tuned,fusedreduce-tuned --long-prompt 2048  # attention's share
 
 A config is STEP-INDUCTOR: STEP is `fused` (engine/worker/fused.py, attention by SDPA), `fusedreduce`
@@ -22,7 +22,9 @@ and the idle time between them (TPOT minus kernel time). Inductor names its kern
 ops they fuse: fusedreduce's softmax kernels get a kind of their own, but its score products may
 count among the reductions; compare the totals with fused's. Decode kernels are those of a run
 of N+1 tokens minus those of a run of 1 token (the prefill), divided by N. Inductor's caches are
-off, so the compile times are those of a fresh machine. On a CPU every config compiles with
+off, so the compile times are those of a fresh machine; --keep-caches uses them (a graph compiled
+before, by this probe or the engine, is loaded instead: the TPOTs are the same, the compile times
+are no fresh machine's, and the table says so). On a CPU every config compiles with
 inductor's defaults (no CUDA graphs or Triton there): only the step differs.
 """
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Probe:
     long_kv: float               # mean KV-cache bytes a step reads at the long prompt
     longer_ids: Any              # (1, longer) token ids
     started_s: float             # perf_counter() before the model loaded
+    caches_kept: bool            # --keep-caches: inductor's on-disk caches were used
 
     @property
     def cuda(self) -> bool:
@@ -90,6 +93,9 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--long-prompt", type=int, default=None,
                         help="the prompt of the runs in a later cache bucket, served by the same compile as "
                              "the engine does (default: one token past the first bucket)")
+    parser.add_argument("--keep-caches", action="store_true",
+                        help="use inductor's on-disk caches: what was compiled before loads instead of "
+                             "compiling again (the compile times are then not a fresh machine's)")
     parser.add_argument("--out", default=os.environ.get("OUT") or "runs")
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
@@ -122,7 +128,7 @@ def load(args: argparse.Namespace) -> Probe:
     from engine.worker.probes import measure_copy_bandwidth
     from engine.variants import CATALOG
     cuda = args.device.startswith("cuda")
-    torch._inductor.config.force_disable_caches = True          # compile times as on a fresh machine
+    torch._inductor.config.force_disable_caches = not args.keep_caches     # off: as on a fresh machine
     preset = dataclasses.replace(presets.load(args.preset), device=args.device)
     started_s = time.perf_counter()
     model, _ = models.load_model(preset, CATALOG["compiled"], args.device)
@@ -144,7 +150,7 @@ def load(args: argparse.Namespace) -> Probe:
                  new_tokens=args.tokens, weights=weights, gathered=gathered,
                  bandwidth=bandwidth, kv=kv_bytes(model, args.prompt, args.tokens), ids=ids,
                  reference=reference, longer=longer, long_kv=kv_bytes(model, longer, args.tokens),
-                 longer_ids=longer_ids, started_s=started_s)
+                 longer_ids=longer_ids, started_s=started_s, caches_kept=args.keep_caches)
 
 
 def tpots_s(decoder, ids, new_tokens: int, cuda: bool) -> list[float]:
@@ -224,7 +230,8 @@ def summarize(probe: Probe, results: list[dict]) -> dict:
             "transformers": __import__("transformers").__version__, "prompt_tokens": probe.prompt,
             "new_tokens": probe.new_tokens, "next_bucket_prompt_tokens": probe.longer,
             "weights_bytes": probe.weights, "input_table_bytes": probe.gathered,
-            "kv_bytes_mean": probe.kv, "copy_bandwidth_bytes_per_s": probe.bandwidth, "results": results,
+            "kv_bytes_mean": probe.kv, "copy_bandwidth_bytes_per_s": probe.bandwidth,
+            "inductor_caches": "kept" if probe.caches_kept else "off", "results": results,
             "wall_s": time.perf_counter() - probe.started_s}
 
 
@@ -239,6 +246,8 @@ def print_table(summary: dict) -> None:
     print(f"\n{summary['preset']} on {summary['device']}: weights {summary['weights_bytes'] / 1e9:.2f} GB, "
           f"copy bandwidth {summary['copy_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, prompt "
           f"{summary['prompt_tokens']}, {summary['new_tokens']} new tokens; long: prompt {longer}")
+    if summary["inductor_caches"] == "kept":
+        print("inductor's caches kept (--keep-caches): a compile time is no fresh machine's where a graph was cached")
     width = max(16, *(len(r["config"]) for r in results))
     print(f"{'config':{width}} {'compile s':>9} {'bucket 2 s':>10} {'TPOT ms':>8} {'MBU':>5} {'busy us':>8} "
           f"{'idle us':>8} {'kernels':>8} {'long TPOT':>9} {'long MBU':>8}  same tokens as generate")

@@ -215,10 +215,13 @@ def test_compile_probe_dry_run_on_the_cpu(tmp_path):
     probe = [sys.executable, str(ROOT / "scripts" / "compile_probe.py"), "--device", "cpu", "--preset", "tiny"]
     done = subprocess.run(probe + ["--configs", "fused-tuned,warp"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 2 and "unknown config 'warp'" in done.stderr
-    done = subprocess.run(probe + ["--tokens", "8", "--configs", "fused-tuned,forward-graphs", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    # --keep-caches: what the dry run of gpu_check compiled above (the compiled variant's fused step) loads
+    # from inductor's cache instead of compiling again
+    done = subprocess.run(probe + ["--tokens", "8", "--configs", "fused-tuned,forward-graphs", "--keep-caches",
+                                   "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "compile_probe.json").read_text())
+    assert summary["inductor_caches"] == "kept" and "inductor's caches kept (--keep-caches)" in done.stdout
     fused, forward = summary["results"]
     assert (fused["step"], forward["step"]) == ("fused Llama step", "transformers forward")
     for result in (fused, forward):
