@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -307,14 +308,15 @@ def test_run_and_bench_save_their_report_to_the_history_they_are_given(saved):
 
 
 def test_a_run_saves_to_the_default_history_unless_told_not_to(tmp_path):
-    kept = cli("run", "--preset", "tiny", "--variants", "baseline", "--max-new-tokens", 2, "--repeats", 1,
-               cache=tmp_path / "kept")
+    run = ("run", "--preset", "tiny", "--variants", "baseline", "--max-new-tokens", 2, "--repeats", 1)
+    with ThreadPoolExecutor(2) as both:                     # two commands, each with its own cache: at once
+        kept = both.submit(cli, *run, cache=tmp_path / "kept")
+        skipped = both.submit(cli, *run, "--no-history", cache=tmp_path / "skipped")
+        kept, skipped = kept.result(), skipped.result()
     assert kept.returncode == 0, kept.stderr
     default = tmp_path / "kept" / "history.sqlite"
     assert f"saved to the history as #1 ({default})" in kept.stderr
     assert History(default).get(1).report["results"][0]["output_tokens"] == 2
-    skipped = cli("run", "--preset", "tiny", "--variants", "baseline", "--max-new-tokens", 2, "--repeats", 1,
-                  "--no-history", cache=tmp_path / "skipped")
     assert skipped.returncode == 0 and "history" not in skipped.stderr
     assert not (tmp_path / "skipped" / "history.sqlite").exists()
 
