@@ -204,7 +204,7 @@ def wait_until_generating(job, timeout_s=60, stages=("generating",)) -> None:
 
 def test_visitors_queue_and_stop_only_their_own_run(url, client):
     other = Client(url, verbose=False)
-    job = compare(client, tokens=256, prompt=LONG_PROMPT, repeats=1)
+    job = compare(client, tokens=256, prompt=LONG_PROMPT, repeats=2)
     wait_until_generating(job)
     queued = compare(other, tokens=4)
     waiting = ""
@@ -256,7 +256,7 @@ def test_bad_command_line_exits_2_with_what_to_fix(args, message):
 
 
 def test_a_job_abandoned_while_waiting_gives_its_place_up_and_never_runs(url, client):
-    job = compare(client, tokens=256, prompt=LONG_PROMPT, repeats=1)
+    job = compare(client, tokens=256, prompt=LONG_PROMPT)    # 3 timed requests: time for two more jobs to queue
     wait_until_generating(job)
     abandoned = compare(Client(url, verbose=False), tokens=4)
     deadline = time.monotonic() + 30
@@ -277,7 +277,7 @@ def test_a_job_abandoned_while_waiting_gives_its_place_up_and_never_runs(url, cl
 
 
 def test_another_visitors_preset_switch_waits_and_unloads_nothing_of_a_running_run(url, client):
-    job = compare(client, tokens=256, prompt=LONG_PROMPT, repeats=1)
+    job = compare(client, tokens=256, prompt=LONG_PROMPT, repeats=2)
     wait_until_generating(job)
     other = compare(Client(url, verbose=False), variants=["baseline"], tokens=4, preset="small")
     deadline = time.monotonic() + 30
