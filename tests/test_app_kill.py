@@ -1,5 +1,6 @@
 """The app killed outright (SIGKILL: no handler runs): its workers end by themselves, and the next app
-on the machine deletes the download folder the killed one left. Only the processes this test started
+on the machine deletes the download folder the killed one left (and, stopped at once, its own fork
+server with it). Only the processes this test started
 are ended, by their ids."""
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import signal
 import time
 
 import psutil
-from app_server import ARTIFACTS, serve, start, still_running
+from app_server import ARTIFACTS, start, still_running
 from gradio_client import Client
 
 from ui.compare import RUN
@@ -16,7 +17,7 @@ from ui.downloads import PREFIX
 REPORT = RUN.index("report")
 
 
-def test_a_killed_app_leaves_no_worker_running_and_its_downloads_are_deleted_by_the_next(tmp_path):
+def test_a_killed_app_leaves_no_worker_running_and_the_next_deletes_its_downloads_and_stops_at_once(tmp_path):
     env = {"TMPDIR": str(tmp_path)}               # the apps' temporary folders, apart from everyone else's
     app, url = start("--private", name="test_app_kill", env=env)
     try:
@@ -35,9 +36,30 @@ def test_a_killed_app_leaves_no_worker_running_and_its_downloads_are_deleted_by_
         worker.kill()
     assert not alive, f"workers outlived the app: {[w.pid for w in alive]}"
     assert left[0].exists()                        # nobody deleted it yet
-    with serve("--private", name="test_app_kill_next", env=env):
-        assert not left[0].exists()                # the next app's downloads folder replaced it
+    stopped_at_once(tmp_path, left[0])
+
+
+def stopped_at_once(tmp_path, left) -> None:
+    """The next app: it deletes the downloads folder `left` that the killed one left. Stopped as soon as
+    its page answers, while its fork server is still importing torch and transformers, it ends the
+    fork server as it closes instead of leaving it to finish its imports after the app is gone."""
+    app, url = start("--private", name="test_app_kill_next", env={"TMPDIR": str(tmp_path)})
+    try:
+        assert not left.exists()                   # the next app's downloads folder replaced it
         assert len(list(tmp_path.glob(f"{PREFIX}*-*"))) == 1
+        servers = [c for c in psutil.Process(app.pid).children()
+                   if "from multiprocessing.forkserver import main" in " ".join(c.cmdline())]
+        assert len(servers) == 1, servers          # started with the page, for the first CPU worker
+        app.send_signal(signal.SIGTERM)
+        assert app.wait(30) == 0
+    finally:
+        if app.poll() is None:
+            app.kill()                             # our own child, by its handle
+            app.wait(10)
+    alive = still_running(servers, timeout_s=0.5)
+    for server in alive:                           # never expected: fail, but end what this test started
+        server.kill()
+    assert not alive, "the fork server outlived the app"
 
 
 def test_two_stop_signals_in_a_row_still_close_the_app_cleanly(tmp_path):
@@ -64,22 +86,3 @@ def test_two_stop_signals_in_a_row_still_close_the_app_cleanly(tmp_path):
     log = log.read_text()
     assert "Stopping: closing the page and the workers." in log and "Traceback" not in log, log[-2000:]
 
-
-def test_an_app_stopped_as_soon_as_it_answers_ends_its_fork_server_with_it(tmp_path):
-    """The fork server is still importing torch and transformers when the page first answers: the app
-    ends it as it closes instead of leaving it to finish its imports, seconds after the app is gone."""
-    app, url = start("--private", name="test_app_fork_server", env={"TMPDIR": str(tmp_path)})
-    try:
-        servers = [c for c in psutil.Process(app.pid).children()
-                   if "from multiprocessing.forkserver import main" in " ".join(c.cmdline())]
-        assert len(servers) == 1, servers          # started with the page, for the first CPU worker
-        app.send_signal(signal.SIGTERM)
-        assert app.wait(30) == 0
-    finally:
-        if app.poll() is None:
-            app.kill()                             # our own child, by its handle
-            app.wait(10)
-    alive = still_running(servers, timeout_s=0.5)
-    for server in alive:                           # never expected: fail, but end what this test started
-        server.kill()
-    assert not alive, "the fork server outlived the app"
