@@ -1,7 +1,6 @@
 """The app killed outright (SIGKILL: no handler runs): its workers end by themselves, and the next app
 on the machine deletes the download folder the killed one left (and, stopped at once, its own fork
-server with it). Only the processes this test started
-are ended, by their ids."""
+server with it). Only the processes this test started are ended, by their ids."""
 from __future__ import annotations
 
 import signal
