@@ -18,11 +18,11 @@ import time
 
 from typing import TYPE_CHECKING
 
-from engine import presets, remote
+from engine import hardware, presets, remote
 from engine.errors import DeviceError, InputError, PresetError
 from engine.history import HISTORY_ENV, default_path
 from engine.limits import Limits
-from engine.process import stop_fork_server
+from engine.process import start_fork_server, stop_fork_server
 
 if TYPE_CHECKING:
     from ui.state import Engines, PageHistory
@@ -175,6 +175,17 @@ def main(argv=None) -> int:
     except (ValueError, PresetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not hardware.cuda_devices():
+        start_fork_server()         # no GPU: every worker is forked from it, and its imports overlap gradio's
+    try:
+        return serve_page(args, limits, login)
+    finally:
+        stop_fork_server()          # the workers are stopped: it need not finish its imports
+
+
+def serve_page(args, limits: Limits, login: tuple[str, str] | None) -> int:
+    """Build the page, serve it until Ctrl-C or SIGTERM, then close it and its engines; 2 on a refused
+    flag (one line on stderr), 0 otherwise."""
     from ui import mcp
     from ui.page import launch_kwargs
     from ui.presets import offered_by_default
@@ -249,7 +260,6 @@ def main(argv=None) -> int:
         # out a 5 s timeout for the page's open event streams; demo.close() ends those first
         demo.close(verbose=False)
         engines.close()
-        stop_fork_server()                  # its workers are stopped: it need not finish its imports
     return 0
 
 

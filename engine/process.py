@@ -56,10 +56,12 @@ def stop_fork_server(timeout_s: float = 5.0) -> None:
     seconds after it started would leave it importing for seconds more. It is not reaped here: were
     a worker started later, multiprocessing would reap it and start another."""
     import psutil
-    servers = []
-    with contextlib.suppress(psutil.Error):
-        servers = [child for child in psutil.Process().children()
-                   if "from multiprocessing.forkserver import main" in " ".join(child.cmdline())]
+    def is_server(child: psutil.Process) -> bool:
+        try:
+            return "from multiprocessing.forkserver import main" in " ".join(child.cmdline())
+        except psutil.Error:                      # ended already, or a zombie
+            return False
+    servers = [child for child in psutil.Process().children() if is_server(child)]
     for server in servers:
         with contextlib.suppress(psutil.Error):
             server.terminate()
