@@ -44,8 +44,9 @@ def context(spec: WorkerSpec):
 def start_fork_server() -> None:
     """Start the fork server now, unless every worker is spawned: it imports torch and transformers
     (seconds) while the caller goes on, so the first CPU worker need not wait for all of it. It is
-    started once per process, by Engine.prepare: the dashboard's engines as the page starts, a
-    command line's once its input is valid."""
+    started once per process: by the dashboard before it imports gradio when there is no GPU, else
+    by Engine.prepare (the dashboard's engines as the page starts, a command line's once its input
+    is valid)."""
     if os.environ.get(START_METHOD_ENV) != "spawn":
         multiprocessing.forkserver.ensure_running()
 
@@ -56,6 +57,7 @@ def stop_fork_server(timeout_s: float = 5.0) -> None:
     seconds after it started would leave it importing for seconds more. It is not reaped here: were
     a worker started later, multiprocessing would reap it and start another."""
     import psutil
+
     def is_server(child: psutil.Process) -> bool:
         try:
             return "from multiprocessing.forkserver import main" in " ".join(child.cmdline())

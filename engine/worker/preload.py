@@ -1,9 +1,10 @@
 """What the fork server imports once, so that a CPU worker forked from it starts without importing
 torch and transformers again (about 3.6 s of a core per worker on a 2-core CPU, BENCHMARKS.md).
 
-The fork server is multiprocessing's: a process started ahead of the first CPU worker (Engine.prepare),
-that imports this module and then forks every CPU worker from itself (engine/process.py). Nothing here may start the
-CUDA driver: a process forked after CUDA was initialised cannot use it. Workers on a GPU are
+The fork server is multiprocessing's: a process started ahead of the first CPU worker (app.main,
+Engine.prepare), that imports this module and then forks every CPU worker from itself
+(engine/process.py). Nothing here may start the CUDA driver: a process forked after CUDA was
+initialised cannot use it. Workers on a GPU are
 spawned fresh all the same; PYTORCH_NVML_BASED_CUDA_CHECK makes any `torch.cuda.is_available()`
 made while importing ask NVML instead of the CUDA runtime (PyTorch's documented switch for this).
 """
