@@ -51,19 +51,29 @@ def start_fork_server() -> None:
         multiprocessing.forkserver.ensure_running()
 
 
+def fork_servers(parent=None) -> list:
+    """The running fork servers among the children of `parent` (a psutil.Process; None: this process).
+    A child that has ended, or is a zombie, is none."""
+    import psutil
+
+    def is_server(child: psutil.Process) -> bool:
+        try:
+            return "from multiprocessing.forkserver import main" in " ".join(child.cmdline())
+        except psutil.Error:
+            return False
+    try:
+        return [child for child in (parent or psutil.Process()).children() if is_server(child)]
+    except psutil.Error:                          # the parent itself has ended
+        return []
+
+
 def stop_fork_server(timeout_s: float = 5.0) -> None:
     """End this process's fork server, by its id, once its workers are stopped (the dashboard closing).
     Left alone, it ends when this process exits, but only after its imports: a dashboard stopped
     seconds after it started would leave it importing for seconds more. It is not reaped here: were
     a worker started later, multiprocessing would reap it and start another."""
     import psutil
-
-    def is_server(child: psutil.Process) -> bool:
-        try:
-            return "from multiprocessing.forkserver import main" in " ".join(child.cmdline())
-        except psutil.Error:                      # ended already, or a zombie
-            return False
-    servers = [child for child in psutil.Process().children() if is_server(child)]
+    servers = fork_servers()
     for server in servers:
         with contextlib.suppress(psutil.Error):
             server.terminate()

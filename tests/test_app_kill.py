@@ -10,6 +10,7 @@ import psutil
 from app_server import ARTIFACTS, start, still_running
 from gradio_client import Client
 
+from engine.process import fork_servers
 from ui.compare import RUN
 from ui.downloads import PREFIX
 
@@ -46,8 +47,7 @@ def stopped_at_once(tmp_path, left) -> None:
     try:
         assert not left.exists()                   # the next app's downloads folder replaced it
         assert len(list(tmp_path.glob(f"{PREFIX}*-*"))) == 1
-        servers = [c for c in psutil.Process(app.pid).children()
-                   if "from multiprocessing.forkserver import main" in " ".join(c.cmdline())]
+        servers = fork_servers(psutil.Process(app.pid))
         assert len(servers) == 1, servers          # started with the page, for the first CPU worker
         app.send_signal(signal.SIGTERM)
         assert app.wait(30) == 0

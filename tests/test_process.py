@@ -103,11 +103,8 @@ def test_a_cpu_engine_starts_the_fork_server_when_prepared_and_a_refused_run_sta
     import os
     import subprocess
     import sys
-    code = ("import psutil\n"
-            "from engine import Engine, InputError, RunSpec, load_preset\n"
-            "from ui.state import Engines\n"
-            "def servers():\n"
-            "    return [c for c in psutil.Process().children() if 'multiprocessing.forkserver' in ' '.join(c.cmdline())]\n"
+    code = ("from engine import Engine, InputError, RunSpec, load_preset\n"
+            "from engine.process import fork_servers as servers\n"
             "engine = Engine(load_preset('tiny'))\n"
             "counts = [len(servers())]\n"
             "try:\n"
@@ -123,32 +120,23 @@ def test_a_cpu_engine_starts_the_fork_server_when_prepared_and_a_refused_run_sta
         done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                               env=dict(os.environ, **{process.START_METHOD_ENV: method}))
         assert done.returncode == 0 and done.stdout.split() == expected, (method, done.stderr[-2000:])
-    code = ("import psutil; from ui.state import Engines; Engines().get('tiny'); "
-            "servers = [c for c in psutil.Process().children() if 'multiprocessing.forkserver' in ' '.join(c.cmdline())]; "
-            "[c.kill() for c in servers]; print(len(servers))")
+    code = ("from engine.process import fork_servers; from ui.state import Engines; Engines().get('tiny'); "
+            "servers = fork_servers(); [c.kill() for c in servers]; print(len(servers))")
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.split() == ["1"], done.stderr[-2000:]
 
 
 def test_the_dashboard_starts_the_fork_server_before_it_imports_gradio_and_ends_it_when_it_returns():
-    """Without a GPU the fork server's imports of torch and transformers overlap gradio's: a fresh
-    dashboard's first run on tiny came 2.7 s sooner on 2 cores. Checked in a fresh process, the page
-    itself replaced by a function that looks at the processes."""
+    """Without a GPU the fork server's imports of torch and transformers overlap gradio's. Checked in a
+    fresh process, the page itself replaced by a function that looks at the processes."""
     import os
     import subprocess
     import sys
-    code = ("import sys, psutil, app\n"
-            "def servers():\n"
-            "    found = 0\n"
-            "    for child in psutil.Process().children():\n"
-            "        try:\n"
-            "            found += 'from multiprocessing.forkserver import main' in ' '.join(child.cmdline())\n"
-            "        except psutil.Error:\n"
-            "            pass\n"
-            "    return found\n"
-            "app.serve_page = lambda *args: print(servers(), 'gradio' in sys.modules) or 0\n"
+    code = ("import sys, app\n"
+            "from engine.process import fork_servers\n"
+            "app.serve_page = lambda *args: print(len(fork_servers()), 'gradio' in sys.modules) or 0\n"
             "code = app.main([])\n"
-            "print(code, servers())\n")
+            "print(code, len(fork_servers()))\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["1", "False", "0", "0"], done.stdout + done.stderr[-2000:]
