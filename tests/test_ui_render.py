@@ -77,6 +77,21 @@ def test_a_card_shows_the_loading_step_then_the_report_figures():
     assert "9 tokens; figures from the report; medians of 3 requests, TPOT 1.10-1.60 ms" in card
 
 
+def test_a_variant_stopped_before_its_timed_requests_says_its_answer_box_holds_the_warm_up():
+    view = RunView(["sdpa"], "fair")
+    view.apply([events.Started("sdpa", 1, 1.0, 5, warmup=True),
+                *(events.Token("sdpa", 1, i, 7, f"w{i}", 1.1 + i) for i in range(3))], now=1.0)
+    assert "3 tokens of the untimed warm-up: its figures are not counted" in render.card_html(view.lanes["sdpa"], 2.0)
+    row = {"variant": "sdpa", "status": "cancelled", "reason": "the run was stopped before this variant's turn",
+           "text": "", "output_tokens": None, "ttft_s": None, "tpot_s": None}
+    view.apply([events.RunDone({"mode": "fair", "prompt_tokens": 5, "repeats": 1, "results": [row]})], now=3.0)
+    card = render.card_html(view.lanes["sdpa"], 3.0)
+    assert "no timed request ran: the answer box shows the untimed warm-up&#x27;s 3 tokens" in card, card
+    assert card.count('class="sbs-kpi-value">-<') == 4 and "the run was stopped before this variant" in card
+    view.apply([events.Started("sdpa", 2, 4.0, 5), events.Token("sdpa", 2, 0, 7, "t", 4.1)], now=4.0)
+    assert "warm-up" not in render.card_html(view.lanes["sdpa"], 4.2)        # a timed request replaced it
+
+
 def test_the_run_message_follows_the_run():
     view = RunView(["baseline", "sdpa"], "race")
     view.apply([events.Status("baseline", "generating"), events.Started("baseline", 1, 1.0, 5)], now=1.0)

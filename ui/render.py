@@ -121,10 +121,13 @@ def _card_detail(lane: Lane, now: float) -> str:
 
 
 def _card_note(lane: Lane, figures: dict) -> str:
+    if lane.warmup and lane.pieces:       # no timed request began: the answer box holds the warm-up's text
+        if figures["final"]:
+            return (f"no timed request ran: the answer box shows the untimed warm-up's {len(lane.pieces)} "
+                    "tokens, counted in no figure")
+        return f"{figures['tokens']} tokens of the untimed warm-up: its figures are not counted"
     if not figures["tokens"]:
         return ""
-    if lane.warmup:
-        return f"{figures['tokens']} tokens of the untimed warm-up: its figures are not counted"
     note = f"{figures['tokens']} tokens; " + ("figures from the report" if figures["final"] else "live estimate")
     result = lane.result or {}
     spread = tpot_range(result)
