@@ -35,7 +35,8 @@ def crash(spec, conn, cancel) -> None:
 
 
 def describe(spec, conn, cancel) -> None:
-    """Writes how it was started and what it found already imported, then ends."""
+    """Writes how it was started and what it found already imported (and frozen), then ends."""
+    import gc
     import multiprocessing
     import sys
     torch = sys.modules.get("torch")
@@ -43,4 +44,5 @@ def describe(spec, conn, cancel) -> None:
          process_name=multiprocessing.current_process().name, cwd=os.getcwd(), marker=os.environ.get("SBS_MARKER"),
          torch_imported=torch is not None, transformers_imported="transformers" in sys.modules,
          cuda_initialized=bool(torch is not None and torch.cuda.is_initialized()),
-         parent_alive=multiprocessing.parent_process() is not None and multiprocessing.parent_process().is_alive())
+         parent_alive=multiprocessing.parent_process() is not None and multiprocessing.parent_process().is_alive(),
+         gc_enabled=gc.isenabled(), frozen_objects=gc.get_freeze_count())

@@ -74,7 +74,8 @@ def test_a_cpu_worker_is_forked_from_the_preloaded_server_with_the_environment_a
                                                                                                   monkeypatch):
     """The fork server imported torch and transformers once (without starting CUDA); a worker forked
     from it still sees the environment variables and working folder the orchestrator has when it
-    starts the worker, not those from when the fork server started. A GPU worker is spawned."""
+    starts the worker, not those from when the fork server started; it inherits the fork server's
+    objects frozen, its garbage collector on. A GPU worker is spawned."""
     monkeypatch.setenv("SIDEBYSIDE_FAKE_LOG", str(tmp_path))
     first = WorkerProcess(WorkerSpec(None, "first", "cpu"), entry="fake_workers:describe")   # starts the server
     first.process.join(120)
@@ -86,6 +87,8 @@ def test_a_cpu_worker_is_forked_from_the_preloaded_server_with_the_environment_a
     later.process.join(60)
     assert first.process.exitcode == later.process.exitcode == 0
     facts = json.loads((tmp_path / "later.json").read_text())
+    # what the fork server made is frozen before it forks: the worker's collections skip it all
+    assert facts.pop("frozen_objects") > 100_000 and facts.pop("gc_enabled") is True, facts
     assert facts == {"start_method": "forkserver", "process_name": "worker-later", "cwd": str(folder),
                      "marker": "set after the fork server started", "torch_imported": True,
                      "transformers_imported": True, "cuda_initialized": False, "parent_alive": True}

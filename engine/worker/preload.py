@@ -8,8 +8,14 @@ initialised cannot use it. Workers on a GPU are
 spawned fresh all the same; PYTORCH_NVML_BASED_CUDA_CHECK makes any `torch.cuda.is_available()`
 made while importing ask NVML instead of the CUDA runtime (PyTorch's documented switch for this).
 """
+import gc
 import os
 
+# Python's advice for a process that forks without exec (the gc.freeze documentation): no collection
+# while it builds its objects, and every one of them frozen before the first fork. A worker's
+# collections then skip what it inherits, instead of walking (and copying, page by page) the
+# hundreds of thousands of objects that torch and transformers make.
+gc.disable()
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 from engine.worker.serve import quiet_libraries  # noqa: E402  (imports neither torch nor transformers)
@@ -22,3 +28,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria  
 from transformers.models.llama import modeling_llama  # noqa: E402,F401  (the built-in presets' models)
 
 import engine.worker.runner  # noqa: E402,F401  (the worker's own modules; they import no CUDA)
+
+gc.freeze()                      # what the fork server made, before it forks the first worker
+gc.enable()

@@ -90,13 +90,14 @@ def bandwidth_cache_path() -> Path:
 
 
 def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_bytes: int | None = None,
-                           repeats: int = 20, use_cache: bool = True) -> float:
+                           repeats: int | None = None, use_cache: bool = True) -> float:
     """Peak memory bandwidth in bytes/s from a large device-to-device copy (bytes read + written).
 
     The best of `repeats` timed copies, as STREAM reports: a peak, so the slowest copies (another
     process, a clock ramping up) do not lower it. On a GPU it is measured once per device name
-    and cached on disk; on a CPU, where other programs share the memory and a copy takes a
-    second at most, it is measured afresh every time.
+    and cached on disk, from 20 copies after 3 untimed ones. On a CPU, where other programs share
+    the memory, it is measured afresh for each engine, from STREAM's 10 copies after one untimed
+    copy that maps the destination's pages: under a second of one core.
     """
     cuda = torch_device.startswith("cuda")
     use_cache = use_cache and cuda
@@ -104,9 +105,10 @@ def measure_copy_bandwidth(device_name: str, torch_device: str = "cuda", size_by
     if cached is not None:
         return cached
     size_bytes = size_bytes or (1 << 30 if cuda else 1 << 28)   # far above any cache
-    src = torch.rand(size_bytes // 4, dtype=torch.float32, device=torch_device)   # written: every page is real
-    dst = torch.zeros_like(src)
-    for _ in range(3):
+    repeats = repeats or (20 if cuda else 10)
+    src = torch.full((size_bytes // 4,), 1.0, dtype=torch.float32, device=torch_device)   # written: every page is real
+    dst = torch.empty_like(src)
+    for _ in range(3 if cuda else 1):
         dst.copy_(src)
     times = []
     for _ in range(repeats):
