@@ -42,7 +42,7 @@ reached the host (the copy to the host waits for the device). The prompt is not 
 - **MBU** (model bandwidth utilisation) = (weight bytes a step reads + mean KV-cache bytes) /
   TPOT / peak memory bandwidth of the device. A step reads every weight but an input embedding
   table that the output head does not share (it gathers one row of it). Against two peaks:
-  *measured copy*, the best of 20 large copies on this device (bytes read + written, measured
+  *measured copy*, the best of 20 large copies on a GPU, 10 on a CPU (bytes read + written, measured
   once after the first run's timed requests), and *datasheet*, the vendor's figure (GPUs in the
   engine's table only). Near 100% of the measured
   peak, a step reads its bytes as fast as this device can; far below it, something else
