@@ -3,6 +3,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -41,6 +42,18 @@ def url():
     from app_server import serve
     with serve(name="app") as address:
         yield address
+
+
+@pytest.fixture(scope="session")
+def public_app(tmp_path_factory):
+    """The real app in public mode, shared by the modules that use or attack a public page (test_history_page,
+    test_mcp, test_public): with MCP, a history file asked for (a public page keeps it untouched) and limits
+    of its own. `url`, `asked_history` (that file), `log` (its output)."""
+    from app_server import ARTIFACTS, serve
+    asked = tmp_path_factory.mktemp("public-history") / "h.sqlite"
+    with serve("--public", "--mcp", "--history", str(asked), "--max-prompt-chars", "2000", "--run-deadline", "120",
+               "--unread-timeout", "3", name="public") as address:
+        yield SimpleNamespace(url=address, asked_history=asked, log=ARTIFACTS / "public.log")
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from app_server import serve
 from gradio_client import Client
 from test_history import report, row
 
-from engine.errors import InputError
 from engine.history import History
 from ui import history as tab
 from ui.history import COMPARE, LIST
@@ -106,10 +104,9 @@ def test_bad_filters_and_imports_are_one_line(tmp_path):
 # --- the real public app, two visitors ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def public_url(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("public-history")
-    with serve("--public", "--history", str(folder / "h.sqlite"), name="test_history_page") as address:
-        yield address, folder / "h.sqlite"
+def public_url(public_app):
+    """The shared public app (conftest.py), asked to keep its history in a file it must leave untouched."""
+    return public_app.url, public_app.asked_history
 
 
 def test_public_visitors_through_the_api_see_and_change_only_their_own_runs(public_url):

@@ -135,18 +135,19 @@ def test_a_refused_input_gets_the_same_line_over_mcp_as_over_the_api_and_the_que
     assert direct[API("message")] == refused
 
 
-def test_a_public_page_applies_its_limits_to_mcp_calls_and_keeps_the_history_out():
-    with serve("--mcp", "--public", name="test_mcp_public") as url:
-        found = tools(url)
-        assert {"compare", "experiment"} <= set(found) and not {"history_list", "history_compare"} & set(found)
-        for args, expected in ((compare_args(tokens=300), "max new tokens is 300; this page allows 1 to 256"),
-                               (compare_args(repeats=5), "repeats must be a whole number from 1 to 3, got 5")):
-            over = call(url, "compare", args)[AT("message")]
-            assert expected in over and 'data-kind="error"' in over, over
-            direct = Client(url, verbose=False).predict(*args.values(), api_name="/compare")
-            assert direct[API("message")] == over
-        done = call(url, "compare", compare_args(tokens=3, variants=("baseline",)))
-        assert done[AT("report")]["results"][0]["status"] == "ok"
+def test_a_public_page_applies_its_limits_to_mcp_calls_and_keeps_the_history_out(public_app):
+    """The shared public app (conftest.py, with --mcp and --history): no history tool, though it has a history."""
+    url = public_app.url
+    found = tools(url)
+    assert {"compare", "experiment"} <= set(found) and not {"history_list", "history_compare"} & set(found)
+    for args, expected in ((compare_args(tokens=300), "max new tokens is 300; this page allows 1 to 256"),
+                           (compare_args(repeats=5), "repeats must be a whole number from 1 to 3, got 5")):
+        over = call(url, "compare", args)[AT("message")]
+        assert expected in over and 'data-kind="error"' in over, over
+        direct = Client(url, verbose=False).predict(*args.values(), api_name="/compare")
+        assert direct[API("message")] == over
+    done = call(url, "compare", compare_args(tokens=3, variants=("baseline",)))
+    assert done[AT("report")]["results"][0]["status"] == "ok"
 
 
 def test_without_the_flag_no_mcp_endpoint_is_served(url):

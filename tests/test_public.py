@@ -1,5 +1,5 @@
-"""A public page under attack: the real app (`python app.py --public`) on a free local port, driven with
-gradio_client and plain HTTP, a bounded number of requests, to 127.0.0.1 only.
+"""A public page under attack: the real app (`python app.py --public`, conftest's `public_app`) on a free
+local port, driven with gradio_client and plain HTTP, a bounded number of requests, to 127.0.0.1 only.
 
 Each case asserts the refusal (its status or its message) and that a good run works afterwards; the
 server's log must hold no traceback for any of them.
@@ -12,7 +12,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-from app_server import ARTIFACTS, serve
 from gradio_client import Client
 
 from ui.compare import RUN
@@ -23,10 +22,15 @@ LONG_PROMPT = "Why does decoding wait on memory bandwidth? " * 40
 
 
 @pytest.fixture(scope="module")
-def public_url():
-    with serve("--public", "--max-prompt-chars", "2000", "--run-deadline", "120", "--unread-timeout", "3",
-               name="test_public") as address:
-        yield address
+def public_url(public_app):
+    """The shared public app (conftest.py): prompts up to 2,000 characters, a run deadline of 120 s, and
+    a job whose updates nobody reads for 3 s stopped."""
+    return public_app.url
+
+
+@pytest.fixture(scope="module")
+def log(public_app):
+    return public_app.log
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +136,7 @@ def join(url: str, data: list, session_hash: str) -> int:
         return response.status
 
 
-def test_jobs_whose_updates_nobody_reads_give_the_device_up_and_a_visitor_runs_after(public_url):
-    log = ARTIFACTS / "test_public.log"
+def test_jobs_whose_updates_nobody_reads_give_the_device_up_and_a_visitor_runs_after(public_url, log):
     before = log.read_text().count("nobody read its updates")
     heavy = [LONG_PROMPT, "tiny", ["baseline", "sdpa"], 256, "fair", 3]
     assert [join(public_url, heavy, f"gone-{i}") for i in range(10)] == [200] * 10     # accepted by Gradio
@@ -149,7 +152,7 @@ def test_jobs_whose_updates_nobody_reads_give_the_device_up_and_a_visitor_runs_a
     assert all(r["status"] == "ok" for r in good[REPORT]["results"]), good[MESSAGE]
 
 
-def test_nothing_reached_the_log_as_a_traceback(public_url, visitor):
+def test_nothing_reached_the_log_as_a_traceback(public_url, visitor, log):
     run(visitor)                                            # the app still serves after everything above
-    log = (ARTIFACTS / "test_public.log").read_text()
-    assert "Traceback" not in log, log[-3000:]
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
