@@ -20,7 +20,6 @@ import urllib.request
 import pytest
 from app_server import ROOT
 from gradio_client import Client
-from gradio_client.utils import Status
 
 from engine.variants import CATALOG, REFERENCE
 from ui.compare import PLOTS as PLOT_NAMES

@@ -98,7 +98,7 @@ def test_cli_sweep_tells_each_cell_as_it_is_measured_then_the_table_and_the_clai
     assert done.returncode == 0, done.stderr
     sweep = json.loads(out.read_text())
     progress = [line for line in done.stderr.splitlines() if line.startswith("[")]
-    assert done.stderr.startswith(f"batch on Tiny Llama") and "3 cells x 1 variants x 3 timed requests" in done.stderr
+    assert done.stderr.startswith("batch on Tiny Llama") and "3 cells x 1 variants x 3 timed requests" in done.stderr
     assert [line.split("] ", 1)[1].split(":")[0] for line in progress] == [
         f"sdpa, batch {row['batch_size']}" for row in sweep["results"]]
     for line, row in zip(progress, sweep["results"]):          # each cell's TPOT median as measured
