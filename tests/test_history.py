@@ -4,6 +4,7 @@ as a person types it."""
 import json
 import os
 import platform
+import re
 import signal
 import sqlite3
 import subprocess
@@ -283,14 +284,17 @@ def test_compare_gives_each_change_in_percent_and_the_noise_rule_of_verdict():
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """A CPU run and a CPU bench on tiny, saved by the commands themselves to a fresh history."""
+    """A CPU run and a CPU bench on tiny, saved by the commands themselves to a fresh history: run at
+    once, from the same new cache folder (the first to need the tiny model makes it, the other waits)."""
     folder = tmp_path_factory.mktemp("history")
     path = folder / "h.sqlite"
-    done = {"run": cli("run", "--preset", "tiny", "--variants", "baseline,sdpa", "--max-new-tokens", 4, "--repeats", 2,
-                       "--json", folder / "run.json", "--history", path, cache=folder / "cache"),
-            "bench": cli("bench", "--preset", "tiny", "--variants", "baseline,sdpa", "--prompt-lengths", 128,
-                         "--new-tokens", 4, "--repeats", 2, "--json", folder / "bench.json", "--history", path,
-                         cache=folder / "cache")}
+    commands = {"run": ("run", "--preset", "tiny", "--variants", "baseline,sdpa", "--max-new-tokens", 4, "--repeats",
+                        2, "--json", folder / "run.json", "--history", path),
+                "bench": ("bench", "--preset", "tiny", "--variants", "baseline,sdpa", "--prompt-lengths", 128,
+                          "--new-tokens", 4, "--repeats", 2, "--json", folder / "bench.json", "--history", path)}
+    with ThreadPoolExecutor(2) as both:
+        started = {name: both.submit(cli, *args, cache=folder / "cache") for name, args in commands.items()}
+        done = {name: future.result() for name, future in started.items()}
     for name, finished in done.items():
         assert finished.returncode == 0, finished.stderr
     return {"folder": folder, "path": path, "done": done, "run": json.loads((folder / "run.json").read_text()),
@@ -298,12 +302,16 @@ def saved(tmp_path_factory):
 
 
 def test_run_and_bench_save_their_report_to_the_history_they_are_given(saved):
-    assert saved["done"]["run"].stderr.rstrip().endswith(f"saved to the history as #1 ({saved['path']})")
-    assert f"saved to the history as #2 ({saved['path']})" in saved["done"]["bench"].stderr
+    said = {name: re.search(r"saved to the history as #(\d+) \((.+)\)\n*$", done.stderr)
+            for name, done in saved["done"].items()}
+    assert all(found and found[2] == str(saved["path"]) for found in said.values()), said
+    ids = {name: int(found[1]) for name, found in said.items()}        # in the order they finished
+    assert sorted(ids.values()) == [1, 2]
     history = History(saved["path"])
-    assert [(e.id, e.kind) for e in history.list()] == [(2, "bench"), (1, "run")]
-    assert history.get(1).report == saved["run"] and history.get(2).report == saved["bench"]
-    assert history.get(2).settings["prompt_lengths"] == [128] and history.get(2).settings["new_tokens"] == 4
+    assert [(e.id, e.kind) for e in history.list()] == sorted(((i, n) for n, i in ids.items()), reverse=True)
+    assert history.get(ids["run"]).report == saved["run"] and history.get(ids["bench"]).report == saved["bench"]
+    bench = history.get(ids["bench"])
+    assert bench.settings["prompt_lengths"] == [128] and bench.settings["new_tokens"] == 4
     assert not (saved["folder"] / "cache" / "history.sqlite").exists()   # --history chose the file
 
 
