@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -55,11 +56,24 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_worker(args, message):
     assert _processes_marked(mark) == []
 
 
-def test_cli_run_prints_a_table_and_writes_the_json(tmp_path):
-    out = tmp_path / "run.json"
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """A `run` and a quick `sweep batch`, run at the same time (each test below reads its own):
+    (the finished process, its JSON file) by command."""
+    folder = tmp_path_factory.mktemp("cli")
     mark = uuid.uuid4().hex
-    done = _cli("--variants", "baseline,sdpa,fa2", "--max-new-tokens", "6", "--threads", "1", "--json", str(out),
-                env_mark=mark)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    with ThreadPoolExecutor(2) as both:
+        run = both.submit(_cli, "--variants", "baseline,sdpa,fa2", "--max-new-tokens", "6", "--threads", "1",
+                          "--json", str(folder / "run.json"), env_mark=mark)
+        sweep = both.submit(subprocess.run, [sys.executable, "-m", "engine", "sweep", "batch", "--preset", "tiny",
+                                             "--quick", "--threads", "1", "--json", str(folder / "sweep.json")],
+                            capture_output=True, text=True, env=env, timeout=300)
+        return {"run": (run.result(), folder / "run.json", mark), "sweep": (sweep.result(), folder / "sweep.json")}
+
+
+def test_cli_run_prints_a_table_and_writes_the_json(measured):
+    done, out, mark = measured["run"]
     assert done.returncode == 0, done.stderr
     assert "random weights: the text is noise, the timings are real" in done.stderr
     header = done.stdout.splitlines()[0].split()
@@ -90,11 +104,8 @@ def test_cli_table_shows_the_tpot_range_of_repeats_and_why_a_row_is_slow():
     assert lines[3].startswith("  sdpa: other processes kept 1.3 of its CPU cores busy") and len(lines) == 4
 
 
-def test_cli_sweep_tells_each_cell_as_it_is_measured_then_the_table_and_the_claims(tmp_path):
-    out = tmp_path / "sweep.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-m", "engine", "sweep", "batch", "--preset", "tiny", "--quick",
-                           "--threads", "1", "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
+def test_cli_sweep_tells_each_cell_as_it_is_measured_then_the_table_and_the_claims(measured):
+    done, out = measured["sweep"]
     assert done.returncode == 0, done.stderr
     sweep = json.loads(out.read_text())
     progress = [line for line in done.stderr.splitlines() if line.startswith("[")]
