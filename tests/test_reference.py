@@ -4,6 +4,7 @@ import json
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,27 @@ def folder() -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(folder, tmp_path_factory) -> dict:
-    """One reference run, isolated (-I: neither the repository nor PYTHONPATH is importable)."""
-    path = tmp_path_factory.mktemp("reference") / "reference.json"
-    subprocess.run([sys.executable, "-I", str(BENCHMARKS / "reference.py"), str(folder), "--prompt", FILLER,
-                    "--prompt-tokens", str(PROMPT_TOKENS), "--new-tokens", str(NEW_TOKENS), "--repeats", str(REPEATS),
-                    "--threads", "1", "--attn", "eager", "--device", "cpu", "--json", str(path)],
-                   check=True, timeout=300, capture_output=True)
+def commands(folder, tmp_path_factory) -> dict:
+    """The two commands this module checks, run at the same time: one reference run, isolated (-I: neither
+    the repository nor PYTHONPATH is importable), and one pair of vs_reference.py. (process, JSON path) each."""
+    out = tmp_path_factory.mktemp("reference")
+    reference = [sys.executable, "-I", str(BENCHMARKS / "reference.py"), str(folder), "--prompt", FILLER,
+                 "--prompt-tokens", str(PROMPT_TOKENS), "--new-tokens", str(NEW_TOKENS), "--repeats", str(REPEATS),
+                 "--threads", "1", "--attn", "eager", "--device", "cpu", "--json", str(out / "reference.json")]
+    pair = [sys.executable, str(BENCHMARKS / "vs_reference.py"), "--preset", "tiny", "--variants", "sdpa",
+            "--prompt-tokens", str(PROMPT_TOKENS), "--new-tokens", str(NEW_TOKENS), "--pairs", "1", "--repeats",
+            str(REPEATS), "--threads", "1", "--json", str(out / "vs.json")]
+    with ThreadPoolExecutor(2) as both:
+        started = {name: both.submit(subprocess.run, command, capture_output=True, text=True, timeout=600)
+                   for name, command in (("reference", reference), ("pair", pair))}
+        return {"reference": (started["reference"].result(), out / "reference.json"),
+                "pair": (started["pair"].result(), out / "vs.json")}
+
+
+@pytest.fixture(scope="module")
+def report(commands) -> dict:
+    done, path = commands["reference"]
+    assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(path.read_text())
 
 
@@ -76,12 +91,8 @@ def test_the_reference_imports_nothing_from_the_engine(report):
     assert "engine" not in imported and "ui" not in imported and "app" not in imported
 
 
-def test_one_pair_against_the_engine_runs_end_to_end_and_writes_its_json(tmp_path):
-    path = tmp_path / "vs.json"
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "vs_reference.py"), "--preset", "tiny", "--variants",
-                           "sdpa", "--prompt-tokens", str(PROMPT_TOKENS), "--new-tokens", str(NEW_TOKENS),
-                           "--pairs", "1", "--repeats", str(REPEATS), "--threads", "1", "--json", str(path)],
-                          capture_output=True, text=True, timeout=600)
+def test_one_pair_against_the_engine_runs_end_to_end_and_writes_its_json(commands):
+    done, path = commands["pair"]
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(path.read_text())
     assert result["setup"]["prompt_tokens"] == PROMPT_TOKENS and result["setup"]["threads"] == 1
