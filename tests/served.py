@@ -8,7 +8,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,8 +36,12 @@ def require_vllm() -> Path:
 
 
 @contextlib.contextmanager
-def vllm_server(model_dir: Path, served_name: str, log_name: str = "vllm") -> Iterator[tuple[str, subprocess.Popen]]:
-    """vLLM serving `model_dir` as `served_name` on 127.0.0.1: (its /v1 URL, its process)."""
+def vllm_server(model_dir: Path, served_name: str, log_name: str = "vllm",
+                meanwhile: Callable[[str], contextlib.AbstractContextManager] | None = None) -> Iterator[tuple]:
+    """vLLM serving `model_dir` as `served_name` on 127.0.0.1: (its /v1 URL, its process, what `meanwhile`
+    gave). `meanwhile(url)`, a context manager, is entered as soon as the server's process has started:
+    what else a test needs starts while vLLM imports (for 20-30 s, mostly on one core of a CPU). It is
+    left before the server stops."""
     python = require_vllm()
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
@@ -56,8 +60,9 @@ def vllm_server(model_dir: Path, served_name: str, log_name: str = "vllm") -> It
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     root = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(root + "/health", process, log, START_TIMEOUT_S, what="vLLM")
-        yield root + "/v1", process
+        with meanwhile(root + "/v1") if meanwhile else contextlib.nullcontext() as beside:
+            wait_ready(root + "/health", process, log, START_TIMEOUT_S, what="vLLM")
+            yield root + "/v1", process, beside
     finally:
         stop(process)
 

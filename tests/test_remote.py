@@ -91,15 +91,25 @@ def test_fair_mode_sends_variants_on_different_devices_together_and_one_at_a_tim
 
 @pytest.fixture(scope="module")
 def served_small():
-    """vLLM serving the `small` preset's own model folder (random weights, made locally) as "small"."""
+    """vLLM serving the `small` preset's own model folder (random weights, made locally) as "small":
+    (the preset with that endpoint, the server's process, the URL of a dashboard started with it as
+    --remote). The dashboard starts while vLLM does: it asks the server nothing until a run."""
+    from app_server import serve
+
     from engine.worker.models import saved_random_model
     preset = presets.load("small")
-    with vllm_server(saved_random_model(preset), "small", log_name="test_remote_vllm") as (url, process):
-        yield dataclasses.replace(preset, remote=(remote.Endpoint("vllm", url, "small"),)), process
+
+    def page(url: str):
+        return serve("--private", "--preset", "small", "--remote", f"{url},model=small,name=vllm",
+                     name="test_remote_page")
+
+    with vllm_server(saved_random_model(preset), "small", log_name="test_remote_vllm", meanwhile=page) as \
+            (url, process, address):
+        yield dataclasses.replace(preset, remote=(remote.Endpoint("vllm", url, "small"),)), process, address
 
 
 def test_a_served_model_streams_beside_the_local_baseline_timed_the_same_way(served_small):
-    preset, _ = served_small
+    preset, _, _ = served_small
     with Engine(preset, request_timeout_s=120) as engine:
         seen = list(engine.run(RunSpec(PROMPT, ["baseline", "vllm"], 16, repeats=2, ignore_eos=True)))
     tokens = [e for e in seen if isinstance(e, events.Token) and e.variant == "vllm"]
@@ -129,7 +139,7 @@ def test_a_served_model_streams_beside_the_local_baseline_timed_the_same_way(ser
 
 
 def test_an_unreachable_server_and_a_wrong_model_fail_their_column_in_one_line_while_the_baseline_runs(served_small):
-    preset, _ = served_small
+    preset, _, _ = served_small
     from app_server import free_port
     url = preset.remote[0].base_url
     broken = dataclasses.replace(preset, remote=(remote.Endpoint("gone", f"http://127.0.0.1:{free_port()}/v1"),
@@ -148,33 +158,31 @@ def test_an_unreachable_server_and_a_wrong_model_fail_their_column_in_one_line_w
 def test_the_page_shows_a_served_column_beside_the_local_one(served_small, browser):  # noqa: F811
     """The dashboard started with --remote: the endpoint is one more column, selected, labelled with
     what serves it; its answer streams and the summary has its row."""
-    from app_server import ARTIFACTS, serve
-    preset, _ = served_small
-    url = preset.remote[0].base_url
-    with serve("--private", "--preset", "small", "--remote", f"{url},model=small,name=vllm",
-               name="test_remote_page") as address:
-        page = browser.new_page(viewport={"width": 1366, "height": 768})
-        page.goto(address)
-        page.wait_for_selector("#sbs-card-vllm", timeout=30_000)
-        # the variants' boxes may be drawn after the cards: read them once the served one is there
-        page.wait_for_selector('#sbs-variants input[name="vllm"]', state="attached", timeout=30_000)
-        boxes = {b.get_attribute("name"): b.is_checked() for b in page.locator("#sbs-variants input").all()}
-        assert boxes["vllm"] and boxes["baseline"], boxes
-        for name in [n for n, checked in boxes.items() if checked and n not in ("baseline", "vllm")]:
-            page.locator(f'#sbs-variants input[name="{name}"]').click()
-        set_max_tokens(page, 12)
-        page.click("#sbs-run")
-        assert wait_until_all_final(page, 2, 240) == ["done"] * 2
-        card = page.inner_text("#sbs-card-vllm")
-        assert "served by vLLM 0." in card and "127.0.0.1" in card, card
-        assert page.input_value("#sbs-answer-vllm textarea") != ""
-        page.wait_for_selector("#sbs-message .sbs-verdict", timeout=10_000)
-        assert "vllm" in page.locator("#sbs-summary").inner_text()
-        page.screenshot(path=str(ARTIFACTS / "served-column.png"), full_page=True)
+    from app_server import ARTIFACTS
+    _, _, address = served_small
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    page.goto(address)
+    page.wait_for_selector("#sbs-card-vllm", timeout=30_000)
+    # the variants' boxes may be drawn after the cards: read them once the served one is there
+    page.wait_for_selector('#sbs-variants input[name="vllm"]', state="attached", timeout=30_000)
+    boxes = {b.get_attribute("name"): b.is_checked() for b in page.locator("#sbs-variants input").all()}
+    assert boxes["vllm"] and boxes["baseline"], boxes
+    for name in [n for n, checked in boxes.items() if checked and n not in ("baseline", "vllm")]:
+        page.locator(f'#sbs-variants input[name="{name}"]').click()
+    set_max_tokens(page, 12)
+    page.click("#sbs-run")
+    assert wait_until_all_final(page, 2, 240) == ["done"] * 2
+    card = page.inner_text("#sbs-card-vllm")
+    assert "served by vLLM 0." in card and "127.0.0.1" in card, card
+    assert page.input_value("#sbs-answer-vllm textarea") != ""
+    page.wait_for_selector("#sbs-message .sbs-verdict", timeout=10_000)
+    assert "vllm" in page.locator("#sbs-summary").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "served-column.png"), full_page=True)
+    page.close()
 
 
 def test_a_server_killed_mid_answer_turns_into_a_failed_column_while_the_local_variant_finishes(served_small):
-    preset, process = served_small                   # the last test of the module: it ends the server
+    preset, process, _ = served_small                # the last test of the module: it ends the server
     with Engine(preset, request_timeout_s=120) as engine:
         run = engine.start(RunSpec(PROMPT, ["vllm", "baseline"], 120, repeats=1, warmup_requests=0, ignore_eos=True))
         seen = []
