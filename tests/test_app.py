@@ -271,6 +271,7 @@ def test_a_job_abandoned_while_waiting_gives_its_place_up_and_never_runs(url, cl
         time.sleep(0.1)
     waiting = next(u[MESSAGE] for u in third.outputs() if "Waiting for the device" in u[MESSAGE])
     assert "1 run ahead of yours" in waiting       # the abandoned one is no longer in line
+    client.predict(api_name="/stop")               # the first visitor stops theirs: the third's turn comes
     assert all(r["status"] == "ok" for r in third.result()[REPORT]["results"])
     job.result()
 
