@@ -4,6 +4,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,7 +17,7 @@ from engine.events import Request
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_gives_a_cell_per_variant_and_length_with_spread_and_overhead():
+def test_bench_gives_a_cell_per_variant_and_length_with_spread_and_overhead(compile_probe):  # beside it
     report = run_bench(presets.load("tiny"), ["sdpa", "baseline"], [16, 64], 8, repeats=3)
     cells = {(r["variant"], r["prompt_length"]): r for r in report["results"]}
     assert set(cells) == {(v, n) for v in ("sdpa", "baseline") for n in (16, 64)}
@@ -41,7 +42,7 @@ def test_bench_gives_a_cell_per_variant_and_length_with_spread_and_overhead():
     assert "overhead: worker TPOT / bare-loop TPOT" in text and text.count("\nsdpa ") == 2
 
 
-def test_a_warm_up_request_decodes_every_token_of_its_cell(monkeypatch):
+def test_a_warm_up_request_decodes_every_token_of_its_cell(monkeypatch, compile_probe):  # beside it
     # a few warm-up tokens leave the lengths past them unseen: the first timed repeat then pays
     # for them (a cuDNN attention plan per length on a Hopper GPU)
     made = []
@@ -64,6 +65,34 @@ def _gpu_check(*args, **kwargs):
                           text=True, timeout=600, **kwargs)
 
 
+PROBE = [sys.executable, str(ROOT / "scripts" / "compile_probe.py"), "--device", "cpu", "--preset", "tiny"]
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """gpu_check's dry run on the CPU, the variants' runs then the attention sweep: (the process, its --out)."""
+    out = tmp_path_factory.mktemp("gpu_check")
+    done = _gpu_check("--device", "cpu", "--variants", "baseline,sdpa,fa2,compiled,int4", "--attention",
+                      "--out", str(out))
+    return done, out
+
+
+@pytest.fixture(scope="module")
+def compile_probe(dry_run, tmp_path_factory):
+    """compile_probe.py with --keep-caches, started once the dry run is done: what the dry run compiled (the
+    compiled variant's fused step) loads from inductor's cache instead of compiling again. It computes on one
+    core for seconds, so the module's in-process bench tests ask for it and run beside it. (the process,
+    its --out, its stdout and stderr files)."""
+    out = tmp_path_factory.mktemp("compile_probe")
+    with open(out / "stdout.txt", "w") as stdout, open(out / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(PROBE + ["--tokens", "8", "--configs", "fused-tuned,forward-graphs", "--keep-caches",
+                                            "--out", str(out)], stdout=stdout, stderr=stderr, text=True)
+    yield process, out
+    if process.poll() is None:                       # a test failed before it waited: our own child, by its handle
+        process.kill()
+        process.wait(10)
+
+
 def test_gpu_check_refuses_bad_arguments():
     done = _gpu_check("--variants", "baseline,warp")
     assert done.returncode == 2 and "unknown variant(s) warp" in done.stderr
@@ -79,11 +108,10 @@ def test_gpu_check_without_cuda_says_how_to_dry_run():
     assert done.returncode == 2 and "pass --device cpu for a dry run" in done.stderr
 
 
-def test_gpu_check_dry_run_on_the_cpu_with_the_attention_sweep(tmp_path):
-    done = _gpu_check("--device", "cpu", "--variants", "baseline,sdpa,fa2,compiled,int4", "--attention",
-                      "--out", str(tmp_path))
+def test_gpu_check_dry_run_on_the_cpu_with_the_attention_sweep(dry_run):
+    done, out = dry_run
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    summary = json.loads((out / "gpu_check.json").read_text())
     assert summary["device"] == "cpu"
     assert summary["flash_attention"]["torch sdpa flash backend"] == "works"
     (run,) = summary["runs"]
@@ -91,7 +119,7 @@ def test_gpu_check_dry_run_on_the_cpu_with_the_attention_sweep(tmp_path):
     assert statuses == {(v, n): ("unavailable" if v == "fa2" else "ok")
                         for v in ("baseline", "sdpa", "fa2", "compiled", "int4") for n in (32, 128)}
     assert done.stdout.strip().splitlines()[-1].startswith("total ")
-    timeline = (tmp_path / "gpu_check-timeline.txt").read_text()   # each timed request as it ended, also on stderr
+    timeline = (out / "gpu_check-timeline.txt").read_text()   # each timed request as it ended, also on stderr
     assert timeline.count("compiled, prompt 128: 8 tokens") == 1 and timeline.splitlines()[-1] in done.stderr
     assert "overhead: worker TPOT / bare-loop TPOT" in done.stdout
     checks = {c["target"]: c for c in summary["targets"]}        # the GPU targets, checked even on a dry run
@@ -211,16 +239,15 @@ def test_bench_table_names_the_threads_and_the_cells_timed_on_a_busy_cpu():
     assert "timed while other processes kept its CPU busy: sdpa@128." in bench_markdown(report)
 
 
-def test_compile_probe_dry_run_on_the_cpu(tmp_path):
-    probe = [sys.executable, str(ROOT / "scripts" / "compile_probe.py"), "--device", "cpu", "--preset", "tiny"]
-    done = subprocess.run(probe + ["--configs", "fused-tuned,warp"], capture_output=True, text=True, timeout=600)
+def test_compile_probe_dry_run_on_the_cpu(compile_probe):
+    done = subprocess.run(PROBE + ["--configs", "fused-tuned,warp"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 2 and "unknown config 'warp'" in done.stderr
-    # --keep-caches: what the dry run of gpu_check compiled above (the compiled variant's fused step) loads
-    # from inductor's cache instead of compiling again
-    done = subprocess.run(probe + ["--tokens", "8", "--configs", "fused-tuned,forward-graphs", "--keep-caches",
-                                   "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    process, out = compile_probe
+    returncode = process.wait(600)
+    done = SimpleNamespace(returncode=returncode, stdout=(out / "stdout.txt").read_text(),
+                           stderr=(out / "stderr.txt").read_text())
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads((tmp_path / "compile_probe.json").read_text())
+    summary = json.loads((out / "compile_probe.json").read_text())
     assert summary["inductor_caches"] == "kept" and "inductor's caches kept (--keep-caches)" in done.stdout
     fused, forward = summary["results"]
     assert (fused["step"], forward["step"]) == ("fused Llama step", "transformers forward")
@@ -237,7 +264,7 @@ def test_compile_probe_dry_run_on_the_cpu(tmp_path):
     for result in (fused, forward):                          # the later bucket, served by the same compile
         assert len(result["long_tpot_runs_ms"]) == 3
         assert result["long_tpot_ms"] == sorted(result["long_tpot_runs_ms"])[1]
-    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(tmp_path / "compile_probe.json")],
+    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(out / "compile_probe.json")],
                            capture_output=True, text=True, timeout=60).stdout
     assert "| TPOT ms at prompt 257 | MBU (copy) there |" in table
     assert f"| {fused['long_tpot_ms']:.2f} | {fused['long_mbu_vs_copy']:.0%} |" in table
