@@ -44,9 +44,9 @@ def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float,
     raise RuntimeError(f"{what} did not answer {url} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def start(*args: str, name: str = "app", env: dict | None = None) -> tuple[subprocess.Popen, str]:
+def launch(*args: str, name: str = "app", env: dict | None = None) -> tuple[subprocess.Popen, str, Path]:
     """Start `python app.py --port <free> *args` (with `env` added to the environment), its output in
-    test-artifacts/NAME.log; (the process, its URL) once it answers."""
+    test-artifacts/NAME.log, without waiting for it: (the process, its URL, its log)."""
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / f"{name}.log"
     port = free_port()
@@ -54,7 +54,12 @@ def start(*args: str, name: str = "app", env: dict | None = None) -> tuple[subpr
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
                                     *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    return process, f"http://127.0.0.1:{port}", log
+
+
+def ready(launched: tuple[subprocess.Popen, str, Path]) -> tuple[subprocess.Popen, str]:
+    """(the process, its URL) of a launched app once it answers; killed (our own child) if it never does."""
+    process, url, log = launched
     try:
         wait_ready(url + "/gradio_api/info", process, log, 90)
     except BaseException:
@@ -62,6 +67,11 @@ def start(*args: str, name: str = "app", env: dict | None = None) -> tuple[subpr
         process.wait(10)
         raise
     return process, url
+
+
+def start(*args: str, name: str = "app", env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Start `python app.py --port <free> *args` (see `launch`); (the process, its URL) once it answers."""
+    return ready(launch(*args, name=name, env=env))
 
 
 def still_running(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
@@ -79,10 +89,10 @@ def still_running(processes: list[psutil.Process], timeout_s: float) -> list[psu
 
 
 @contextlib.contextmanager
-def serve(*args: str, name: str = "app", env: dict | None = None) -> Iterator[str]:
+def serve(*args: str, name: str = "app", env: dict | None = None, launched: tuple | None = None) -> Iterator[str]:
     """Run `python app.py --port <free> *args` (with `env` added to the environment); yield its URL;
-    stop it and its workers afterwards."""
-    process, url = start(*args, name=name, env=env)
+    stop it and its workers afterwards. `launched`: an app that `launch` started earlier, to use instead."""
+    process, url = ready(launched) if launched is not None else start(*args, name=name, env=env)
     children: list[psutil.Process] = []
     try:
         yield url

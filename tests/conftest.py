@@ -10,6 +10,8 @@ import pytest
 from engine import presets
 from engine.pool import Engine
 
+LAUNCHED: list = []       # the shared app (`url`), launched during collection, until its fixture takes it
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives the real page in Chromium with Playwright "
@@ -21,7 +23,18 @@ def pytest_configure(config):
     os.environ["SIDEBYSIDE_HISTORY"] = str(Path(folder) / "history.sqlite")
 
 
+def pytest_itemcollected(item):
+    """The first test collected that uses the shared app (`url`) launches it: the app imports gradio and
+    torch on the second core while the rest of the tests are collected (seconds of imports on one core)."""
+    if "url" in getattr(item, "fixturenames", ()) and not LAUNCHED:
+        from app_server import launch
+        LAUNCHED.append(launch(name="app"))
+
+
 def pytest_unconfigure(config):
+    for process, _, _ in LAUNCHED:                  # launched, but no test that ran used it: our own child
+        process.terminate()
+        process.wait(30)
     folder = getattr(config, "_sbs_history_folder", None)
     if folder:
         shutil.rmtree(folder, ignore_errors=True)
@@ -36,11 +49,11 @@ def engine():
 
 @pytest.fixture(scope="session")
 def url():
-    """The real app (`python app.py` on a free port, its defaults), shared by the test modules that take
-    it as it is (one that needs flags of its own starts its own with app_server.serve); its log is
+    """The real app (`python app.py` on a free port, its defaults; launched while the tests are collected),
+    shared by the test modules that take it as it is (one that needs flags of its own starts its own with app_server.serve); its log is
     test-artifacts/app.log. Each module's `client` is a visitor of its own, and each browser page too."""
     from app_server import serve
-    with serve(name="app") as address:
+    with serve(name="app", launched=LAUNCHED.pop() if LAUNCHED else None) as address:
         yield address
 
 
