@@ -1,4 +1,5 @@
 """Shared pytest configuration and fixtures."""
+import gc
 import os
 import shutil
 import tempfile
@@ -14,6 +15,9 @@ LAUNCHED: list = []       # the shared app (`url`), launched during collection, 
 
 
 def pytest_configure(config):
+    # collecting imports torch, transformers and gradio into this process: with the collector off, and
+    # what they made frozen once collected (pytest_collection_finish), as the dashboard does for gradio
+    gc.disable()
     config.addinivalue_line("markers", "browser: drives the real page in Chromium with Playwright "
                                        "(deselect with -m 'not browser')")
     # every run, bench, sweep and app the tests start saves to a history of this session, never the user's
@@ -23,10 +27,15 @@ def pytest_configure(config):
     os.environ["SIDEBYSIDE_HISTORY"] = str(Path(folder) / "history.sqlite")
 
 
+def pytest_collection_finish(session):
+    gc.freeze()
+    gc.enable()
+
+
 def pytest_itemcollected(item):
     """The first test collected that uses the shared app (`url`) launches it: the app imports gradio and
     torch on the second core while the rest of the tests are collected (seconds of imports on one core)."""
-    if "url" in getattr(item, "fixturenames", ()) and not LAUNCHED:
+    if "url" in getattr(item, "fixturenames", ()) and not LAUNCHED and not item.config.option.collectonly:
         from app_server import launch
         LAUNCHED.append(launch(name="app"))
 
