@@ -83,15 +83,18 @@ def test_closing_the_outbox_while_a_batch_waits_sends_it_once_and_returns():
 
 
 def _workers_of(process: psutil.Process) -> list[psutil.Process]:
-    """The worker processes a CLI started: spawned by multiprocessing, or forked by its fork server
-    (neither the fork server itself nor the resource tracker is one)."""
+    """The worker processes a CLI started: spawned by multiprocessing, or forked by its fork server.
+    Neither the fork server itself, the resource tracker, nor a process that a worker starts is one
+    (a worker's own child carries the fork server's command line too, and may end at once)."""
+    from engine.process import fork_servers
     found = []
-    for child in process.children(recursive=True):
-        try:
-            if "spawn_main" in " ".join(child.cmdline()) or "forkserver" in " ".join(child.parent().cmdline()):
+    for server in fork_servers(process):
+        with contextlib.suppress(psutil.Error):
+            found += server.children()
+    for child in process.children():
+        with contextlib.suppress(psutil.Error):
+            if "spawn_main" in " ".join(child.cmdline()):
                 found.append(child)
-        except psutil.Error:
-            pass
     return found
 
 
