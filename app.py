@@ -10,7 +10,6 @@ and a closed page cancels its run when Gradio closes the generator.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import signal
 import socket
@@ -23,7 +22,7 @@ from engine import hardware, presets, remote
 from engine.errors import DeviceError, InputError, PresetError
 from engine.history import HISTORY_ENV, default_path
 from engine.limits import Limits
-from engine.process import start_fork_server, stop_fork_server
+from engine.process import long_lived_imports, start_fork_server, stop_fork_server
 
 if TYPE_CHECKING:
     from ui.state import Engines, PageHistory
@@ -187,17 +186,11 @@ def main(argv=None) -> int:
 def serve_page(args, limits: Limits, login: tuple[str, str] | None) -> int:
     """Build the page, serve it until Ctrl-C or SIGTERM, then close it and its engines; 2 on a refused
     flag (one line on stderr), 0 otherwise."""
-    # gradio and its dependencies make some 10^5 objects that live as long as the page: imported with
-    # the garbage collector off (a fifth less CPU time) and frozen, so later collections skip them
-    gc.disable()
-    try:
+    with long_lived_imports():       # gradio and its dependencies live as long as the page
         from ui import mcp
         from ui.page import launch_kwargs
         from ui.presets import offered_by_default
         from ui.state import Engines, PageHistory
-    finally:
-        gc.freeze()
-        gc.enable()
     offered = None
     if limits.public:
         offered = ([p.strip() for p in args.public_presets.split(",") if p.strip()] if args.public_presets

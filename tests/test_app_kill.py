@@ -7,7 +7,7 @@ import signal
 import time
 
 import psutil
-from app_server import ARTIFACTS, start, still_running
+from app_server import ARTIFACTS, kill_if_running, outliving, start
 from gradio_client import Client
 
 from engine.process import fork_servers
@@ -31,9 +31,7 @@ def test_a_killed_app_leaves_no_worker_running_and_the_next_deletes_its_download
     finally:
         app.kill()                                 # SIGKILL, by its handle: the app cannot stop anything
         app.wait(10)
-    alive = still_running(workers, timeout_s=20)
-    for worker in alive:                           # never expected: fail, but end what this test started
-        worker.kill()
+    alive = outliving(workers, timeout_s=20)
     assert not alive, f"workers outlived the app: {[w.pid for w in alive]}"
     assert left[0].exists()                        # nobody deleted it yet
     stopped_at_once(tmp_path, left[0])
@@ -52,12 +50,8 @@ def stopped_at_once(tmp_path, left) -> None:
         app.send_signal(signal.SIGTERM)
         assert app.wait(30) == 0
     finally:
-        if app.poll() is None:
-            app.kill()                             # our own child, by its handle
-            app.wait(10)
-    alive = still_running(servers, timeout_s=0.5)
-    for server in alive:                           # never expected: fail, but end what this test started
-        server.kill()
+        kill_if_running(app)
+    alive = outliving(servers, timeout_s=0.5)
     assert not alive, "the fork server outlived the app"
 
 
@@ -77,10 +71,8 @@ def test_two_stop_signals_in_a_row_still_close_the_app_cleanly(tmp_path):
         app.send_signal(signal.SIGTERM)            # the second, while the app is closing
         assert app.wait(30) == 0
     finally:
-        if app.poll() is None:
-            app.kill()                             # our own child, by its handle
-            app.wait(10)
-    alive = still_running(workers, timeout_s=20)
+        kill_if_running(app)
+    alive = outliving(workers, timeout_s=20)
     assert not alive, f"workers outlived the app: {[w.pid for w in alive]}"
     log = log.read_text()
     assert "Stopping: closing the page and the workers." in log and "Traceback" not in log, log[-2000:]

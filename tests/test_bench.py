@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from app_server import kill_if_running
 
 from engine import events, presets, schedule
 from engine.pool import Engine
@@ -88,9 +89,7 @@ def compile_probe(dry_run, tmp_path_factory):
         process = subprocess.Popen(PROBE + ["--tokens", "8", "--configs", "fused-tuned,forward-graphs", "--keep-caches",
                                             "--out", str(out)], stdout=stdout, stderr=stderr, text=True)
     yield process, out
-    if process.poll() is None:                       # a test failed before it waited: our own child, by its handle
-        process.kill()
-        process.wait(10)
+    kill_if_running(process)                         # a test failed before it waited for it
 
 
 def test_gpu_check_refuses_bad_arguments():
