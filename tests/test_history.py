@@ -62,6 +62,12 @@ def cli(*args, cache=None):
                           env=env, cwd=ROOT, timeout=300)
 
 
+def made(report) -> str:
+    """When a report was made, as the history stores and lists it (UTC, with a Z)."""
+    assert report["created"].endswith("+0000"), report["created"]
+    return report["created"].replace("+0000", "Z")
+
+
 def one_error_line(done, text):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -308,7 +314,10 @@ def test_run_and_bench_save_their_report_to_the_history_they_are_given(saved):
     ids = {name: int(found[1]) for name, found in said.items()}        # in the order they finished
     assert sorted(ids.values()) == [1, 2]
     history = History(saved["path"])
-    assert [(e.id, e.kind) for e in history.list()] == sorted(((i, n) for n, i in ids.items()), reverse=True)
+    # newest report first: the two ran at once, so the one that finished first (#1) may have begun later
+    newest_first = sorted(((made(saved[n]), i, n) for n, i in ids.items()), reverse=True)
+    assert [(e.id, e.kind) for e in history.list()] == [(i, n) for _, i, n in newest_first]
+    assert [e.created for e in history.list()] == [created for created, _, _ in newest_first]
     assert history.get(ids["run"]).report == saved["run"] and history.get(ids["bench"]).report == saved["bench"]
     bench = history.get(ids["bench"])
     assert bench.settings["prompt_lengths"] == [128] and bench.settings["new_tokens"] == 4
@@ -403,10 +412,12 @@ def test_history_commands_on_a_fresh_database(saved, tmp_path):
     lines = cli("history", "list", "--history", path).stdout.splitlines()
     assert lines[0].split() == ["id", "created", "kind", "preset", "device", "variants", "mode", "repeats", "prompt",
                                 "commit"]
-    assert [line.split()[:4] for line in lines[1:]] == [["2", saved["bench"]["created"].replace("+0000", "Z"),
-                                                         "imported", "tiny"], ["1", lines[2].split()[1], "imported",
-                                                                               "tiny"]]
-    assert "baseline,sdpa" in lines[1] and lines[2].split()[-2:] == [str(saved["run"]["prompt_tokens"]), "-"]
+    # newest report first (the two were made at once, so the run may be the newer); a tie goes to the higher id
+    rows = sorted([(made(saved["run"]), "1"), (made(saved["bench"]), "2")], reverse=True)
+    assert [line.split()[:4] for line in lines[1:]] == [[i, created, "imported", "tiny"] for created, i in rows]
+    run_line = lines[1 + [i for _, i in rows].index("1")]
+    assert all("baseline,sdpa" in line for line in lines[1:])
+    assert run_line.split()[-2:] == [str(saved["run"]["prompt_tokens"]), "-"]
     assert cli("history", "list", "--variant", "compiled", "--history", path).stdout.startswith("no runs saved")
     both = cli("history", "list", "--preset", "tiny", "--device", "cpu", "--history", path)
     assert [line.split()[0] for line in both.stdout.splitlines()[1:]] == ["2", "1"]
