@@ -415,12 +415,13 @@ def test_history_commands_on_a_fresh_database(saved, tmp_path):
     # newest report first (the two were made at once, so the run may be the newer); a tie goes to the higher id
     rows = sorted([(made(saved["run"]), "1"), (made(saved["bench"]), "2")], reverse=True)
     assert [line.split()[:4] for line in lines[1:]] == [[i, created, "imported", "tiny"] for created, i in rows]
-    run_line = lines[1 + [i for _, i in rows].index("1")]
+    newest = [i for _, i in rows]
+    run_line = lines[1 + newest.index("1")]
     assert all("baseline,sdpa" in line for line in lines[1:])
     assert run_line.split()[-2:] == [str(saved["run"]["prompt_tokens"]), "-"]
     assert cli("history", "list", "--variant", "compiled", "--history", path).stdout.startswith("no runs saved")
     both = cli("history", "list", "--preset", "tiny", "--device", "cpu", "--history", path)
-    assert [line.split()[0] for line in both.stdout.splitlines()[1:]] == ["2", "1"]
+    assert [line.split()[0] for line in both.stdout.splitlines()[1:]] == newest
 
     shown = cli("history", "show", "1", "--history", path)
     assert shown.returncode == 0
@@ -459,7 +460,7 @@ def test_history_commands_on_a_fresh_database(saved, tmp_path):
 
     deleted = cli("history", "delete", "3", "--history", path)
     assert deleted.returncode == 0 and deleted.stdout.strip() == f"deleted #3 from {path}"
-    assert [e.id for e in History(path).list()] == [2, 1]
+    assert [e.id for e in History(path).list()] == [int(i) for i in newest]
     assert integrity(path) == "ok"
 
 
