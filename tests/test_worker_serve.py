@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -98,6 +99,19 @@ def _workers_of(process: psutil.Process) -> list[psutil.Process]:
     return found
 
 
+def _tree_said(cli: psutil.Process, workers: list[psutil.Process], gone: list[psutil.Process], log: Path) -> str:
+    """What a failed 'still at work' check saw: the workers found, those gone, the CLI's process tree
+    now (pid, parent, command line) and the CLI's log."""
+    def line(process: psutil.Process) -> str:
+        try:
+            return f"{process.pid} (parent {process.ppid()}, {process.status()}): {' '.join(process.cmdline())[:160]}"
+        except psutil.Error as error:
+            return f"{process.pid}: {type(error).__name__}"
+    tree = [line(p) for p in cli.children(recursive=True)] if cli.is_running() else ["the CLI has ended"]
+    return "\n".join([f"found {[p.pid for p in workers]}, gone {[p.pid for p in gone]}; the CLI's tree now:", *tree,
+                      "its log:", log.read_text()[-2000:]])
+
+
 @pytest.mark.parametrize("stage", ["loading", "generating"])
 def test_workers_exit_within_seconds_of_a_killed_parent(stage, tmp_path):
     """A CLI killed outright (SIGKILL) cannot stop its workers: each notices its parent's death and
@@ -123,7 +137,8 @@ def test_workers_exit_within_seconds_of_a_killed_parent(stage, tmp_path):
             time.sleep(0.05)
         else:
             pytest.fail(f"the worker never reached {stage}: {log.read_text()}")
-        assert cli.poll() is None and all(worker.is_running() for worker in workers)     # still at work
+        gone = [worker for worker in workers if not worker.is_running()]
+        assert cli.poll() is None and not gone, _tree_said(cli, workers, gone, log)      # still at work
         cli.kill()                                            # our own child, by its handle
         cli.wait(10)
         alive = still_running(workers, timeout_s=3.0)
