@@ -84,14 +84,21 @@ def test_closing_the_outbox_while_a_batch_waits_sends_it_once_and_returns():
 
 
 def _workers_of(process: psutil.Process) -> list[psutil.Process]:
-    """The worker processes a CLI started: spawned by multiprocessing, or forked by its fork server.
-    Neither the fork server itself, the resource tracker, nor a process that a worker starts is one
-    (a worker's own child carries the fork server's command line too, and may end at once)."""
+    """The worker processes a CLI started: spawned by multiprocessing, or forked by its fork server and
+    at work (a child of the server with the server's command line and more than one thread: a worker
+    starts its parent-watch thread first thing). Not one: the fork server itself, the resource tracker,
+    a process that a worker starts, nor a program that the server runs while it imports (`ldconfig -p`,
+    from ctypes.util.find_library): until it execs, that child has the server's command line too, and
+    one thread; it ends within milliseconds, and a test that took it for a worker failed."""
     from engine.process import fork_servers
     found = []
     for server in fork_servers(process):
         with contextlib.suppress(psutil.Error):
-            found += server.children()
+            command = server.cmdline()
+            for child in server.children():
+                with contextlib.suppress(psutil.Error):
+                    if child.cmdline() == command and child.num_threads() > 1:
+                        found.append(child)
     for child in process.children():
         with contextlib.suppress(psutil.Error):
             if "spawn_main" in " ".join(child.cmdline()):
