@@ -21,6 +21,7 @@ from gradio_client import Client
 from gradio_client.utils import Status
 
 from engine.studies import sweeps
+from engine.worker.serve import LOAD_DELAY_ENV
 from ui.compare import RUN as COMPARE
 from ui.experiments import RUN
 
@@ -31,8 +32,10 @@ MESSAGE, PLOT, TABLE, SWEEP, JSON_FILE, CSV_FILE, HTML_FILE, EXPLANATION = map(
 @pytest.fixture(scope="module")
 def url():
     """An app of this module's own, not the shared one (conftest.py): its first sweep finds no worker
-    loaded yet, and so streams the load and every measurement."""
-    with serve(name="test_experiments_tab") as address:
+    loaded yet, and so streams the load and every measurement. Its sdpa load is drawn out by a second:
+    a tiny model loads and warms up in less than the status line's refresh period (SWEEP_TICK_S) once
+    the fork server has finished its imports, and no update would show it loading."""
+    with serve(name="test_experiments_tab", env={LOAD_DELAY_ENV: "sdpa=1"}) as address:
         yield address
 
 
