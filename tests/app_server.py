@@ -64,6 +64,16 @@ def kill_if_running(process: subprocess.Popen) -> None:
         process.wait(10)
 
 
+def terminate(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Stop our own child as Ctrl-C would (SIGTERM), by its handle; killed if it is still running after
+    `timeout_s`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout_s)
+    kill_if_running(process)
+
+
 def ready(launched: tuple[subprocess.Popen, str, Path]) -> tuple[subprocess.Popen, str]:
     """(the process, its URL) of a launched app once it answers; killed if it never does."""
     process, url, log = launched
@@ -117,10 +127,7 @@ def serve(*args: str, name: str = "app", env: dict | None = None, launched: tupl
             children = psutil.Process(process.pid).children(recursive=True)
         stopped = process.poll() is None
         if stopped:
-            process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(30)
-            kill_if_running(process)
+            terminate(process)
         alive = outliving(children, timeout_s=15)
         assert not alive, f"app.py left processes running: {[c.pid for c in alive]}"
         if stopped:                                         # SIGTERM is a stop like Ctrl-C: a clean exit

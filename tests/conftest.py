@@ -42,9 +42,10 @@ def pytest_itemcollected(item):
 
 
 def pytest_unconfigure(config):
-    for process, _, _ in LAUNCHED:                  # launched, but no test that ran used it: our own child
-        process.terminate()
-        process.wait(30)
+    if LAUNCHED:                                    # launched, but no test that ran used it: our own child
+        from app_server import terminate
+        for process, _, _ in LAUNCHED:
+            terminate(process)
     folder = getattr(config, "_sbs_history_folder", None)
     if folder:
         shutil.rmtree(folder, ignore_errors=True)

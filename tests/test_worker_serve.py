@@ -83,6 +83,14 @@ def test_closing_the_outbox_while_a_batch_waits_sends_it_once_and_returns():
     assert sent == [[token]]
 
 
+def _read(process: psutil.Process, what: str, default=None, **options):
+    """process.<what>(**options) (psutil), or `default` once the process has ended."""
+    try:
+        return getattr(process, what)(**options)
+    except psutil.Error:
+        return default
+
+
 def _workers_of(process: psutil.Process) -> list[psutil.Process]:
     """The worker processes a CLI started: spawned by multiprocessing, or forked by its fork server and
     at work (a child of the server with the server's command line and more than one thread: a worker
@@ -91,30 +99,18 @@ def _workers_of(process: psutil.Process) -> list[psutil.Process]:
     from ctypes.util.find_library): until it execs, that child has the server's command line too, and
     one thread; it ends within milliseconds, and a test that took it for a worker failed."""
     from engine.process import fork_servers
-    found = []
-    for server in fork_servers(process):
-        with contextlib.suppress(psutil.Error):
-            command = server.cmdline()
-            for child in server.children():
-                with contextlib.suppress(psutil.Error):
-                    if child.cmdline() == command and child.num_threads() > 1:
-                        found.append(child)
-    for child in process.children():
-        with contextlib.suppress(psutil.Error):
-            if "spawn_main" in " ".join(child.cmdline()):
-                found.append(child)
-    return found
+    forked = [child for server in fork_servers(process) for child in _read(server, "children", [])
+              if _read(child, "cmdline") == _read(server, "cmdline") and _read(child, "num_threads", 0) > 1]
+    spawned = [child for child in _read(process, "children", [])
+               if "spawn_main" in " ".join(_read(child, "cmdline", []))]
+    return forked + spawned
 
 
 def _tree_said(cli: psutil.Process, workers: list[psutil.Process], gone: list[psutil.Process], log: Path) -> str:
     """What a failed 'still at work' check saw: the workers found, those gone, the CLI's process tree
     now (pid, parent, command line) and the CLI's log."""
-    def line(process: psutil.Process) -> str:
-        try:
-            return f"{process.pid} (parent {process.ppid()}, {process.status()}): {' '.join(process.cmdline())[:160]}"
-        except psutil.Error as error:
-            return f"{process.pid}: {type(error).__name__}"
-    tree = [line(p) for p in cli.children(recursive=True)] if cli.is_running() else ["the CLI has ended"]
+    tree = [f"{p.pid} (parent {_read(p, 'ppid')}, {_read(p, 'status', 'gone')}): "
+            f"{' '.join(_read(p, 'cmdline', []))[:160]}" for p in _read(cli, "children", [], recursive=True)] or ["none"]
     return "\n".join([f"found {[p.pid for p in workers]}, gone {[p.pid for p in gone]}; the CLI's tree now:", *tree,
                       "its log:", log.read_text()[-2000:]])
 

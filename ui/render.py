@@ -122,10 +122,11 @@ def _card_detail(lane: Lane, now: float) -> str:
 
 def _card_note(lane: Lane, figures: dict) -> str:
     if lane.warmup and lane.pieces:       # no timed request began: the answer box holds the warm-up's text
+        tokens = len(lane.pieces)
         if figures["final"]:
-            return (f"no timed request ran: the answer box shows the untimed warm-up's {len(lane.pieces)} "
-                    "tokens, counted in no figure")
-        return f"{figures['tokens']} tokens of the untimed warm-up: its figures are not counted"
+            return (f"no timed request ran: the answer box shows the untimed warm-up's {tokens} tokens, "
+                    "counted in no figure")
+        return f"{tokens} tokens of the untimed warm-up: its figures are not counted"
     if not figures["tokens"]:
         return ""
     note = f"{figures['tokens']} tokens; " + ("figures from the report" if figures["final"] else "live estimate")
