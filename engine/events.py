@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from engine.presets import Preset
+    from engine.remote import Endpoint
 
 
 # ----------------------------------------------------------------------------- to a worker
@@ -22,12 +23,14 @@ class WorkerSpec:
     """What one worker process loads."""
     preset: Preset
     variant: str
-    device: str                   # "cpu" or "cuda:N"
+    device: str                   # "cpu", "cuda:N", or "remote:HOST:PORT" for a served variant
     threads: int | None = None    # torch CPU threads (None: torch's default)
     core: int | None = None       # pin the serving thread to this CPU core once loaded (GPU workers)
     # on a host with several GPUs, the one (NVML's index) this worker alone sees: the child sets
     # CUDA_VISIBLE_DEVICES to it before torch loads, and its torch device is then cuda:0
     own_gpu: int | None = None
+    endpoint: Endpoint | None = None      # a served variant's server (its worker loads no model)
+    shares_machine: bool = True           # its work runs on this machine's cores (False: a server elsewhere)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ a command line run beside it): the file is in WAL mode, a writer waits up to BUS
 another, and every write is one transaction, so a process killed mid-write leaves the earlier rows
 whole and its own write absent. Reads open the file read-only.
 
-The schema's version is `PRAGMA user_version`; an older file is migrated in place on first use
-(MIGRATIONS), a newer one is refused with a message. engine/history_compare.py sets runs side by
-side per variant; engine/views/history_tables.py writes them and a saved run as text, and
+The file's tables, schema version and migrations are engine/history_schema.py's: an older file is
+migrated in place on first use, a newer one is refused with a message. engine/history_compare.py sets
+runs side by side per variant; engine/views/history_tables.py writes them and a saved run as text, and
 engine/history_cli.py is `python -m engine history ...`.
 """
 from __future__ import annotations
@@ -23,49 +23,17 @@ import platform
 import sqlite3
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import InputError
+from engine.history_schema import (BUSY_TIMEOUT_S, COLUMNS, KINDS, SCHEMA_VERSION, check_version, immediate,
+                                   parse_moment, prepare, utc_text)
+from engine.history_schema import SCHEMA_V1  # noqa: F401  (importable from here too: the tests make a version-1 file)
 from engine.source import cache_dir
 
-SCHEMA_VERSION = 2
-KINDS = ("run", "bench", "sweep", "experiment", "imported")
-BUSY_TIMEOUT_S = 30.0        # how long a writer waits for another's transaction before giving up
 EXPECTED = ("the JSON that `python -m engine run`, `bench` or `sweep` writes with --json (an object with "
             "'device', 'preset' and 'results' rows)")
-
-# Version 1: the report and little else. Kept to document what a version-1 file holds (and for tests).
-SCHEMA_V1 = ("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, created TEXT NOT NULL, kind TEXT NOT NULL, "
-             "preset TEXT, report_json TEXT NOT NULL)",)
-
-# Version 2 (current): provenance in columns, so that list filters need not parse every report.
-SCHEMA_V2 = (
-    f"""CREATE TABLE runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused after a delete: an id shown once means one run
-        kind TEXT NOT NULL CHECK (kind IN ({", ".join(f"'{k}'" for k in KINDS)})),
-        created TEXT NOT NULL,        -- when the report was made, UTC ISO 8601 with a Z: text order is time order
-        saved TEXT NOT NULL,          -- when it was saved here, the same format
-        preset TEXT,
-        device TEXT,                  -- the device's name as the report gives it
-        driver TEXT,
-        versions_json TEXT NOT NULL,  -- library versions, {{"torch": "2.13.0", ...}}
-        git_commit TEXT,              -- the project's commit when saved from a git checkout, else NULL
-        host TEXT,
-        settings_json TEXT NOT NULL,  -- mode, repeats, new tokens, variants, prompt tokens (settings())
-        session TEXT,                 -- the public page's visitor session (each sees their own); NULL elsewhere
-        source TEXT,                  -- where an imported report came from
-        report_json TEXT NOT NULL)""",
-    # one row per variant of a run: the variant filter is an index lookup, not a scan of every report
-    "CREATE TABLE run_variants (run_id INTEGER NOT NULL REFERENCES runs (id), variant TEXT NOT NULL, "
-    "PRIMARY KEY (run_id, variant))",
-    "CREATE INDEX runs_by_created ON runs (created)",
-    "CREATE INDEX run_variants_by_variant ON run_variants (variant)",
-)
-COLUMNS = ("kind", "created", "saved", "preset", "device", "driver", "versions_json", "git_commit", "host",
-           "settings_json", "session", "source", "report_json")
-
 
 HISTORY_ENV = "SIDEBYSIDE_HISTORY"
 
@@ -95,25 +63,8 @@ def project_commit() -> str | None:
     return lines[1]
 
 
-def _moment(value) -> dt.datetime | None:
-    """A datetime from a report's time text ("2026-11-26T10:42:19+0000"), an ISO date, or a datetime."""
-    if isinstance(value, dt.datetime):
-        return value
-    if not isinstance(value, str) or not value.strip():
-        return None
-    for parse in (lambda t: dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z"), dt.datetime.fromisoformat):
-        with contextlib.suppress(ValueError):
-            return parse(value.strip())
-    return None
-
-
-def _utc(moment: dt.datetime) -> str:
-    """UTC ISO 8601 with a Z; a time without a zone is taken as local."""
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _now() -> str:
-    return _utc(dt.datetime.now(dt.timezone.utc))
+    return utc_text(dt.datetime.now(dt.timezone.utc))
 
 
 def report_kind(report) -> str | None:
@@ -177,39 +128,6 @@ def _entry(row: sqlite3.Row, with_report: bool) -> Entry:
                  row["session"], row["source"], json.loads(row["report_json"]) if with_report else None)
 
 
-def _migrate_1_to_2(db: sqlite3.Connection) -> None:
-    """Version 1 -> 2: the provenance columns, read back from each stored report where it says them
-    (the git commit and host of an old row are unknown: NULL). The table is rebuilt, SQLite's way
-    to add constraints, keeping every id and the id counter."""
-    counter = 0
-    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
-        found = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
-        counter = found[0] if found else 0
-    old = db.execute("SELECT id, created, kind, preset, report_json FROM runs ORDER BY id").fetchall()
-    db.execute("ALTER TABLE runs RENAME TO runs_v1")
-    for statement in SCHEMA_V2:
-        db.execute(statement)
-    for row in old:
-        report = json.loads(row["report_json"])
-        shape = report_kind(report)
-        device = report.get("device") if isinstance(report, dict) and isinstance(report.get("device"), dict) else {}
-        created = _moment(row["created"])
-        kind = row["kind"] if row["kind"] in KINDS else (shape or "imported")
-        db.execute(f"INSERT INTO runs (id, {', '.join(COLUMNS)}) VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
-                   (row["id"], kind, _utc(created) if created else row["created"],
-                    _utc(created) if created else row["created"], row["preset"], device.get("name"),
-                    device.get("driver"), json.dumps(report.get("versions") or {} if shape else {}), None, None,
-                    json.dumps(settings(report) if shape else {}), None, None, row["report_json"]))
-        if shape:
-            db.executemany("INSERT OR IGNORE INTO run_variants VALUES (?, ?)",
-                           [(row["id"], r["variant"]) for r in report["results"]])
-    db.execute("DROP TABLE runs_v1")
-    db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'runs'", (counter,))
-
-
-MIGRATIONS = {1: _migrate_1_to_2}    # from version N to N + 1, applied in turn in one transaction
-
-
 class History:
     """The run history in the SQLite file at `path` (created on the first write)."""
 
@@ -242,33 +160,11 @@ class History:
             raise InputError(f"{self.path} is not a run history ({error})") from None
         if write:
             try:
-                self._prepare(db)
+                prepare(db, self.path)
             except BaseException:
                 db.close()
                 raise
         return db
-
-    def _prepare(self, db: sqlite3.Connection) -> None:
-        """WAL mode, then the current schema: created in an empty file, migrated from an older one.
-        Inside one immediate transaction, so that two processes opening a new file at once create it once."""
-        _wal(db)
-        with _immediate(db):
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            self._check_version(db, version)
-            if version == 0:
-                for statement in SCHEMA_V2:
-                    db.execute(statement)
-            while 0 < version < SCHEMA_VERSION:
-                MIGRATIONS[version](db)
-                version += 1
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")    # part of the transaction
-
-    def _check_version(self, db: sqlite3.Connection, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise InputError(f"{self.path} is a version-{version} history, newer than this Side by Side reads "
-                             f"(up to {SCHEMA_VERSION}): update the project to use it")
-        if version == 0 and db.execute("SELECT 1 FROM sqlite_master").fetchone():
-            raise InputError(f"{self.path} is an SQLite file but not a run history: give another --history path")
 
     @contextlib.contextmanager
     def _reading(self):
@@ -279,7 +175,7 @@ class History:
         db = self._open(write=False)
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            self._check_version(db, version)
+            check_version(db, version, self.path)
             if version < SCHEMA_VERSION:
                 db.close()
                 self._open(write=True).close()               # migrates it in place
@@ -297,7 +193,7 @@ class History:
             return
         db = self._open(write=True)
         try:
-            with _immediate(db):
+            with immediate(db):
                 yield db
         finally:
             db.close()
@@ -311,7 +207,7 @@ class History:
             return
         db = self._open(write=True)
         try:
-            with _immediate(db):
+            with immediate(db):
                 self._batch.db = db
                 yield self
         finally:
@@ -330,8 +226,8 @@ class History:
 
     def _insert(self, report: dict, kind: str, session, commit, host, source) -> int:
         device = report["device"]
-        created = _moment(report.get("created"))
-        values = (kind, _utc(created) if created else _now(), _now(), report["preset"].get("name"),
+        created = parse_moment(report.get("created"))
+        values = (kind, utc_text(created) if created else _now(), _now(), report["preset"].get("name"),
                   device.get("name"), device.get("driver"), json.dumps(report.get("versions") or {}), commit, host,
                   json.dumps(settings(report)), session, source, json.dumps(report))
         with self._writing() as db:
@@ -413,12 +309,12 @@ class History:
         """The saved runs, newest first, without their reports. `device` matches part of the name
         (case-insensitive: "h200"); `since`: a datetime or ISO text ("2026-12-01"); `session`: only that
         visitor's runs."""
-        moment = _moment(since) if since is not None else None
+        moment = parse_moment(since) if since is not None else None
         if since is not None and moment is None:
             raise InputError(f"since: expected a date or time such as 2026-12-01 or 2026-12-01T10:00, got {since!r}")
         asked = [("preset = ?", preset), ("device LIKE ? ESCAPE '\\'", device and f"%{_like(device)}%"),
                  ("id IN (SELECT run_id FROM run_variants WHERE variant = ?)", variant),
-                 ("created >= ?", moment and _utc(moment)), ("session = ?", session)]
+                 ("created >= ?", moment and utc_text(moment)), ("session = ?", session)]
         where = [(clause, value) for clause, value in asked if value]
         query = (f"SELECT {', '.join(c for c in ('id',) + COLUMNS if c != 'report_json')} FROM runs"
                  + (" WHERE " + " AND ".join(clause for clause, _ in where) if where else "")
@@ -446,38 +342,5 @@ class History:
         return f"no run #{run_id} in {where}: `python -m engine history list` shows the ids"
 
 
-def _wal(db: sqlite3.Connection) -> None:
-    """Put the file in WAL mode (persistent: once per file). Switching needs the file to itself, and
-    SQLite answers "database is locked" at once, without its busy wait, when another process is
-    creating the same new file: try again until the switch is made or BUSY_TIMEOUT_S has passed."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while True:
-        try:
-            if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal" or \
-                    db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
-                return
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) and "busy" not in str(error):
-                raise
-        if time.monotonic() > deadline:
-            raise sqlite3.OperationalError(f"database is locked: no WAL mode after {BUSY_TIMEOUT_S:.0f} s")
-        time.sleep(0.02)
-
-
-@contextlib.contextmanager
-def _immediate(db: sqlite3.Connection):
-    """One write transaction, its lock taken at BEGIN (waiting out another writer by the busy timeout):
-    taken later, a reader turned writer could fail at once instead of waiting."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if db.in_transaction:            # SQLite may have rolled it back itself (a full disk, say)
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-

@@ -14,7 +14,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 
-from engine import budget, events, hardware, load_times, report, schedule, topology, variants
+from engine import budget, events, hardware, load_times, remote, report, schedule, topology, variants
 from engine.errors import InputError
 from engine.events import WorkerSpec
 from engine.limits import Limits
@@ -212,8 +212,9 @@ class Engine:
     # ------------------------------------------------------------------ a run
     def _worker_spec(self, name: str, others: list[WorkerSpec]) -> WorkerSpec:
         served = self.preset.endpoint(name)
-        if served is not None:                     # its own device: fair mode does not queue it behind ours
-            return WorkerSpec(self.preset, name, f"remote:{served.host}")
+        if served is not None:                     # a server elsewhere runs beside ours in fair mode
+            return WorkerSpec(self.preset, name, f"remote:{served.host}", endpoint=served,
+                              shares_machine=remote.on_this_machine(served))
         core = None
         if self.device.kind == "cuda":             # a core of its own for the thread that launches kernels
             core = topology.free_core(sorted(topology.usable_cores()), {spec.core for spec in others})

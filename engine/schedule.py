@@ -8,11 +8,9 @@ timeout into a `Failed` event for that variant alone.
 """
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from engine import budget, events, process
 from engine.events import Probe, Request
@@ -43,19 +41,6 @@ def groups(names: list[str], placement: dict[str, str]) -> list[list[str]]:
     """Variants that are loaded at the same time: the resident ones, then each swapped one alone."""
     resident = [name for name in names if placement[name] == "resident"]
     return [group for group in [resident] + [[n] for n in names if placement[n] == "swapped"] if group]
-
-
-def on_this_machine(device: str) -> bool:
-    """A served variant's device ("remote:HOST:PORT") whose host is this machine's loopback address."""
-    if not device.startswith("remote:"):
-        return False
-    host = urlsplit("//" + device[len("remote:"):]).hostname or ""     # the port and IPv6 brackets dropped
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -120,13 +105,13 @@ class Execution:
 
     def _rounds(self, names: list[str]) -> list[list[str]]:
         """`names` by device, then round by round the next variant of every device."""
-        devices = {name: self.workers.get(name).spec.device for name in names}
-        shared = any(on_this_machine(device) for device in devices.values())
+        specs = {name: self.workers.get(name).spec for name in names}
+        # a server on this very machine shares its cores (and maybe its GPU) with every local worker
+        shared = any(spec.endpoint is not None and spec.shares_machine for spec in specs.values())
         lanes: dict[str, list[str]] = {}
-        for name, device in devices.items():
-            remote = device.startswith("remote:")
-            # a server on this very machine shares its cores (and maybe its GPU) with every local worker
-            key = device if remote and not on_this_machine(device) else ("this machine" if shared else device)
+        for name, spec in specs.items():
+            elsewhere = spec.endpoint is not None and not spec.shares_machine
+            key = spec.device if elsewhere or not shared else "this machine"
             lanes.setdefault(key, []).append(name)
         return [[n for n in group if n is not None] for group in itertools.zip_longest(*lanes.values())]
 

@@ -11,7 +11,8 @@ import pytest
 
 from engine import presets
 from engine.studies.bench import FILLER
-from engine.worker.models import load_tokenizer, saved_random_model
+from engine.worker.models import saved_random_model
+from engine.worker.prompts import load_tokenizer
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 PROMPT_TOKENS, NEW_TOKENS, REPEATS = 40, 12, 2

@@ -16,8 +16,9 @@ from test_browser import browser, set_max_tokens, wait_until_all_final  # noqa: 
 from engine import events, metrics, presets, remote
 from engine.errors import InputError, PresetError
 from engine.pool import Engine
-from engine.schedule import Execution, on_this_machine
+from engine.schedule import Execution
 from engine.spec import RunSpec, validate
+from engine.worker import served
 
 PROMPT = "Why is decoding bound by memory bandwidth?"
 
@@ -35,13 +36,13 @@ vllm:num_requests_running{engine="0",model_name="small"} 0.0
 
 
 def test_the_servers_own_figures_are_the_difference_of_its_histograms_over_one_request():
-    before = remote.read_metrics(METRICS_TEXT % (1.5, 3, 0.30, 3), "small")
-    after = remote.read_metrics(METRICS_TEXT % (1.62, 4, 0.35, 4), "small")
+    before = served.read_metrics(METRICS_TEXT % (1.5, 3, 0.30, 3), "small")
+    after = served.read_metrics(METRICS_TEXT % (1.62, 4, 0.35, 4), "small")
     assert before["vllm:time_to_first_token_seconds_count"] == 3.0          # the other model's series left out
-    figures = remote.server_figures(before, after)
+    figures = served.server_figures(before, after)
     assert figures["ttft_s"] == pytest.approx(0.12) and figures["tpot_s"] == pytest.approx(0.05)
     assert "queue_s" not in figures                                       # not exposed: not made up
-    assert remote.server_figures(None, after) == {}
+    assert served.server_figures(None, after) == {}
 
 
 def test_endpoints_come_from_a_flag_or_a_preset_entry_and_bad_ones_say_what_to_fix(monkeypatch):
@@ -77,15 +78,23 @@ def test_a_run_may_name_the_presets_endpoints_and_nothing_else():
 
 
 def test_fair_mode_sends_variants_on_different_devices_together_and_one_at_a_time_on_each():
-    devices = {"baseline": "cpu", "sdpa": "cpu", "far": "remote:gpu-box:8000", "other": "remote:10.0.0.7:8000",
-               "near": "remote:127.0.0.1:8011"}
-    workers = SimpleNamespace(get=lambda name: SimpleNamespace(spec=SimpleNamespace(device=devices[name])))
+    far, other, near = (remote.Endpoint(n, f"http://{host}/v1") for n, host in
+                        (("far", "gpu-box:8000"), ("other", "10.0.0.7:8000"), ("near", "127.0.0.1:8011")))
+    specs = {"baseline": SimpleNamespace(device="cpu", endpoint=None, shares_machine=True),
+             "sdpa": SimpleNamespace(device="cpu", endpoint=None, shares_machine=True)}
+    for served in (far, other, near):
+        specs[served.name] = SimpleNamespace(device=f"remote:{served.host}", endpoint=served,
+                                             shares_machine=remote.on_this_machine(served))
+    workers = SimpleNamespace(get=lambda name: SimpleNamespace(spec=specs[name]))
     execution = Execution(workers, None, None, threading.Event(), None, None)
     assert execution._rounds(["baseline", "sdpa", "far", "other"]) == [["baseline", "far", "other"], ["sdpa"]]
     # a server on this machine shares its cores with the local workers: it waits its turn with them
     assert execution._rounds(["baseline", "near", "far"]) == [["baseline", "far"], ["near"]]
-    assert on_this_machine("remote:localhost:8000") and not on_this_machine("cpu")
-    devices.update(a="cuda:0", b="cuda:0", c="cuda:1")          # several GPUs: one variant at a time on each
+    assert remote.on_this_machine(remote.Endpoint("x", "http://localhost:8000/v1"))
+    assert remote.on_this_machine(remote.Endpoint("x", "http://[::1]:8000/v1"))
+    assert not remote.on_this_machine(far)
+    for name, device in (("a", "cuda:0"), ("b", "cuda:0"), ("c", "cuda:1")):    # several GPUs: one at a time on each
+        specs[name] = SimpleNamespace(device=device, endpoint=None, shares_machine=True)
     assert execution._rounds(["a", "b", "c", "far"]) == [["a", "c", "far"], ["b"]]
 
 
@@ -197,18 +206,18 @@ def test_a_server_killed_mid_answer_turns_into_a_failed_column_while_the_local_v
 
 
 def test_a_chunk_of_several_tokens_counts_as_that_many_each_with_its_share_of_the_gap():
-    runner = object.__new__(remote.RemoteRunner)          # the chunk arithmetic alone, no server
+    runner = object.__new__(served.ServedRunner)          # the chunk arithmetic alone, no server
     seen = []
     runner.endpoint, runner.emit = remote.Endpoint("srv", "http://h/v1"), seen.append
     request = events.Request(1, PROMPT, 8)
-    stream = remote.Stream()
+    stream = served.Stream()
     runner._take({"text": "a", "token_ids": [5]}, 10.0, request, stream)
     runner._take({"text": "bcd", "token_ids": [6, 7, 8]}, 10.3, request, stream)    # three tokens at once
     runner._take({"text": "", "token_ids": [9]}, 10.4, request, stream)             # a token with no text yet
     assert stream.times == pytest.approx([10.0, 10.1, 10.2, 10.3, 10.4]) and stream.ids == [5, 6, 7, 8, 9]
     assert stream.multi_token_chunks == 1 and stream.text == "abcd"
     assert [e.index for e in seen] == [0, 1, 2, 3, 4] and [e.text for e in seen] == ["a", "bcd", "", "", ""]
-    plain = remote.Stream()                                # a server that sends no token ids
+    plain = served.Stream()                                # a server that sends no token ids
     runner._take({"text": "x"}, 1.0, request, plain)
     runner._take({"text": "", "finish_reason": "length"}, 1.1, request, plain)       # the end: no token
     assert plain.ids == [-1] and plain.times == [1.0]

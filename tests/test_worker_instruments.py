@@ -7,7 +7,7 @@ import torch
 from engine import events, presets
 from engine.telemetry import ClockReader
 from engine.worker.instruments import RequestMonitor, TimingStreamer, TokenFeed, Watch
-from engine.worker.models import load_tokenizer
+from engine.worker.prompts import load_tokenizer
 
 
 def put_all(streamer, ids):

@@ -16,61 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.source import cache_dir
+from engine.worker.prompts import load_tokenizer
 
 if TYPE_CHECKING:
     from engine.presets import Preset
     from engine.variants import Variant
-
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")           # ids 0, 1, 2
-SYLLABLES = ("ka", "lo", "mi", "nu", "pe", "ra", "si", "to", "vu", "ze", "ba", "do", "fe", "gi", "ho", "ju")
-
-
-def _filler_word(index: int) -> str:
-    letters = []
-    while True:
-        index, digit = divmod(index, len(SYLLABLES))
-        letters.append(SYLLABLES[digit])
-        if index == 0:
-            return "".join(letters)
-
-
-def byte_tokenizer(vocab_size: int):
-    """A byte-level tokenizer: 3 special tokens, the 256 bytes, then pseudo-words up to vocab_size.
-
-    Every text encodes to one token per byte; the pseudo-words are never produced by encoding but
-    make the output of a random-weight model read as (meaningless) words instead of byte soup.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    for symbol in alphabet:
-        vocab[symbol] = len(vocab)
-    n = 0
-    while len(vocab) < vocab_size:
-        vocab.setdefault("Ġ" + _filler_word(n), len(vocab))
-        n += 1
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
-    return tokenizer
-
-
-def load_tokenizer(preset: Preset, vocab_size: int | None = None):
-    """The transformers tokenizer for a preset."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-    if preset.tokenizer == "bytes":
-        size = vocab_size or preset.config.get("vocab_size", 512)
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_tokenizer(size), pad_token="<pad>",
-                                            bos_token="<s>", eos_token="</s>")
-        tokenizer.add_bos_token = True
-        return tokenizer
-    tokenizer = AutoTokenizer.from_pretrained(preset.model_id)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
 
 def random_config(preset: Preset):
     """The transformers config of a random-weight preset."""

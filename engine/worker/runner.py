@@ -19,6 +19,7 @@ from engine import events, telemetry, topology
 from engine.events import Request, WorkerSpec
 from engine.variants import CATALOG
 from engine.worker import decode, models
+from engine.worker.prompts import prompt_ids
 from engine.worker.instruments import RequestMonitor, TimingStreamer, TokenFeed, Watch
 
 PRIME_TOKENS = 8                  # the untimed forward pass just before a request's clock (Runner.prime)
@@ -37,25 +38,13 @@ class Cancelled(StoppingCriteria):
         return self.halt if self.streamer.stop else self.go
 
 
-def prompt_ids(tokenizer, preset, request: Request) -> list[int]:
-    """The prompt's token ids: repeated to `prompt_tokens` for a synthetic one, else as the chat
-    template (where the preset asks for it) or the tokenizer gives them. A served variant sends
-    the same ids (engine/remote.py)."""
-    if request.prompt_tokens is not None:
-        ids = tokenizer(request.prompt or "x", add_special_tokens=True)["input_ids"]
-        return (ids * (request.prompt_tokens // max(len(ids), 1) + 1))[:request.prompt_tokens]
-    if preset.chat_template and tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": request.prompt}],
-                                            add_generation_prompt=True, tokenize=True)
-        return ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-    return tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
-
-
 class Runner:
-    """A loaded variant: the model, its tokenizer and how to call generate for it."""
+    """A loaded variant: the model, its tokenizer and how to call generate for it (a
+    engine/worker/contract.py Runner)."""
+    takes_probes = True
 
     def __init__(self, spec: WorkerSpec, emit):
-        self.spec, self.emit = spec, emit
+        self.spec, self.emit, self.device = spec, emit, spec.device
         self.variant = CATALOG[spec.variant]
         self.cuda_index = int(spec.device.split(":")[1]) if spec.device.startswith("cuda") else None
         if self.cuda_index is not None:
@@ -73,6 +62,12 @@ class Runner:
             torch.cuda.empty_cache()
         self.peak_rss_scope = "process"
         self.monitor = RequestMonitor(lambda event: self.emit(event), self.cuda_index)
+
+    @property
+    def label(self) -> str:
+        """What actually runs, e.g. "4-bit NF4 + SDPA" or a compiled decoder's step kind."""
+        label = self.variant.display_label()
+        return label + f" ({self.decoder.step_kind})" if self.decoder is not None else label
 
     def attention_context(self):
         """The SDPA backend forced by the variant, or nothing."""

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from engine import events
 from engine.events import Probe, WorkerSpec
+from engine.worker.contract import Runner
 
 ORPHANED_EXIT_CODE = 3            # the worker's exit status when it ends because its parent died
 
@@ -172,7 +173,7 @@ def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[objec
     while (request := receive()) is not None:
         try:
             if isinstance(request, Probe):
-                if getattr(runner, "remote", False):
+                if not runner.takes_probes:
                     raise ValueError(f"the {request.kind} probe times a model on this machine: not applicable "
                                      "to a served model")
                 emit(probes.answer(runner, request, cancel))
@@ -204,13 +205,14 @@ def load_delay_s(variant: str) -> float:
     return 0.0
 
 
-def load(spec: WorkerSpec, emit: Callable[[object], None], cancel, shown: str | None = None):
-    """Load and warm up the variant, announcing each stage; the Runner, once `Loaded` is sent. A
-    served variant (engine/remote.py) loads nothing: it asks its server what it serves."""
-    if spec.preset.endpoint(spec.variant) is not None:
-        from engine import remote
+def load(spec: WorkerSpec, emit: Callable[[object], None], cancel, shown: str | None = None) -> Runner:
+    """Load and warm up the variant, announcing each stage; its runner (engine/worker/contract.py), once
+    `Loaded` is sent. A served variant (engine/worker/served.py) loads nothing: it asks its server what
+    it serves."""
+    if spec.endpoint is not None:
+        from engine.worker import served
         t0 = time.perf_counter()
-        runner = remote.load(spec, emit)
+        runner = served.load(spec, emit)
         emit(events.Loaded(spec.variant, time.perf_counter() - t0, 0.0, 0, spec.device,
                            "the server's", runner.label))
         return runner
@@ -235,9 +237,6 @@ def load(spec: WorkerSpec, emit: Callable[[object], None], cancel, shown: str | 
         with contextlib.suppress(OSError):      # an optimisation: never a reason to fail a load
             os.sched_setaffinity(0, {spec.core})
     runner.emit = emit
-    label = runner.variant.display_label()
-    if runner.decoder is not None:
-        label += f" ({runner.decoder.step_kind})"
     emit(events.Loaded(spec.variant, load_s, time.perf_counter() - t1, runner.weights_bytes, shown or spec.device,
-                       spec.preset.dtype, label, runner.input_table_bytes))
+                       spec.preset.dtype, runner.label, runner.input_table_bytes))
     return runner
