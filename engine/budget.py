@@ -21,7 +21,7 @@ CUDA_CONTEXT_BYTES = 600 * 2**20  # each CUDA process holds a context of roughly
 HEADROOM = 0.10                   # share of free memory never planned: fragmentation, other processes,
 HEADROOM_MAX_BYTES = 4 * 2**30    # at most this much: on a large card the estimates' own margins cover the rest
 # the compiled variant keeps a static KV cache (and a CUDA graph) per request shape for reuse, up to
-# this many whole contexts' worth at batch 1 (engine/worker/decode.py evicts the least recently used)
+# this many whole contexts' worth at batch 1 (worker/decode.py evicts the least recently used)
 STATIC_CACHE_CONTEXTS = 2
 
 

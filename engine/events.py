@@ -159,12 +159,24 @@ class Measured:
 
 
 @dataclass(frozen=True)
+class CellDone:
+    """The engine adds nothing more to the variant's outcome in this cell: every timed repeat answered,
+    or it failed, or it cannot run here. Sent by the orchestrator (it never crosses a pipe), right after
+    the event that closed the cell; `outcome` (engine/outcomes.py Outcome) is what the variant produced
+    there, as the report reads it, so a consumer never decides for itself which answer closes a cell."""
+    variant: str
+    cell: int
+    outcome: object
+
+
+@dataclass(frozen=True)
 class RunDone:
     """The last event of a run: the report, shaped like `python -m engine run --json`."""
     report: dict
 
 
-Event = Status | Loaded | Started | Token | MemorySample | Finished | Measured | Failed | Unavailable | RunDone
+Event = (Status | Loaded | Started | Token | MemorySample | Finished | Measured | Failed | Unavailable | CellDone
+         | RunDone)
 
 
 def unbatch(message) -> list:

@@ -3,7 +3,7 @@
 The orchestrator asks NVML (nvidia-ml-py), which does not initialise CUDA, so the UI process
 stays free of torch. What a worker measures itself lives beside it: the machine's load, memory
 and clocks in engine/telemetry.py, the cores in engine/topology.py, the copy bandwidth in
-engine/worker/probes.py.
+worker/probes.py.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from engine.errors import InputError
 from engine.history_schema import (BUSY_TIMEOUT_S, COLUMNS, KINDS, SCHEMA_VERSION, check_version, immediate,
-                                   parse_moment, prepare, utc_text)
+                                   parse_moment, prepare, report_kind, settings, utc_text)
 from engine.history_schema import SCHEMA_V1  # noqa: F401  (importable from here too: the tests make a version-1 file)
 from engine.source import cache_dir
 
@@ -65,36 +65,6 @@ def project_commit() -> str | None:
 
 def _now() -> str:
     return utc_text(dt.datetime.now(dt.timezone.utc))
-
-
-def report_kind(report) -> str | None:
-    """"run", "bench" or "sweep" for a report the engine wrote (`--json`), None for anything else."""
-    if not isinstance(report, dict) or not isinstance(report.get("results"), list):
-        return None
-    if not isinstance(report.get("device"), dict) or not isinstance(report.get("preset"), dict):
-        return None
-    if not all(isinstance(row, dict) and "variant" in row and "status" in row for row in report["results"]):
-        return None
-    if "experiment" in report:
-        return "sweep"
-    if "prompt_lengths" in report:
-        return "bench"
-    return "run" if "mode" in report else None
-
-
-def settings(report: dict) -> dict:
-    """What the run was asked to do, as far as its report says: the fields a list shows and filters on."""
-    rows = report["results"]
-    batch = report.get("batch_size") or 1
-    # a run's report does not hold max new tokens: the most any row made per sequence is the best stand-in
-    made = [row["output_tokens"] // (row.get("batch_size") or batch) for row in rows if row.get("output_tokens")]
-    asked = [row["max_new_tokens"] for row in rows if row.get("max_new_tokens")]
-    return {"report_kind": report_kind(report), "mode": report.get("mode"), "repeats": report.get("repeats"),
-            "new_tokens": report.get("new_tokens") or max(asked, default=None) or max(made, default=None),
-            "variants": list(dict.fromkeys(row["variant"] for row in rows)),
-            "prompt_tokens": report.get("prompt_tokens"), "prompt_lengths": report.get("prompt_lengths"),
-            "batch_size": report.get("batch_size"), "experiment": report.get("experiment"),
-            "cancelled": bool(report.get("cancelled"))}
 
 
 @dataclass(frozen=True)

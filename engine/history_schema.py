@@ -67,11 +67,45 @@ def utc_text(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# ---------------------------------------------------------------------- what a report is and asked for
+# (the settings_json column, which the migration from version 1 fills in too)
+
+def report_kind(report) -> str | None:
+    """"run", "bench" or "sweep" for a report the engine wrote (`--json`), None for anything else."""
+    if not isinstance(report, dict) or not isinstance(report.get("results"), list):
+        return None
+    if not isinstance(report.get("device"), dict) or not isinstance(report.get("preset"), dict):
+        return None
+    if not all(isinstance(row, dict) and "variant" in row and "status" in row for row in report["results"]):
+        return None
+    if "experiment" in report:
+        return "sweep"
+    if "prompt_lengths" in report:
+        return "bench"
+    return "run" if "mode" in report else None
+
+
+def settings(report: dict) -> dict:
+    """What the run was asked to do, as far as its report says: the fields a list shows and filters on."""
+    rows = report["results"]
+    batch = report.get("batch_size") or 1
+    # a report holds its RunSpec's max new tokens; one written before it did (and a sweep's, whose cells
+    # differ) has the most any row asked for, or made per sequence, as the best stand-in
+    made = [row["output_tokens"] // (row.get("batch_size") or batch) for row in rows if row.get("output_tokens")]
+    asked = [row["max_new_tokens"] for row in rows if row.get("max_new_tokens")]
+    return {"report_kind": report_kind(report), "mode": report.get("mode"), "repeats": report.get("repeats"),
+            "new_tokens": report.get("new_tokens") or report.get("max_new_tokens") or max(asked, default=None)
+            or max(made, default=None),
+            "variants": list(dict.fromkeys(row["variant"] for row in rows)),
+            "prompt_tokens": report.get("prompt_tokens"), "prompt_lengths": report.get("prompt_lengths"),
+            "batch_size": report.get("batch_size"), "experiment": report.get("experiment"),
+            "cancelled": bool(report.get("cancelled"))}
+
+
 def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     """Version 1 -> 2: the provenance columns, read back from each stored report where it says them
     (the git commit and host of an old row are unknown: NULL). The table is rebuilt, SQLite's way
     to add constraints, keeping every id and the id counter."""
-    from engine.history import report_kind, settings     # here, not above: engine.history imports this module
     counter = 0
     if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
         found = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()

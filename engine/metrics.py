@@ -12,11 +12,34 @@ Each function takes token times relative to the request start, in seconds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 def relative_times(t_start: float, token_times: Sequence[float]) -> list[float]:
     """Token times as seconds since the request started."""
     return [t - t_start for t in token_times]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """One request's timing figures: the report, the live cards, the bench and the experiments all
+    take them from here."""
+    times: tuple[float, ...]        # each token's time since the request start, sequence 0
+    ttft_s: float | None
+    tpot_s: float | None
+    e2e_s: float | None
+    itl_s: tuple[float, ...]
+    tokens_per_s: float | None      # new tokens of every sequence per second of E2E
+    output_tokens: int              # new tokens of every sequence
+
+
+def timings(t_start: float, token_times: Sequence[float], batch_size: int = 1) -> Timings:
+    """The timing figures of a request that started at `t_start` (perf_counter()) and whose sequence 0
+    got its tokens at `token_times`; a batch's other sequences count in the throughput."""
+    times = tuple(relative_times(t_start, token_times))
+    e2e = e2e_s(times)
+    return Timings(times, ttft_s(times), tpot_s(times), e2e, tuple(itl_s(times)),
+                   tokens_per_s(len(times) * batch_size, e2e), len(times) * batch_size)
 
 
 def ttft_s(times: Sequence[float]) -> float | None:

@@ -1,7 +1,9 @@
 """A run's bookkeeping as one object: events folded into (variant, cell) outcomes.
 
 Made once per run (or probe) and dropped with it, so nothing of one run leaks into the next.
-The report (engine/report.py), the live sweep and the benchmark read the same outcomes.
+The events are folded here and nowhere else: when a (variant, cell) can change no more, the engine
+sends a `CellDone` with its outcome (`closed`), which the live sweep and the page take as it is; the
+report (engine/report.py) reads the same outcomes.
 """
 from __future__ import annotations
 
@@ -35,8 +37,11 @@ class RunState:
     end (its answer is kept apart, for its time).
     """
 
-    def __init__(self, names: list[str], cells: int):
+    def __init__(self, names: list[str], cells: int, repeats: int = 1):
         self.outcomes = {(name, cell): Outcome(name) for cell in range(cells) for name in names}
+        self.repeats = repeats                       # timed requests that close a (variant, cell)
+        self._closed: set[tuple[str, int]] = set()
+        self._newly_closed: list[tuple[str, int]] = []
         self.current: dict[str, int] = {}            # variant -> the request it is working on
         self._requests: dict[int, Request] = {}
         self._warmups: set[int] = set()              # their failures count; their tokens and timings do not
@@ -101,6 +106,8 @@ class RunState:
                 (outcome.warmups if request_id in self._warmups else outcome.finished).append(event)
             if request_id in self._warmups:
                 return False
+            if len(self.outcomes.get((name, event.cell), Outcome(name)).finished) >= self.repeats:
+                self._close([(name, event.cell)])
         elif isinstance(event, events.Failed):
             if request_id is None or self.current.get(name) == request_id:
                 self.current.pop(name, None)
@@ -110,6 +117,28 @@ class RunState:
                 outcome.loaded = event
         return True
 
+    def unavailable(self, name: str, reason: str) -> None:
+        """The variant cannot run here: every cell of it is closed with the reason."""
+        for outcome in self.of(name):
+            outcome.unavailable = reason
+        self._close([key for key in self.outcomes if key[0] == name])
+
+    def closed(self) -> list[events.CellDone]:
+        """A CellDone for each (variant, cell) closed since the last call, in the order they closed, each
+        with a copy of its outcome as it stands."""
+        done, self._newly_closed = self._newly_closed, []
+        return [events.CellDone(name, cell, self._copy(self.outcomes[(name, cell)])) for name, cell in done]
+
+    @staticmethod
+    def _copy(outcome: Outcome) -> Outcome:
+        return dataclasses.replace(outcome, finished=list(outcome.finished), warmups=list(outcome.warmups))
+
+    def _close(self, keys) -> None:
+        for key in keys:
+            if key in self.outcomes and key not in self._closed:
+                self._closed.add(key)
+                self._newly_closed.append(key)
+
     def shown(self, event):
         """The event as the consumer gets it: a warm-up's Started says that it is one."""
         if isinstance(event, events.Started) and event.request_id in self._warmups:
@@ -117,8 +146,16 @@ class RunState:
         return event
 
     def _record_failure(self, failed: events.Failed) -> None:
-        for outcome in self._cell_outcomes(failed):
-            outcome.failed = failed
+        """The failure closes its cell, or every open cell of the variant when it is about no request (a
+        worker that could not load, or died between requests); a closed cell keeps what it had."""
+        if failed.request_id is None or failed.cell is None:
+            keys = [key for key in self.outcomes if key[0] == failed.variant]
+        else:
+            keys = [(failed.variant, failed.cell)]
+        keys = [key for key in keys if key in self.outcomes and key not in self._closed]
+        for key in keys:
+            self.outcomes[key].failed = failed
+        self._close(keys)
 
     def _cell_outcomes(self, event) -> list[Outcome]:
         """The outcome of the event's cell; every cell of the variant for a failure outside a request."""

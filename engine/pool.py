@@ -13,6 +13,7 @@ import queue
 import threading
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from engine import budget, events, hardware, load_times, remote, report, schedule, topology, variants
 from engine.errors import InputError
@@ -25,6 +26,16 @@ from engine.spec import RunSpec, validate
 
 BANDWIDTH_TIMEOUT_S = 120.0       # the copy-bandwidth probe: a second or two on any device
 CLOSE_WAIT_S = 15.0               # how long close() lets a cancelled run end before stopping its workers
+
+
+@dataclass(frozen=True)
+class Validated:
+    """A RunSpec an engine accepted (Engine.validate), so that starting it need not check and tokenize
+    again; `prompt_tokens` is the orchestrator's pre-check count (before any chat template: the report
+    gives the workers' own)."""
+    spec: RunSpec
+    prompt_tokens: int
+    checked_by: object = field(compare=False, repr=False)    # the Engine that checked it, against its preset and limits
 
 
 class Run:
@@ -96,7 +107,7 @@ class Engine:
         gpus = hardware.cuda_devices() if self.device.kind == "cuda" and preset.device == "auto" else []
         self.devices = gpus if len(gpus) > 1 else [self.device]
         self._assignment: dict[str, int] = {}      # variant -> GPU index, with several GPUs
-        self.limits = schedule.Limits(request_timeout_s, load_timeout_s)
+        self.timeouts = schedule.Timeouts(request_timeout_s, load_timeout_s)
         if threads is not None and threads < 1:
             raise InputError(f"threads must be at least 1, got {threads}")
         if threads is None and spare_cores and self.device.kind == "cpu":
@@ -109,7 +120,6 @@ class Engine:
         self._runs_lock = threading.Lock()         # guards _runs and _active
         self._device_lock = threading.Lock()       # held by the run (or probe) using the workers
         self._ids = itertools.count(1)             # request and probe ids
-        self._validated: dict[RunSpec, int] = {}   # spec -> prompt tokens, so start() need not tokenize again
 
     # ------------------------------------------------------------------ public surface
     def variant_choices(self) -> list[tuple[str, str, str | None]]:
@@ -118,16 +128,15 @@ class Engine:
         found = [variants.lookup(name, self.preset) for name in variants.names(self.preset)]
         return [(v.name, v.display_label(), v.unavailable_reason(self.preset, self.device)) for v in found]
 
-    def validate(self, spec: RunSpec) -> int:
-        """Raise InputError with what to do; return the prompt's token count."""
-        if spec not in self._validated:
-            self.run_limits.check(spec)                # a huge prompt is refused before it is tokenized
-            count = validate(spec, self.preset)
-            self.run_limits.check(spec, count)
-            while len(self._validated) >= 16:
-                self._validated.pop(next(iter(self._validated)))
-            self._validated[spec] = count
-        return self._validated[spec]
+    def validate(self, spec: RunSpec | Validated) -> Validated:
+        """Raise InputError with what to do; the spec as accepted by this engine, to pass to `start`."""
+        if isinstance(spec, Validated) and spec.checked_by is self:
+            return spec
+        spec = spec.spec if isinstance(spec, Validated) else spec
+        self.run_limits.check(spec)                    # a huge prompt is refused before it is tokenized
+        count = validate(spec, self.preset)
+        self.run_limits.check(spec, count)
+        return Validated(spec, count, self)
 
     def prepare(self) -> None:
         """Start, ahead of the first run, what its workers are made from: on a CPU the fork server, whose
@@ -136,17 +145,18 @@ class Engine:
         if self.device.kind == "cpu":
             start_fork_server()
 
-    def start(self, spec: RunSpec) -> Run:
-        """Validate, then run in a background thread; raises InputError before starting anything."""
-        prompt_tokens = self.validate(spec)
+    def start(self, spec: RunSpec | Validated) -> Run:
+        """Validate (unless this engine did already), then run in a background thread; raises InputError
+        before starting anything."""
+        spec = self.validate(spec).spec
         self.prepare()
         run = Run(spec)
         with self._runs_lock:
             self._runs[run.id] = run
-        threading.Thread(target=self._execute, args=(run, prompt_tokens), daemon=True, name=f"run-{run.id}").start()
+        threading.Thread(target=self._execute, args=(run,), daemon=True, name=f"run-{run.id}").start()
         return run
 
-    def run(self, spec: RunSpec) -> Iterator[events.Event]:
+    def run(self, spec: RunSpec | Validated) -> Iterator[events.Event]:
         """The events of a run of `spec`."""
         return iter(self.start(spec))
 
@@ -185,13 +195,13 @@ class Engine:
         with self._device_lock:
             # nobody reads a probe's events, and a probe cannot be cancelled (close() stops its worker)
             execution = schedule.Execution(self._workers, RunState([variant], 1), lambda event: None,
-                                           threading.Event(), self._ids, self.limits)
+                                           threading.Event(), self._ids, self.timeouts)
             execution.load([variant])
             worker = self._workers.get(variant)
             if worker is None or not worker.ready:
                 failed = execution.state.outcomes[(variant, 0)].failed
                 raise RuntimeError(f"{variant} could not load: {failed.reason if failed else 'unknown'}")
-            return execution.measure(variant, kind, timeout or self.limits.request_s,
+            return execution.measure(variant, kind, timeout or self.timeouts.request_s,
                                      prompt_tokens=prompt_tokens, new_tokens=new_tokens)
 
     def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
@@ -225,12 +235,12 @@ class Engine:
         return WorkerSpec(self.preset, name, f"cuda:{index}", self.threads, core, own)
 
     def _execution(self, run: Run, state: RunState) -> schedule.Execution:
-        return schedule.Execution(self._workers, state, run.put, run.cancelled, self._ids, self.limits)
+        return schedule.Execution(self._workers, state, run.put, run.cancelled, self._ids, self.timeouts)
 
-    def _execute(self, run: Run, prompt_tokens: int) -> None:
+    def _execute(self, run: Run) -> None:
         """The run's thread: wait for the device, run, and always end the stream with a RunDone."""
         spec = run.spec
-        state = RunState(list(spec.variants), len(spec.grid))
+        state = RunState(list(spec.variants), len(spec.grid), spec.repeats)
         deadline = None
         try:
             with self._device_lock:
@@ -246,13 +256,8 @@ class Engine:
         finally:
             if deadline is not None:
                 deadline.cancel()
-            built = report.build(spec, self.preset, self.device, prompt_tokens, state.outcomes,
-                                 cancelled=run.cancelled.is_set())
-            built["stop_reason"] = run.stop_reason
-            for row in built["results"]:
-                if run.stop_reason and row["status"] == "cancelled":
-                    row["reason"] = run.stop_reason            # not the user's Stop: the page's limit
-            report.add_measured_bandwidth(built, self.bandwidth)
+            built = report.build(spec, self.preset, self.device, state.outcomes, cancelled=run.cancelled.is_set(),
+                                 stop_reason=run.stop_reason, measured_bandwidth=self.bandwidth)
             load_times.remember(self.preset.name, self.device.name,
                                 {o.variant: o.loaded for o in state.outcomes.values() if o.loaded})
             run.put(events.RunDone(built))
@@ -286,9 +291,8 @@ class Engine:
             variant = variants.lookup(name, self.preset)
             reason = variant.unavailable_reason(self.preset, self.device)
             if reason:
-                for outcome in state.of(name):
-                    outcome.unavailable = reason
-                run.put(events.Unavailable(name, reason))
+                state.unavailable(name, reason)
+                run.put([events.Unavailable(name, reason), *state.closed()])
             else:
                 runnable.append(variant)
         placement = self._place(runnable)

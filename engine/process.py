@@ -27,7 +27,7 @@ PRELOAD = "engine.worker.preload"           # what the fork server imports once 
 START_METHOD_ENV = "SIDEBYSIDE_START_METHOD"     # "spawn": every worker a fresh interpreter
 
 # A GPU worker is spawned: a fresh interpreter, as CUDA needs. A CPU worker is forked from
-# multiprocessing's fork server, which imported torch and transformers once (engine/worker/preload.py),
+# multiprocessing's fork server, which imported torch and transformers once (worker/preload.py),
 # and starts in a fraction of the time. Both get the pipe, the cancel flag and the entry point the same way.
 SPAWN = multiprocessing.get_context("spawn")
 FORKSERVER = multiprocessing.get_context("forkserver")

@@ -2,7 +2,7 @@
 preset's `remote:` entries or the `--remote` flag, and checked.
 
 A served variant is a worker process like the others (engine/process.py); its worker side, which
-streams and times the server's answers, is engine/worker/served.py. Endpoints come only from preset
+streams and times the server's answers, is worker/served.py. Endpoints come only from preset
 files and the command line, never from a page's visitor.
 """
 from __future__ import annotations

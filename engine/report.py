@@ -1,6 +1,7 @@
 """A run's report: raw worker measurements in, metrics out, shaped as `python -m engine run --json`."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import platform
 import time
@@ -28,11 +29,8 @@ def versions() -> dict:
 
 def measure(finished, weights_bytes: int, peak_bandwidth: float | None, use_cache: bool) -> dict:
     """Metrics of one Finished event (one repeat); `weights_bytes`: the weights a decode step reads."""
-    times = metrics.relative_times(finished.t_start, finished.token_times)
-    n = len(times)
-    tpot = metrics.tpot_s(times)
-    e2e = metrics.e2e_s(times)
-    gaps = metrics.itl_s(times)
+    timed = metrics.timings(finished.t_start, finished.token_times, finished.batch_size)
+    n = len(timed.times)
     cache = finished.cache
     kv_mean = kv_end = 0
     if use_cache and cache:
@@ -42,17 +40,17 @@ def measure(finished, weights_bytes: int, peak_bandwidth: float | None, use_cach
         kv_end = metrics.kv_cache_bytes(*shape, metrics.cached_positions(finished.prompt_tokens, n),
                                         finished.batch_size, cache["bytes_per_element"])
     return {
-        "output_tokens": n * finished.batch_size,
-        "ttft_s": metrics.ttft_s(times),
-        "tpot_s": tpot,
-        "e2e_s": e2e,
-        "tokens_per_s": metrics.tokens_per_s(n * finished.batch_size, e2e),
-        "itl_p50_s": metrics.percentile(gaps, 50),
-        "itl_p90_s": metrics.percentile(gaps, 90),
-        "itl_p99_s": metrics.percentile(gaps, 99),
+        "output_tokens": timed.output_tokens,
+        "ttft_s": timed.ttft_s,
+        "tpot_s": timed.tpot_s,
+        "e2e_s": timed.e2e_s,
+        "tokens_per_s": timed.tokens_per_s,
+        "itl_p50_s": metrics.percentile(timed.itl_s, 50),
+        "itl_p90_s": metrics.percentile(timed.itl_s, 90),
+        "itl_p99_s": metrics.percentile(timed.itl_s, 99),
         "kv_cache_bytes": kv_end,
         "decode_bytes_per_step": weights_bytes + kv_mean,    # what one decode step must read at least
-        "mbu": metrics.mbu(weights_bytes, kv_mean, tpot, peak_bandwidth),
+        "mbu": metrics.mbu(weights_bytes, kv_mean, timed.tpot_s, peak_bandwidth),
     }
 
 
@@ -120,11 +118,12 @@ def result(outcome, reference_ids, peak_bandwidth: float | None, variant: Varian
     row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
            "text": "", "first_diff_token": None, "identical_token_share": None, "contended": outcome.contended,
            "placement": outcome.placement, "repeats": len(outcome.finished), "token_times_s": [],
-           "token_times_repeats_s": [], "token_ids": [], "tpot_repeats_s": [], "ttft_repeats_s": [],
+           "token_times_repeats_s": [], "token_ids": [], "tpot_repeats_s": [], "ttft_repeats_s": [], "e2e_repeats_s": [],
            "tokens_per_s_repeats": [], "peak_memory_repeats_bytes": [], "preemptions_repeats": [],
            "sm_clock_mhz_repeats": [], "memory": {}, "warmup_requests": len(outcome.warmups),
            # the warm-ups are the timed request itself, run first and left out of every figure
-           "warmup_e2e_s": [metrics.e2e_s(metrics.relative_times(f.t_start, f.token_times)) for f in outcome.warmups]}
+           "warmup_e2e_s": [metrics.timings(f.t_start, f.token_times).e2e_s for f in outcome.warmups],
+           "shown_repeat": None}
     row.update({key: None for key in EMPTY_METRICS})
     loaded = outcome.loaded
     if loaded is not None:
@@ -171,69 +170,83 @@ def _timed(row: dict, outcome, read_bytes: int, peak_bandwidth: float | None, us
     """The figures of a variant that answered: each the median over its repeats of that figure, every
     repeat's token times beside them, so that anyone can recompute them from the JSON alone."""
     rows = [measure(f, read_bytes, peak_bandwidth, use_cache) for f in outcome.finished]
-    first = outcome.finished[0]
+    shown = outcome.finished[-1]
     for key in rows[0]:
         row[key] = _median_of(rows, key) if key.endswith(("_s", "mbu")) else rows[0][key]
     tpots = [r["tpot_s"] for r in rows if r["tpot_s"] is not None]
-    times = [metrics.relative_times(f.t_start, f.token_times) for f in outcome.finished]
+    times = [list(metrics.timings(f.t_start, f.token_times).times) for f in outcome.finished]
     peaks = [peak_memory(f) for f in outcome.finished]
     row.update(tpot_min_s=min(tpots) if tpots else None, tpot_max_s=max(tpots) if tpots else None,
                tpot_repeats_s=[r["tpot_s"] for r in rows],     # in the order run: shows a slow first repeat
                # each figure's value per repeat: the ranges that engine/verdict.py judges differences by
-               ttft_repeats_s=[r["ttft_s"] for r in rows], tokens_per_s_repeats=[r["tokens_per_s"] for r in rows],
+               ttft_repeats_s=[r["ttft_s"] for r in rows], e2e_repeats_s=[r["e2e_s"] for r in rows],
+               tokens_per_s_repeats=[r["tokens_per_s"] for r in rows],
                peak_memory_repeats_bytes=peaks,
                # beside each repeat, what could have slowed it: the serving thread taken off its core,
                # a lower GPU clock
                preemptions_repeats=[f.host.get("preemptions") for f in outcome.finished],
                sm_clock_mhz_repeats=[f.host.get("sm_clock_mhz") for f in outcome.finished],
-               text=first.text, queue_s=first.t_start - outcome.t_ready if outcome.t_ready else None,
-               peak_memory_bytes=max((p for p in peaks if p), default=None), memory=dict(first.memory), prompt_tokens=first.prompt_tokens,
-               token_times_s=times[0], token_times_repeats_s=times, token_ids=list(first.token_ids))
+               queue_s=outcome.finished[0].t_start - outcome.t_ready if outcome.t_ready else None,
+               peak_memory_bytes=max((p for p in peaks if p), default=None), token_times_repeats_s=times,
+               # the repeat shown (its text, ids, token times and memory): the last timed one, which the
+               # page streamed last and its charts draw
+               shown_repeat=len(outcome.finished) - 1, text=shown.text, memory=dict(shown.memory),
+               prompt_tokens=shown.prompt_tokens, token_times_s=times[-1], token_ids=list(shown.token_ids))
     row.update(host_load(outcome.finished, judged=not outcome.contended))
     if reference_ids is not None and outcome.variant != REFERENCE:
-        row["first_diff_token"] = metrics.first_difference(reference_ids, first.token_ids)
-        row["identical_token_share"] = metrics.identical_share(reference_ids, first.token_ids)
+        row["first_diff_token"] = metrics.first_difference(reference_ids, shown.token_ids)
+        row["identical_token_share"] = metrics.identical_share(reference_ids, shown.token_ids)
     if any(f.cancelled for f in outcome.finished):
         row.update(status="cancelled", reason="stopped by the user: figures cover the tokens made until then")
     elif outcome.failed is not None:
         row.update(status="failed", reason=f"{outcome.failed.reason} (after {len(rows)} good repeat(s))")
 
 
-def build(spec: RunSpec, preset: Preset, device: Device, prompt_tokens: int, outcomes: dict,
-          cancelled: bool = False) -> dict:
+def build(spec: RunSpec, preset: Preset, device: Device, outcomes: dict, cancelled: bool = False,
+          stop_reason: str | None = None, measured_bandwidth: float | None = None) -> dict:
     """The whole report of a run of `spec`; `outcomes` maps (variant, cell index) to what it produced.
 
-    With a grid (spec.cells) each row also says which cell it measures.
+    The run's settings are its RunSpec, written whole; `prompt_tokens` is the prompt as the workers
+    tokenized it (after any chat template). With a grid (spec.cells) each row also says which cell it
+    measures. `stop_reason`: why the run was stopped when not by its owner (a page's time limit), the
+    reason of every row it left cancelled; `measured_bandwidth`: the device's measured copy bandwidth,
+    against which each row's MBU is given beside the datasheet's.
     """
     peak = device.datasheet_bandwidth_bytes_per_s
     results = []
     for index, cell in enumerate(spec.grid):        # a Cell, or None for the plain run
         reference = outcomes.get((REFERENCE, index))
-        reference_ids = reference.finished[0].token_ids if reference and reference.finished else None
+        reference_ids = reference.finished[-1].token_ids if reference and reference.finished else None
         for name in spec.variants:
             if (name, index) in outcomes:
                 row = result(outcomes[(name, index)], reference_ids, peak, variants.lookup(name, preset),
                              spec.repeats, cancelled)
+                if stop_reason and row["status"] == "cancelled":
+                    row["reason"] = stop_reason            # not the user's Stop: the page's limit
+                read = row.get("decode_bytes_per_step")
+                row["mbu_measured"] = metrics.mbu(read, 0, row.get("tpot_s"), measured_bandwidth) if read else None
                 if cell is not None:
-                    row.update(cell=index, prompt_length=cell.prompt_tokens or prompt_tokens,
-                               max_new_tokens=cell.max_new_tokens, batch_size=cell.batch_size or spec.batch_size,
-                               pad_ratio=cell.pad_ratio)
+                    row.update(cell=index, max_new_tokens=cell.max_new_tokens, pad_ratio=cell.pad_ratio,
+                               batch_size=cell.batch_size or spec.batch_size)
                 results.append(row)
+    # the prompt as given (not a cell's synthetic length), as the workers tokenized it
+    tokenized = prompt_tokens([row for row in results if "cell" not in row or not spec.grid[row["cell"]].prompt_tokens])
+    for row in results:
+        if "cell" in row:
+            row["prompt_length"] = spec.grid[row["cell"]].prompt_tokens or row.get("prompt_tokens") or tokenized
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": {**device.as_dict(), "peak_bandwidth_bytes_per_s": peak},
+        "peak_bandwidth_bytes_per_s": {"measured": measured_bandwidth, "datasheet": peak},
         "versions": versions(),
         "preset": {"name": preset.name, "title": preset.title, "source": preset.source,
                    "model_id": preset.model_id, "dtype": preset.dtype, "random_weights": preset.random_weights,
                    "seed": preset.seed, "context_length": preset.context_length},
-        "prompt": spec.prompt,
-        "prompt_tokens": prompt_tokens,
-        "mode": spec.mode,
-        "repeats": spec.repeats,
-        "warmup_requests": spec.warmup_requests,
-        "batch_size": spec.batch_size,
+        **dataclasses.asdict(spec),
+        "prompt_tokens": tokenized,
         "decoding": "greedy",
         "cancelled": cancelled,
+        "stop_reason": stop_reason,
         "results": results,
     }
     if not spec.cells:                  # one cell: the variants against the reference, and the verdict
@@ -241,10 +254,10 @@ def build(spec: RunSpec, preset: Preset, device: Device, prompt_tokens: int, out
     return report
 
 
-def add_measured_bandwidth(report: dict, measured: float | None) -> None:
-    """MBU against the device's measured copy bandwidth beside the datasheet's, on every row."""
-    report["peak_bandwidth_bytes_per_s"] = {"measured": measured,
-                                            "datasheet": report["device"].get("peak_bandwidth_bytes_per_s")}
-    for row in report["results"]:
-        read = row.get("decode_bytes_per_step")
-        row["mbu_measured"] = metrics.mbu(read, 0, row.get("tpot_s"), measured) if read else None
+def prompt_tokens(results: list[dict]) -> int | None:
+    """The prompt's length as the workers tokenized it, from rows that ran it: the reference's count,
+    else the first that counted it (a served variant without the tokenizer sends text and counts 0);
+    None when no worker ran it."""
+    counts = [row for row in results if row.get("prompt_tokens")]
+    reference = [row["prompt_tokens"] for row in counts if row["variant"] == REFERENCE]
+    return (reference or [row["prompt_tokens"] for row in counts] or [None])[0]

@@ -44,7 +44,9 @@ def groups(names: list[str], placement: dict[str, str]) -> list[list[str]]:
 
 
 @dataclass(frozen=True)
-class Limits:
+class Timeouts:
+    """How long the orchestrator waits on a worker before failing its column (public pages' caps on a
+    run are engine/limits.py's Limits)."""
     request_s: float = 900.0      # one request
     load_s: float = 3600.0        # loading and warming up one worker
 
@@ -53,10 +55,10 @@ class Execution:
     """One run (or probe) over the engine's workers: sends, waits, and folds events into `state`."""
 
     def __init__(self, workers: WorkerSet, state: RunState, emit, cancelled, ids: itertools.count,
-                 limits: Limits):
+                 timeouts: Timeouts):
         self.workers, self.state, self._emit = workers, state, emit
         self.cancelled = cancelled                  # a threading.Event: the run's Stop
-        self._ids, self.limits = ids, limits
+        self._ids, self.timeouts = ids, timeouts
 
     # ------------------------------------------------------------------ a run
     def run(self, spec: RunSpec, placement: dict[str, str], after_timed=None) -> None:
@@ -172,7 +174,7 @@ class Execution:
             return (all((w := self.workers.get(n)) is None or w.loaded or w.failed for n in pending)
                     and not self.state.waiting(pending))
 
-        self.receive(pending, settled, self.limits.load_s, between=warm_the_loaded)
+        self.receive(pending, settled, self.timeouts.load_s, between=warm_the_loaded)
         for name in pending:
             worker = self.workers.get(name)
             if worker is not None and worker.failed and not worker.loaded:
@@ -186,7 +188,7 @@ class Execution:
             if not self.workers.get(name).send(request):
                 self._fail(self.workers.get(name), "the worker process is gone; it will be restarted")
         names = list(requests)
-        self.receive(names, lambda: not self.state.waiting(names), self.limits.request_s)
+        self.receive(names, lambda: not self.state.waiting(names), self.timeouts.request_s)
 
     def measure(self, name: str, kind: str, timeout: float, **fields) -> dict:
         """A probe in the variant's loaded worker; its answer or failure never touches an outcome."""
@@ -226,6 +228,7 @@ class Execution:
 
     def _forward(self, worker: WorkerProcess) -> None:
         passed = [self.state.shown(event) for event in worker.read() if self.state.fold(event)]
+        passed += self.state.closed()
         if passed:
             self._emit(passed if len(passed) > 1 else passed[0])
 
@@ -252,14 +255,14 @@ class Execution:
         """Turn a dead or stuck worker into a Failed event for its variant, and stop it."""
         failed = self.state.failure(worker.variant, reason)
         if self.state.fold(failed):
-            self._emit(failed)
+            self._emit([failed, *self.state.closed()])
         self.workers.stop([worker.variant], timeout=1.0)
 
     def _time_out(self, worker: WorkerProcess, timeout: float) -> None:
         """A request ran past its time: fail it, stop it at its next token, keep the worker if it obeys."""
         name = worker.variant
-        self._emit(self.state.give_up(name, f"timed out after {timeout:.0f} s: stopped (ask for fewer tokens, "
-                                            "or allow more time)"))
+        self._emit([self.state.give_up(name, f"timed out after {timeout:.0f} s: stopped (ask for fewer tokens, "
+                                             "or allow more time)"), *self.state.closed()])
         worker.cancel.set()
         deadline = time.monotonic() + CANCEL_GRACE_S
         while name in self.state.current and self.workers.get(name) is worker and time.monotonic() < deadline:

@@ -1,7 +1,7 @@
 """The orchestrator's view of a preset's model: its files, its architecture, its prompt's token count.
 
 Needs only `tokenizers` and `huggingface_hub`, never torch or transformers: the process that serves
-the page must not initialise CUDA. The loaders live on the worker side (engine/worker/models.py).
+the page must not initialise CUDA. The loaders live on the worker side (worker/models.py).
 """
 from __future__ import annotations
 

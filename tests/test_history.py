@@ -489,3 +489,15 @@ def test_a_history_path_that_is_not_a_history_is_one_line_and_exit_2(tmp_path):
     notes = tmp_path / "notes.json"
     notes.write_text(json.dumps({"not": "a database"}) * 100)
     one_error_line(cli("history", "list", "--history", notes), f"{notes} is not a run history")
+
+
+def test_the_settings_read_max_new_tokens_from_the_runs_spec_not_from_the_tokens_made():
+    """A run stopped at its end-of-sequence token made fewer tokens than it asked for: the report's
+    RunSpec says what was asked; only a report without it falls back on the tokens made."""
+    from engine.history import settings
+    row = {"variant": "baseline", "status": "ok", "output_tokens": 10}
+    report = {"device": {}, "preset": {}, "mode": "fair", "repeats": 1, "max_new_tokens": 64, "ignore_eos": False,
+              "results": [row]}
+    assert settings(report)["new_tokens"] == 64
+    older = {key: value for key, value in report.items() if key != "max_new_tokens"}
+    assert settings(older)["new_tokens"] == 10

@@ -71,3 +71,24 @@ def test_a_worker_kept_loaded_from_an_earlier_run_fills_every_cell():
     loaded = events.Loaded("sdpa", 1.0, 2.0, 100, "cpu", "float32", "PyTorch SDPA")
     state.fold(loaded)
     assert all(state.outcomes[("sdpa", c)].loaded is loaded for c in (0, 1))
+
+
+def test_the_engine_says_when_a_cell_is_done_and_a_later_failure_leaves_it_as_it_was():
+    state = RunState(["sdpa", "fa2"], cells=2, repeats=2)
+    state.unavailable("fa2", "needs CUDA")
+    assert [(d.variant, d.cell, d.outcome.unavailable) for d in state.closed()] == [("fa2", 0, "needs CUDA"),
+                                                                                  ("fa2", 1, "needs CUDA")]
+    for request_id in (1, 2):                                       # cell 0: its two timed repeats
+        state.sent("sdpa", Request(request_id, "p", 2, cell=0))
+        state.fold(finished("sdpa", request_id, 0))
+        done = state.closed()
+        assert done == [] if request_id == 1 else [(d.variant, d.cell) for d in done] == [("sdpa", 0)]
+    assert [f.request_id for f in done[0].outcome.finished] == [1, 2]
+    state.sent("sdpa", Request(3, "p", 2, cell=1))
+    state.fold(finished("sdpa", 3, 1))
+    died = state.failure("sdpa", "the worker died")                 # about its request in cell 1
+    state.fold(died)
+    assert [(d.variant, d.cell, d.outcome.failed) for d in state.closed()] == [("sdpa", 1, died)]
+    assert state.outcomes[("sdpa", 0)].failed is None               # the closed cell keeps what it had
+    state.fold(events.Failed("sdpa", "gone"))                       # about no request: no open cell is left
+    assert state.closed() == [] and state.outcomes[("sdpa", 0)].failed is None

@@ -1,5 +1,11 @@
-"""The report's pure parts: rows from raw measurements."""
-from engine import events
+"""The report: rows from raw measurements, every figure recomputable from the JSON, the run's settings whole."""
+import json
+import shutil
+
+from engine import events, presets, source
+from engine.pool import Engine
+from engine.spec import Cell, RunSpec
+from engine.views.run import RunView
 
 
 def test_a_busy_host_marks_the_timings_it_slowed():
@@ -23,17 +29,26 @@ def test_a_busy_host_marks_the_timings_it_slowed():
 
 def test_every_figure_of_a_run_can_be_recomputed_from_its_json_alone(engine):
     """vLLM's definitions (benchmark_serving's calculate_metrics) applied to the JSON's token times."""
-    import json
-
     import numpy as np
     import pytest
 
-    from engine import presets
-    from engine.spec import RunSpec
-    run = list(engine.run(RunSpec("Why does decoding wait on memory bandwidth?", ["sdpa", "no-kv-cache"], 16,
-                                  repeats=3, ignore_eos=True)))
+    spec = RunSpec("Why does decoding wait on memory bandwidth?", ["sdpa", "no-kv-cache"], 16, repeats=3,
+                   ignore_eos=True)
+    run = list(engine.run(spec))
     report = json.loads(json.dumps(run[-1].report))                    # only what the JSON holds
     assert report["repeats"] == 3 and report["warmup_requests"] == 1
+    # the run's settings are its RunSpec, whole: nothing to guess (max new tokens, ignore_eos)
+    assert {key: report[key] for key in ("prompt", "variants", "max_new_tokens", "mode", "ignore_eos", "batch_size",
+                                         "cells", "live")} == \
+        {"prompt": spec.prompt, "variants": ["sdpa", "no-kv-cache"], "max_new_tokens": 16, "mode": "fair",
+         "ignore_eos": True, "batch_size": 1, "cells": [], "live": True}
+    assert report["prompt_tokens"] == report["results"][0]["prompt_tokens"] == report["results"][1]["prompt_tokens"]
+    # the page's lanes, folded from the same events, draw the repeat the JSON shows
+    view = RunView(spec.variants, repeats=3)
+    view.apply(run)
+    for row in report["results"]:
+        lane = view.lanes[row["variant"]]
+        assert lane.times == row["token_times_s"] and lane.text == row["text"]
     config = presets.load("tiny").config
     for row in report["results"]:
         assert row["status"] == "ok" and row["repeats"] == 3 == len(row["token_times_repeats_s"])
@@ -50,8 +65,35 @@ def test_every_figure_of_a_run_can_be_recomputed_from_its_json_alone(engine):
             assert row[key] == pytest.approx(float(np.median([p[key] for p in per])), rel=1e-12), key
         assert row["tpot_repeats_s"] == pytest.approx([p["tpot_s"] for p in per], rel=1e-12)
         assert row["tpot_min_s"] == min(row["tpot_repeats_s"]) and row["tpot_max_s"] == max(row["tpot_repeats_s"])
-        assert row["token_times_s"] == row["token_times_repeats_s"][0] and len(row["token_ids"]) == 16
+        # the repeat shown is the last timed one, in every field that shows one repeat
+        assert row["shown_repeat"] == 2 and row["token_times_s"] == row["token_times_repeats_s"][-1]
+        assert len(row["token_ids"]) == 16 and row["e2e_repeats_s"] == [p["e2e_s"] for p in per]
         head_dim = config["hidden_size"] // config["num_attention_heads"]
         held = row["prompt_tokens"] + 16 - 1                             # the last token is never fed back
         expected = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * held * 4
         assert row["kv_cache_bytes"] == (0 if row["variant"] == "no-kv-cache" else expected)
+
+
+def test_the_reports_prompt_tokens_are_what_the_workers_tokenized_after_the_chat_template(tmp_path):
+    """A preset that wraps the prompt in its chat template: the orchestrator's pre-check counts the bare
+    prompt, the workers the templated one, and the report gives the workers' count, top level and rows."""
+    from engine.worker.models import saved_random_model
+    folder = tmp_path / "chat-tiny"
+    shutil.copytree(saved_random_model(presets.load("tiny")), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}</s>{% endfor %}[assistant] "
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    preset = presets.parse({"name": "chat-tiny", "title": "Chat tiny", "source": "hub", "model_id": str(folder),
+                            "chat_template": True, "variants": ["baseline"], "context_length": 4096}, "chat.yaml")
+    prompt = "What does the chat template add?"
+    bare = source.count_prompt_tokens(preset, prompt)
+    with Engine(preset, request_timeout_s=120) as engine:
+        report = list(engine.run(RunSpec(prompt, ["baseline", "sdpa"], 4, warmup_requests=0)))[-1].report
+        grid = list(engine.run(RunSpec(prompt, ["sdpa"], 4, warmup_requests=0,
+                                       cells=(Cell(), Cell(prompt_tokens=12)))))[-1].report
+    rows = report["results"]
+    assert all(row["status"] == "ok" for row in rows), [row["reason"] for row in rows]
+    templated = rows[0]["prompt_tokens"]
+    assert templated > bare and rows[1]["prompt_tokens"] == templated
+    assert report["prompt_tokens"] == templated
+    assert [row["prompt_length"] for row in grid["results"]] == [templated, 12] and grid["prompt_tokens"] == templated

@@ -119,3 +119,32 @@ def test_a_request_that_is_not_live_sends_nothing_until_its_stream_has_ended(pla
             assert sent[0] < finished.token_times[-1]                 # streamed while it ran
         else:
             assert min(sent) > finished.token_times[-1]               # all of it after the last chunk
+
+
+SERVE_ALONE = """
+import sys, threading
+from engine import events, presets, remote
+from engine.events import WorkerSpec
+from engine.worker.serve import serve
+endpoint = remote.Endpoint("plain", sys.argv[1])
+spec = WorkerSpec(presets.load("tiny"), "plain", "remote:" + endpoint.host, endpoint=endpoint)
+inbox = [events.Request(1, "hello", 16, ignore_eos=True, live=False), events.Probe(2, "overhead")]
+seen = []
+serve(spec, lambda: inbox.pop(0) if inbox else None, seen.append, threading.Event())
+print(repr([type(e).__name__ for e in seen]))
+print(repr(sorted(n for n in sys.modules if n == "torch" or n == "transformers.modeling_utils")))
+"""
+
+
+def test_a_served_variants_worker_loads_and_answers_without_importing_torch(plain_server):
+    """The serving loop of a served variant, whole (load, a request, a probe it must refuse), in a fresh
+    interpreter: torch is never imported, so a worker started for a server needs none of it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    done = subprocess.run([sys.executable, "-c", SERVE_ALONE, plain_server], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kinds, loaded = (eval(line) for line in done.stdout.strip().splitlines()[-2:])
+    assert kinds[:2] == ["Status", "Loaded"] and "Finished" in kinds and kinds[-1] == "Failed", kinds
+    assert loaded == [], loaded

@@ -134,10 +134,10 @@ def frame(ctx: Context, charts: RunCharts, view: RunView, run_id: int, elapsed_s
 
 
 def _start(ctx: Context, preset_name: str, spec: RunSpec, view: RunView, session: Session):
-    ctx.engines.get(preset_name).validate(spec)
+    validated = ctx.engines.get(preset_name).validate(spec)
     engine = ctx.engines.activate(preset_name)      # valid input: only now does switching presets unload
     view.expect(engine.load_estimates(spec.variants))
-    run = engine.start(spec)
+    run = engine.start(validated)
     session.view = view
     return engine, run, view
 

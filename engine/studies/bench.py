@@ -47,9 +47,9 @@ def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], ne
             elif isinstance(event, (events.Failed, events.Unavailable)):
                 log(f"  {event.variant}: {event.reason}")
             elif isinstance(event, events.Finished) and len(event.token_times) > 1:
-                times = metrics.relative_times(event.t_start, event.token_times)
-                log(f"  {event.variant}, prompt {event.prompt_tokens}: {len(times)} tokens, TTFT "
-                    f"{ms(metrics.ttft_s(times))} ms, TPOT {ms(metrics.tpot_s(times), 2)} ms")
+                timed = metrics.timings(event.t_start, event.token_times)
+                log(f"  {event.variant}, prompt {event.prompt_tokens}: {len(timed.times)} tokens, TTFT "
+                    f"{ms(timed.ttft_s)} ms, TPOT {ms(timed.tpot_s, 2)} ms")
             elif isinstance(event, events.RunDone):
                 found["report"] = event.report
 

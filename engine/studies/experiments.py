@@ -207,8 +207,7 @@ def derive(experiment: Experiment, rows: list[dict]) -> list[dict]:
     `ranges`: {field: [min, max] over the repeats} of the figures it shows or checks that have one."""
     for row in rows:
         row["time_s"] = row.get("ttft_s") if row.get("phase") == "prefill" else row.get("e2e_s")
-        row["e2e_repeats_s"] = [times[-1] for times in row.get("token_times_repeats_s") or [] if times]
-        row["time_repeats_s"] = row.get("ttft_repeats_s") if row.get("phase") == "prefill" else row["e2e_repeats_s"]
+        row["time_repeats_s"] = row.get("ttft_repeats_s") if row.get("phase") == "prefill" else row.get("e2e_repeats_s")
         row["ranges"] = {}
     if experiment.name == "attention":
         baseline = {r["cell"]: r for r in rows if r["variant"] == REFERENCE and r["time_s"]}

@@ -63,10 +63,10 @@ class LiveSweep:
             experiment, spec, quick, grid, left_out, t0
         self.variants, self.repeats = list(spec.variants), spec.repeats
         self.preset, self.device = engine.preset, engine.device
-        self.prompt_tokens = engine.validate(spec)              # raises InputError; the engine keeps the count
+        self.validated = engine.validate(spec)                  # raises InputError; start() takes it as it is
         self.loaded = engine.loaded()     # workers kept loaded from an earlier run send no Loaded event
         self.stages: dict[str, str] = {}                        # variant -> its last Status stage
-        self._open = {(name, cell): Outcome(name) for name in self.variants for cell in range(len(grid))}
+        self._answered = {(name, cell): 0 for name in self.variants for cell in range(len(grid))}   # timed answers
         self.outcomes: dict[tuple[str, int], Outcome] = {}      # finished (variant, cell) pairs only
         self.revision = 0                                       # +1 whenever a pair finishes
         self.result: dict | None = None
@@ -77,22 +77,23 @@ class LiveSweep:
     @property
     def total(self) -> int:
         """Measured requests of the whole sweep: variants x cells x repeats."""
-        return len(self._open) * self.repeats
+        return len(self._answered) * self.repeats
 
     @property
     def settled(self) -> int:
         """Measured requests finished so far, counting those a failure or unavailability skipped."""
         if self.result is not None:
             return self.total
-        return sum(self.repeats if key in self.outcomes else len(outcome.finished)
-                   for key, outcome in self._open.items())
+        return sum(self.repeats if key in self.outcomes else answered for key, answered in self._answered.items())
 
     @property
     def done(self) -> bool:
         return self.result is not None
 
     def apply(self, event) -> bool:
-        """Fold one engine event in; True when the rows changed (a pair finished, or the run ended)."""
+        """Fold one engine event in; True when the rows changed (a pair finished, or the run ended).
+        The engine says which pairs are finished (CellDone, with what each produced): nothing is
+        decided here but the progress count."""
         if isinstance(event, events.RunDone):
             self.result = _sweep(self.experiment, self.quick, self.grid, self.left_out, event.report, self.t0)
             self.revision += 1
@@ -100,32 +101,20 @@ class LiveSweep:
         name = getattr(event, "variant", None)
         if name not in self.variants:
             return False
-        every = [(name, cell) for cell in range(len(self.grid))]
         if isinstance(event, events.Status):
             self.stages[name] = event.stage
         elif isinstance(event, events.Loaded):
             self.loaded[name] = event
-        elif isinstance(event, events.Unavailable):
-            return self._close(every, unavailable=event.reason)
-        elif isinstance(event, events.Failed):
-            return self._close(every if event.cell is None else [(name, event.cell)], failed=event)
-        elif isinstance(event, events.Finished) and (name, event.cell) in self._open:
-            outcome = self._open[(name, event.cell)]
-            outcome.finished.append(event)
-            if len(outcome.finished) == self.repeats:
-                return self._close([(name, event.cell)])
+        elif isinstance(event, events.Finished) and (name, event.cell) in self._answered:
+            self._answered[(name, event.cell)] += 1
+        elif isinstance(event, events.CellDone) and (name, event.cell) not in self.outcomes:
+            outcome = event.outcome
+            outcome.loaded = outcome.loaded or self.loaded.get(name)     # a worker kept from an earlier run
+            self.outcomes[(name, event.cell)] = outcome
+            self.closed.append((name, event.cell))
+            self.revision += 1
+            return True
         return False
-
-    def _close(self, keys: list[tuple[str, int]], failed=None, unavailable=None) -> bool:
-        """Finish the (variant, cell) pairs that are still open."""
-        keys = [key for key in keys if key not in self.outcomes]
-        for key in keys:
-            outcome = self._open[key]
-            outcome.failed, outcome.unavailable, outcome.loaded = failed, unavailable, self.loaded.get(key[0])
-            self.outcomes[key] = outcome
-            self.closed.append(key)
-        self.revision += bool(keys)
-        return bool(keys)
 
     def plan(self) -> str:
         """What the sweep measures, in one line."""
@@ -161,7 +150,7 @@ class LiveSweep:
         """The rows so far, shaped like `run_sweep`'s result (which it is, once the run is done)."""
         if self.result is not None:
             return self.result
-        built = report.build(self.spec, self.preset, self.device, self.prompt_tokens, self.outcomes)
+        built = report.build(self.spec, self.preset, self.device, self.outcomes)
         return _sweep(self.experiment, self.quick, self.grid, self.left_out, built, self.t0)
 
 
@@ -193,7 +182,7 @@ def start_sweep(name: str, engine: Engine, quick: bool = False, variants: list[s
     spec = RunSpec(PROMPT, chosen, experiment.max_new_tokens(quick), repeats=repeats, ignore_eos=True,
                    cells=tuple(cell for _, cell in grid), warmup_requests=1, live=False)   # progress by cell
     live = LiveSweep(experiment, engine, spec, quick, grid, left_out, t0)
-    return engine.start(spec), live
+    return engine.start(live.validated), live
 
 
 def run_sweep(name: str, preset: Preset, quick: bool = False, variants: list[str] | None = None,

@@ -60,10 +60,15 @@ class Lane:
 
     @property
     def times(self) -> list[float]:
-        """Token times in seconds since the request start."""
+        """Token times in seconds since the request start: of the repeat streaming now, and once the run
+        is done of the repeat its report shows (the last timed one, its `shown_repeat`)."""
+        return list(self.timings().times)
+
+    def timings(self) -> metrics.Timings:
+        """The timing figures of the tokens so far (none before a request started)."""
         if self.t_start is None:
-            return []
-        return metrics.relative_times(self.t_start, self.token_times)
+            return metrics.timings(0.0, ())
+        return metrics.timings(self.t_start, self.token_times)
 
     def figures(self) -> dict:
         """TTFT, TPOT, tokens/s and peak memory: the report's once done, live estimates before."""
@@ -72,11 +77,10 @@ class Lane:
             return {"ttft_s": r.get("ttft_s"), "tpot_s": r.get("tpot_s"), "tokens_per_s": r.get("tokens_per_s"),
                     "peak_memory_bytes": r.get("peak_memory_bytes"), "tokens": r.get("output_tokens"),
                     "final": True}
-        times = self.times
+        timed = self.timings()
         peak = max((b for _, b in self.memory), default=None)
-        return {"ttft_s": metrics.ttft_s(times), "tpot_s": metrics.tpot_s(times),
-                "tokens_per_s": metrics.tokens_per_s(len(times), metrics.e2e_s(times)),
-                "peak_memory_bytes": peak, "tokens": len(times), "final": False}
+        return {"ttft_s": timed.ttft_s, "tpot_s": timed.tpot_s, "tokens_per_s": timed.tokens_per_s,
+                "peak_memory_bytes": peak, "tokens": len(timed.times), "final": False}
 
     def text_until(self, seconds: float) -> str:
         """The text made in the first `seconds` after the request start (for the replay)."""
@@ -175,9 +179,10 @@ class RunView:
                 lane.pieces[-1] += held
             if event.cancelled:
                 self._stage(lane, "cancelled", now)
-            elif lane.requests < lane.repeats:                # fair mode takes the variants in turn per repeat
+            else:                                             # fair mode takes the variants in turn per repeat
                 self._stage(lane, "queued", now, f"timed request {lane.requests} of {lane.repeats} done")
-            else:
+        elif isinstance(event, events.CellDone):              # the engine says the variant is done
+            if lane.stage not in FINAL_STAGES:
                 self._stage(lane, "done", now)
         elif isinstance(event, (events.Failed, events.Unavailable)):
             lane.reason = event.reason

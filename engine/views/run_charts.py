@@ -54,7 +54,7 @@ def itl_figure(view: RunView) -> go.Figure:
     figure = go.Figure(layout=_layout("token index", "inter-token latency (ms)"))
     drawn = False
     for lane in view.charted():
-        gaps = metrics.itl_s(lane.times)
+        gaps = lane.timings().itl_s
         if not gaps:
             continue
         drawn = True

@@ -169,13 +169,13 @@ def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[objec
     except BaseException as error:  # noqa: BLE001 - a failure is a value, sent to the orchestrator
         emit(events.Failed(spec.variant, "could not load: " + one_line(error), traceback.format_exc()))
         return
-    from engine.worker import probes
     while (request := receive()) is not None:
         try:
             if isinstance(request, Probe):
                 if not runner.takes_probes:
                     raise ValueError(f"the {request.kind} probe times a model on this machine: not applicable "
                                      "to a served model")
+                from engine.worker import probes          # torch: never imported by a served variant's worker
                 emit(probes.answer(runner, request, cancel))
                 continue
             emit(runner.generate(request, cancel))        # its Started event says it is generating
