@@ -189,12 +189,12 @@ def serve_page(args, limits: Limits, login: tuple[str, str] | None) -> int:
     with long_lived_imports():       # gradio and its dependencies live as long as the page
         from ui import mcp
         from ui.page import launch_kwargs
-        from ui.presets import offered_by_default
+        from engine.limits import public_presets
         from ui.state import Engines, PageHistory
     offered = None
     if limits.public:
         offered = ([p.strip() for p in args.public_presets.split(",") if p.strip()] if args.public_presets
-                   else offered_by_default())
+                   else public_presets())
         if args.preset is not None and args.preset not in offered:
             print(f"error: --preset {args.preset} is not among the presets this public page offers "
                   f"({', '.join(offered) or 'none'}): choose one, or list it in --public-presets", file=sys.stderr)

@@ -4,12 +4,14 @@
 is what a Space or a `--share` link gets: a bounded queue, one job per visitor, short prompts, few
 repeats, a work budget and a deadline per run, quick experiments only. The engine enforces the
 per-run limits (`check`, the deadline); the page enforces the per-visitor ones and shows them all.
+Which presets a public page offers unless told (`public_presets`) is decided here too.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from engine.errors import InputError
+from engine import budget, hardware, presets, source
+from engine.errors import DeviceError, InputError, PresetError
 from engine.variants import CATALOG
 
 
@@ -89,3 +91,25 @@ def work(spec, prompt_tokens: int) -> int:
             total += (spec.warmup_requests + spec.repeats) * request_work(
                 tokens, resolved.max_new_tokens, resolved.batch_size, use_cache)
     return total
+
+
+def public_presets() -> list[str]:
+    """The presets a public page offers unless told otherwise: those that need no download (random
+    weights made here, or a model already in the local cache) and whose baseline fits the device's
+    memory now with all its default variants loaded at once. A visitor can then never start a
+    multi-GB download or load what cannot fit."""
+    offered = []
+    for name in presets.available():
+        try:
+            preset = presets.load(name)
+            if not preset.random_weights and not source.hub_file(preset.model_id, "config.json"):
+                continue
+            device = hardware.resolve(preset.device)
+            runnable = [CATALOG[v] for v in preset.variants
+                        if v in CATALOG and not CATALOG[v].unavailable_reason(preset, device)]
+            placement = budget.plan(preset, runnable, budget.free_bytes(device), device.kind == "cuda")
+            if "swapped" not in placement.values():
+                offered.append(name)
+        except (PresetError, DeviceError, OSError, ValueError):
+            continue
+    return offered

@@ -111,7 +111,7 @@ class Engine:
         if threads is not None and threads < 1:
             raise InputError(f"threads must be at least 1, got {threads}")
         if threads is None and spare_cores and self.device.kind == "cpu":
-            threads = max(len(topology.usable_cores()) - spare_cores, 1)
+            threads = max(self.cores - spare_cores, 1)
         self.threads = threads
         self.bandwidth: float | None = None        # the device's measured copy bandwidth, bytes/s
         self._workers = WorkerSet(self._worker_spec)
@@ -176,6 +176,11 @@ class Engine:
         """No worker loaded or loading, and no run accepted."""
         with self._runs_lock:
             return not self._runs and not self._workers.names()
+
+    @property
+    def cores(self) -> int:
+        """The CPU cores this engine's workers may use (this process's affinity mask)."""
+        return len(topology.usable_cores())
 
     def loaded(self) -> dict[str, events.Loaded]:
         """The Loaded event of each worker ready now (workers stay loaded between runs)."""

@@ -18,7 +18,7 @@ def engine_stub(random_weights=True, threads=1, kind="cpu", reasons=None):
     preset = SimpleNamespace(title="Tiny <test>", description=" a tiny model \n", random_weights=random_weights,
                              variants=("sdpa", "baseline", "fa2"))
     choices = [(name, f"{name} label", reasons.get(name)) for name in ("baseline", "sdpa", "fa2")]
-    return SimpleNamespace(preset=preset, device=SimpleNamespace(kind=kind, name="cpu"), threads=threads,
+    return SimpleNamespace(preset=preset, device=SimpleNamespace(kind=kind, name="cpu"), threads=threads, cores=6,
                            variant_choices=lambda: choices, run_limits=Limits())
 
 
@@ -47,7 +47,7 @@ def test_messages_and_refusals_say_what_happened_and_escape_what_came_from_outsi
 def test_the_banner_says_random_weights_and_how_many_cores_a_worker_uses():
     banner = render.banner_html(engine_stub())
     assert "Tiny &lt;test&gt;" in banner and "random weights" in banner and "a tiny model</div>" in banner
-    assert "computes on 1 of the" in banner
+    assert "computes on 1 of the 6 CPU cores" in banner              # the engine's count, not the view's
     real = render.banner_html(engine_stub(random_weights=False, kind="cuda"))
     assert "random weights" not in real and "CPU cores" not in real
 

@@ -3,34 +3,11 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine import budget, hardware, presets, source
-from engine.errors import DeviceError, PresetError
-from engine.variants import CATALOG
+from engine import presets
+from engine.errors import PresetError
 from ui import render
 from ui.state import Context
 from ui.stream import REFUSED
-
-
-def offered_by_default() -> list[str]:
-    """The presets a public page offers unless told otherwise: those that need no download (random
-    weights made here, or a model already in the local cache) and whose baseline fits the device's
-    memory now with all its default variants loaded at once. A visitor can then never start a
-    multi-GB download or load what cannot fit."""
-    offered = []
-    for name in presets.available():
-        try:
-            preset = presets.load(name)
-            if not preset.random_weights and not source.hub_file(preset.model_id, "config.json"):
-                continue
-            device = hardware.resolve(preset.device)
-            runnable = [CATALOG[v] for v in preset.variants
-                        if v in CATALOG and not CATALOG[v].unavailable_reason(preset, device)]
-            placement = budget.plan(preset, runnable, budget.free_bytes(device), device.kind == "cuda")
-            if "swapped" not in placement.values():
-                offered.append(name)
-        except (PresetError, DeviceError, OSError, ValueError):
-            continue
-    return offered
 
 
 def preset_choices(offered: list[str] | None = None) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 
-from engine import topology, verdict
+from engine import verdict
 from engine.errors import InputError
 from engine.report import tpot_range
 from engine.variants import REFERENCE
@@ -57,7 +57,7 @@ def banner_html(engine) -> str:
              if preset.random_weights else "")
     cores = ""
     if engine.device.kind == "cpu" and engine.threads:
-        total = len(topology.usable_cores())
+        total = engine.cores
         rest = "; the rest draw this page while the variants run" if engine.threads < total else ""
         cores = (f'<div class="sbs-sub">Each worker computes on {engine.threads} of the {total} CPU cores this '
                  f'server may use{rest}.</div>')
