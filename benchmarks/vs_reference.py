@@ -107,7 +107,7 @@ def engine_side(setup: Setup, variant: str, folder: Path, env: dict | None = Non
             "tpot_repeats_s": row["tpot_repeats_s"], "prompt_tokens": row["prompt_tokens"],
             "output_tokens": row["output_tokens"], "threads": row.get("cpu_threads"),
             "host_busy": row.get("host_busy"), "text": row["text"], "token_ids": ids,
-            "versions": report.get("versions")}
+            "phases_repeats_s": row.get("phases_repeats_s") or [], "versions": report.get("versions")}
 
 
 def reference_side(setup: Setup, variant: str, folder: Path) -> dict:
@@ -174,7 +174,19 @@ def summary(pairs: list[dict], attn: str) -> dict:
     result = {"reference_attn_implementation": attn, "pairs": pairs, **ratio_spread(pairs)}
     result["same_work"] = all(p["same_prompt_length"] and p["same_output_tokens"] and p["same_tokens"]
                               and p["same_threads"] for p in pairs)
+    result["engine_phases_s"] = phase_medians(pairs)
     return result
+
+
+def phase_medians(pairs: list[dict]) -> dict:
+    """The engine's steps before its clock (report.PHASES), each the median over every timed request of
+    every pair, in seconds: what the reference, which calls generate() back to back, does not do."""
+    found = {}
+    for key in ("pipe_s", "encode_s", "setup_s", "prime_s"):
+        values = [phase[key] for p in pairs for phase in p["engine"].get("phases_repeats_s") or []
+                  if phase.get(key) is not None]
+        found[key] = statistics.median(values) if values else None
+    return found
 
 
 def table(variants: dict) -> str:
@@ -195,6 +207,10 @@ def table(variants: dict) -> str:
                      f"{fixed(result['ttft_ratio_median'], 3)} ({', '.join(fixed(v, 3) for v in result['ttft_ratios'])})"
                      f"; reference attention {result['reference_attn_implementation']}; tokens compared by "
                      f"{pairs[0]['tokens_compared_by']}" + ("" if result["same_work"] else "; NOT THE SAME WORK"))
+        steps = result.get("engine_phases_s") or {}
+        if any(value is not None for value in steps.values()):
+            lines.append(f"{name}: before the engine's clock (medians, not in TTFT): " + ", ".join(
+                f"{key.removesuffix('_s')} {ms(value, 2)} ms" for key, value in steps.items()))
     return "\n".join(lines)
 
 

@@ -45,6 +45,7 @@ class Request:
     pad_ratio: float = 0.0        # share of pad tokens in the batch: sequences shortened, left-padded
     cell: int | None = None       # the grid cell it measures (None outside a run), echoed by its events
     live: bool = True             # stream its tokens while it runs; False: everything after its last token
+    t_sent: float | None = None   # perf_counter() when the orchestrator sent it (the clock workers share)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,9 @@ class Finished:
     host: dict = field(default_factory=dict)
     cell: int | None = None
     server: dict = field(default_factory=dict)   # a served variant's endpoint, version and own figures
+    # perf_counter() of the steps before its clock, where known: "sent" (by the orchestrator), "received"
+    # (by the worker), "prompt_ready" (encoded), "prepared" (set up), "start" (after the prime: t_start)
+    phases: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,18 @@ def measure(finished, weights_bytes: int, peak_bandwidth: float | None, use_cach
     }
 
 
+PHASES = (("pipe_s", "sent", "received"), ("encode_s", "received", "prompt_ready"),
+          ("setup_s", "prompt_ready", "prepared"), ("prime_s", "prepared", "start"))
+
+
+def phases(finished) -> dict:
+    """What came before a request's clock, in seconds: the orchestrator's send to the worker's read
+    (`pipe_s`), the prompt's encoding, the request's setup and the prime (None where not recorded)."""
+    marks = finished.phases
+    return {key: marks[end] - marks[begin] if marks.get(begin) is not None and marks.get(end) is not None else None
+            for key, begin, end in PHASES}
+
+
 def _median_of(rows: list[dict], key: str):
     values = [row[key] for row in rows if row[key] is not None]
     return metrics.median(values) if values else None
@@ -118,7 +130,8 @@ def result(outcome, reference_ids, peak_bandwidth: float | None, variant: Varian
     row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
            "text": "", "first_diff_token": None, "identical_token_share": None, "contended": outcome.contended,
            "placement": outcome.placement, "repeats": len(outcome.finished), "token_times_s": [],
-           "token_times_repeats_s": [], "token_ids": [], "tpot_repeats_s": [], "ttft_repeats_s": [], "e2e_repeats_s": [],
+           "token_times_repeats_s": [], "token_ids": [], "tpot_repeats_s": [], "ttft_repeats_s": [],
+           "e2e_repeats_s": [], "phases_repeats_s": [],
            "tokens_per_s_repeats": [], "peak_memory_repeats_bytes": [], "preemptions_repeats": [],
            "sm_clock_mhz_repeats": [], "memory": {}, "warmup_requests": len(outcome.warmups),
            # the warm-ups are the timed request itself, run first and left out of every figure
@@ -185,6 +198,8 @@ def _timed(row: dict, outcome, read_bytes: int, peak_bandwidth: float | None, us
                # beside each repeat, what could have slowed it: the serving thread taken off its core,
                # a lower GPU clock
                preemptions_repeats=[f.host.get("preemptions") for f in outcome.finished],
+               # and the steps before its clock (TTFT counts none of them)
+               phases_repeats_s=[phases(f) for f in outcome.finished],
                sm_clock_mhz_repeats=[f.host.get("sm_clock_mhz") for f in outcome.finished],
                queue_s=outcome.finished[0].t_start - outcome.t_ready if outcome.t_ready else None,
                peak_memory_bytes=max((p for p in peaks if p), default=None), token_times_repeats_s=times,

@@ -8,6 +8,7 @@ timeout into a `Failed` event for that variant alone.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
@@ -184,6 +185,7 @@ class Execution:
     def generate(self, requests: dict[str, Request], warmup: bool) -> None:
         """Send each named worker its request at once and wait for all answers."""
         for name, request in requests.items():
+            request = dataclasses.replace(request, t_sent=time.perf_counter())
             self.state.sent(name, request, warmup)
             if not self.workers.get(name).send(request):
                 self._fail(self.workers.get(name), "the worker process is gone; it will be restarted")

@@ -150,7 +150,9 @@ class Runner:
 
     def generate(self, request: Request, cancel) -> events.Finished:
         """Serve one request, streaming its Started and Token events; its raw measurements."""
+        received = time.perf_counter()
         input_ids, mask = self.encode(request)
+        prompt_ready = time.perf_counter()
         if self.cuda_index is not None:
             torch.cuda.reset_peak_memory_stats(self.cuda_index)
         self.peak_rss_scope = "request" if telemetry.reset_peak_rss() else "process"
@@ -168,6 +170,7 @@ class Runner:
         # text and memory samples are the monitor's work, on its own thread
         with telemetry.HostLoad(cores) as host, self.monitor.watching(watch), self.attention_context(), \
                 torch.inference_mode():
+            prepared = time.perf_counter()
             self.prime(input_ids, mask)
             watch.t_start = t_start = time.perf_counter()
             decoding()
@@ -180,7 +183,8 @@ class Runner:
             host={"cores": len(cores), "threads": threads, "others_cores": host.others_cores,
                   "resolution_cores": host.resolution_cores, "preemptions": host.preemptions,
                   **watch.clock_mhz()},
-            cell=request.cell)
+            cell=request.cell, phases={"sent": request.t_sent, "received": received, "prompt_ready": prompt_ready,
+                                       "prepared": prepared, "start": t_start})
 
     def memory(self) -> dict:
         """Peak allocator figures and NVML's view of this process (CUDA), and the request's peak RSS."""

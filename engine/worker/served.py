@@ -230,7 +230,9 @@ class ServedRunner:
         """Stream one request. Not `live` (a command line's or a benchmark's timed request): its Started
         and Token events wait until the stream has ended, as a local worker's do, so that nothing wakes
         the orchestrator while a variant beside it may be timed."""
+        received = time.perf_counter()
         prompt = self.prompt(request)
+        prompt_ready = time.perf_counter()
         before = self._metrics() if self.metrics_available else None
         held: list = []
         emit = self.emit if request.live else held.append
@@ -253,7 +255,8 @@ class ServedRunner:
             token_times=counted.times, token_ids=counted.ids, text=stream.text,
             prompt_tokens=len(prompt) if isinstance(prompt, list) else 0, batch_size=request.batch_size,
             cancelled=cancel.is_set() and len(counted.times) < request.max_new_tokens, memory={},
-            server=server, cell=request.cell)
+            server=server, cell=request.cell,
+            phases={"sent": request.t_sent, "received": received, "prompt_ready": prompt_ready, "start": t_start})
 
     def _stream(self, request: events.Request, prompt, cancel, emit) -> tuple[Stream, float]:
         import httpx
