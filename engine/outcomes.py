@@ -106,7 +106,8 @@ class RunState:
                 (outcome.warmups if request_id in self._warmups else outcome.finished).append(event)
             if request_id in self._warmups:
                 return False
-            if len(self.outcomes.get((name, event.cell), Outcome(name)).finished) >= self.repeats:
+            outcome = self.outcomes.get((name, event.cell))
+            if outcome is not None and len(outcome.finished) >= self.repeats:
                 self._close([(name, event.cell)])
         elif isinstance(event, events.Failed):
             if request_id is None or self.current.get(name) == request_id:

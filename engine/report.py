@@ -185,7 +185,7 @@ def _timed(row: dict, outcome, read_bytes: int, peak_bandwidth: float | None, us
     rows = [measure(f, read_bytes, peak_bandwidth, use_cache) for f in outcome.finished]
     shown = outcome.finished[-1]
     for key in rows[0]:
-        row[key] = _median_of(rows, key) if key.endswith(("_s", "mbu")) else rows[0][key]
+        row[key] = _median_of(rows, key) if key.endswith(("_s", "mbu")) else rows[-1][key]    # the shown repeat's
     tpots = [r["tpot_s"] for r in rows if r["tpot_s"] is not None]
     times = [list(metrics.timings(f.t_start, f.token_times).times) for f in outcome.finished]
     peaks = [peak_memory(f) for f in outcome.finished]
