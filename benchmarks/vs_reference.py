@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import hardware, presets  # noqa: E402
+from engine.report import PHASES  # noqa: E402
 from engine.studies.bench import FILLER  # noqa: E402
 from engine.variants import CATALOG  # noqa: E402
 from engine.views.tables import fixed, fixed_width, ms  # noqa: E402
@@ -182,7 +183,7 @@ def phase_medians(pairs: list[dict]) -> dict:
     """The engine's steps before its clock (report.PHASES), each the median over every timed request of
     every pair, in seconds: what the reference, which calls generate() back to back, does not do."""
     found = {}
-    for key in ("pipe_s", "encode_s", "setup_s", "prime_s"):
+    for key, _, _ in PHASES:
         values = [phase[key] for p in pairs for phase in p["engine"].get("phases_repeats_s") or []
                   if phase.get(key) is not None]
         found[key] = statistics.median(values) if values else None

@@ -31,10 +31,8 @@ CLOSE_WAIT_S = 15.0               # how long close() lets a cancelled run end be
 @dataclass(frozen=True)
 class Validated:
     """A RunSpec an engine accepted (Engine.validate), so that starting it need not check and tokenize
-    again; `prompt_tokens` is the orchestrator's pre-check count (before any chat template: the report
-    gives the workers' own)."""
+    again (the prompt's count there is a pre-check only: the report gives the workers' own)."""
     spec: RunSpec
-    prompt_tokens: int
     checked_by: object = field(compare=False, repr=False)    # the Engine that checked it, against its preset and limits
 
 
@@ -134,9 +132,8 @@ class Engine:
             return spec
         spec = spec.spec if isinstance(spec, Validated) else spec
         self.run_limits.check(spec)                    # a huge prompt is refused before it is tokenized
-        count = validate(spec, self.preset)
-        self.run_limits.check(spec, count)
-        return Validated(spec, count, self)
+        self.run_limits.check(spec, validate(spec, self.preset))
+        return Validated(spec, self)
 
     def prepare(self) -> None:
         """Start, ahead of the first run, what its workers are made from: on a CPU the fork server, whose

@@ -18,7 +18,7 @@ from engine.errors import InputError, PresetError
 from engine.pool import Engine
 from engine.schedule import Execution
 from engine.spec import RunSpec, validate
-from engine.worker import served
+from engine.worker import served, served_stream
 
 PROMPT = "Why is decoding bound by memory bandwidth?"
 
@@ -36,13 +36,13 @@ vllm:num_requests_running{engine="0",model_name="small"} 0.0
 
 
 def test_the_servers_own_figures_are_the_difference_of_its_histograms_over_one_request():
-    before = served.read_metrics(METRICS_TEXT % (1.5, 3, 0.30, 3), "small")
-    after = served.read_metrics(METRICS_TEXT % (1.62, 4, 0.35, 4), "small")
+    before = served_stream.read_metrics(METRICS_TEXT % (1.5, 3, 0.30, 3), "small")
+    after = served_stream.read_metrics(METRICS_TEXT % (1.62, 4, 0.35, 4), "small")
     assert before["vllm:time_to_first_token_seconds_count"] == 3.0          # the other model's series left out
-    figures = served.server_figures(before, after)
+    figures = served_stream.server_figures(before, after)
     assert figures["ttft_s"] == pytest.approx(0.12) and figures["tpot_s"] == pytest.approx(0.05)
     assert "queue_s" not in figures                                       # not exposed: not made up
-    assert served.server_figures(None, after) == {}
+    assert served_stream.server_figures(None, after) == {}
 
 
 def test_endpoints_come_from_a_flag_or_a_preset_entry_and_bad_ones_say_what_to_fix(monkeypatch):
@@ -208,16 +208,16 @@ def test_a_server_killed_mid_answer_turns_into_a_failed_column_while_the_local_v
 def test_a_chunk_of_several_tokens_counts_as_that_many_each_with_its_share_of_the_gap():
     runner = object.__new__(served.ServedRunner)          # the chunk arithmetic alone, no server
     seen = []
-    runner.endpoint, runner.emit = remote.Endpoint("srv", "http://h/v1"), seen.append
+    runner.endpoint = remote.Endpoint("srv", "http://h/v1")
     request = events.Request(1, PROMPT, 8)
-    stream = served.Stream()
-    runner._take({"text": "a", "token_ids": [5]}, 10.0, request, stream)
-    runner._take({"text": "bcd", "token_ids": [6, 7, 8]}, 10.3, request, stream)    # three tokens at once
-    runner._take({"text": "", "token_ids": [9]}, 10.4, request, stream)             # a token with no text yet
+    stream = served_stream.Stream()
+    runner._take({"text": "a", "token_ids": [5]}, 10.0, request, stream, seen.append)
+    runner._take({"text": "bcd", "token_ids": [6, 7, 8]}, 10.3, request, stream, seen.append)    # three tokens at once
+    runner._take({"text": "", "token_ids": [9]}, 10.4, request, stream, seen.append)             # a token with no text yet
     assert stream.times == pytest.approx([10.0, 10.1, 10.2, 10.3, 10.4]) and stream.ids == [5, 6, 7, 8, 9]
     assert stream.multi_token_chunks == 1 and stream.text == "abcd"
     assert [e.index for e in seen] == [0, 1, 2, 3, 4] and [e.text for e in seen] == ["a", "bcd", "", "", ""]
-    plain = served.Stream()                                # a server that sends no token ids
-    runner._take({"text": "x"}, 1.0, request, plain)
-    runner._take({"text": "", "finish_reason": "length"}, 1.1, request, plain)       # the end: no token
+    plain = served_stream.Stream()                                # a server that sends no token ids
+    runner._take({"text": "x"}, 1.0, request, plain, seen.append)
+    runner._take({"text": "", "finish_reason": "length"}, 1.1, request, plain, seen.append)       # the end: no token
     assert plain.ids == [-1] and plain.times == [1.0]

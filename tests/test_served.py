@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from engine import events, metrics, presets, remote
-from engine.worker import served
+from engine.worker import served, served_stream
 
 # 16 tokens in 12 chunks: chunks 3, 5, 8 and 10 carry two tokens each
 CHUNKS = ["a", "b", "c", "dd", "e", "ff", "g", "h", "ii", "j", "kk", "l"]
@@ -81,7 +81,7 @@ def test_tokens_the_server_counted_beyond_its_chunks_are_shared_out_and_tpot_is_
                                                        threading.Event())
     chunks = [event.t for _, event in seen if isinstance(event, events.Token)]
     assert len(chunks) == 12                                     # one Token event per chunk, as streamed
-    assert len(finished.token_times) == 16 and finished.token_ids == (served.NO_TOKEN_ID,) * 16
+    assert len(finished.token_times) == 16 and finished.token_ids == (served_stream.NO_TOKEN_ID,) * 16
     times = metrics.relative_times(finished.t_start, finished.token_times)
     assert finished.token_times[0] == chunks[0] and finished.token_times[-1] == chunks[-1]
     # TPOT over the server's 16 tokens, not the 12 chunks (which read 15/11 = 1.36x high)
@@ -94,17 +94,17 @@ def test_tokens_the_server_counted_beyond_its_chunks_are_shared_out_and_tpot_is_
 
 
 def test_the_share_out_gives_each_later_chunk_its_part_of_the_extra_tokens():
-    stream = served.Stream(times=[0.0, 1.0, 2.0, 3.0], ids=[-1] * 4, usage_tokens=7)
-    counted = served.by_server_count(stream)
+    stream = served_stream.Stream(times=[0.0, 1.0, 2.0, 3.0], ids=[-1] * 4, usage_tokens=7)
+    counted = served_stream.by_server_count(stream)
     # 6 tokens after the first over 3 chunks: two each, each pair splitting its chunk's gap
     assert counted.times == pytest.approx((0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0))
     assert counted.multi_token_chunks == 3 and counted.note
-    batch = served.Stream(times=[0.0, 1.0, 2.0], ids=[-1] * 3, usage_tokens=6)     # 2 sequences of 3
-    assert served.by_server_count(batch, batch_size=2).times == (0.0, 1.0, 2.0)
-    exact = served.Stream(times=[0.0, 1.0], ids=[5, 6], usage_tokens=3, multi_token_chunks=0)
-    kept = served.by_server_count(exact)               # ids the server sent are exact: the count is only named
+    batch = served_stream.Stream(times=[0.0, 1.0, 2.0], ids=[-1] * 3, usage_tokens=6)     # 2 sequences of 3
+    assert served_stream.by_server_count(batch, batch_size=2).times == (0.0, 1.0, 2.0)
+    exact = served_stream.Stream(times=[0.0, 1.0], ids=[5, 6], usage_tokens=3, multi_token_chunks=0)
+    kept = served_stream.by_server_count(exact)               # ids the server sent are exact: the count is only named
     assert kept.times == (0.0, 1.0) and "timings use the stream's (the server sent the ids)" in kept.note
-    one = served.by_server_count(served.Stream(times=[0.0], ids=[-1], usage_tokens=4))
+    one = served_stream.by_server_count(served_stream.Stream(times=[0.0], ids=[-1], usage_tokens=4))
     assert one.times == (0.0,) and "too few chunks" in one.note
 
 

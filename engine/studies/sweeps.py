@@ -64,7 +64,6 @@ class LiveSweep:
         self.variants, self.repeats = list(spec.variants), spec.repeats
         self.preset, self.device = engine.preset, engine.device
         self.validated = engine.validate(spec)                  # raises InputError; start() takes it as it is
-        self.loaded = engine.loaded()     # workers kept loaded from an earlier run send no Loaded event
         self.stages: dict[str, str] = {}                        # variant -> its last Status stage
         self._answered = {(name, cell): 0 for name in self.variants for cell in range(len(grid))}   # timed answers
         self.outcomes: dict[tuple[str, int], Outcome] = {}      # finished (variant, cell) pairs only
@@ -103,14 +102,10 @@ class LiveSweep:
             return False
         if isinstance(event, events.Status):
             self.stages[name] = event.stage
-        elif isinstance(event, events.Loaded):
-            self.loaded[name] = event
         elif isinstance(event, events.Finished) and (name, event.cell) in self._answered:
             self._answered[(name, event.cell)] += 1
         elif isinstance(event, events.CellDone) and (name, event.cell) not in self.outcomes:
-            outcome = event.outcome
-            outcome.loaded = outcome.loaded or self.loaded.get(name)     # a worker kept from an earlier run
-            self.outcomes[(name, event.cell)] = outcome
+            self.outcomes[(name, event.cell)] = event.outcome
             self.closed.append((name, event.cell))
             self.revision += 1
             return True

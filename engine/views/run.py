@@ -62,7 +62,7 @@ class Lane:
     def times(self) -> list[float]:
         """Token times in seconds since the request start: of the repeat streaming now, and once the run
         is done of the repeat its report shows (the last timed one, its `shown_repeat`)."""
-        return list(self.timings().times)
+        return [] if self.t_start is None else metrics.relative_times(self.t_start, self.token_times)
 
     def timings(self) -> metrics.Timings:
         """The timing figures of the tokens so far (none before a request started)."""

@@ -10,7 +10,7 @@ with N the server's own completion token count (`usage`). A chunk that carries s
 counts as that many: its tokens share out the time since the previous chunk. A server that sends
 no token ids (llama.cpp's, TGI, SGLang, plain OpenAI-compatible ones) may still put several tokens in
 a chunk: when its count is larger than the chunks carried, the extra tokens are shared out evenly
-over the chunks after the first (`by_server_count`), the row says so, and `multi_token_chunks` counts
+over the chunks after the first (engine/worker/served_stream.py), the row says so, and `multi_token_chunks` counts
 the chunks given several. Where the server exposes Prometheus metrics (vLLM's `/metrics`), they are
 read before and after each request: the server's own TTFT, time per output token and queue time
 stand beside the client's, and the difference is network and queueing.
@@ -22,121 +22,21 @@ fails, the others finish.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
 import time
-from dataclasses import dataclass, field
 
 from engine import events
 from engine.remote import Endpoint
 from engine.worker.prompts import load_tokenizer, prompt_ids
+from engine.worker.served_stream import (NO_TOKEN_ID, Stream, by_server_count, read_metrics, server_figures,
+                                         share_gap)
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 300.0          # the longest wait for the next chunk of a stream
 MEMORY_NOT_REPORTED = "not reported by the server"
-NO_TOKEN_ID = -1                # a token the server streamed as text, without its id
-# vLLM's histograms (name -> what the server measured), read before and after each request
-SERVER_HISTOGRAMS = {"ttft_s": "vllm:time_to_first_token_seconds",
-                     "tpot_s": "vllm:request_time_per_output_token_seconds",
-                     "queue_s": "vllm:request_queue_time_seconds",
-                     "e2e_s": "vllm:e2e_request_latency_seconds"}
-
 
 class ServerError(Exception):
     """What went wrong with a server, in one line a person can act on."""
-
-
-# ---------------------------------------------------------------------- reading a server
-
-def read_metrics(text: str, model: str | None) -> dict[str, float]:
-    """Prometheus text format -> {series name: value}, summed over the series of `model` (its
-    `model_name` label; every series when None or unlabelled)."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = re.fullmatch(r"([A-Za-z_:][\w:]*)(\{[^}]*\})?\s+(\S+)(\s+\S+)?", line.strip())
-        if not match:
-            continue
-        name, labels, value = match.group(1), match.group(2) or "", match.group(3)
-        labelled = re.search(r'model_name="([^"]*)"', labels)
-        if model is not None and labelled and labelled.group(1) != model:
-            continue
-        if 'le="' in labels:                     # a histogram's buckets: only _sum and _count are used
-            continue
-        try:
-            values[name] = values.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return values
-
-
-def server_figures(before: dict[str, float] | None, after: dict[str, float] | None) -> dict:
-    """The server's own mean per request of each SERVER_HISTOGRAMS figure over one request (the
-    difference of its _sum over the difference of its _count); {} when it exposes none."""
-    if before is None or after is None:
-        return {}
-    found = {}
-    for key, name in SERVER_HISTOGRAMS.items():
-        count = after.get(name + "_count", 0.0) - before.get(name + "_count", 0.0)
-        if count > 0:
-            found[key] = (after.get(name + "_sum", 0.0) - before.get(name + "_sum", 0.0)) / count
-    return found
-
-
-@dataclass
-class Stream:
-    """What one streamed completion gave: sequence 0's tokens with their arrival times."""
-    times: list[float] = field(default_factory=list)
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    usage_tokens: int | None = None      # the server's completion_tokens (all sequences)
-    multi_token_chunks: int = 0
-    cut: str | None = None               # why the stream broke off, when it did
-
-
-@dataclass(frozen=True)
-class Counted:
-    """Sequence 0's tokens as the timings count them, and what the row says about the count."""
-    times: tuple[float, ...]
-    ids: tuple[int, ...]
-    multi_token_chunks: int
-    note: str | None = None
-
-
-def by_server_count(stream: Stream, batch_size: int = 1) -> Counted:
-    """The stream's tokens counted by the server's own count (`usage`, all sequences) where the two differ.
-
-    A stream without token ids times its chunks, not its tokens: when the server counted N tokens of
-    sequence 0 in M < N chunks (M >= 2), the first chunk keeps the first token (TTFT) and the other
-    N - 1 are shared out evenly over the M - 1 chunks after it, each chunk's tokens splitting the time
-    since the one before; the last token keeps the last chunk's time, so TPOT = (t_last - t_first) / (N - 1).
-    Ids the server did send are exact: a different count is only named.
-    """
-    carried = len(stream.times)
-    plain = Counted(tuple(stream.times), tuple(stream.ids), stream.multi_token_chunks)
-    if stream.usage_tokens is None or carried == 0:
-        return plain
-    server = stream.usage_tokens // max(batch_size, 1)
-    if server == carried:
-        return plain
-    without_ids = all(token == NO_TOKEN_ID for token in stream.ids)
-    if not without_ids or server < carried or carried < 2:
-        why = ("the server sent the ids" if not without_ids else
-               "too few chunks to share them out" if carried < 2 else "the server counted fewer")
-        return dataclasses.replace(plain, note=f"the stream carried {carried} tokens, the server counted {server}: "
-                                              f"timings use the stream's ({why})")
-    times, several = [stream.times[0]], 0
-    later = carried - 1
-    for j in range(1, carried):
-        share = round(j * (server - 1) / later) - round((j - 1) * (server - 1) / later)
-        previous, now = stream.times[j - 1], stream.times[j]
-        times += [previous + (now - previous) * (i + 1) / share for i in range(share)]
-        several += share > 1
-    note = (f"the server counted {server} tokens in {carried} chunks without token ids: the {server - carried} "
-            f"tokens more are shared out evenly over the chunks after the first, so TPOT is over its count")
-    return Counted(tuple(times), (NO_TOKEN_ID,) * server, several, note)
 
 
 class ServedRunner:
@@ -303,9 +203,8 @@ class ServedRunner:
             stream.cut = (f"the stream from {self.endpoint.host} ended without [DONE] after "
                           f"{len(stream.times)} tokens")
 
-    def _take(self, choice: dict, now: float, request: events.Request, stream: Stream, emit=None) -> None:
+    def _take(self, choice: dict, now: float, request: events.Request, stream: Stream, emit) -> None:
         """One chunk's tokens: each its id and a share of the time since the previous chunk."""
-        emit = emit or self.emit
         text = choice.get("text") or ""
         ids = choice.get("token_ids")
         if ids is None:
@@ -315,9 +214,8 @@ class ServedRunner:
             return
         if len(ids) > 1:
             stream.multi_token_chunks += 1
-        previous = stream.times[-1] if stream.times else now
-        for i, token in enumerate(ids):
-            t = now if not stream.times else previous + (now - previous) * (i + 1) / len(ids)
+        times = share_gap(stream.times[-1] if stream.times else now, now, len(ids))
+        for i, (token, t) in enumerate(zip(ids, times)):
             index = len(stream.times)
             stream.times.append(t)
             stream.ids.append(int(token))
