@@ -50,11 +50,17 @@ class Request:
 
 @dataclass(frozen=True)
 class Probe:
-    """A measurement that is not a request: "overhead" (the engine against a bare decode loop) or "bandwidth"."""
+    """A measurement that is not a request: "overhead" (the engine against a bare decode loop),
+    "bandwidth", or "quality" (the reference's `answer` to `request` scored by teacher forcing, against
+    the `reference` log-probabilities, a NumPy float32 array (positions, vocabulary), when given)."""
     request_id: int
     kind: str
     prompt_tokens: int = 128
     new_tokens: int = 64
+    request: Request | None = None
+    answer: tuple[int, ...] = ()
+    reference: object = None
+    keep_logprobs: bool = False   # send the variant's own log-probabilities back too
 
 
 # ----------------------------------------------------------------------------- from a worker
@@ -163,6 +169,14 @@ class Measured:
 
 
 @dataclass(frozen=True)
+class Scored:
+    """A variant's quality figures (engine/quality.py), after the run's timed requests. Sent by the
+    orchestrator; the report's row for the run's first cell carries the same entry."""
+    variant: str
+    quality: dict
+
+
+@dataclass(frozen=True)
 class CellDone:
     """The engine adds nothing more to the variant's outcome in this cell: every timed repeat answered,
     or it failed, or it cannot run here. Sent by the orchestrator (it never crosses a pipe), right after
@@ -179,8 +193,8 @@ class RunDone:
     report: dict
 
 
-Event = (Status | Loaded | Started | Token | MemorySample | Finished | Measured | Failed | Unavailable | CellDone
-         | RunDone)
+Event = (Status | Loaded | Started | Token | MemorySample | Finished | Measured | Failed | Unavailable | Scored
+         | CellDone | RunDone)
 
 
 def unbatch(message) -> list:

@@ -102,7 +102,9 @@ def public_presets() -> list[str]:
     for name in presets.available():
         try:
             preset = presets.load(name)
-            if not preset.random_weights and not source.hub_file(preset.model_id, "config.json"):
+            if preset.source == "package":
+                source.package_file(preset)          # installed: made here, no download
+            elif not preset.random_weights and not source.hub_file(preset.model_id, "config.json"):
                 continue
             device = hardware.resolve(preset.device)
             runnable = [CATALOG[v] for v in preset.variants
@@ -110,6 +112,6 @@ def public_presets() -> list[str]:
             placement = budget.plan(preset, runnable, budget.free_bytes(device), device.kind == "cuda")
             if "swapped" not in placement.values():
                 offered.append(name)
-        except (PresetError, DeviceError, OSError, ValueError):
+        except (PresetError, DeviceError, OSError, ValueError):   # ModelSourceError too
             continue
     return offered

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from engine import budget, events, hardware, load_times, remote, report, schedule, topology, variants
+from engine import budget, events, hardware, load_times, remote, report, schedule, scoring, topology, variants
 from engine.errors import InputError
 from engine.events import WorkerSpec
 from engine.limits import Limits
@@ -112,6 +112,8 @@ class Engine:
             threads = max(self.cores - spare_cores, 1)
         self.threads = threads
         self.bandwidth: float | None = None        # the device's measured copy bandwidth, bytes/s
+        self.keep_logprobs = False                 # keep each variant's scored log-probabilities (last_logprobs)
+        self.last_logprobs: dict = {}              # of the last run, with keep_logprobs: name -> array, "answer"
         self._workers = WorkerSet(self._worker_spec)
         self._runs: dict[int, Run] = {}            # accepted and not finished: pending or active
         self._active: Run | None = None
@@ -243,6 +245,7 @@ class Engine:
         """The run's thread: wait for the device, run, and always end the stream with a RunDone."""
         spec = run.spec
         state = RunState(list(spec.variants), len(spec.grid), spec.repeats)
+        scorer = scoring.Scorer(spec, self.preset, {e.name for e in self.preset.remote}, self.keep_logprobs)
         deadline = None
         try:
             with self._device_lock:
@@ -251,15 +254,18 @@ class Engine:
                 if not run.cancelled.is_set():         # a run cancelled while it waited does nothing
                     self._workers.clear_cancel()
                     deadline = self._deadline(run)
-                    self._run(run, state)
+                    self._run(run, state, scorer)
         except Exception as error:  # noqa: BLE001 - the consumer must always get a RunDone
             run.put(events.Failed("*", f"the run stopped: {error}", traceback.format_exc()))
             run.cancel()
         finally:
             if deadline is not None:
                 deadline.cancel()
-            built = report.build(spec, self.preset, self.device, state.outcomes, cancelled=run.cancelled.is_set(),
-                                 stop_reason=run.stop_reason, measured_bandwidth=self.bandwidth)
+            cancelled = run.cancelled.is_set()
+            built = report.build(spec, self.preset, self.device, state.outcomes, cancelled=cancelled,
+                                 stop_reason=run.stop_reason, measured_bandwidth=self.bandwidth,
+                                 quality={name: scorer.entry(name, cancelled) for name in spec.variants})
+            self.last_logprobs = scorer.logprobs
             load_times.remember(self.preset.name, self.device.name,
                                 {o.variant: o.loaded for o in state.outcomes.values() if o.loaded})
             run.put(events.RunDone(built))
@@ -287,7 +293,7 @@ class Engine:
         timer.start()
         return timer
 
-    def _run(self, run: Run, state: RunState) -> None:
+    def _run(self, run: Run, state: RunState, scorer: scoring.Scorer) -> None:
         runnable = []
         for name in run.spec.variants:
             variant = variants.lookup(name, self.preset)
@@ -299,7 +305,13 @@ class Engine:
                 runnable.append(variant)
         placement = self._place(runnable)
         execution = self._execution(run, state)
-        execution.run(run.spec, placement, after_timed=lambda loaded: self._measure_bandwidth(execution, loaded))
+
+        def after_group(loaded: list[str], last: bool) -> None:
+            scorer.after_group(execution, loaded, last)
+            if last:
+                self._measure_bandwidth(execution, loaded)
+
+        execution.run(run.spec, placement, after_group, first=variants.REFERENCE)
 
     def _place(self, runnable: list) -> dict[str, str]:
         """Resident or swapped for each variant; with several GPUs, which GPU first (budget.assign; a

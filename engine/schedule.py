@@ -38,10 +38,12 @@ def turns(spec: RunSpec) -> list[Turn]:
             for cell in range(len(spec.grid)) for attempt in range(rounds)]
 
 
-def groups(names: list[str], placement: dict[str, str]) -> list[list[str]]:
-    """Variants that are loaded at the same time: the resident ones, then each swapped one alone."""
+def groups(names: list[str], placement: dict[str, str], first: str | None = None) -> list[list[str]]:
+    """Variants that are loaded at the same time: the resident ones, then each swapped one alone, the
+    swapped `first` (the reference, whose answer the others are scored on) before the other swapped ones."""
     resident = [name for name in names if placement[name] == "resident"]
-    return [group for group in [resident] + [[n] for n in names if placement[n] == "swapped"] if group]
+    swapped = sorted((n for n in names if placement[n] == "swapped"), key=lambda n: n != first)
+    return [group for group in [resident] + [[n] for n in swapped] if group]
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,14 @@ class Execution:
         self._ids, self.timeouts = ids, timeouts
 
     # ------------------------------------------------------------------ a run
-    def run(self, spec: RunSpec, placement: dict[str, str], after_timed=None) -> None:
-        """Load each group, then go through the turns with the variants of that group.
+    def run(self, spec: RunSpec, placement: dict[str, str], after_group=None, first: str | None = None) -> None:
+        """Load each group (the swapped `first` before the other swapped ones), then go through the
+        turns with the variants of that group.
 
-        `after_timed(loaded names)` runs once every timed request is done, before the last group is
-        unloaded (a large measurement there disturbs no timing)."""
-        plan = groups([n for n in spec.variants if n in placement], placement)
+        `after_group(loaded names, last)` runs once each group's timed requests are done, before the
+        group is unloaded (measurements there disturb no timing); `last`: every timed request of the
+        run is done."""
+        plan = groups([n for n in spec.variants if n in placement], placement, first)
         for (name, _), outcome in self.state.outcomes.items():
             outcome.placement = placement.get(name)
         for index, group in enumerate(plan):
@@ -85,8 +89,8 @@ class Execution:
                     break
                 early = warmed if turn.warmup and turn.cell == 0 else ()      # done while the others loaded
                 self._turn(spec, turn, [n for n in loaded if n not in early])
-            if index == len(plan) - 1 and after_timed is not None and not self.cancelled.is_set():
-                after_timed(loaded)
+            if after_group is not None and not self.cancelled.is_set():
+                after_group(loaded, index == len(plan) - 1)
             if placement.get(group[0]) == "swapped":
                 for name in group:
                     self._emit(events.Status(name, "unloading"))

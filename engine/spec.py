@@ -43,6 +43,8 @@ class RunSpec:
     warmup_requests: int = 1
     live: bool = True                    # stream tokens as they come (a page); False: nothing crosses the
                                          # pipe while a request is timed (the command line, benchmarks)
+    quality: bool = True                 # after the timed requests, score every variant on the reference's
+                                         # answer (engine/scoring.py); real weights only
 
     def __post_init__(self):
         # lists are accepted for convenience; stored as tuples the spec stays hashable and unchanged

@@ -1,5 +1,5 @@
 """The worker's model loaders (engine/worker/models.py), on the built-in tiny preset."""
-from engine import presets
+from engine import presets, source
 
 PROMPT = "Why does decoding wait on memory bandwidth?"
 
@@ -32,7 +32,7 @@ def test_a_half_made_cache_folder_is_rebuilt_on_the_next_load(tmp_path, monkeypa
     tiny = presets.load("tiny")
     assert tiny.cache_on_disk
     folder = models.saved_random_model(tiny)
-    assert folder.parent == tmp_path and models.saved_model_complete(folder)
+    assert folder.parent == tmp_path and source.saved_model_complete(folder)
     weights = load_file(folder / "model.safetensors")
     kept = (folder / "model.safetensors").stat().st_ino
     assert models.saved_random_model(tiny) == folder                 # a whole folder is kept as it is
@@ -58,12 +58,12 @@ def test_a_half_made_cache_folder_is_rebuilt_on_the_next_load(tmp_path, monkeypa
     for damage in (damage_weights_missing, damage_config_missing, damage_weights_cut, damage_config_cut,
                    damage_emptied):
         damage()
-        assert not models.saved_model_complete(folder), damage.__name__
+        assert not source.saved_model_complete(folder), damage.__name__
         stale = tmp_path / f".{folder.name}.tmp-killed"               # a killed maker's temporary folder
         stale.mkdir()
         (stale / "config.json").write_text("{}")
         model, tokenizer = models.load_model(tiny, CATALOG["sdpa"], "cpu")
-        assert models.saved_model_complete(folder), damage.__name__
+        assert source.saved_model_complete(folder), damage.__name__
         assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [folder.name]
         rebuilt = load_file(folder / "model.safetensors")
         assert rebuilt.keys() == weights.keys()
@@ -83,7 +83,7 @@ def test_a_cache_path_taken_by_a_file_is_replaced(tmp_path, monkeypatch):
     folder.rmdir()
     folder.write_text("not a folder")
     assert models.saved_random_model(tiny) == folder
-    assert folder.is_dir() and models.saved_model_complete(folder)
+    assert folder.is_dir() and source.saved_model_complete(folder)
 
 
 def test_int4_quantizes_every_linear_layer_but_the_head_and_runs_compiled_on_the_cpu():

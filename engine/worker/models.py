@@ -5,17 +5,14 @@ files, its config, its token counts) is engine/source.py, which imports neither.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.source import cache_dir
+from engine.source import cache_dir, model_location
+from engine.worker.folders import made_once
+from engine.worker.gguf import saved_package_model
 from engine.worker.prompts import load_tokenizer
 
 if TYPE_CHECKING:
@@ -30,93 +27,12 @@ def random_config(preset: Preset):
     return AutoConfig.for_model(model_type, **fields)
 
 
-def _safetensors_complete(path: Path) -> bool:
-    """Whether a .safetensors file is whole: its header parses and the file is as long as the
-    tensors it lists (a process killed while writing leaves a shorter file or no header)."""
-    try:
-        with open(path, "rb") as file:
-            size = path.stat().st_size
-            head = file.read(8)
-            if len(head) < 8:
-                return False
-            header_len = int.from_bytes(head, "little")
-            if header_len <= 0 or 8 + header_len > size:
-                return False
-            header = json.loads(file.read(header_len))
-        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-        return size == 8 + header_len + max(ends, default=0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return False
-
-
-def _weights_complete(folder: Path) -> bool:
-    """Whether `folder` holds whole weights: one safetensors file, or an index whose every shard is whole
-    (or a pytorch_model.bin, as older transformers saved)."""
-    single = folder / "model.safetensors"
-    if single.exists():
-        return _safetensors_complete(single)
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            shards = set(json.loads(index.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return False
-        return bool(shards) and all(_safetensors_complete(folder / shard) for shard in shards)
-    legacy = folder / "pytorch_model.bin"
-    return legacy.is_file() and legacy.stat().st_size > 0
-
-
-def saved_model_complete(folder: Path) -> bool:
-    """Whether a saved random-weight model folder is whole: a config.json that parses and whole weights.
-    A folder left half-made (a process killed while saving, a disk that filled up) is not."""
-    try:
-        if not isinstance(json.loads((folder / "config.json").read_text()), dict):
-            return False
-    except (OSError, ValueError):
-        return False
-    return _weights_complete(folder)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
 def saved_random_model(preset: Preset) -> Path:
-    """A random-weight model saved once under the cache folder; made under a file lock.
-
-    Made atomically: saved in a temporary sibling folder, then renamed into place, so the folder
-    either is whole or is not there. A folder that is there but not whole (from before, or emptied
-    by hand) is replaced, as are temporary folders that a killed process left behind.
-    """
+    """A random-weight model saved once under the cache folder (made_once)."""
     digest = hashlib.sha256(json.dumps([preset.config, preset.seed, preset.dtype],
                                        sort_keys=True).encode()).hexdigest()[:12]
-    target = cache_dir() / f"{preset.name}-{digest}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)         # held: no other process is making this folder now
-        if saved_model_complete(target):
-            return target
-        for stale in target.parent.glob(f".{target.name}.tmp-*"):
-            _remove(stale)                       # left by a process killed while making it
-        _remove(target.with_name(target.name + ".tmp"))   # the staging folder of older versions
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        staging.chmod(0o755)                     # mkdtemp's 0700 would keep the cache from other users
-        try:
-            _save_random_model(preset, staging)
-            if not saved_model_complete(staging):
-                raise RuntimeError(f"saving the random-weight model of preset {preset.name!r} "
-                                   f"in {staging} left it incomplete")
-            if target.exists() or target.is_symlink():
-                _remove(target)                  # half-made: replaced
-            os.rename(staging, target)
-        except BaseException:
-            _remove(staging)
-            raise
-    return target
+    return made_once(cache_dir() / f"{preset.name}-{digest}", lambda folder: _save_random_model(preset, folder),
+                     f"the random-weight model of preset {preset.name!r}")
 
 
 def _save_random_model(preset: Preset, folder: Path) -> None:
@@ -222,7 +138,12 @@ def load_model(preset: Preset, variant: Variant, device: str):
             model = quantize_in_place(model, variant, dtype, device)
         tokenizer = load_tokenizer(preset, model.config.vocab_size)
     else:
-        source = str(saved_random_model(preset)) if preset.random_weights else preset.model_id
+        if preset.random_weights:
+            source = str(saved_random_model(preset))
+        elif preset.source == "package":
+            source = str(saved_package_model(preset))
+        else:
+            source = model_location(preset)
         if quant is not None:
             kwargs["quantization_config"] = quant
         model = AutoModelForCausalLM.from_pretrained(source, device_map={"": device}, **kwargs)

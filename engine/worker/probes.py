@@ -1,5 +1,6 @@
 """Measurements a worker makes outside a request: the engine's cost per token against a bare decode
-loop ("overhead"), and the device's peak copy bandwidth ("bandwidth").
+loop ("overhead"), the device's peak copy bandwidth ("bandwidth"), and the variant's distributions on
+the reference's answer ("quality", engine/worker/quality.py).
 
 Each probe is a function of the loaded `Runner`, the `Probe` and the cancel flag that returns the
 values of its `Measured` event; `PROBES` names them.
@@ -80,7 +81,12 @@ def bandwidth(runner, probe: Probe, cancel) -> dict:
     return {"bytes_per_s": measure_copy_bandwidth(name, runner.spec.device)}
 
 
-PROBES = {"overhead": overhead, "bandwidth": bandwidth}
+def quality(runner, probe: Probe, cancel) -> dict:
+    from engine.worker.quality import score
+    return score(runner, probe, cancel)
+
+
+PROBES = {"overhead": overhead, "bandwidth": bandwidth, "quality": quality}
 
 
 def bandwidth_cache_path() -> Path:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from engine.source import model_location
+
 if TYPE_CHECKING:
     from engine.events import Request
     from engine.presets import Preset
@@ -62,11 +64,12 @@ def load_tokenizer(preset: Preset, vocab_size: int | None = None, torch_free: bo
                                             bos_token="<s>", eos_token="</s>")
         tokenizer.add_bos_token = True
         return tokenizer
+    location = model_location(preset)
     if torch_free:
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(preset.model_id)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(location)
     else:
         from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(preset.model_id)
+        tokenizer = AutoTokenizer.from_pretrained(location)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
