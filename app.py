@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from engine import hardware, presets, remote
-from engine.errors import DeviceError, InputError, PresetError
+from engine.errors import DeviceError, InputError, ModelSourceError, PresetError
 from engine.history import HISTORY_ENV, default_path
 from engine.limits import Limits
 from engine.process import long_lived_imports, start_fork_server, stop_fork_server
@@ -83,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 AUTH_ENV = "SIDEBYSIDE_AUTH"
-DEFAULT_PRESET = "tiny"
+DEFAULT_PRESET = "smollm2-135m"      # a real model; "tiny" is the quickest look
 LIMIT_FLAGS = (("--queue-size", "queue_size", int, "runs that may wait for the device"),
                ("--max-prompt-chars", "prompt_chars", int, "characters of a prompt"),
                ("--max-repeats", "repeats", int, "timed requests per variant"),
@@ -124,7 +124,7 @@ def open_page(engines: Engines, asked: str | None, mode: str, offered: list[str]
     for preset in candidates:
         try:
             return build_app(engines, preset, mode, history)
-        except (PresetError, DeviceError) as error:
+        except (PresetError, DeviceError, ModelSourceError) as error:
             if asked is not None:
                 raise
             print(f"preset {preset} cannot open the page ({error}); trying the next one", file=sys.stderr)
@@ -217,7 +217,7 @@ def serve_page(args, limits: Limits, login: tuple[str, str] | None) -> int:
         if history is not None:
             history.store.list(limit=1)                # a file that is no history: one line now, not per run
         demo = open_page(engines, args.preset, args.mode, offered, history)
-    except (PresetError, DeviceError, InputError) as error:
+    except (PresetError, DeviceError, InputError, ModelSourceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     share = share_wanted(args.share)

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from engine import budget, events, hardware, load_times, remote, report, schedule, scoring, topology, variants
+from engine import budget, events, hardware, load_times, remote, report, schedule, scoring, source, topology, variants
 from engine.errors import InputError
 from engine.events import WorkerSpec
 from engine.limits import Limits
@@ -140,7 +140,11 @@ class Engine:
     def prepare(self) -> None:
         """Start, ahead of the first run, what its workers are made from: on a CPU the fork server, whose
         imports of torch and transformers (seconds) then overlap what comes first (the dashboard calls
-        this as the page starts). A run calls it too, once its input is valid: a refused run starts nothing."""
+        this as the page starts), and a package preset's model folder (made once from its package's file;
+        ModelSourceError says what to install). A run calls it too, once its input is valid: a refused run
+        starts nothing."""
+        if self.preset.source == "package":
+            source.ensure_source(self.preset)      # made once (seconds); ModelSourceError: what to install
         if self.device.kind == "cpu":
             start_fork_server()
 

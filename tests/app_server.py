@@ -46,8 +46,12 @@ def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float,
 
 def launch(*args: str, name: str = "app", env: dict | None = None) -> tuple[subprocess.Popen, str, Path]:
     """Start `python app.py --port <free> *args` (with `env` added to the environment), its output in
-    test-artifacts/NAME.log, without waiting for it: (the process, its URL, its log)."""
+    test-artifacts/NAME.log, without waiting for it: (the process, its URL, its log). It opens on the
+    `tiny` preset (timing only, seconds per run) unless `args` name a preset: the page's own default, the
+    real model, is for the tests about answers."""
     ARTIFACTS.mkdir(exist_ok=True)
+    if "--preset" not in args:
+        args = ("--preset", "tiny", *args)
     log = ARTIFACTS / f"{name}.log"
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False", **(env or {}))

