@@ -8,11 +8,14 @@ then lies wholly on one side of 1. When the ranges overlap the difference is "wi
 single repeat there is no range and nothing is called. Peak memory differing by under 1% is no
 difference (resident memory moves by a few pages between requests). A row slowed by other processes on the CPU
 (`host_busy`) is named beside every comparison it enters: a slowed reference inflates every gain.
+The verdict then says what each winner costs: its memory and time per token against the reference,
+and how its answers differ from the reference's (engine/quality.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine import quality
 from engine.variants import REFERENCE
 
 BETTER, WORSE, NOISE, NO_RANGE = "better", "worse", "within noise", "no range"
@@ -166,6 +169,35 @@ def slowed_sentence(rows: list[dict]) -> str:
     return text + "; rerun with less running beside it."
 
 
+def cost(row: dict, base: dict) -> str:
+    """What a variant costs against the reference: "48% of baseline's memory, 1.10x slower per token, same top
+    token on 94%, mean KLD 0.04"; memory and speed within noise say so, answers without figures say why."""
+    ref, parts = base["variant"], []
+    memory = compare(row, base, BY_NAME["memory"])
+    if memory is not None:
+        parts.append(f"{ref}'s memory within noise" if memory.verdict == NOISE
+                     else f"{memory.ratio:.0%} of {ref}'s memory")
+    speed = compare(row, base, BY_NAME["tpot"])
+    if speed is not None:
+        parts.append(f"per token within noise of {ref}" if speed.verdict == NOISE
+                     else f"{speed.ratio:.2f}x faster per token" if speed.ratio >= 1
+                     else f"{1 / speed.ratio:.2f}x slower per token")
+    entry = row.get("quality")
+    answers = quality.cost(entry)
+    if not answers and entry and entry.get("note"):     # "not meaningful: random weights", "not reported by ..."
+        answers = f"quality {entry['note']}"
+    return ", ".join(parts + [answers] if answers else parts)
+
+
+def costs_sentence(rows: list[dict], won: dict[str, list[str]], base: dict) -> str:
+    """What each variant the verdict names as a winner costs, said once per variant."""
+    by_name = {row["variant"]: row for row in rows}
+    names = list(dict.fromkeys(name for metric in METRICS for name in won.get(metric.name) or []))
+    found = [(name, cost(by_name[name], base)) for name in names if name in by_name]
+    found = [f"{name}: {text}" for name, text in found if text]
+    return f"What each winner costs: {'; '.join(found)}." if found else ""
+
+
 def judge(results: list[dict]) -> dict:
     """The run's comparisons: each answered row against the reference (also stored on the row as
     `vs_reference`), the winners of every figure, and the verdict in one line."""
@@ -187,8 +219,11 @@ def judge(results: list[dict]) -> dict:
     if not text and len(rows) > 1:
         text = ("One timed request each: no range to judge a difference by. Set Repeats to 3 or more"
                 if any(len(values(row, BY_NAME["tpot"])) < 2 for row in rows) else "")
-    text = " ".join(part for part in (text + "." if text else "", slowed_sentence(rows)) if part)
-    return {"reference": REFERENCE, "leaders": won, "lines": lines, "slowed": slowed(*rows), "text": text}
+    costs = {row["variant"]: cost(row, base) for row in rows if row is not base}
+    text = " ".join(part for part in (text + "." if text else "", costs_sentence(results, won, base),
+                                      slowed_sentence(rows)) if part)
+    return {"reference": REFERENCE, "leaders": won, "lines": lines, "costs": costs, "slowed": slowed(*rows),
+            "text": text}
 
 
 def marks(judgement: dict, variant: str) -> list[str]:

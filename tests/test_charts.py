@@ -203,3 +203,92 @@ def test_sizes_keep_three_digits_in_the_unit_they_fill_and_ratios_two_decimals()
         ["-", "512 B", "580 KiB", "1.05 MiB", "409 MiB", "15.0 GiB"]
     assert [tables.ratio(x) for x in (1, 8.666, 9.227, 0.7171, None)] == ["1.00x", "8.67x", "9.23x", "0.72x", "-"]
     assert tables.share(0.3) == "30%" and tables.share(0.0) == "0%"
+
+
+def quality_report():
+    """A finished run with quality entries (engine/quality.py): baseline the reference, sdpa its equal,
+    bnb-4bit off on one position in four, a served variant whose server reports none."""
+    from engine import quality
+    reference = {"top_ids": [1, 2, 3, 4], "token_logprobs": [-0.1, -0.2, -0.3, -0.4]}
+    same = quality.summarize({"top_ids": [1, 2, 3, 4], "token_logprobs": [-0.1, -0.2, -0.3, -0.4],
+                              "kld": [0.0] * 4}, reference, "baseline")
+    off = quality.summarize({"top_ids": [1, 2, 3, 5], "token_logprobs": [-0.1, -0.25, -0.3, -0.9],
+                             "kld": [0.0, 0.01, 0.02, 0.13]}, reference, "baseline")
+
+    def row(variant, tpot, peak, entry):
+        return {"variant": variant, "label": variant, "status": "ok", "reason": None, "text": "abcd",
+                "output_tokens": 4, "ttft_s": 0.01, "tpot_s": tpot, "tokens_per_s": 1 / tpot,
+                "peak_memory_bytes": peak, "weights_bytes": 1000, "mbu": None, "first_diff_token": None,
+                "contended": False, "token_times_s": [0.01, 0.02], "memory": {}, "quality": entry}
+    return {"preset": {"name": "smollm2-135m"}, "device": {"name": "cpu"}, "mode": "fair", "prompt_tokens": 5,
+            "results": [row("baseline", 0.060, 600 * 2**20, dict(same, status="reference")),
+                        row("sdpa", 0.050, 610 * 2**20, same), row("bnb-4bit", 0.066, 150 * 2**20, off),
+                        row("vllm", 0.030, None, quality.unmeasured("not reported", quality.NOT_REPORTED))]}
+
+
+def test_the_summary_and_the_csv_give_each_variant_its_answers_against_the_reference():
+    report = quality_report()
+    column = {name: i for i, name in enumerate(summary.SUMMARY_HEADERS)}
+    cells = {r[0]: [r[column[c]] for c in ("Same top token", "Mean KLD", "KLD p99 (or max)",
+                                           "Perplexity (reference's)")] for r in summary.summary_rows(report)}
+    assert cells["baseline"] == ["reference", "reference", "reference", "1.284"]
+    assert cells["sdpa"] == ["100%", "0", "0 (max)", "1.284 (baseline 1.284)"]
+    assert cells["bnb-4bit"] == ["75%", "0.04", "0.13 (max)", "1.473 (baseline 1.284)"]
+    assert cells["vllm"] == ["not reported by the server", "-", "-", "-"]
+    assert summary.agreement_text(0.998) == "99.8%" and summary.agreement_text(0.9996) == "99.9%"  # never 100%
+    # a random-weight preset: the reason in place of numbers; a report without entries: dashes
+    from engine import quality
+    noise = dict(report["results"][2], quality=quality.unmeasured("not meaningful", quality.RANDOM_WEIGHTS))
+    assert summary.quality_cells(noise) == ["not meaningful: random weights", "-", "-", "-"]
+    assert summary.quality_cells({"variant": "sdpa"}) == ["-"] * 4
+    table = {r["variant"]: r for r in csv.DictReader(io.StringIO(summary.report_csv(report)))}
+    assert table["bnb-4bit"]["quality_top_agreement"] == "0.75" and table["bnb-4bit"]["quality_kld_mean"] == "0.04"
+    assert table["bnb-4bit"]["quality_kld_max"] == "0.13" and table["bnb-4bit"]["quality_kld_p99"] == ""
+    assert table["bnb-4bit"]["quality_kld_tail"] == "max" and table["bnb-4bit"]["quality_positions"] == "4"
+    assert table["baseline"]["quality_status"] == "reference" and table["bnb-4bit"]["quality_note"] == ""
+    assert table["vllm"]["quality_note"] == "not reported by the server" and table["vllm"]["quality_kld_mean"] == ""
+    assert "quality" not in table["sdpa"]                        # the entry as columns, not a dict's repr
+    for words in ("Same top token", "Mean KLD", "--kl-divergence", "llama.cpp", "lm-eval", "vLLM",
+                  "not meaningful: random weights", "Speed against quality"):
+        assert words in summary.DEFINITIONS_MD, words
+
+
+def test_the_speed_against_quality_chart_puts_each_variant_at_its_tpot_and_mean_kld():
+    from engine import quality
+    report = quality_report()
+    view = RunView([r["variant"] for r in report["results"]], "fair")
+    assert run_charts.quality_figure(view).layout.annotations[0].text == "quality is scored after the timed requests"
+    view.apply([events.RunDone(report)], now=1.0)
+    figure = run_charts.quality_figure(view)
+    (points,) = figure.data
+    assert list(points.text) == ["sdpa", "baseline", "bnb-4bit"]              # by time per token
+    assert [round(x, 6) for x in points.x] == [50.0, 60.0, 66.0] and list(points.y) == [0.0, 0.0, 0.04]
+    assert list(points.marker.size) == [610 * 2**20, 600 * 2**20, 150 * 2**20]      # area: peak memory
+    assert points.marker.sizemode == "area" and points.marker.sizeref == 2 * 610 * 2**20 / 40 ** 2
+    assert points.customdata[2][0] == "150 MiB" and "same top token as baseline on 75%" in points.customdata[2][1]
+    assert figure.layout.yaxis.title.text == "mean KLD vs baseline (nats)"
+    assert list(figure.layout.yaxis.tickvals) == [0.0, 0.02, 0.04] and figure.layout.yaxis.range[0] < 0  # markers whole
+    assert figure.layout.annotations[0].text == "not drawn: vllm (not reported by the server)"
+    # random weights: the reason, and no point dressed as a measurement
+    for row in report["results"]:
+        row["quality"] = quality.unmeasured("not meaningful", quality.RANDOM_WEIGHTS)
+    noise = RunView(["baseline", "sdpa"], "fair")
+    noise.apply([events.RunDone(report)], now=1.0)
+    figure = run_charts.quality_figure(noise)
+    assert not figure.data and figure.layout.annotations[0].text == "not meaningful: random weights"
+    for row in report["results"]:
+        del row["quality"]
+    older = RunView(["baseline"], "fair")
+    older.apply([events.RunDone(report)], now=1.0)
+    assert run_charts.quality_figure(older).layout.annotations[0].text == "no quality figures in this run's report"
+    assert set(run_charts.empty_figures()) == {"ttft", "itl", "race", "memory", "quality"}
+
+
+def test_a_scored_event_shows_the_quality_before_the_report():
+    report = quality_report()
+    view = fold_fair_run()
+    before = view.revisions["quality"]
+    view.apply([events.Scored("baseline", report["results"][2]["quality"])], now=3.0)
+    assert view.lanes["baseline"].quality["kld_mean"] == 0.04 and view.revisions["quality"] == before + 1
+    assert list(run_charts.quality_figure(view).data[0].y) == [0.04]
+    assert "mean KLD 0.04" in render.card_html(view.lanes["baseline"], now=3.0)

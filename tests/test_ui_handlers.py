@@ -93,8 +93,9 @@ def test_outputs_are_named_and_an_api_client_finds_each_by_its_index():
     assert Outputs(["message"]).values({"message": "hi"}) == "hi"             # a lone output: the value itself
     with pytest.raises(KeyError, match="plots"):
         outputs.values({"plots": 1})
-    # message, report, summary, two files, four plots, then a card and an answer per catalog variant
-    assert compare.RUN.api[:3] == ("message", "report", "summary") and len(compare.RUN.api) == 9 + 2 * len(CATALOG)
+    # message, report, summary, two files, five plots, then a card and an answer per catalog variant
+    assert compare.RUN.api[:3] == ("message", "report", "summary") and len(compare.RUN.api) == 10 + 2 * len(CATALOG)
+    assert len(compare.SUMMARY_WIDTHS) == len(compare.SUMMARY_HEADERS)         # a width for every column
     assert compare.RUN.index("json_file") == 3                              # the replay button is not listed
 
 

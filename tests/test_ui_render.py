@@ -146,3 +146,29 @@ def test_the_banner_says_the_mode_and_a_run_where_nothing_answered_is_an_error()
 
 def test_control_characters_of_an_answer_are_shown_as_symbols_tabs_and_newlines_kept():
     assert render.answer_text('migi"\x04\x0fJZ\x00\tok\nend\x7f') == 'migi"\u2404\u240fJZ\u2400\tok\nend\u2421'
+
+
+def test_a_card_gives_one_quality_line_from_the_report_or_why_there_is_none():
+    from engine import quality
+    reference = {"top_ids": [1, 2, 3, 4], "token_logprobs": [-0.1, -0.2, -0.3, -0.4]}
+    measured = quality.summarize({"top_ids": [1, 2, 3, 5], "token_logprobs": [-0.1, -0.2, -0.3, -0.9],
+                                  "kld": [0.0, 0.0, 0.01, 0.038]}, reference, "baseline")
+    entries = {"bnb-4bit": measured, "baseline": dict(measured, status="reference", kld_mean=0.0,
+                                                                  perplexity=measured["reference_perplexity"]),
+               "sdpa": quality.unmeasured("not meaningful", quality.RANDOM_WEIGHTS), "vllm": None}
+    rows = [{"variant": name, "status": "ok", "reason": None, "text": "abcd", "output_tokens": 4, "ttft_s": 0.01,
+             "tpot_s": 0.02, "quality": entry} for name, entry in entries.items() if entry is not None]
+    rows.append({"variant": "vllm", "status": "ok", "reason": None, "text": "abcd", "output_tokens": 4})
+    view = RunView(list(entries))
+    view.apply([events.RunDone({"mode": "fair", "prompt_tokens": 5, "repeats": 1, "results": rows})], now=1.0)
+    cards = {name: render.card_html(view.lanes[name], 1.0) for name in entries}
+    assert ('<div class="sbs-quality" data-quality="measured"><span class="sbs-quality-name">quality</span> '
+            '<span class="sbs-quality-line">same top token as baseline on 75% of positions; mean KLD 0.012</span>'
+            '</div>') in cards["bnb-4bit"]
+    assert 'data-quality="reference"' in cards["baseline"] and \
+        "the reference for every variant&#x27;s answers: perplexity 1.28 on its own answer (4 tokens)" in cards["baseline"]
+    assert ('data-quality="not meaningful"><span class="sbs-quality-name">quality</span> '
+            '<span class="sbs-quality-line">not meaningful: random weights</span>') in cards["sdpa"]
+    assert "sbs-quality" not in cards["vllm"]             # a row without an entry: no line at all
+    assert cards["bnb-4bit"].index("sbs-kpis") < cards["bnb-4bit"].index("sbs-quality") < \
+        cards["bnb-4bit"].index("sbs-note")               # under the figures, above the small print

@@ -51,13 +51,49 @@ def test_the_verdict_names_the_winner_with_its_range_and_marks_it():
     assert judged["text"] == ("per token: compiled 4.40x (range 3.85-5.00x) faster than baseline; "
                               "first token: compiled 1.91x (range 1.67-2.20x) sooner than baseline; "
                               "tokens/s: compiled 4.40x (range 3.85-5.00x) baseline's; "
-                              "memory: bnb-4bit uses 52% (range 50-52%) of baseline's peak.")
+                              "memory: bnb-4bit uses 52% (range 50-52%) of baseline's peak. "
+                              "What each winner costs: compiled: 110% of baseline's memory, 4.40x faster per token; "
+                              "bnb-4bit: 52% of baseline's memory, 1.91x slower per token.")
     assert verdict.marks(judged, "compiled") == ["fastest per token", "fastest first token", "most tokens/s"]
     assert verdict.marks(judged, "bnb-4bit") == ["least memory"]
     assert verdict.marks(judged, "baseline") == []
     assert results[1]["vs_reference"]["tpot"]["verdict"] == verdict.BETTER        # stored on the row for the JSON
     assert results[1]["vs_reference"]["ttft"]["verdict"] == NOISE
     assert "vs_reference" not in results[0]
+
+
+def scored(agreement, kld_mean, status="measured", note=None):
+    """A quality entry (engine/quality.py) of a variant against baseline's answer."""
+    from engine import quality
+    if status != "measured":
+        return quality.unmeasured(status, note, "baseline")
+    return {"status": "measured", "note": None, "reference": "baseline", "positions": 32,
+            "top_token_agreement": agreement, "kld_mean": kld_mean, "kld_p99": None, "kld_max": kld_mean * 5,
+            "kld_tail": "max", "perplexity": 3.2, "reference_perplexity": 3.0, "approximation": None}
+
+
+def test_the_verdict_says_what_each_winner_costs_in_memory_speed_and_answers():
+    base = row("baseline", [0.010, 0.011, 0.012], memory=[1000] * 3)
+    small = dict(row("bnb-4bit", [0.0121, 0.0121, 0.0125], memory=[470, 480, 480]), quality=scored(0.9375, 0.0412))
+    fast = dict(row("sdpa", [0.0050, 0.0052, 0.0055], memory=[1003, 1004, 1005]), quality=scored(1.0, 0.0))
+    judged = verdict.judge([dict(base, quality=scored(None, None, "reference")), small, fast])
+    assert judged["costs"]["bnb-4bit"] == ("48% of baseline's memory, 1.10x slower per token, same top token on 94%, "
+                                           "mean KLD 0.041")
+    assert judged["costs"]["sdpa"] == ("baseline's memory within noise, 2.12x faster per token, "
+                                       "same top token on 100%, mean KLD 0")
+    assert judged["text"].endswith(". What each winner costs: sdpa: baseline's memory within noise, 2.12x faster "
+                                   "per token, same top token on 100%, mean KLD 0; bnb-4bit: 48% of baseline's "
+                                   "memory, 1.10x slower per token, same top token on 94%, mean KLD 0.041.")
+    # random weights: the cost in memory and speed stands, the answers' is not a number
+    noise = dict(small, quality=scored(None, None, "not meaningful", "not meaningful: random weights"))
+    judged = verdict.judge([base, noise])
+    assert judged["text"].endswith("What each winner costs: bnb-4bit: 48% of baseline's memory, 1.10x slower per "
+                                   "token, quality not meaningful: random weights.")
+    # a report without quality entries (older, or its engine scored nothing) says memory and speed alone
+    plain = {key: value for key, value in small.items() if key != "quality"}
+    assert verdict.judge([base, plain])["costs"]["bnb-4bit"] == "48% of baseline's memory, 1.10x slower per token"
+    # nobody won anything: no cost sentence
+    assert "What each winner costs" not in verdict.judge([base, row("sdpa", [0.0105, 0.011, 0.0115])])["text"]
 
 
 def test_ties_and_a_reference_within_noise_are_said_and_not_marked():

@@ -33,7 +33,7 @@ REPEATS_DEFAULT = 3          # enough to state a range; each variant first runs 
 NAMES = tuple(CATALOG)
 # Variant and Speedup together fit a 390 px phone; long cells wrap
 SUMMARY_WIDTHS = ["96px", "132px", "132px", "132px", "132px", "90px", "90px", "120px", "150px", "90px", "70px",
-                  "90px", "100px", "100px", "90px", "170px"]       # every catalog variant has a column; the unselected ones are hidden
+                  "90px", "100px", "100px", "100px", "130px", "100px", "100px", "140px", "170px"]       # every catalog variant has a column; the unselected ones are hidden
 
 
 def card(name: str) -> str:
@@ -165,7 +165,8 @@ def compare(ctx: Context, prompt_text: str, preset_name: str, selected: list[str
         per variant in its results: status, reason, ttft_s, tpot_s (the median; tpot_min_s, tpot_max_s),
         e2e_s, tokens_per_s, itl_p50_s/p90/p99, peak_memory_bytes, mbu, the answer's text
         summary: the summary table (headers, rows): baseline first, then the variants from the fastest per token
-        then the report as JSON and CSV files, the four charts (plotly), each variant's card (HTML) and answer
+        then the report as JSON and CSV files, the five charts (plotly: TTFT, ITL, race, memory, speed against
+        quality), each variant's card (HTML, with its quality line) and answer
     """
     try:
         spec = checked_spec(ctx, prompt_text, selected, max_new_tokens, run_mode, repeats)
@@ -276,7 +277,7 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
     empty = empty_figures()
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300):
-            for pair in (FIGURE_NAMES[:2], FIGURE_NAMES[2:]):
+            for pair in (FIGURE_NAMES[i:i + 2] for i in range(0, len(FIGURE_NAMES), 2)):
                 with gr.Row():
                     for key in pair:
                         c[f"plot:{key}"] = gr.Plot(empty[key], label=TITLES[key], elem_id=f"sbs-plot-{key}",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 
-from engine import verdict
+from engine import quality, verdict
 from engine.errors import InputError
 from engine.report import tpot_range
 from engine.variants import REFERENCE
@@ -163,6 +163,17 @@ def _card_versus(lane: Lane, best: list[str]) -> str:
     return line + (f'<div class="sbs-stars">{stars}</div>' if stars else "")
 
 
+def _card_quality(lane: Lane) -> str:
+    """One line on its answers against the reference's (engine/quality.py), once scored; or why there are no
+    figures ("not meaningful: random weights")."""
+    text = quality.line(lane.quality)
+    if not text:
+        return ""
+    status = lane.quality.get("status") or ""
+    return (f'<div class="sbs-quality" data-quality="{e(status)}"><span class="sbs-quality-name">quality</span> '
+            f'<span class="sbs-quality-line">{e(text)}</span></div>')
+
+
 def card_html(lane: Lane, now: float, best: list[str] | None = None) -> str:
     """A variant's status, progress and figures (the answer streams into the textbox below it);
     `best`: the titles it won in the run's verdict (engine/verdict.py)."""
@@ -188,7 +199,8 @@ def card_html(lane: Lane, now: float, best: list[str] | None = None) -> str:
             f'<span class="sbs-badge sbs-stage-{e(stage)}">{e(STAGE_WORDS.get(stage, stage))}</span></div>'
             f'<div class="sbs-label">{e(lane.label)}</div>{progress}'
             f'<div class="sbs-detail">{e(_card_detail(lane, now))}</div><div class="sbs-kpis">{kpis}</div>'
-            f'{_card_versus(lane, best or [])}<div class="sbs-note">{e(_card_note(lane, figures))}</div></div>')
+            f'{_card_versus(lane, best or [])}{_card_quality(lane)}'
+            f'<div class="sbs-note">{e(_card_note(lane, figures))}</div></div>')
 
 
 def verdict_html(report: dict) -> str:

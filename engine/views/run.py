@@ -23,7 +23,7 @@ STAGE_WORDS = {
 }
 FINAL_STAGES = ("done", "unavailable", "failed", "cancelled")
 REPORT_STAGE = {"ok": "done", "failed": "failed", "unavailable": "unavailable", "cancelled": "cancelled"}
-FIGURE_NAMES = ("ttft", "itl", "race", "memory")     # the run's charts, each with its own revision
+FIGURE_NAMES = ("ttft", "itl", "race", "memory", "quality")     # the run's charts, each with its own revision
 
 
 def label_of(variant: str) -> str:
@@ -53,6 +53,7 @@ class Lane:
     repeats: int = 1                       # timed requests the run makes of this variant
     requests: int = 0                      # of which started so far
     warmup: bool = False                   # the tokens shown are an untimed warm-up's (charts leave them out)
+    quality: dict | None = None            # its answers against the reference's (engine/quality.py), once scored
 
     @property
     def text(self) -> str:
@@ -181,6 +182,9 @@ class RunView:
                 self._stage(lane, "cancelled", now)
             else:                                             # fair mode takes the variants in turn per repeat
                 self._stage(lane, "queued", now, f"timed request {lane.requests} of {lane.repeats} done")
+        elif isinstance(event, events.Scored):               # off the clock, after the timed requests
+            lane.quality = event.quality
+            self.revisions["quality"] += 1
         elif isinstance(event, events.CellDone):              # the engine says the variant is done
             if lane.stage not in FINAL_STAGES:
                 self._stage(lane, "done", now)
@@ -211,6 +215,7 @@ class RunView:
             if stage != lane.stage:
                 self._stage(lane, stage, now, row.get("reason") or "")
             lane.reason = row.get("reason")
+            lane.quality = row.get("quality", lane.quality)       # the report's entry is the one kept
             if not lane.pieces and row.get("text"):
                 lane.pieces = [row["text"]]
         for lane in self.lanes.values():              # never reached (e.g. the run failed early)

@@ -1,19 +1,24 @@
-"""The four charts of a run (TTFT, inter-token latency, the race, memory), drawn from a RunView.
+"""The charts of a run (TTFT, inter-token latency, the race, memory, speed against quality), drawn from a RunView.
 
 `RunCharts` redraws a chart only when its data changed and a chart tick is due: each chart
 update re-sends the whole figure to the browser, so charts refresh more slowly than text.
 """
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 
-from engine import metrics
+from engine import metrics, quality
+from engine.variants import REFERENCE
 from engine.views import tables
-from engine.views.palette import GRID, SURFACE, color_of, note
+from engine.views.palette import GRID, NOTE_TEXT, SURFACE, color_of, note
 from engine.views.run import FIGURE_NAMES, RunView
 
 TITLES = {"ttft": "Time to first token", "itl": "Inter-token latency", "race": "Race: tokens over time",
-          "memory": "Memory per worker"}
+          "memory": "Memory per worker", "quality": "Speed against quality"}
+MARKER_PX = 40            # the diameter of the largest peak memory's marker; the others by area
+NOT_SCORED = "quality is scored after the timed requests"
 
 
 def _layout(x_title: str, y_title: str, **extra) -> dict:
@@ -108,17 +113,79 @@ def memory_figure(view: RunView) -> go.Figure:
     return figure if drawn else _empty(figure, "memory is sampled while a variant generates")
 
 
-FIGURES = {"ttft": ttft_figure, "itl": itl_figure, "race": race_figure, "memory": memory_figure}
+def quality_figure(view: RunView) -> go.Figure:
+    """Each scored variant at its time per token and the mean KLD of its answers against the reference's
+    (engine/quality.py; the reference at 0), the marker's area its peak memory; without figures, why not."""
+    figure = go.Figure(layout=_layout("time per output token (ms)", f"mean KLD vs {quality_reference(view)} (nats)",
+                                      showlegend=False))
+    points, left_out = [], []
+    for lane in view.charted():
+        entry, tpot = lane.quality, lane.figures()["tpot_s"]
+        kld = 0.0 if (entry or {}).get("status") == "reference" else (entry or {}).get("kld_mean")
+        if quality.has_figures(entry) and tpot is not None and kld is not None:
+            points.append((lane, tpot, kld, lane.figures()["peak_memory_bytes"]))
+        elif entry and entry.get("note"):
+            left_out.append((lane.variant, entry["note"]))
+    if not points:
+        reasons = list(dict.fromkeys(note for _, note in left_out))
+        waiting = "no quality figures in this run's report" if view.done else NOT_SCORED
+        return _empty(figure, reasons[0] if len(reasons) == 1 else waiting if not reasons else "; ".join(
+            f"{name}: {note}" for name, note in left_out))
+    points.sort(key=lambda point: point[1])
+    largest = max((peak or 0 for *_, peak in points), default=0) or 1
+    figure.add_scatter(
+        x=[tpot * 1000 for _, tpot, _, _ in points], y=[kld for _, _, kld, _ in points], mode="markers+text",
+        text=[lane.variant for lane, *_ in points], cliponaxis=False,
+        # neighbours' names alternate above and below their markers, so that close points stay legible
+        textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(points))],
+        marker=dict(size=[peak or 0 for *_, peak in points], sizemode="area", sizeref=2 * largest / MARKER_PX ** 2,
+                    sizemin=7, color=[color_of(lane.variant) for lane, *_ in points], opacity=0.85,
+                    line=dict(width=1, color="rgba(255,255,255,0.6)")),
+        customdata=[[tables.size(peak), quality.line(lane.quality)] for lane, _, _, peak in points],
+        hovertemplate="%{text}<br>TPOT %{x:.2f} ms, mean KLD %{y:.3g}<br>peak memory %{customdata[0]}"
+                      "<br>%{customdata[1]}<extra></extra>")
+    # from 0 on both axes (a ratio reads true only from 0), with room for the largest marker and the names:
+    # the reference's marker sits on the zero line, whole, not cut in half by the axis
+    slowest = max(tpot for _, tpot, _, _ in points) * 1000
+    top = max(kld for _, _, kld, _ in points) or 0.01
+    figure.update_xaxes(range=[0, slowest * 1.18])
+    figure.update_yaxes(range=[-0.4 * top, top * 1.3], zeroline=True, zerolinecolor=GRID, rangemode="normal",
+                        tickvals=_ticks_from_zero(top * 1.3),      # no negative tick: a KLD is never below 0
+                        exponentformat="e")                        # 4e-08, not SI's "40n"
+    if left_out:                      # under the x axis' title: the band above the plot holds the chart's label
+        figure.update_layout(margin=dict(b=72))
+        figure.add_annotation(text="not drawn: " + "; ".join(f"{name} ({note})" for name, note in left_out),
+                              showarrow=False, xref="paper", yref="paper", x=0, y=-0.26, xanchor="left",
+                              yanchor="top", font=dict(size=11, color=NOTE_TEXT))
+    return figure
+
+
+def _ticks_from_zero(top: float, count: int = 4) -> list[float]:
+    """About `count` round tick values (steps of 1, 2 or 5 times a power of ten) from 0 up to `top`."""
+    raw = top / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(power * m for m in (1, 2, 5, 10) if power * m >= raw)
+    return [round(step * i, 12) for i in range(int(top / step) + 1)]
+
+
+def quality_reference(view: RunView) -> str:
+    """The variant whose answer the others were scored on: the one the quality entries name."""
+    found = [lane.quality.get("reference") for lane in view.lanes.values() if lane.quality]
+    return next((name for name in found if name), REFERENCE)
+
+
+FIGURES = {"ttft": ttft_figure, "itl": itl_figure, "race": race_figure, "memory": memory_figure,
+           "quality": quality_figure}
 
 
 def empty_figures() -> dict[str, go.Figure]:
-    """The four charts before a run."""
+    """The run's charts before a run."""
     view = RunView([])
     return {name: FIGURES[name](view) for name in FIGURE_NAMES}
 
 
 class RunCharts:
-    """The four charts of one run, each rebuilt only when its data changed and a chart tick is due."""
+    """The charts of one run, each rebuilt only when its data changed and a chart tick is due."""
 
     def __init__(self, interval_s: float):
         self.interval_s = interval_s

@@ -5,7 +5,7 @@ is within noise is engine/verdict.py's rule.
 """
 from __future__ import annotations
 
-from engine import verdict
+from engine import quality, verdict
 from engine.report import tpot_range
 from engine.variants import REFERENCE
 from engine.views import tables
@@ -61,6 +61,22 @@ reached the host (the copy to the host waits for the device). The prompt is not 
   on its cores. Past the cores it leaves spare, its timings are marked *CPU busy* with the cores
   taken: that variant was slowed by something else (a browser, another job), not by its kernels.
   Every comparison it enters names it (*slowed: baseline*); a slowed reference overstates every gain.
+- **Quality**: after the timed requests, off the clock, each variant reads the {REFERENCE}'s answer (the prompt
+  and the {REFERENCE}'s new tokens) in one forward pass, teacher forcing, and gives its next-token
+  distribution at every position of that answer; the {REFERENCE}'s own distributions are the reference.
+  - **Same top token** = the share of positions where the variant's most likely token is the
+    {REFERENCE}'s (llama.cpp's "same top p", from its perplexity tool with `--kl-divergence`).
+  - **Mean KLD** and **KLD p99** = the mean and the 99th percentile over the positions of
+    `KL(P_{REFERENCE} || P_variant)`, in nats over the whole vocabulary (llama.cpp's KLD statistics, from the
+    same tool): 0 means the same distributions. An answer under 100 tokens gives its maximum instead of a
+    99th percentile (*max*), which would only be the largest value again.
+  - **Perplexity** = exp(-mean log p(token)) of the {REFERENCE}'s answer under the variant, beside the
+    {REFERENCE}'s own, as vLLM and lm-eval compute perplexity from token log-probabilities: higher means
+    the variant predicts that answer less well.
+  - A random-weight preset reads *not meaningful: random weights* instead of numbers: its
+    distributions are noise. A served variant's server does not report them.
+  - **Speed against quality** (chart): each variant at its TPOT and mean KLD, the marker's area its peak
+    memory; the best place is the bottom left.
 - While a run streams, the figures are live estimates from the tokens so far; the report's numbers
   replace them at the end.
 - **Goodput** (with latency targets: `--slo ttft_ms=200,tpot_ms=50` on the command line, the targets
@@ -73,7 +89,8 @@ reached the host (the copy to the host waits for the device). The prompt is not 
 
 SUMMARY_HEADERS = ("Variant", "Speedup (TPOT)", "TPOT ms (min-max)", "TTFT vs reference", "TTFT ms (min-max)",
                    "Tokens/s", "Peak memory", "Memory vs reference", "Best at", "Status", "Tokens", "Weights",
-                   "MBU (measured copy)", "MBU (datasheet)", "First diff", "Timings")
+                   "MBU (measured copy)", "MBU (datasheet)", "First diff", "Same top token", "Mean KLD",
+                   "KLD p99 (or max)", "Perplexity (reference's)", "Timings")
 RUN_FIELDS = ("created", "mode", "prompt_tokens", "repeats", "batch_size", "decoding", "cancelled")
 VERDICT_WORDS = {verdict.BETTER: "", verdict.WORSE: "", verdict.NOISE: "within noise", verdict.NO_RANGE: "1 request"}
 
@@ -124,6 +141,31 @@ def _first_diff(row: dict, has_reference: bool) -> str:
     return "none" if row.get("first_diff_token") is None else f"token {row['first_diff_token']}"
 
 
+def agreement_text(share: float) -> str:
+    """A top-token agreement as a whole percentage, never 100% unless every position agreed."""
+    text = f"{share:.0%}"
+    return f"{min(share, 0.999):.1%}" if text == "100%" and share < 1 else text
+
+
+def quality_cells(row: dict) -> list[str]:
+    """The row's quality columns (engine/quality.py): same top token, mean KLD, its tail, perplexity beside
+    the reference's; "reference" on the reference's row; the reason in place of numbers where there are none
+    (a random-weight preset: "not meaningful: random weights"); dashes where the row has no entry."""
+    found = row.get("quality")
+    if not quality.has_figures(found):
+        note = (found or {}).get("note")
+        return [note or tables.DASH] + [tables.DASH] * 3
+    perplexity = tables.general(found.get("perplexity"))
+    if found["status"] == "reference":
+        return ["reference", "reference", "reference", perplexity]
+    tail = quality.tail_value(found)
+    reference = found.get("reference_perplexity")
+    return [tables.DASH if found.get("top_token_agreement") is None else agreement_text(found["top_token_agreement"]),
+            tables.DASH if found.get("kld_mean") is None else f"{found['kld_mean']:.3g}",
+            tables.DASH if tail is None else f"{tail:.3g} ({found['kld_tail']})",
+            perplexity + ("" if reference is None else f" ({found['reference']} {reference:.4g})")]
+
+
 def _timings(row: dict) -> str:
     if not row.get("output_tokens"):
         return tables.DASH
@@ -154,7 +196,7 @@ def summary_rows(report: dict) -> list[list[str]]:
                      ("\u2605 " + ", ".join(best)) if best else "", r["status"],
                      str(r.get("output_tokens") or tables.DASH), tables.size(r.get("weights_bytes")),
                      tables.percent(r.get("mbu_measured")), tables.percent(r.get("mbu")),
-                     _first_diff(r, has_reference), _timings(r)])
+                     _first_diff(r, has_reference), *quality_cells(r), _timings(r)])
     return rows
 
 
@@ -166,5 +208,9 @@ def report_csv(report: dict) -> str:
         row.update({key: report.get(key) for key in RUN_FIELDS})
         row.update({k: v for k, v in r.items() if not isinstance(v, (list, dict))})
         row.update({f"memory_{k}": v for k, v in (r.get("memory") or {}).items()})
+        if "quality" in r:              # its figures as columns, empty where unmeasured, and the reason why
+            entry = r["quality"] or {}
+            row.update(quality_status=entry.get("status"), quality_kld_tail=entry.get("kld_tail"),
+                       **quality.flat(entry))
         table.append(row)
     return tables.csv_text(table)
