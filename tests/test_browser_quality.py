@@ -25,7 +25,8 @@ REAL = "smollm2-135m"
 
 
 def run(page, preset: str, tokens: int) -> None:
-    """On an open page: choose `preset`, tick SELECTED alone, run `tokens` new tokens and wait for the end."""
+    """On an open page: choose `preset`, tick SELECTED alone, run `tokens` new tokens once each and wait for
+    the end."""
     if page.input_value("#sbs-preset input") != presets.load(preset).title + f" ({preset})":
         page.click("#sbs-preset input")
         page.get_by_role("option", name=f"({preset})").click()
@@ -36,6 +37,10 @@ def run(page, preset: str, tokens: int) -> None:
             box.click()
     page.fill("#sbs-prompt textarea", "What is a KV cache? Answer in two sentences.")
     set_max_tokens(page, tokens)
+    repeats = page.locator("#sbs-repeats input[type=number]")       # the answers are scored once, whatever
+    repeats.fill("1")                                                # the repeats: one timed request is enough
+    repeats.press("Enter")
+    repeats.blur()
     page.click("#sbs-run")
     page.wait_for_function("() => [...document.querySelectorAll('.sbs-card')].filter(e => e.offsetParent)"
                            ".some(e => !['done', 'failed', 'unavailable', 'cancelled'].includes(e.dataset.stage))",
