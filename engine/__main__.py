@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from engine import events, history_cli, presets, remote, slo
+from engine import events, history_cli, presets, quality_table, remote, slo
 from engine.errors import USER_ERRORS, InputError
 from engine.pool import Engine
 from engine.spec import RunSpec
@@ -16,7 +16,7 @@ from engine.report import host_note
 from engine.studies.bench import run_bench, table as bench_table
 from engine.studies.sweeps import EXPERIMENTS, run_sweep, summary, to_csv
 from engine.views import tables
-from engine.views.summary import tpot_text, versus
+from engine.views.summary import report_csv, tpot_text, versus
 from engine.views.sweep_charts import sweep_figure
 
 EXIT_BAD_INPUT = 2
@@ -26,21 +26,25 @@ THREADS_HELP = ("torch CPU threads per worker (default: torch's, one per core; t
 
 
 def table(report: dict) -> str:
-    """The results as a fixed-width table, one row per variant."""
+    """The results as a fixed-width table, one row per variant; with the quality figures when the report has
+    them (engine/quality_table.py), and why a variant has none below."""
+    scored = quality_table.shown(report["results"])
     rows = [("variant", "status", "tokens", "TTFT ms", "TPOT ms", "vs ref", "tok/s", "peak memory", "weights",
-             "MBU", "diff@", "placement", "warm-up ms")]
+             "MBU", "diff@", "placement", "warm-up ms") + quality_table.HEADERS * scored]
     for r in report["results"]:
         warmups = r.get("warmup_e2e_s") or []         # E2E of the untimed first request(s), apart from the figures
         rows.append((r["variant"], r["status"], tables.general(r["output_tokens"] or None), tables.ms(r["ttft_s"]),
                      tpot_text(r, 1), versus(r, "tpot"), tables.fixed(r["tokens_per_s"]),
                      tables.size(r["peak_memory_bytes"]), tables.size(r["weights_bytes"]), tables.percent(r["mbu"]),
                      tables.general(r["first_diff_token"]), r["placement"] or tables.DASH,
-                     ", ".join(tables.ms(w) for w in warmups) or tables.DASH))
+                     ", ".join(tables.ms(w) for w in warmups) or tables.DASH,
+                     *(quality_table.cells(r.get("quality")) if scored else ())))
     lines = tables.fixed_width(rows).splitlines()
     for r in report["results"]:
         for note in (r["reason"], host_note(r)):
             if note:
                 lines.append(f"  {r['variant']}: {note}")
+    lines += [f"  {note}" for note in quality_table.notes(report["results"])]
     judged = report.get("comparison") or {}
     if judged.get("text"):
         lines.append(f"verdict: {judged['text']}")
@@ -101,6 +105,7 @@ def cmd_run(args) -> int:
         report = targeted(args, found["report"])
     print(table(report))
     write(args.json, json.dumps(report, indent=1))
+    write(args.csv, report_csv(report))         # the Compare tab's download: quality entries as quality_* columns
     history_cli.keep(args, report, "run")
     return finish(report)
 
@@ -172,6 +177,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    args.preset = args.preset or EXPERIMENTS[args.name].preset       # the experiment's own unless told
     preset, _ = load_preset(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants, threads=args.threads,
@@ -205,6 +211,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=900.0, help="seconds one request may take")
     run.add_argument("--threads", type=int, help=THREADS_HELP)
     run.add_argument("--json", help="write the report to this path")
+    run.add_argument("--csv", help="write the results as CSV here, one row per variant (quality figures as "
+                                   "quality_* columns)")
     run.set_defaults(func=cmd_run)
     bench = sub.add_parser("bench", help="every (variant, prompt length) cell in fair mode after a warm-up")
     bench.add_argument("--preset", default="tiny", help=f"one of: {', '.join(presets.available())}")
@@ -219,7 +227,8 @@ def parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="an experiment over a grid: " + ", ".join(EXPERIMENTS) + "; a line per "
                            "cell as it is measured, then the table and the paragraph's claims against the rows")
     sweep.add_argument("name", choices=list(EXPERIMENTS))
-    sweep.add_argument("--preset", default="tiny", help=f"one of: {', '.join(presets.available())}")
+    sweep.add_argument("--preset", help=f"one of: {', '.join(presets.available())} (default: the experiment's: "
+                       + ", ".join(f"{e.name} {e.preset}" for e in EXPERIMENTS.values()) + ")")
     sweep.add_argument("--variants", help="comma-separated (default: the experiment's)")
     sweep.add_argument("--quick", action="store_true",
                        help="a smaller grid, the same repeats per cell (the attention grid: seconds on tiny on a CPU)")

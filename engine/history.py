@@ -2,10 +2,11 @@
 
 One row per run, bench, sweep, experiment or imported file: the full report JSON beside the
 provenance a later reader needs to trust a comparison (device, driver, library versions, the
-project's git commit, the host, the settings). Several processes may write at once (the dashboard,
-a command line run beside it): the file is in WAL mode, a writer waits up to BUSY_TIMEOUT_S for
-another, and every write is one transaction, so a process killed mid-write leaves the earlier rows
-whole and its own write absent. Reads open the file read-only.
+project's git commit, the host, the settings), and one row per variant with its quality figures
+(engine/quality.py), which the list shows without reading the reports. Several processes may write
+at once (the dashboard, a command line run beside it): the file is in WAL mode, a writer waits up to
+BUSY_TIMEOUT_S for another, and every write is one transaction, so a process killed mid-write leaves
+the earlier rows whole and its own write absent. Reads open the file read-only.
 
 The file's tables, schema version and migrations are engine/history_schema.py's: an older file is
 migrated in place on first use, a newer one is refused with a message. engine/history_compare.py sets
@@ -23,12 +24,13 @@ import platform
 import sqlite3
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import InputError
-from engine.history_schema import (BUSY_TIMEOUT_S, COLUMNS, KINDS, SCHEMA_VERSION, check_version, immediate,
-                                   parse_moment, prepare, report_kind, settings, utc_text)
+from engine.history_schema import (BUSY_TIMEOUT_S, COLUMNS, INSERT_VARIANT, KINDS, QUALITY_COLUMNS, SCHEMA_VERSION,
+                                   check_version, immediate, parse_moment, prepare, quality_entry, report_kind,
+                                   settings, utc_text, variant_rows)
 from engine.history_schema import SCHEMA_V1  # noqa: F401  (importable from here too: the tests make a version-1 file)
 from engine.source import cache_dir
 
@@ -84,6 +86,7 @@ class Entry:
     session: str | None
     source: str | None
     report: dict | None = None
+    quality: dict = field(default_factory=dict)   # variant -> its engine/quality.py entry, where the report has one
 
     def provenance(self) -> dict:
         """Everything but the report: what an exported file carries under "history"."""
@@ -92,10 +95,23 @@ class Entry:
                 "git_commit": self.git_commit, "host": self.host, "settings": self.settings, "source": self.source}
 
 
-def _entry(row: sqlite3.Row, with_report: bool) -> Entry:
+def _entry(row: sqlite3.Row, with_report: bool, quality: dict) -> Entry:
     return Entry(row["id"], row["kind"], row["created"], row["saved"], row["preset"], row["device"], row["driver"],
                  json.loads(row["versions_json"]), row["git_commit"], row["host"], json.loads(row["settings_json"]),
-                 row["session"], row["source"], json.loads(row["report_json"]) if with_report else None)
+                 row["session"], row["source"], json.loads(row["report_json"]) if with_report else None,
+                 quality.get(row["id"], {}))
+
+
+def _quality(db: sqlite3.Connection, ids: list[int]) -> dict:
+    """run id -> {variant: its quality entry} for the runs `ids`, from run_variants (in the order saved)."""
+    found: dict[int, dict] = {}
+    for start in range(0, len(ids), 500):                # SQLite's limit on the parameters of one statement
+        chunk = ids[start:start + 500]
+        for row in db.execute(f"SELECT run_id, variant, {', '.join(c for c, _ in QUALITY_COLUMNS)} FROM run_variants "
+                              f"WHERE run_id IN ({', '.join('?' * len(chunk))}) AND quality_status IS NOT NULL "
+                              "ORDER BY rowid", chunk):
+            found.setdefault(row["run_id"], {})[row["variant"]] = quality_entry(row)
+    return found
 
 
 class History:
@@ -203,8 +219,7 @@ class History:
         with self._writing() as db:
             run_id = db.execute(f"INSERT INTO runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                                 values).lastrowid
-            db.executemany("INSERT OR IGNORE INTO run_variants VALUES (?, ?)",
-                           [(run_id, row["variant"]) for row in report["results"]])
+            db.executemany(INSERT_VARIANT, variant_rows(run_id, report))
         return run_id
 
     def import_file(self, path: str | os.PathLike) -> list[int]:
@@ -295,7 +310,9 @@ class History:
         with self._reading() as db:
             if db is None:
                 return []
-            return [_entry(row, False) for row in db.execute(query, params)]
+            rows = db.execute(query, params).fetchall()
+            quality = _quality(db, [row["id"] for row in rows])
+        return [_entry(row, False, quality) for row in rows]
 
     def get(self, run_id: int, session: str | None = None) -> Entry:
         """One run with its report (with `session`: only that visitor's); an unknown id is an InputError."""
@@ -303,9 +320,10 @@ class History:
             found = None if db is None else db.execute(
                 "SELECT * FROM runs WHERE id = ?" + (" AND session = ?" if session else ""),
                 (run_id, session) if session else (run_id,)).fetchone()
+            quality = _quality(db, [run_id]) if found is not None else {}
         if found is None:
             raise InputError(self._unknown(run_id))
-        return _entry(found, True)
+        return _entry(found, True, quality)
 
     def _unknown(self, run_id) -> str:
         where = f"the history {self.path}" if self.path.exists() else f"{self.path} (no history there yet)"

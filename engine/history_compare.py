@@ -1,25 +1,33 @@
 """Saved runs side by side: each row's (variant and cell) TTFT, TPOT, tokens/s and peak memory in every
 run, its change from the reference run in percent, and whether that change is beyond the runs' own
-spread (engine/verdict.py's noise rule). engine/views/history_tables.py and history_charts.py show it;
-the runs come from engine/history.py or from report files.
+spread (engine/verdict.py's noise rule); then its quality figures (engine/quality.py: top-token
+agreement, KLD, perplexity), each scored once per run, so stated with no range to judge them by.
+engine/views/history_tables.py and history_charts.py show it; the runs come from engine/history.py or
+from report files.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine import verdict
+from engine import quality, verdict
 from engine.errors import InputError
+
+# quality figures compared across runs: Change.metric -> the key in a row's quality entry (engine/quality.py)
+QUALITY_FIGURES = {"agreement": "top_token_agreement", "kld_mean": "kld_mean", "kld_p99": "kld_p99",
+                   "kld_max": "kld_max", "perplexity": "perplexity"}
 
 @dataclass(frozen=True)
 class Change:
     """One figure of one row (variant and cell) in every compared run, against the reference run."""
     variant: str
     cell: str                              # "" in a plain run, "prompt 128" in a bench or sweep cell
-    metric: str                            # a verdict.Metric name: tpot, ttft, tokens_per_s, memory
+    metric: str                            # a verdict.Metric name (tpot, ttft, tokens_per_s, memory) or a
+                                           # QUALITY_FIGURES name (agreement, kld_mean, kld_p99, kld_max, perplexity)
     values: tuple                          # each run's median (None where it has no answer), in the order given
     percent: tuple                         # (value / reference's - 1) x 100; None for the reference and where missing
     verdicts: tuple                        # verdict.compare's word for each run against the reference: better,
-                                           # worse, within noise, no range (one repeat); None as above
+                                           # worse, within noise, no range (one repeat, and every quality
+                                           # figure: scored once); None as above
 
     @property
     def within_noise(self) -> tuple:
@@ -64,7 +72,8 @@ COMPARED_SETTINGS = {"preset": lambda r: r["preset"].get("name"), "device": lamb
 def compare(reports: list[dict], reference_index: int = 0) -> Compared:
     """Each row's TTFT, TPOT, tokens/s and peak memory in every run, its difference from the reference run
     in percent, and whether that difference is beyond the runs' own spread (engine/verdict.py's rule: the
-    min-max ranges over repeats do not overlap; memory within 1% is the same)."""
+    min-max ranges over repeats do not overlap; memory within 1% is the same); then each quality figure
+    that some run measured for the row, its difference in percent, "no range" (`quality_changes`)."""
     if len(reports) < 2:
         raise InputError("compare needs two runs or more")
     if not 0 <= reference_index < len(reports):
@@ -90,6 +99,7 @@ def compare(reports: list[dict], reference_index: int = 0) -> Compared:
                 found = verdict.compare(row, ref_row, metric)
                 words.append(found.verdict if found is not None else None)
             changes.append(Change(key[0], key[1], metric.name, tuple(values), tuple(percent), tuple(words)))
+        changes += quality_changes(key, [rows.get(key) for rows in keyed], reference_index)
     differs = {}
     for name, read in COMPARED_SETTINGS.items():
         seen = [read(report) for report in reports]
@@ -98,3 +108,25 @@ def compare(reports: list[dict], reference_index: int = 0) -> Compared:
     left_out = {index: [key for key in rows if key not in (shared if index == reference_index else base)]
                 for index, rows in enumerate(keyed)}
     return Compared(reference_index, changes, differs, {index: keys for index, keys in left_out.items() if keys})
+
+
+def quality_changes(key: tuple[str, str], rows: list, reference_index: int) -> list[Change]:
+    """A row's quality figures in every run (`rows`: the row in each run, None where it has none), for each
+    figure that one run at least measured. A run's variant scores the reference variant's answer once, off
+    the clock: the change is stated with no range (verdict.NO_RANGE), never called better or worse."""
+    entries = [row.get("quality") if row is not None and quality.has_figures(row.get("quality")) else None
+               for row in rows]
+    changes = []
+    for name, field in QUALITY_FIGURES.items():
+        # the reference variant scored its own answer: of its figures only the perplexity says anything
+        values = tuple(entry.get(field) if entry and (entry["status"] == "measured" or field == "perplexity")
+                       else None for entry in entries)
+        if all(value is None for value in values):
+            continue
+        reference = values[reference_index]
+        percent = tuple(None if index == reference_index or value is None or not reference
+                        else (value / reference - 1) * 100 for index, value in enumerate(values))
+        words = tuple(None if index == reference_index or value is None or reference is None else verdict.NO_RANGE
+                      for index, value in enumerate(values))
+        changes.append(Change(key[0], key[1], name, values, percent, words))
+    return changes

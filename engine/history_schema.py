@@ -13,9 +13,10 @@ import sqlite3
 import time
 from pathlib import Path
 
+from engine import quality
 from engine.errors import InputError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KINDS = ("run", "bench", "sweep", "experiment", "imported")
 BUSY_TIMEOUT_S = 30.0        # how long a writer waits for another's transaction before giving up
 
@@ -23,7 +24,7 @@ BUSY_TIMEOUT_S = 30.0        # how long a writer waits for another's transaction
 SCHEMA_V1 = ("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, created TEXT NOT NULL, kind TEXT NOT NULL, "
              "preset TEXT, report_json TEXT NOT NULL)",)
 
-# Version 2 (current): provenance in columns, so that list filters need not parse every report.
+# Version 2: provenance in columns, so that list filters need not parse every report.
 SCHEMA_V2 = (
     f"""CREATE TABLE runs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused after a delete: an id shown once means one run
@@ -45,6 +46,18 @@ SCHEMA_V2 = (
     "PRIMARY KEY (run_id, variant))",
     "CREATE INDEX runs_by_created ON runs (created)",
     "CREATE INDEX run_variants_by_variant ON run_variants (variant)",
+)
+# Version 3 (current): each variant's quality figures (engine/quality.py) in its run_variants row, so that the
+# list shows them without parsing every report. NULL where the report says nothing of quality (made before it).
+QUALITY_COLUMNS = (("quality_status", "TEXT"),       # engine/quality.py STATUSES
+                   ("quality_reference", "TEXT"),    # the variant whose answer was scored (the baseline)
+                   *((column, "INTEGER" if key == "positions" else "REAL") for column, key in quality.COLUMNS),
+                   ("quality_note", "TEXT"))          # why there are no figures, e.g. "not meaningful: random weights"
+SCHEMA_V3 = (
+    SCHEMA_V2[0],
+    "CREATE TABLE run_variants (run_id INTEGER NOT NULL REFERENCES runs (id), variant TEXT NOT NULL, "
+    + "".join(f"{column} {kind}, " for column, kind in QUALITY_COLUMNS) + "PRIMARY KEY (run_id, variant))",
+    *SCHEMA_V2[2:],
 )
 COLUMNS = ("kind", "created", "saved", "preset", "device", "driver", "versions_json", "git_commit", "host",
            "settings_json", "session", "source", "report_json")
@@ -102,6 +115,39 @@ def settings(report: dict) -> dict:
             "cancelled": bool(report.get("cancelled"))}
 
 
+def variant_rows(run_id: int, report: dict) -> list[tuple]:
+    """The run_variants rows of a report: one per variant, with its quality figures from its first row that
+    has a `quality` entry (a bench's or sweep's first cell; NULL where none has)."""
+    found: dict[str, dict | None] = {}
+    for row in report["results"]:
+        if found.get(row["variant"]) is None:
+            found[row["variant"]] = row.get("quality") if isinstance(row.get("quality"), dict) else None
+    return [(run_id, variant, *quality_values(entry)) for variant, entry in found.items()]
+
+
+def quality_values(entry: dict | None) -> tuple:
+    """An entry of engine/quality.py as the QUALITY_COLUMNS' values."""
+    if entry is None:
+        return (None,) * len(QUALITY_COLUMNS)
+    flat = quality.flat(entry)
+    return (entry.get("status"), entry.get("reference"), *(flat[column] for column, _ in QUALITY_COLUMNS[2:]))
+
+
+def quality_entry(row: sqlite3.Row) -> dict | None:
+    """A run_variants row's quality columns as an engine/quality.py entry (None: the report said nothing)."""
+    if row["quality_status"] is None:
+        return None
+    entry = quality.unmeasured(row["quality_status"], row["quality_note"], row["quality_reference"])
+    entry.update({key: row[column] for column, key in quality.COLUMNS})
+    if entry["kld_max"] is not None:      # a 99th percentile from PERCENTILE_POSITIONS positions on, else the maximum
+        entry["kld_tail"] = "p99" if entry["kld_p99"] is not None else "max"
+    return entry
+
+
+INSERT_VARIANT = (f"INSERT OR IGNORE INTO run_variants (run_id, variant, {', '.join(c for c, _ in QUALITY_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * (len(QUALITY_COLUMNS) + 2))})")
+
+
 def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     """Version 1 -> 2: the provenance columns, read back from each stored report where it says them
     (the git commit and host of an old row are unknown: NULL). The table is rebuilt, SQLite's way
@@ -127,12 +173,26 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
                     json.dumps(settings(report) if shape else {}), None, None, row["report_json"]))
         if shape:
             db.executemany("INSERT OR IGNORE INTO run_variants VALUES (?, ?)",
-                           [(row["id"], r["variant"]) for r in report["results"]])
+                           [(row["id"], r["variant"]) for r in report["results"]])    # version 2's two columns
     db.execute("DROP TABLE runs_v1")
     db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'runs'", (counter,))
 
 
-MIGRATIONS = {1: _migrate_1_to_2}    # from version N to N + 1, applied in turn in one transaction
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """Version 2 -> 3: the quality columns of run_variants, filled from each stored report's rows where they
+    have a `quality` entry (an older report has none: NULL). Columns added in place: ids and rows stay."""
+    for column, kind in QUALITY_COLUMNS:
+        db.execute(f"ALTER TABLE run_variants ADD COLUMN {column} {kind}")
+    assign = ", ".join(f"{column} = ?" for column, _ in QUALITY_COLUMNS)
+    for run in db.execute("SELECT id, report_json FROM runs WHERE report_json LIKE '%\"quality\"%'").fetchall():
+        report = json.loads(run["report_json"])
+        if report_kind(report) is None:
+            continue
+        for run_id, variant, *values in variant_rows(run["id"], report):
+            db.execute(f"UPDATE run_variants SET {assign} WHERE run_id = ? AND variant = ?", (*values, run_id, variant))
+
+
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}    # from version N to N + 1, applied in turn in one transaction
 
 
 def prepare(db: sqlite3.Connection, path: Path) -> None:
@@ -143,7 +203,7 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         check_version(db, version, path)
         if version == 0:
-            for statement in SCHEMA_V2:
+            for statement in SCHEMA_V3:
                 db.execute(statement)
         while 0 < version < SCHEMA_VERSION:
             MIGRATIONS[version](db)

@@ -1,4 +1,6 @@
 """The command line, `python -m engine run`, as a person runs it: a subprocess, its exit code and its output."""
+import csv
+import io
 import json
 import os
 import subprocess
@@ -65,7 +67,7 @@ def measured(tmp_path_factory):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     with ThreadPoolExecutor(2) as both:
         run = both.submit(_cli, "--variants", "baseline,sdpa,fa2", "--max-new-tokens", "6", "--threads", "1",
-                          "--json", str(folder / "run.json"), env_mark=mark)
+                          "--json", str(folder / "run.json"), "--csv", str(folder / "run.csv"), env_mark=mark)
         sweep = both.submit(subprocess.run, [sys.executable, "-m", "engine", "sweep", "batch", "--preset", "tiny",
                                              "--quick", "--threads", "1", "--json", str(folder / "sweep.json")],
                             capture_output=True, text=True, env=env, timeout=300)
@@ -91,6 +93,48 @@ def test_cli_run_prints_a_table_and_writes_the_json(measured):
     assert by["baseline"]["output_tokens"] == 6
     assert by["baseline"]["cpu_threads"] == 1 == by["sdpa"]["cpu_threads"]      # --threads reached the workers
     assert _processes_marked(mark) == []
+    # random weights: every variant's quality entry says why it has no figures, once under the table
+    assert all(row["quality"]["status"] == "not meaningful" for row in report["results"])
+    assert "  quality of every variant: not meaningful: random weights" in done.stdout.splitlines()
+    assert done.stdout.splitlines()[0].split()[-6:] == ["same", "top", "mean", "KLD", "KLD", "p99/max"]
+    written = list(csv.DictReader(io.StringIO((out.parent / "run.csv").read_text())))
+    assert [line["variant"] for line in written] == ["baseline", "sdpa", "fa2"]
+    for line, row in zip(written, report["results"]):
+        assert line["tpot_s"] == ("" if row["tpot_s"] is None else str(row["tpot_s"]))
+        assert line["quality_note"] == "not meaningful: random weights" and line["quality_kld_mean"] == ""
+
+
+def test_cli_table_gives_each_variants_quality_figures_and_why_others_have_none():
+    from engine import quality
+    from engine.__main__ import table
+    base = {"top_ids": [1, 2, 3, 4], "token_logprobs": [-0.1, -0.2, -0.3, -0.4]}
+    entry = quality.summarize({"top_ids": [1, 2, 3, 9], "token_logprobs": [-0.2, -0.2, -0.3, -0.9],
+                               "kld": [0.01, 0.02, 0.03, 0.1]}, base, "baseline")
+    own = dict(quality.summarize(dict(base, kld=[0.0] * 4), base, "baseline"), status="reference")
+    row = {"variant": "bnb-4bit", "status": "ok", "reason": None, "output_tokens": 4, "ttft_s": 0.004,
+           "tpot_s": 0.0012, "tokens_per_s": 800.0, "peak_memory_bytes": 2**30, "weights_bytes": 2**20, "mbu": None,
+           "first_diff_token": 3, "placement": "resident", "quality": entry}
+    served = quality.unmeasured("not reported", quality.NOT_REPORTED, "baseline")
+    lines = table({"results": [dict(row, variant="baseline", quality=own), row,
+                               dict(row, variant="served", quality=served)]}).splitlines()
+    assert lines[0].split()[-6:] == ["same", "top", "mean", "KLD", "KLD", "p99/max"]
+    assert lines[1].split()[-3:] == ["reference", "-", "-"]
+    assert lines[2].split()[-4:] == ["75%", "0.04", "0.1", "(max)"] and lines[3].split()[-3:] == ["-", "-", "-"]
+    assert lines[4] == "  quality of served: not reported by the server" and len(lines) == 5
+    mixed = table({"results": [row, dict(row, variant="sdpa", quality=None)]}).splitlines()
+    assert mixed[2].split()[-3:] == ["-", "-", "-"] and len(mixed) == 3       # a row with no entry: dashes
+    before = {k: v for k, v in row.items() if k != "quality"}                 # a report made before quality
+    assert "KLD" not in table({"results": [before]}).splitlines()[0]
+    assert "KLD" not in table({"results": [dict(row, quality=None)]}).splitlines()[0]
+
+
+def test_sweep_runs_each_experiment_on_its_own_preset_unless_told():
+    from engine.__main__ import parser
+    from engine.studies.sweeps import EXPERIMENTS
+    assert EXPERIMENTS["quantization"].preset == "smollm2-135m" and EXPERIMENTS["batch"].preset == "tiny"
+    assert parser().parse_args(["sweep", "quantization"]).preset is None         # cmd_sweep takes the experiment's
+    assert parser().parse_args(["sweep", "quantization", "--preset", "tiny"]).preset == "tiny"
+    assert "quantization smollm2-135m" in parser()._subparsers._group_actions[0].choices["sweep"].format_help()
 
 
 def test_cli_table_shows_the_tpot_range_of_repeats_and_why_a_row_is_slow():

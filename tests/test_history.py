@@ -2,6 +2,7 @@
 mid-write, a committed H200 report imported and compared with a CPU run, and `python -m engine history`
 as a person types it."""
 import json
+import math
 import os
 import platform
 import re
@@ -14,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from engine import verdict
+from engine import quality, verdict
 from engine.errors import InputError
 from engine.history import SCHEMA_V1, SCHEMA_VERSION, History
 from engine.history_compare import compare
 from engine.history_cli import keep
-from engine.views.history_tables import compare_table
+from engine.history_schema import COLUMNS, SCHEMA_V2
+from engine.views.history_tables import QUALITY_NOTE, compare_table, describe, list_table
 
 ROOT = Path(__file__).resolve().parent.parent
 H200 = ROOT / "benchmarks" / "results" / "gpu_check-h200-2026-11-26-2.json"
@@ -94,7 +96,7 @@ def test_a_saved_report_reads_back_whole_with_its_provenance(tmp_path):
     assert History(path).get(second).created == "2026-12-02T08:30:00Z"   # +0100 read as UTC
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     with pytest.raises(InputError, match="no run #7 in the history"):
         History(path).get(7)
     with pytest.raises(InputError, match="not a report"):
@@ -152,12 +154,154 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
     assert first.settings["variants"] == ["baseline", "sdpa"] and first.versions["torch"] == "2.13.0"
     assert first.git_commit is None and first.host is None           # unknown for rows saved before version 2
     assert [e.id for e in history.list(variant="sdpa")] == [1]
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert first.quality == {}                                        # its report says nothing of quality
+    with sqlite3.connect(path) as db:                                 # version 1 -> 2 -> 3 in one go
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
         assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} == {
             "runs", "run_variants", "sqlite_sequence"}
+        assert db.execute("SELECT count(*) FROM run_variants WHERE quality_status IS NULL").fetchone()[0] == 3
     assert integrity(path) == "ok"
     assert history.save(old[2], "run") == 4                           # the counter survived the rebuild
+
+
+# --- quality figures: kept per variant, listed, shown, compared -------------------------------------
+
+BASE_POSITIONS = {"top_ids": [1, 2, 3, 4], "token_logprobs": [-0.1, -0.2, -0.3, -0.4]}
+
+
+def scored(top_ids, kld, logprobs=(-0.1, -0.2, -0.3, -0.4), status="measured"):
+    """A variant's quality entry from its per-position values against BASE_POSITIONS, as the engine makes it."""
+    return dict(quality.summarize({"top_ids": list(top_ids), "token_logprobs": list(logprobs), "kld": list(kld)},
+                                  BASE_POSITIONS, "baseline"), status=status)
+
+
+REF_Q = scored([1, 2, 3, 4], [0, 0, 0, 0], status="reference")       # the baseline scored on its own answer
+Q8 = scored([1, 2, 3, 4], [0.0, 0.001, 0.002, 0.001], (-0.1, -0.2, -0.3, -0.5))
+Q4 = scored([1, 2, 3, 9], [0.01, 0.02, 0.03, 0.1], (-0.2, -0.2, -0.3, -0.9))
+LONG_KLD = [i / 1000 for i in range(120)]                             # 100 positions or more: a 99th percentile
+LONG = quality.summarize({"top_ids": [5] * 120, "token_logprobs": [-0.5] * 120, "kld": LONG_KLD},
+                         {"top_ids": [5] * 119 + [6], "token_logprobs": [-0.4] * 120}, "baseline")
+SERVED = quality.unmeasured("not reported", quality.NOT_REPORTED, "baseline")
+
+
+def quantized(q4=Q4, **extra):
+    """A run of a real model's quantized variants with their quality entries; sdpa's row has none (made before)."""
+    return report(row("baseline", (10, 11, 12), quality=REF_Q), row("bnb-8bit", (12, 13, 14), quality=Q8),
+                  row("bnb-4bit", (9, 9, 9), quality=q4), row("sdpa", (8, 8, 8)),
+                  row("int4", (5, 5, 5), quality=LONG), row("served", (7, 7, 7), quality=SERVED),
+                  preset="smollm2-135m", **extra)
+
+
+def test_each_variants_quality_is_kept_in_columns_and_read_back_with_the_runs(tmp_path):
+    path = tmp_path / "h.sqlite"
+    history = History(path)
+    run_id = history.save(quantized(), "run")
+    assert (Q4["top_token_agreement"], Q4["kld_mean"], Q4["kld_max"], Q4["kld_p99"], Q4["kld_tail"]) == (
+        0.75, pytest.approx(0.04), 0.1, None, "max")
+    assert (LONG["top_token_agreement"], LONG["kld_tail"]) == (119 / 120, "p99")
+    with sqlite3.connect(path) as db:
+        stored = db.execute("SELECT variant, quality_status, quality_reference, quality_top_agreement, "
+                            "quality_kld_mean, quality_kld_p99, quality_kld_max, quality_perplexity, "
+                            "quality_reference_perplexity, quality_positions, quality_note FROM run_variants "
+                            "WHERE run_id = ? ORDER BY rowid", (run_id,)).fetchall()
+    assert stored[2] == ("bnb-4bit", "measured", "baseline", 0.75, pytest.approx(0.04), None, 0.1,
+                         pytest.approx(math.exp(0.4)), pytest.approx(math.exp(0.25)), 4, None)
+    assert stored[3] == ("sdpa",) + (None,) * 10                       # its row said nothing of quality
+    assert stored[4][1:7] == ("measured", "baseline", 119 / 120, pytest.approx(0.0595),
+                              pytest.approx(0.11781), 0.119)
+    assert stored[5] == ("served", "not reported", "baseline") + (None,) * 7 + ("not reported by the server",)
+    expected = {"baseline": REF_Q, "bnb-8bit": Q8, "bnb-4bit": Q4, "int4": LONG, "served": SERVED}
+    listed = history.list()[0]
+    assert listed.report is None and listed.quality == expected        # without reading the report
+    assert history.get(run_id).quality == expected
+    assert list(listed.quality) == ["baseline", "bnb-8bit", "bnb-4bit", "int4", "served"]   # the report's order
+    line = list_table(history.list()).splitlines()
+    assert line[0].endswith("commit      quality (same top/mean KLD)")
+    assert line[1].endswith("bnb-8bit 100%/0.001, bnb-4bit 75%/0.04, int4 99%/0.0595")
+    only_reference = history.save(report(row("baseline", (1, 2, 3), quality=REF_Q)), "run")
+    noise = history.save(report(row("baseline", (1, 2, 3), quality=quality.unmeasured(
+        "not meaningful", quality.RANDOM_WEIGHTS))), "run")
+    older = history.save(report(row("baseline", (1, 2, 3))), "run")
+    texts = {int(text.split()[0]): text for text in list_table(history.list()).splitlines()[1:]}
+    assert texts[only_reference].endswith("reference only: PPL 1.28") and texts[noise].endswith("not meaningful")
+    assert texts[older].endswith("-") and history.get(older).quality == {}
+
+
+
+def test_a_saved_runs_detail_shows_each_variants_quality_and_why_some_have_none(tmp_path):
+    history = History(tmp_path / "h.sqlite")
+    lines = describe(history.get(history.save(quantized(), "run"))).splitlines()
+    head = lines[5].split()
+    assert head[-7:] == ["same", "top", "mean", "KLD", "KLD", "p99/max", "PPL"]
+    table = {line.split()[0]: line.split() for line in lines[6:12]}
+    assert table["bnb-4bit"][-5:] == ["75%", "0.04", "0.1", "(max)", "1.49"]
+    assert table["int4"][-5:] == ["99%", "0.0595", f"{quality.percentile(LONG_KLD, 99):.3g}", "(p99)", "1.65"]
+    assert table["baseline"][-4:] == ["reference", "-", "-", "1.28"] and table["sdpa"][-4:] == ["-"] * 4
+    assert lines[12] == "  quality of served: not reported by the server"
+    plain = describe(history.get(history.save(report(row("baseline", (1, 2, 3))), "run"))).splitlines()
+    assert "KLD" not in plain[5] and not any("quality" in line for line in plain)   # saved before quality
+
+
+def test_compare_sets_the_quality_figures_side_by_side_with_no_range():
+    reference = quantized()
+    worse = quantized(q4=scored([1, 2, 9, 9], [0.02, 0.04, 0.06, 0.08], (-0.3, -0.3, -0.3, -0.9)))
+    found = compare([reference, worse])
+    by = {(c.variant, c.metric): c for c in found.changes}
+    kld = by["bnb-4bit", "kld_mean"]
+    assert kld.values == (pytest.approx(0.04), pytest.approx(0.05)) and kld.percent[1] == pytest.approx(25.0)
+    assert kld.verdicts == (None, verdict.NO_RANGE) and kld.within_noise == (None, False)
+    agreement = by["bnb-4bit", "agreement"]
+    assert agreement.values == (0.75, 0.5) and agreement.percent[1] == pytest.approx(-100 / 3)
+    assert by["bnb-4bit", "kld_max"].values == (0.1, 0.08)
+    assert by["bnb-4bit", "perplexity"].percent[1] == pytest.approx(
+        (worse["results"][2]["quality"]["perplexity"] / Q4["perplexity"] - 1) * 100)
+    assert by["bnb-8bit", "kld_mean"].percent == (None, pytest.approx(0.0))
+    assert ("bnb-4bit", "kld_p99") not in by and by["int4", "kld_p99"].values[0] == LONG["kld_p99"]
+    # the reference variant scored its own answer: only its perplexity is compared
+    assert [c.metric for c in found.changes if c.variant == "baseline"] == ["tpot", "ttft", "tokens_per_s", "memory",
+                                                                           "perplexity"]
+    assert not [c for c in found.changes if c.variant in ("sdpa", "served") and c.metric not in verdict.BY_NAME]
+    # a run saved before quality, or without figures, leaves a dash and no percent
+    older = report(*(dict(r, quality=None) for r in reference["results"]), preset="smollm2-135m")
+    assert by_key(compare([reference, older]))["bnb-4bit", "kld_mean"].percent == (None, None)
+    assert not [c for c in compare([older, older]).changes if c.metric not in verdict.BY_NAME]
+    lines = compare_table(found, ["#1", "#2"]).splitlines()
+    assert "bnb-4bit mean KLD 0.04 0.05 +25.0% no range".split() in [line.split() for line in lines]
+    assert "bnb-4bit same top token 75% 50% -33.3% no range".split() in [line.split() for line in lines]
+    assert QUALITY_NOTE in lines and QUALITY_NOTE.startswith("quality: each run's variant scored")
+    assert QUALITY_NOTE not in compare_table(compare([older, older]), ["#1", "#2"]).splitlines()
+
+
+def by_key(compared):
+    return {(c.variant, c.metric): c for c in compared.changes}
+
+
+def test_a_version_2_file_gets_its_quality_columns_filled_from_the_reports(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    with_quality, without = quantized(), report(row("baseline", (10, 11, 12)), row("sdpa", (8, 9, 10)))
+    with sqlite3.connect(path) as db:
+        for statement in SCHEMA_V2:
+            db.execute(statement)
+        for run_id, found in ((1, without), (2, with_quality)):
+            values = {"kind": "run", "created": f"2026-12-0{run_id}T10:00:00Z", "saved": "2026-12-05T10:00:00Z",
+                      "preset": found["preset"]["name"], "versions_json": "{}", "settings_json": "{}",
+                      "report_json": json.dumps(found)}
+            db.execute(f"INSERT INTO runs (id, {', '.join(COLUMNS)}) VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
+                       (run_id, *(values.get(column) for column in COLUMNS)))
+            db.executemany("INSERT INTO run_variants VALUES (?, ?)", [(run_id, r["variant"]) for r in found["results"]])
+        db.execute("PRAGMA user_version = 2")
+    history = History(path)
+    assert [(e.id, e.quality) for e in history.list()] == [
+        (2, {"baseline": REF_Q, "bnb-8bit": Q8, "bnb-4bit": Q4, "int4": LONG, "served": SERVED}), (1, {})]
+    assert history.get(2).report == with_quality and [e.id for e in history.list(variant="sdpa")] == [2, 1]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        columns = [r[1] for r in db.execute("PRAGMA table_info(run_variants)")]
+        assert columns == ["run_id", "variant", "quality_status", "quality_reference", "quality_top_agreement",
+                           "quality_kld_mean", "quality_kld_p99", "quality_kld_max", "quality_perplexity",
+                           "quality_reference_perplexity", "quality_positions", "quality_note"]
+    assert integrity(path) == "ok"
+    assert history.save(without, "run") == 3
 
 
 def test_a_newer_or_foreign_file_is_refused_with_its_name(tmp_path):
@@ -321,6 +465,10 @@ def test_run_and_bench_save_their_report_to_the_history_they_are_given(saved):
     assert history.get(ids["run"]).report == saved["run"] and history.get(ids["bench"]).report == saved["bench"]
     bench = history.get(ids["bench"])
     assert bench.settings["prompt_lengths"] == [128] and bench.settings["new_tokens"] == 4
+    for name in ("run", "bench"):                  # each variant's quality entry, from the row that has one
+        kept = {r["variant"]: r["quality"] for r in saved[name]["results"] if isinstance(r.get("quality"), dict)}
+        assert history.get(ids[name]).quality == kept
+        assert all(q["status"] == "not meaningful" and q["note"] == quality.RANDOM_WEIGHTS for q in kept.values())
     assert not (saved["folder"] / "cache" / "history.sqlite").exists()   # --history chose the file
 
 
@@ -411,14 +559,17 @@ def test_history_commands_on_a_fresh_database(saved, tmp_path):
 
     lines = cli("history", "list", "--history", path).stdout.splitlines()
     assert lines[0].split() == ["id", "created", "kind", "preset", "device", "variants", "mode", "repeats", "prompt",
-                                "commit"]
+                                "commit", "quality", "(same", "top/mean", "KLD)"]
     # newest report first (the two were made at once, so the run may be the newer); a tie goes to the higher id
     rows = sorted([(made(saved["run"]), "1"), (made(saved["bench"]), "2")], reverse=True)
     assert [line.split()[:4] for line in lines[1:]] == [[i, created, "imported", "tiny"] for created, i in rows]
     newest = [i for _, i in rows]
     run_line = lines[1 + newest.index("1")]
     assert all("baseline,sdpa" in line for line in lines[1:])
-    assert run_line.split()[-2:] == [str(saved["run"]["prompt_tokens"]), "-"]
+    # its prompt tokens, no commit (imported), and its quality: none on random weights (or from before quality)
+    scored = any(isinstance(r.get("quality"), dict) for r in saved["run"]["results"])
+    assert re.search(rf"  {saved['run']['prompt_tokens']} +- +(.+)$", run_line)[1] == (
+        "not meaningful" if scored else "-")
     assert cli("history", "list", "--variant", "compiled", "--history", path).stdout.startswith("no runs saved")
     both = cli("history", "list", "--preset", "tiny", "--device", "cpu", "--history", path)
     assert [line.split()[0] for line in both.stdout.splitlines()[1:]] == newest

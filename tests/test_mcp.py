@@ -17,6 +17,8 @@ import pytest
 from app_server import serve
 from gradio_client import Client
 
+from engine import quality
+from engine.history import History
 from ui.compare import RUN
 from ui.history import COMPARE, LIST
 
@@ -75,9 +77,14 @@ def compare_args(tokens: int = 4, variants=("baseline", "sdpa"), repeats: int = 
 
 
 @pytest.fixture(scope="module")
-def mcp_url(tmp_path_factory):
-    history = tmp_path_factory.mktemp("mcp-history") / "history.sqlite"
-    with serve("--mcp", "--history", str(history), name="test_mcp") as address:
+def mcp_history(tmp_path_factory):
+    """The history file of the app that `mcp_url` serves."""
+    return tmp_path_factory.mktemp("mcp-history") / "history.sqlite"
+
+
+@pytest.fixture(scope="module")
+def mcp_url(mcp_history):
+    with serve("--mcp", "--history", str(mcp_history), name="test_mcp") as address:
         yield address
 
 
@@ -111,6 +118,8 @@ def test_compare_over_mcp_gives_each_variants_figures_and_keeps_the_run(mcp_url)
         assert row["status"] == "ok" and row["output_tokens"] == 4, row
         assert 0 < row["ttft_s"] < 30 and 0 < row["tpot_s"] < 5 and row["tokens_per_s"] > 0, row
         assert row["peak_memory_bytes"] > 1 << 20 and row["text"], row
+        # each variant's quality entry comes with its figures: on random weights, why there are none
+        assert row["quality"] == quality.unmeasured("not meaningful", quality.RANDOM_WEIGHTS), row["quality"]
     assert report["preset"]["name"] == "tiny" and report["repeats"] == 1
 
     # the same run again, asking for progress this time (Gradio then answers one text per output)
@@ -126,6 +135,41 @@ def test_compare_over_mcp_gives_each_variants_figures_and_keeps_the_run(mcp_url)
     table = compared[COMPARE.index("comparison")]
     assert any(row[0] == "sdpa" and "TPOT" in row[1] for row in table["data"]), table
     assert any("goodput" in str(row) for row in table["data"]), table
+
+
+def quantized_run(kld, top_ids, created):
+    """A saved run's report with a baseline and a bnb-4bit row, the latter's quality entry made by
+    engine/quality.py from per-position values (mean KLD: the mean of `kld`)."""
+    base = {"top_ids": [1, 2, 3, 4], "token_logprobs": [-0.1, -0.2, -0.3, -0.4]}
+    own = dict(quality.summarize(dict(base, kld=[0.0] * 4), base, "baseline"), status="reference")
+    scored = quality.summarize({"top_ids": top_ids, "token_logprobs": [-0.2, -0.2, -0.3, -0.9], "kld": kld}, base,
+                               "baseline")
+
+    def row(variant, tpot_s, entry):
+        return {"variant": variant, "status": "ok", "reason": None, "output_tokens": 4, "tpot_s": tpot_s,
+                "tpot_repeats_s": [tpot_s] * 3, "ttft_s": 0.005, "tokens_per_s": 4 / (0.005 + 3 * tpot_s),
+                "peak_memory_bytes": 2**28, "quality": entry}
+    return {"created": created, "device": {"name": "CPU: test"}, "versions": {}, "mode": "fair", "repeats": 3,
+            "preset": {"name": "smollm2-135m"}, "prompt_tokens": 9,
+            "results": [row("baseline", 0.06, own), row("bnb-4bit", 0.09, scored)]}
+
+
+def test_history_compare_over_mcp_sets_the_quality_figures_side_by_side(mcp_url, mcp_history):
+    history = History(mcp_history)                      # the app's own history file, written from here
+    ids = [history.save(quantized_run([0.01, 0.02, 0.03, 0.1], [1, 2, 3, 9], "2026-12-01T10:00:00+0000"), "run"),
+           history.save(quantized_run([0.02, 0.04, 0.06, 0.08], [1, 2, 9, 9], "2026-12-02T10:00:00+0000"), "run")]
+    compared = call(mcp_url, "history_compare", {"picked": ids, "reference": ids[0], "ttft_ms": 0, "tpot_ms": 0})
+    table = compared[COMPARE.index("comparison")]
+    assert table["headers"] == ["variant", "figure", f"#{ids[1]} vs #{ids[0]}", f"#{ids[0]} (ref)", f"#{ids[1]}"]
+    rows = {(row[0], row[1]): row[2:] for row in table["data"]}
+    assert rows["bnb-4bit", "mean KLD"] == ["+25.0% no range", "0.04", "0.05"]
+    assert rows["bnb-4bit", "same top token"] == ["-33.3% no range", "75%", "50%"]
+    assert rows["bnb-4bit", "KLD max"] == ["-20.0% no range", "0.1", "0.08"]
+    assert rows["baseline", "perplexity"] == ["+0.0% no range", "1.28", "1.28"]
+    assert ("baseline", "mean KLD") not in rows                 # the reference's answer scored by itself
+    listed = call(mcp_url, "history_list", {"preset": "smollm2-135m", "device": "", "variant": "", "since": "",
+                                            "picked": []})
+    assert [row[0] for row in listed[LIST.index("runs")]["data"]] == [f"#{ids[1]}", f"#{ids[0]}"]
 
 
 def test_a_refused_input_gets_the_same_line_over_mcp_as_over_the_api_and_the_queue_is_the_pages(mcp_url):

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from engine import events, presets
+from engine import events, presets, quality
 from engine.pool import Engine
 from engine.outcomes import RunState
 from engine.spec import RunSpec
@@ -93,9 +93,29 @@ def test_kv_cache_and_quantization_and_lengths_rows(sweeps):
         (v, n) for v in ("sdpa", "no-kv-cache") for n in (8, 16, 32)}
     assert all(r["kv_cache_bytes"] == 0 for r in kv if r["variant"] == "no-kv-cache")
     quant = {r["variant"]: r for r in sweeps["quantization"]["results"]}
+    assert list(quant) == ["baseline", "bnb-8bit", "bnb-4bit", "int4"]         # from the most bits to the fewest
     assert quant["bnb-4bit"]["weights_bytes"] < quant["bnb-8bit"]["weights_bytes"] < quant["baseline"]["weights_bytes"]
     for name in ("bnb-4bit", "bnb-8bit"):
         assert 0 <= quant[name]["identical_token_share"] <= 1
+        # time per token against the baseline's, its range from the two rows' repeats
+        assert quant[name]["speedup_vs_baseline"] == pytest.approx(quant["baseline"]["tpot_s"] / quant[name]["tpot_s"])
+        low, high = quant[name]["ranges"]["speedup_vs_baseline"]
+        assert low == pytest.approx(min(quant["baseline"]["tpot_repeats_s"]) / max(quant[name]["tpot_repeats_s"]))
+        assert high == pytest.approx(max(quant["baseline"]["tpot_repeats_s"]) / min(quant[name]["tpot_repeats_s"]))
+    # tiny has random weights: every variant was asked to score, and says why it has no figures, as a column too
+    for row in quant.values():
+        assert row["quality"] == quality.unmeasured("not meaningful", quality.RANDOM_WEIGHTS)
+        assert row["quality_note"] == quality.RANDOM_WEIGHTS and row["quality_kld_mean"] is None
+    told = sweeps["quantization"]["trends"][1]
+    assert told["agrees"] is None and told["note"] == ("On this run nothing could be judged: its figure is not "
+                                                       "meaningful: random weights.")
+    assert "  quality of every variant: not meaningful: random weights" in summary(sweeps["quantization"]).splitlines()
+    line = next(csv.DictReader(io.StringIO(to_csv(sweeps["quantization"]))))
+    assert line["quality_note"] == quality.RANDOM_WEIGHTS and line["quality_top_agreement"] == ""
+    # an experiment that shows no quality figures does not score its variants (off the clock, but not free)
+    assert all(r["quality"] is None or r["quality"]["note"] == "not measured: quality was turned off for this run"
+               for r in kv)
+    assert "same top" not in summary(sweeps["kv-cache"]).splitlines()[0]
     lengths = sweeps["lengths"]["results"]
     outputs = [r for r in lengths if r["axis"] == "output"]
     longest = max(outputs, key=lambda r: r["max_new_tokens"])
@@ -123,8 +143,11 @@ def test_live_rows_are_the_final_rows_as_cells_finish(engine):
     assert set(partial[-1][1]) == set(final) and not final["cancelled"]
     for row, done in zip(partial[-1][1]["results"], final["results"]):   # same order: cells, then variants
         # the rows come from the engine's own outcomes (CellDone): only the MBU against the copy bandwidth,
-        # measured after every timed request, is known at the end alone
-        assert {k for k in row if row[k] != done[k]} <= {"mbu_measured"}, (row, done)
+        # measured after every timed request, is known at the end alone, and the quality entry of an experiment
+        # that does not score (each variant's comes with a Scored event where it does)
+        assert {k for k in row if row[k] != done[k]} <= {"mbu_measured", "quality"}, (row, done)
+        assert row["quality"] is None and done["quality"] == (None if done["cell"] else quality.unmeasured(
+            "not measured", "not measured: quality was turned off for this run"))
     lines = live.progress(elapsed_s=1.5)          # a line per (variant, cell), in the order they finished
     assert len(lines) == 6 and live.progress(elapsed_s=2.0) == []
     for line, (variant, cell) in zip(lines, live.closed):
@@ -175,6 +198,9 @@ def test_live_sweep_places_each_answer_in_the_cell_it_names_and_closes_cells_on_
     assert all(rows[("fa2", c)]["status"] == "unavailable" for c in range(3))
     assert ("sdpa", 1) not in rows and not live.done
     assert not live.apply(finished("bnb-4bit", 9, 8, cell=0))                # not in this sweep
+    entry = quality.unmeasured("not meaningful", quality.RANDOM_WEIGHTS)
+    assert live.apply(events.Scored("sdpa", entry)) and live.revision == 8   # its first cell's row carries it
+    assert [(r["cell"], r["quality"]) for r in live.sweep()["results"] if r["variant"] == "sdpa"] == [(0, entry)]
     assert rows[("no-kv-cache", 1)]["reason"] is None       # the death between cells leaves a closed cell as it was
     lines = live.progress(elapsed_s=3.0)
     assert lines[0] == "[  3.0 s] fa2, 8 new tokens: unavailable: needs CUDA" and len(lines) == 1 + 3 + 1
@@ -346,3 +372,46 @@ def test_cells_are_named_by_their_labels_and_what_differs_between_them():
     grid = get("attention").grid(True)
     assert cell_words(grid, 0) == "prefill, 64 prompt tokens, 0% padding, 1 new token"
     assert cell_words(get("batch").grid(True), 2) == "batch 4"
+
+
+def test_the_quantization_table_sets_memory_speed_and_quality_side_by_side_as_llama_cpps_does():
+    """Hand-made rows of a real model's quantization sweep, with quality entries made by engine/quality.py."""
+    base = {"top_ids": [1, 2, 3, 4], "token_logprobs": [-0.1, -0.2, -0.3, -0.4]}
+
+    def scored(top_ids, kld, logprobs):
+        return quality.summarize({"top_ids": top_ids, "token_logprobs": logprobs, "kld": kld}, base, "baseline")
+
+    entries = {"baseline": dict(scored([1, 2, 3, 4], [0.0] * 4, base["token_logprobs"]), status="reference"),
+               "bnb-8bit": scored([1, 2, 3, 4], [0.0, 0.001, 0.002, 0.001], [-0.1, -0.2, -0.3, -0.5]),
+               "bnb-4bit": scored([1, 2, 3, 9], [0.01, 0.02, 0.03, 0.1], [-0.2, -0.2, -0.3, -0.9]),
+               "int4": quality.unmeasured("not measured", "not measured: it gave no answer", "baseline")}
+    tpot = {"baseline": [0.010, 0.011, 0.012], "bnb-8bit": [0.020, 0.021, 0.022], "bnb-4bit": [0.0150, 0.0155, 0.016],
+            "int4": [0.005, 0.0055, 0.006]}
+    weights = {"baseline": 4 * 2**20, "bnb-8bit": 2 * 2**20, "bnb-4bit": 2**20, "int4": 2**20}
+    experiment = get("quantization")
+    rows = derive(experiment, [dict(timed(v, 0, tpot[v], "cell"), reason=None, prompt_length=99, pad_ratio=0.0,
+                                    batch_size=1, max_new_tokens=4, weights_bytes=weights[v],
+                                    peak_memory_bytes=weights[v] + 2**20, quality=entries[v]) for v in entries])
+    by = {row["variant"]: row for row in rows}
+    assert by["bnb-4bit"]["quality_top_agreement"] == 0.75 and by["bnb-4bit"]["quality_kld_max"] == 0.1
+    assert by["bnb-4bit"]["quality_kld_mean"] == pytest.approx(0.04) and by["bnb-4bit"]["quality_note"] is None
+    assert by["int4"]["quality_note"] == "not measured: it gave no answer" and by["int4"]["quality_kld_mean"] is None
+    assert by["bnb-8bit"]["speedup_vs_baseline"] == pytest.approx(0.011 / 0.021)
+    from engine.studies.trends import trends
+    from engine.views.sweep_charts import figure_text
+    sweep = {"experiment": "quantization", "results": rows, "left_out": [],
+             "trends": trends(experiment, rows, figure_text)}
+    assert [t["agrees"] for t in sweep["trends"]] == [True, True]       # lighter weights; 4-bit further away
+    assert sweep["trends"][1]["measured"] == "bnb-8bit 0.001, bnb-4bit 0.04: x40.00"
+    lines = summary(sweep).splitlines()
+    head = lines[0].split("  ")
+    assert [h.strip() for h in head if h.strip()][-7:] == ["TPOT (ms)", "speedup over baseline", "same top",
+                                                           "mean KLD", "KLD p99/max", "PPL", "PPL/ref"]
+    table = {line.split()[0]: line.split() for line in lines[1:5]}
+    assert table["baseline"][-5:] == ["reference", "-", "-", "1.28", "1.000"]
+    assert table["bnb-8bit"][-6:] == ["100%", "0.001", "0.002", "(max)", "1.32", "1.025"]
+    assert table["bnb-4bit"][-6:] == ["75%", "0.04", "0.1", "(max)", "1.49", "1.162"]
+    assert " 15.50 (15.00-16.00) " in lines[3] and " 1.00 MiB  2.00 MiB " in lines[3]   # TPOT, weights, peak
+    assert table["int4"][-5:] == ["-"] * 5
+    assert lines[5] == "  quality of int4: not measured: it gave no answer"
+    assert lines[6] == f"claim: {experiment.claims[0].text}"

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine import verdict
+from engine import quality, verdict
 from engine.presets import Preset
 from engine.spec import Cell
 from engine.variants import REFERENCE
 
+# the quality entry's columns (engine/quality.py `flat`), which `derive` puts in a row whose variant was scored
+QUALITY_FIELDS = frozenset(column for column, _ in quality.COLUMNS)
 PROMPT = "Attention reads every cached key and value for each new token, so memory bandwidth sets the pace. "
 
 
@@ -46,6 +48,9 @@ class Experiment:
     max_new_tokens: Callable[[bool], int]
     y: tuple[str, ...]                                # the row fields the summary table shows
     claims: tuple[Claim, ...] = ()                    # what `explanation` says, checkable on the rows
+    preset: str = "tiny"                              # what `python -m engine sweep` runs it on unless told
+    quality: bool = False                             # score each variant on the reference's answer (cell 0,
+                                                      # off the clock: engine/quality.py); only where it is shown
 
 
 def _attention_grid(quick: bool):
@@ -118,19 +123,30 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "at these lengths recomputing the short sequence costs little more than a cached step",
                variants=("no-kv-cache",), faster_than="sdpa"),)),
     Experiment(
-        "quantization", "Quantization: memory, speed and agreement with full precision",
+        "quantization", "Quantization: memory, speed and what the answers lose, against full precision",
         "4-bit NF4 and 8-bit weights take a quarter and a half of the memory of 16-bit ones. Decoding reads "
         "every weight each step, so fewer bytes can mean faster tokens, but the kernels must dequantize on "
         "the fly, which at batch 1 often costs more than it saves (bitsandbytes); torchao's int4 unpacks "
         "inside its matrix product and runs compiled, where fewer bytes do make faster tokens. Rounding the "
-        "weights changes the logits a little: greedy outputs agree with the full-precision baseline for a "
-        "while, then may part ways.",
-        (REFERENCE, "bnb-4bit", "bnb-8bit", "int4"), _quant_grid, lambda quick: 16 if quick else 64,
-        ("weights_bytes", "tpot_s", "identical_token_share"),
+        "weights changes the logits: each variant scores the baseline's answer token by token (teacher "
+        "forcing), as llama.cpp's quantization tables do. Same top token: the share of positions where its "
+        "most likely token is the baseline's; KLD: how far its distribution over the vocabulary lies from the "
+        "baseline's, the mean and the tail (99th percentile, or the maximum on a short answer); PPL: the "
+        "perplexity of the baseline's answer under it, beside the baseline's own. Fewer bits, further away. "
+        "Random-weight presets get no quality figures (their distributions are noise): this one runs on a "
+        "real model by default.",
+        (REFERENCE, "bnb-8bit", "bnb-4bit", "int4"), _quant_grid, lambda quick: 16 if quick else 128,
+        ("weights_bytes", "peak_memory_bytes", "tpot_s", "speedup_vs_baseline", "quality_top_agreement",
+         "quality_kld_mean", "quality_kld_p99", "quality_kld_max", "quality_perplexity"),
         (Claim("weights take less memory with fewer bits: 8-bit less than the baseline, 4-bit less still",
                "weights_bytes", "variant", "the weights did not shrink with fewer bits",
                "some layers stay at full precision (bitsandbytes quantizes the linear layers only)",
-               variants=(REFERENCE, "bnb-8bit", "bnb-4bit"), direction=-1),)),
+               variants=(REFERENCE, "bnb-8bit", "bnb-4bit"), direction=-1),
+         Claim("fewer bits move the distributions further from the baseline's: 4-bit's mean KLD above 8-bit's",
+               "quality_kld_mean", "variant", "4-bit's mean KLD was not above 8-bit's",
+               "on a short answer a few positions decide the mean: run the full grid, which scores more tokens",
+               variants=("bnb-8bit", "bnb-4bit"))),
+        preset="smollm2-135m", quality=True),
     Experiment(
         "lengths", "Latency against output and input length",
         "End-to-end latency is the first token's wait plus one time-per-token for each further token: "
@@ -180,6 +196,8 @@ def repeats_for(quick: bool) -> int:
 REPEATS = {"tpot_s": "tpot_repeats_s", "ttft_s": "ttft_repeats_s", "tokens_per_s": "tokens_per_s_repeats",
            "e2e_s": "e2e_repeats_s", "time_s": "time_repeats_s"}
 TIME = verdict.Metric("time", "time_s", "time_repeats_s", True, "speedup", "time")   # a row's time, as judged
+# the experiments with a speedup over the reference: of the row's time (prefill or whole answer), or per token
+SPEEDUP = {"attention": TIME, "quantization": verdict.BY_NAME["tpot"]}
 
 
 def repeat_values(row: dict, name: str) -> list[float] | None:
@@ -209,11 +227,14 @@ def derive(experiment: Experiment, rows: list[dict]) -> list[dict]:
         row["time_s"] = row.get("ttft_s") if row.get("phase") == "prefill" else row.get("e2e_s")
         row["time_repeats_s"] = row.get("ttft_repeats_s") if row.get("phase") == "prefill" else row.get("e2e_repeats_s")
         row["ranges"] = {}
-    if experiment.name == "attention":
-        baseline = {r["cell"]: r for r in rows if r["variant"] == REFERENCE and r["time_s"]}
+        if isinstance(row.get("quality"), dict):       # the figures as columns, for the table, CSV and claims
+            row.update(quality.flat(row["quality"]))
+    if experiment.name in SPEEDUP:
+        metric = SPEEDUP[experiment.name]
+        baseline = {r["cell"]: r for r in rows if r["variant"] == REFERENCE and r.get(metric.field)}
         for row in rows:
             # the reference's time over this row's, its range from the two rows' repeats (engine/verdict.py)
-            found = verdict.compare(row, baseline[row["cell"]], TIME) if row["cell"] in baseline else None
+            found = verdict.compare(row, baseline[row["cell"]], metric) if row["cell"] in baseline else None
             row["speedup_vs_baseline"] = found.ratio if found else None
             if found and found.low is not None:
                 row["ranges"]["speedup_vs_baseline"] = [found.low, found.high]

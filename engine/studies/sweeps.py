@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from engine import events, report
+from engine import events, quality, quality_table, report
 from engine.outcomes import Outcome
 from engine.pool import Engine, Run
 from engine.presets import Preset
 from engine.spec import RunSpec
-from engine.studies.experiments import EXPERIMENTS, PROMPT, Experiment, derive, get, grid_for, repeats_for, spread
+from engine.studies.experiments import (EXPERIMENTS, PROMPT, QUALITY_FIELDS, Experiment, derive, get, grid_for,
+                                       repeats_for, spread)
 from engine.studies.trends import trends
 from engine.views.sweep_charts import cell_text, figure_text, sweep_table
 from engine.views.tables import csv_text, fixed_width
@@ -25,7 +26,7 @@ ROW_FIELDS = ("experiment", "variant", "status", "reason", "phase", "axis", "pro
               "batch_size", "pad_ratio", "ttft_s", "tpot_s", "e2e_s", "time_s", "speedup_vs_baseline",
               "predicted_e2e_s", "tokens_per_s", "output_tokens", "peak_memory_bytes", "weights_bytes",
               "kv_cache_bytes", "first_diff_token", "identical_token_share", "mbu", "mbu_measured", "cpu_threads",
-              "host_others_cores", "host_busy")
+              "host_others_cores", "host_busy", *quality.flat(None))   # the quality columns: empty where not scored
 CELL_WORDS = {"prompt_tokens": lambda n: f"{n} prompt tokens", "pad_ratio": lambda r: f"{r:.0%} padding",
               "batch_size": lambda n: f"batch {n}", "max_new_tokens": lambda n: f"{n} new token{'s' * (n != 1)}"}
 
@@ -67,7 +68,8 @@ class LiveSweep:
         self.stages: dict[str, str] = {}                        # variant -> its last Status stage
         self._answered = {(name, cell): 0 for name in self.variants for cell in range(len(grid))}   # timed answers
         self.outcomes: dict[tuple[str, int], Outcome] = {}      # finished (variant, cell) pairs only
-        self.revision = 0                                       # +1 whenever a pair finishes
+        self.quality: dict[str, dict] = {}                      # variant -> its quality entry, once scored
+        self.revision = 0                                       # +1 whenever a pair finishes or a variant is scored
         self.result: dict | None = None
         self.closed: list[tuple[str, int]] = []                 # the finished pairs, in the order they finished
         self._told = 0                                          # of them, those `progress` has told of
@@ -90,7 +92,8 @@ class LiveSweep:
         return self.result is not None
 
     def apply(self, event) -> bool:
-        """Fold one engine event in; True when the rows changed (a pair finished, or the run ended).
+        """Fold one engine event in; True when the rows changed (a pair finished, a variant was scored, or
+        the run ended).
         The engine says which pairs are finished (CellDone, with what each produced): nothing is
         decided here but the progress count."""
         if isinstance(event, events.RunDone):
@@ -107,6 +110,10 @@ class LiveSweep:
         elif isinstance(event, events.CellDone) and (name, event.cell) not in self.outcomes:
             self.outcomes[(name, event.cell)] = event.outcome
             self.closed.append((name, event.cell))
+            self.revision += 1
+            return True
+        elif isinstance(event, events.Scored):                 # off the clock, after the variant's timed requests
+            self.quality[name] = event.quality
             self.revision += 1
             return True
         return False
@@ -145,7 +152,7 @@ class LiveSweep:
         """The rows so far, shaped like `run_sweep`'s result (which it is, once the run is done)."""
         if self.result is not None:
             return self.result
-        built = report.build(self.spec, self.preset, self.device, self.outcomes)
+        built = report.build(self.spec, self.preset, self.device, self.outcomes, quality=self.quality)
         return _sweep(self.experiment, self.quick, self.grid, self.left_out, built, self.t0)
 
 
@@ -175,7 +182,8 @@ def start_sweep(name: str, engine: Engine, quick: bool = False, variants: list[s
     t0 = time.perf_counter() if t0 is None else t0
     grid, left_out = grid_for(experiment, quick, engine.preset)
     spec = RunSpec(PROMPT, chosen, experiment.max_new_tokens(quick), repeats=repeats, ignore_eos=True,
-                   cells=tuple(cell for _, cell in grid), warmup_requests=1, live=False)   # progress by cell
+                   cells=tuple(cell for _, cell in grid), warmup_requests=1, live=False,   # progress by cell
+                   quality=experiment.quality)
     live = LiveSweep(experiment, engine, spec, quick, grid, left_out, t0)
     return engine.start(live.validated), live
 
@@ -226,11 +234,22 @@ def trend_lines(sweep: dict) -> list[str]:
 
 def summary(sweep: dict) -> str:
     """A fixed-width table of the rows, the reasons of rows that did not run, the cells left out, the rows
-    other processes slowed, and the paragraph's claims against this run's rows: for the command line."""
-    headers, rows = sweep_table(sweep, get(sweep["experiment"]).y, reasons=False)
+    other processes slowed, and the paragraph's claims against this run's rows: for the command line. An
+    experiment that shows quality figures gets them as llama.cpp's quantization tables do: same top token,
+    mean KLD, its tail, perplexity and its ratio to the reference's (engine/quality_table.py), and why a
+    variant has none below."""
+    y = get(sweep["experiment"]).y
+    headers, rows = sweep_table(sweep, tuple(name for name in y if name not in QUALITY_FIELDS), reasons=False)
+    scored = bool(QUALITY_FIELDS & set(y)) and quality_table.shown(sweep["results"])
+    if scored:                                   # before the CPU column, which stays last
+        at = len(headers) - (headers[-1:] == ["CPU"])
+        headers[at:at] = [*quality_table.HEADERS, *quality_table.PERPLEXITY_HEADERS]
+        for cells, row in zip(rows, sweep["results"]):
+            cells[at:at] = quality_table.cells(row.get("quality")) + quality_table.perplexity_cells(row.get("quality"))
     lines = fixed_width([headers, *rows]).splitlines()
     reasons = {r["variant"]: r["reason"] for r in sweep["results"] if r["reason"]}
     notes = [f"  left out: {note}" for note in sweep.get("left_out", [])]
+    notes += [f"  {note}" for note in quality_table.notes(sweep["results"])] if scored else []
     busy = host_busy_note(sweep["results"])
     return "\n".join(lines + [f"  {v}: {why}" for v, why in reasons.items()] + notes + [busy] * bool(busy)
                      + trend_lines(sweep))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from engine.studies.experiments import Claim, Experiment, spread
+from engine.studies.experiments import QUALITY_FIELDS, Claim, Experiment, spread
 from engine.variants import REFERENCE
 
 
@@ -121,7 +121,7 @@ def trend(claim: Claim, rows: list[dict], text: Callable[[str, float], str] | No
     yes = [c["series"] for c in changes if c["agrees"] is True]
     no = [c["series"] for c in changes if c["agrees"] is False]
     if not changes:
-        note = "On this run nothing could be judged: the rows it needs did not run."
+        note = f"On this run nothing could be judged: {_missing(claim, rows)}."
     elif agrees:
         note = f"On this run, as the paragraph says: {claim.text}."
     elif agrees is False:
@@ -142,6 +142,17 @@ def trend(claim: Claim, rows: list[dict], text: Callable[[str, float], str] | No
                  "on the CPU.")
     return {"claim": claim.text, "measured": "; ".join(_measured(claim, c, text) for c in changes) or "-",
             "agrees": agrees, "note": note, "series": changes}
+
+
+def _missing(claim: Claim, rows: list[dict]) -> str:
+    """Why a claim had no rows to judge: for a quality figure, the rows' own reason ("not meaningful: random
+    weights"), else that the rows did not run."""
+    if claim.y in QUALITY_FIELDS:
+        notes = dict.fromkeys(row["quality_note"] for row in rows if row.get("quality_note")
+                              and (not claim.variants or row["variant"] in claim.variants))
+        if notes:
+            return f"its figure is {'; '.join(notes)}"
+    return "the rows it needs did not run"
 
 
 def trends(experiment: Experiment, rows: list[dict], text: Callable[[str, float], str] | None = None) -> list[dict]:

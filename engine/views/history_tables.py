@@ -1,13 +1,22 @@
-"""The run history as text: the comparison of runs (engine/history.py `compare`), a saved run, the list
-of runs; the command line prints these and the History tab shares their words."""
+"""The run history as text: the comparison of runs (engine/history_compare.py `compare`), a saved run, the
+list of runs, each with the quality figures where the runs have them (engine/quality_table.py's formats);
+the command line prints these and the History tab shares their words."""
 from __future__ import annotations
 
+from engine import quality_table
 from engine.history import Entry
-from engine.history_compare import Compared, cell_label
+from engine.history_compare import QUALITY_FIGURES, Compared, cell_label
 from engine.views import tables
 
+# Change.metric -> (the figure's name in a table, its value as a cell)
 FIGURES = {"ttft": ("TTFT ms", lambda v: tables.ms(v, 2)), "tpot": ("TPOT ms", lambda v: tables.ms(v, 2)),
-           "tokens_per_s": ("tok/s", tables.fixed), "memory": ("peak memory", tables.size)}
+           "tokens_per_s": ("tok/s", tables.fixed), "memory": ("peak memory", tables.size),
+           "agreement": ("same top token", quality_table.agreement), "kld_mean": ("mean KLD", quality_table.kld),
+           "kld_p99": ("KLD p99", quality_table.kld), "kld_max": ("KLD max", quality_table.kld),
+           "perplexity": ("perplexity", lambda v: tables.fixed(v, 2))}
+QUALITY_NOTE = ("quality: each run's variant scored its reference variant's answer once, off the clock (engine/"
+                "quality.py): the change is stated, with no range to judge it by; runs with other prompts scored "
+                "other answers")
 
 
 def percent_text(change: float | None, word: str | None) -> str:
@@ -37,6 +46,8 @@ def compare_table(compared: Compared, labels: list[str]) -> str:
     lines.append(f"vs {ref}: the change of the median; better or worse when the runs' min-max ranges over their "
                  "repeats do not overlap, within noise when they do (peak memory within 1% is the same), no range "
                  "with one repeat (engine/verdict.py)")
+    if any(change.metric in QUALITY_FIGURES for change in compared.changes):
+        lines.append(QUALITY_NOTE)
     for name, seen in compared.differs.items():
         lines.append(f"note: the runs differ in {name} ("
                      + "; ".join(f"{label}: {value}" for label, value in zip(labels, seen))
@@ -67,28 +78,48 @@ def describe(entry: Entry) -> str:
         lines.append(f"source: {entry.source}")
     results = entry.report["results"]
     with_cells = any(cell_label(r) for r in results)
+    scored = quality_table.shown(results)
     rows = [["variant"] + ["cell"] * with_cells + ["status", "TTFT ms", "TPOT ms", "min-max ms", "tok/s",
-                                                   "peak memory"]]
+                                                   "peak memory"] + [*quality_table.HEADERS, "PPL"] * scored]
     for r in results:
         rows.append([r["variant"]] + [cell_label(r) or tables.DASH] * with_cells
                     + [r["status"], tables.ms(r.get("ttft_s"), 2), tables.ms(r.get("tpot_s"), 2),
                        tables.ms_range(r.get("tpot_min_s"), r.get("tpot_max_s")), tables.fixed(r.get("tokens_per_s")),
-                       tables.size(r.get("peak_memory_bytes"))])
+                       tables.size(r.get("peak_memory_bytes"))]
+                    + (quality_table.cells(r.get("quality")) + quality_table.perplexity_cells(r.get("quality"))[:1])
+                    * scored)
     lines += tables.fixed_width(rows).splitlines()
+    lines += [f"  {note}" for note in quality_table.notes(results)]
     judged = entry.report.get("comparison") or {}
     if judged.get("text"):
         lines.append(f"verdict: {judged['text']}")
     return "\n".join(lines)
 
 
+def quality_text(entry: Entry) -> str:
+    """A saved run's quality in a list cell: each scored variant's same-top-token share and mean KLD
+    ("bnb-8bit 99%/0.00213, bnb-4bit 94%/0.0412"); else the reference's perplexity, or why there are
+    no figures ("not meaningful"); a dash for a run saved without any."""
+    found = entry.quality
+    measured = [f"{variant} {quality_table.agreement(q['top_token_agreement'])}/{quality_table.kld(q['kld_mean'])}"
+                for variant, q in found.items() if q["status"] == "measured"]
+    if measured:
+        return ", ".join(measured)
+    reference = next((q for q in found.values() if q["status"] == "reference" and q.get("perplexity")), None)
+    if reference is not None:
+        return f"reference only: PPL {reference['perplexity']:.2f}"
+    return ", ".join(dict.fromkeys(q["status"] for q in found.values())) or tables.DASH
+
+
 def list_table(entries: list[Entry]) -> str:
-    """Saved runs, one line each."""
-    rows = [("id", "created", "kind", "preset", "device", "variants", "mode", "repeats", "prompt", "commit")]
+    """Saved runs, one line each; the last column their quality figures (`quality_text`)."""
+    rows = [("id", "created", "kind", "preset", "device", "variants", "mode", "repeats", "prompt", "commit",
+             "quality (same top/mean KLD)")]
     for e in entries:
         s = e.settings
         prompt = s.get("prompt_tokens") or ",".join(map(str, s.get("prompt_lengths") or [])) or None
         rows.append((str(e.id), e.created, e.kind, e.preset or tables.DASH, e.device or tables.DASH,
                      ",".join(s.get("variants") or []) or tables.DASH, tables.general(s.get("mode")),
                      tables.general(s.get("repeats")), tables.general(prompt),
-                     (e.git_commit or tables.DASH)[:10]))
+                     (e.git_commit or tables.DASH)[:10], quality_text(e)))
     return tables.fixed_width(rows)
