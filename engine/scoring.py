@@ -35,8 +35,6 @@ class Scorer:
         if self.off is not None:
             status = "not meaningful" if self.off == quality.RANDOM_WEIGHTS else "not measured"
             self.entries = {name: quality.unmeasured(status, self.off) for name in spec.variants}
-        for name in remote_names & set(spec.variants):
-            self.entries.setdefault(name, quality.unmeasured("not reported", quality.NOT_REPORTED, REFERENCE))
 
     def after_group(self, execution, loaded: list[str], last: bool) -> None:
         """Score every variant loaded now that has answered and has no entry yet, the reference first."""
@@ -62,7 +60,12 @@ class Scorer:
             return execution.measure(name, "quality", execution.timeouts.request_s, request=request,
                                      answer=self._answer, keep_logprobs=self.keep_logprobs, **fields)
         except Exception as error:  # noqa: BLE001 - a variant that cannot score keeps its timings
-            self._enter(execution, name, quality.unmeasured("not measured", f"not measured: {error}", REFERENCE))
+            reason = str(error).partition("quality failed: ")[2].removeprefix("NotReported: ") or str(error)
+            if name in self.remote_names:
+                entry = quality.unmeasured("not reported", f"{quality.NOT_REPORTED} ({reason})", REFERENCE)
+            else:
+                entry = quality.unmeasured("not measured", f"not measured: {reason}", REFERENCE)
+            self._enter(execution, name, entry)
             return None
 
     def _score_reference(self, execution) -> None:
@@ -87,7 +90,8 @@ class Scorer:
         values = self._probe(execution, name, reference=self._reference["logprobs"])
         if values is not None:
             self._keep(name, values)
-            self._enter(execution, name, quality.summarize(values, self._reference, REFERENCE))
+            self._enter(execution, name, quality.summarize(values, self._reference, REFERENCE,
+                                                           values.get("approximation")))
 
     def _keep(self, name: str, values: dict) -> None:
         if self.keep_logprobs:

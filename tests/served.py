@@ -37,7 +37,8 @@ def require_vllm() -> Path:
 
 @contextlib.contextmanager
 def vllm_server(model_dir: Path, served_name: str, log_name: str = "vllm",
-                meanwhile: Callable[[str], contextlib.AbstractContextManager] | None = None) -> Iterator[tuple]:
+                meanwhile: Callable[[str], contextlib.AbstractContextManager] | None = None,
+                args: tuple[str, ...] = ()) -> Iterator[tuple]:
     """vLLM serving `model_dir` as `served_name` on 127.0.0.1: (its /v1 URL, its process, what `meanwhile`
     gave). `meanwhile(url)`, a context manager, is entered as soon as the server's process has started:
     what else a test needs starts while vLLM imports (for 20-30 s, mostly on one core of a CPU). It is
@@ -56,7 +57,7 @@ def vllm_server(model_dir: Path, served_name: str, log_name: str = "vllm",
              "--enforce-eager", "--kv-cache-memory-bytes", str(256 * 2**20),
              # with VLLM_ENABLE_V1_MULTIPROCESSING=0, the model runs in the engine's process: two processes
              # that import vLLM before /health answers, not three
-             "--distributed-executor-backend", "uni"],
+             "--distributed-executor-backend", "uni", *args],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     root = f"http://127.0.0.1:{port}"
     try:

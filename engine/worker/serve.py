@@ -172,6 +172,11 @@ def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[objec
     while (request := receive()) is not None:
         try:
             if isinstance(request, Probe):
+                if request.kind == "quality" and not runner.takes_probes:
+                    from engine.worker import served_quality       # the server's own log-probabilities
+                    emit(events.Measured(spec.variant, request.request_id, request.kind,
+                                         served_quality.score(runner, request)))
+                    continue
                 if not runner.takes_probes:
                     raise ValueError(f"the {request.kind} probe times a model on this machine: not applicable "
                                      "to a served model")
