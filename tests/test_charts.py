@@ -2,6 +2,8 @@
 import csv
 import io
 
+import pytest
+
 from engine import events
 from engine.outcomes import Outcome
 from engine.views import run_charts, summary
@@ -195,6 +197,58 @@ def test_the_sweep_chart_stacks_its_panels_so_their_titles_never_share_a_line():
     figure = sweep_figure(attention_sweep())
     assert {trace.xaxis for trace in figure.data} == {"x", "x2", "x3"}
     assert [list(t.y) for t in figure.data if t.name == "sdpa"][0] == [2.0, 2.0]
+
+
+def quantization_sweep(entries: dict) -> dict:
+    """A hand-made quantization sweep, one cell: each variant's row with its quality entry (`entries`)."""
+    from engine.studies.experiments import derive, get
+    tpot = {"baseline": [0.010, 0.011, 0.012], "bnb-8bit": [0.020, 0.021, 0.022], "bnb-4bit": [0.015, 0.0155, 0.016],
+            "int4": [0.005, 0.0055, 0.006]}
+    rows = [{"variant": v, "status": "ok", "reason": None, "cell": 0, "prompt_length": 9, "pad_ratio": 0.0,
+             "batch_size": 1, "max_new_tokens": 4, "tpot_s": sorted(tpot[v])[1], "tpot_repeats_s": tpot[v],
+             "weights_bytes": 2**20, "peak_memory_bytes": 2**21, "quality": entry} for v, entry in entries.items()]
+    return {"experiment": "quantization", "results": derive(get("quantization"), rows)}
+
+
+def test_the_quantization_table_and_chart_show_each_variants_quality():
+    from engine import quality
+    from engine.studies.experiments import get
+    from engine.views.sweep_charts import sweep_figure, sweep_table
+    base = {"top_ids": [1, 2, 3, 4], "token_logprobs": [-0.1, -0.2, -0.3, -0.4]}
+
+    def scored(top_ids, kld, logprobs):
+        return quality.summarize({"top_ids": top_ids, "token_logprobs": logprobs, "kld": kld}, base, "baseline")
+    entries = {"baseline": dict(scored([1, 2, 3, 4], [0.0] * 4, base["token_logprobs"]), status="reference"),
+               "bnb-8bit": scored([1, 2, 3, 4], [0.0, 0.001, 0.002, 0.0012345], [-0.1, -0.2, -0.3, -0.5]),
+               "bnb-4bit": scored([1, 2, 3, 9], [0.01, 0.02, 0.03, 0.1], [-0.2, -0.2, -0.3, -0.9]),
+               "int4": quality.unmeasured("not measured", "not measured: it gave no answer", "baseline")}
+    sweep = quantization_sweep(entries)
+    headers, rows = sweep_table(sweep, get("quantization").y)
+    assert headers[-7:] == ["same top token as baseline", "mean KLD (nats)", "KLD p99 (nats)", "KLD max (nats)",
+                            "perplexity", "quality note", "reason"]
+    table = {row[0]: row[-7:-1] for row in rows}
+    assert table["baseline"] == ["reference", "reference", "reference", "reference", "1.284", "-"]
+    # agreement as a percentage; KLD to three significant digits (0.0010586 -> 0.00106); perplexity to 3 decimals
+    assert table["bnb-8bit"] == ["100%", "0.00106", "-", "0.002", "1.317", "-"]
+    assert table["bnb-4bit"] == ["75%", "0.04", "-", "0.1", "1.492", "-"]
+    assert table["int4"] == ["-"] * 5 + ["not measured: it gave no answer"]
+    # the third panel: mean KLD of the measured variants (not the reference's answer scored by itself)
+    figure = sweep_figure(sweep)
+    kld = {t.name: list(t.y) for t in figure.data if t.xaxis == "x3"}
+    assert kld == {"bnb-8bit": [pytest.approx(0.0010586, rel=1e-4)], "bnb-4bit": [pytest.approx(0.04)]}
+    assert figure.layout.annotations[2].text == "mean KLD vs baseline (nats): lower is closer"
+    assert figure.layout.yaxis3.rangemode == "tozero" and len(figure.layout.annotations) == 3
+    # random weights: the reason in the table's note column and in the panel, no bar dressed as a figure
+    noise = quantization_sweep({v: quality.unmeasured("not meaningful", quality.RANDOM_WEIGHTS) for v in entries})
+    headers, rows = sweep_table(noise, get("quantization").y)
+    assert {row[headers.index("quality note")] for row in rows} == {"not meaningful: random weights"}
+    assert {row[headers.index("mean KLD (nats)")] for row in rows} == {"-"}
+    figure = sweep_figure(noise)
+    assert not [t for t in figure.data if t.xaxis == "x3"] and len([t for t in figure.data if t.xaxis == "x2"]) == 4
+    (why,) = [a for a in figure.layout.annotations if a.xref == "x3 domain"]
+    assert why.text == "not meaningful: random weights" and why.yref == "y3 domain" and (why.x, why.y) == (0.5, 0.5)
+    # rows not scored yet (a live sweep before its Scored events): no reason to give, no bars
+    assert len(sweep_figure(quantization_sweep({v: None for v in entries})).layout.annotations) == 3
 
 
 def test_sizes_keep_three_digits_in_the_unit_they_fill_and_ratios_two_decimals():

@@ -1,4 +1,5 @@
-"""The Experiments tab end to end through Gradio's client: the real app, the tiny preset on the CPU.
+"""The Experiments tab end to end through Gradio's client: the real app, the tiny preset on the CPU; first
+its experiment handler alone, on the presets a page offers.
 
 Outputs of /experiment, found by name in ui.experiments.RUN: status line (with its progress bar),
 chart, rows table, sweep JSON, JSON file, CSV file, chart HTML file, the paragraph beside the chart.
@@ -22,11 +23,57 @@ from gradio_client.utils import Status
 
 from engine.studies import sweeps
 from engine.worker.serve import LOAD_DELAY_ENV
+from engine import quality
+from engine.errors import PresetError
+from ui import experiments
 from ui.compare import RUN as COMPARE
-from ui.experiments import RUN
+from ui.downloads import Downloads
+from ui.experiments import EXPERIMENT, RUN
+from ui.state import Context, Engines
 
 MESSAGE, PLOT, TABLE, SWEEP, JSON_FILE, CSV_FILE, HTML_FILE, EXPLANATION = map(
     RUN.index, ("message", "plot", "table", "sweep", "json_file", "csv_file", "html_file", "explanation"))
+
+
+QUANTIZED = ["baseline", "bnb-8bit", "bnb-4bit", "int4"]
+
+
+def test_the_quantization_experiment_brings_its_own_real_model_where_the_page_offers_it(tmp_path, monkeypatch):
+    offering = Engines(offered=["tiny", "smollm2-135m"])
+    try:
+        ctx = Context(offering, Downloads(tmp_path))
+        update = experiments.on_experiment(ctx, "quantization", "tiny", True)
+        assert set(update) <= set(EXPERIMENT.names) and update["preset"] == "smollm2-135m"
+        assert update["variants"]["value"] == QUANTIZED and update["message"] == ""
+        # the empty table already has the quality columns, in their words
+        assert update["table"]["headers"][-7:] == ["same top token as baseline", "mean KLD (nats)", "KLD p99 (nats)",
+                                                   "KLD max (nats)", "perplexity", "quality note", "reason"]
+        on_it = experiments.on_experiment(ctx, "quantization", "smollm2-135m", True)     # there already
+        assert "preset" not in on_it and on_it["message"] == "" and on_it["variants"]["value"] == QUANTIZED
+        other = experiments.on_experiment(ctx, "batch", "tiny", True)        # an experiment that does not score
+        assert "preset" not in other and other["message"] == "" and other["variants"]["value"] == ["sdpa"]
+        # offered but unusable here: the current preset stays, and the message says why there are no figures
+        real = offering.get
+
+        def broken(name):
+            if name == "smollm2-135m":
+                raise PresetError("smollm2-135m.yaml: broken for this test")
+            return real(name)
+        monkeypatch.setattr(offering, "get", broken)
+        kept = experiments.on_experiment(ctx, "quantization", "tiny", True)
+        assert "preset" not in kept and kept["variants"]["value"] == QUANTIZED
+        assert ("on preset tiny: not meaningful: random weights. They need a real model, such as smollm2-135m, "
+                "which cannot be used here.") in kept["message"] and 'data-kind="warn"' in kept["message"]
+    finally:
+        offering.close()
+    only_tiny = Engines(offered=["tiny"])
+    try:
+        update = experiments.on_experiment(Context(only_tiny, Downloads(tmp_path)), "quantization", "tiny", True)
+        assert "preset" not in update and update["variants"]["value"] == QUANTIZED
+        assert (f"Quality figures (same top token, KLD, perplexity) on preset tiny: {quality.RANDOM_WEIGHTS}. They "
+                "need a real model, such as smollm2-135m, which this page does not offer.") in update["message"]
+    finally:
+        only_tiny.close()
 
 
 @pytest.fixture(scope="module")

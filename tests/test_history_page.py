@@ -10,9 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 from gradio_client import Client
-from test_history import report, row
+from test_history import Q4, quantized, report, row, scored
 
+from engine import quality
 from engine.history import History
+from engine.views.history_tables import QUALITY_NOTE
 from ui import history as tab
 from ui.history import COMPARE, LIST
 from ui.state import Context, Engines, PageHistory
@@ -75,6 +77,35 @@ def test_a_kept_public_history_keeps_a_closed_sessions_runs_in_the_deployments_f
     temporary.save(report(row("baseline", (10, 11, 12))), A)
     assert temporary.store.path.parent.name.startswith("sidebyside-history-")
     assert not (tmp_path / "other.sqlite").exists()                 # a stranger's run never reaches the file
+
+
+def test_the_run_list_gives_each_runs_quality_and_a_comparison_its_quality_rows(tmp_path):
+    history = PageHistory(History(tmp_path / "h.sqlite"), public=False)
+    first = history.save(quantized(created="2026-12-01T10:00:00+0000"), None)
+    worse = scored([1, 2, 9, 9], [0.02, 0.04, 0.06, 0.08], (-0.3, -0.3, -0.3, -0.9))
+    second = history.save(quantized(q4=worse, created="2026-12-02T10:00:00+0000"), None)
+    noise = history.save(report(row("baseline", (1, 2, 3), quality=quality.unmeasured(
+        "not meaningful", quality.RANDOM_WEIGHTS)), created="2026-12-03T10:00:00+0000"), None)
+    older = history.save(report(row("baseline", (1, 2, 3)), created="2026-12-04T10:00:00+0000"), None)
+    ctx = page_context(history)
+    runs = tab.listing(ctx, "", "", "", "", [], None)["runs"]
+    assert runs["headers"][-1] == "quality (same top token/mean KLD)" and len(tab.RUN_WIDTHS) == len(runs["headers"])
+    column = {r[0]: r[-1] for r in runs["data"]}
+    assert column[f"#{first}"] == "bnb-8bit 100%/0.001, bnb-4bit 75%/0.04, int4 99%/0.0595"
+    assert column[f"#{second}"] == "bnb-8bit 100%/0.001, bnb-4bit 50%/0.05, int4 99%/0.0595"
+    assert column[f"#{noise}"] == "not meaningful" and column[f"#{older}"] == "-"
+    compared = tab.compare(ctx, [first, second], 0)
+    rows = {(r[0], r[1]): r[2:] for r in compared["comparison"]["data"]}
+    assert rows["bnb-4bit", "mean KLD"] == ["+25.0% no range", f"{Q4['kld_mean']:.3g}", "0.05"]
+    assert rows["bnb-4bit", "same top token"] == ["-33.3% no range", "75%", "50%"]
+    assert rows["bnb-4bit", "KLD max"] == ["-20.0% no range", "0.1", "0.08"] and ("int4", "KLD p99") in rows
+    assert rows["baseline", "perplexity"] == ["+0.0% no range", "1.28", "1.28"]
+    assert 'data-kind="ok"' in compared["message"]                   # the quality note is said, not a warning
+    assert QUALITY_NOTE[1:] in compared["message"].replace("&#x27;", "'")
+    plain = tab.compare(ctx, [noise, older], 0)["message"]            # no quality rows: no quality note
+    assert QUALITY_NOTE[1:] not in plain.replace("&#x27;", "'")
+    for words in ("same top token, mean KLD, KLD p99 (or KLD max", "perplexity", "*no range*", "not meaningful"):
+        assert words in tab.HOW_MD, words
 
 
 @pytest.mark.parametrize("args, message", [

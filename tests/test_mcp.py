@@ -105,6 +105,17 @@ def test_the_page_offers_its_queries_as_tools_described_by_their_docstrings(mcp_
     assert "greedy" in found["compare"].description and "ttft_s" in found["compare"].description
     assert "goodput" in found["history_compare"].description
     assert '"fair"' in found["compare"].inputSchema["properties"]["run_mode"]["description"]
+    # the quality figures, said where an agent reads what a tool gives
+    for words in ("quality", "top_token_agreement", "kld_mean", "kld_p99", "kld_max", "perplexity",
+                  "reference_perplexity", '"not meaningful" (random weights)'):
+        assert words in found["compare"].description, words
+    for words in ("quality_top_agreement", "quality_kld_mean", "quality_kld_p99", "quality_kld_max",
+                  "quality_perplexity", "quality_note", '"not meaningful: random weights"'):
+        assert words in found["experiment"].description, words
+    assert "smollm2-135m" in found["experiment"].inputSchema["properties"]["preset_name"]["description"]
+    for words in ("quality rows: same top token", "mean KLD", "KLD p99 (or KLD max", "perplexity", '"no range"'):
+        assert words in found["history_compare"].description, words
+    assert "same-top-token share and mean KLD" in found["history_list"].description
 
 
 def test_compare_over_mcp_gives_each_variants_figures_and_keeps_the_run(mcp_url):

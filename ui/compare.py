@@ -163,7 +163,15 @@ def compare(ctx: Context, prompt_text: str, preset_name: str, selected: list[str
         message: one status line (HTML); a refused input or a run that could not start says why, in one line
         report: the run's JSON in the schema of `python -m engine run --json` (None when it did not run);
         per variant in its results: status, reason, ttft_s, tpot_s (the median; tpot_min_s, tpot_max_s),
-        e2e_s, tokens_per_s, itl_p50_s/p90/p99, peak_memory_bytes, mbu, the answer's text
+        e2e_s, tokens_per_s, itl_p50_s/p90/p99, peak_memory_bytes, mbu, the answer's text, and its quality entry
+        quality: what the variant's answers cost, from scoring the baseline's answer off the clock (teacher forcing)
+        quality.status: "measured"; "reference" (baseline, scored on its own answer); "not meaningful" (random weights)
+        or "not measured", "not reported" (by a server), with quality.note saying why there are no figures
+        quality.top_token_agreement: the share of answer positions where its most likely token is baseline's
+        quality.kld_mean, kld_p99 (from 100 positions) and kld_max: KL divergence from baseline's distribution (nats)
+        quality.kld_tail ("p99" or "max"), positions (answer tokens scored), reference (the variant scored against)
+        quality.perplexity: of baseline's answer under the variant, beside reference_perplexity (baseline's own)
+        quality.approximation: how a served variant's KLD was bounded (from its top tokens), else None
         summary: the summary table (headers, rows): baseline first, then the variants from the fastest per token
         then the report as JSON and CSV files, the five charts (plotly: TTFT, ITL, race, memory, speed against
         quality), each variant's card (HTML, with its quality line) and answer

@@ -11,6 +11,7 @@ from functools import partial
 import gradio as gr
 from gradio.components.plot import PlotData
 
+from engine import presets, quality
 from engine.errors import InputError
 from engine.studies import sweeps
 from engine.views.sweep_charts import empty_sweep_figure, sweep_figure, sweep_table
@@ -26,7 +27,7 @@ PNG_NOTE = ("PNG: hover the chart and press the camera button (\u201cDownload pl
 
 FILES = ("json_file", "csv_file", "html_file")
 RUN = Outputs(["message", "plot", "table", "sweep", *FILES, "explanation"])
-EXPERIMENT = Outputs(["explanation", "variants", "plot", "table", *FILES, "sweep", "message"])
+EXPERIMENT = Outputs(["explanation", "preset", "variants", "plot", "table", *FILES, "sweep", "message"])
 PRESET = Outputs(["banner", "variants", "quick", "message"])
 QUICK = Outputs(["explanation"])
 STOP = Outputs(["message"])
@@ -60,11 +61,34 @@ def blank(name: str) -> dict:
             "sweep": None, **{key: gr.update(**NO_FILE) for key in FILES}}
 
 
+def offered(ctx: Context) -> list[str]:
+    """The presets this page offers (its preset dropdown's)."""
+    return list(ctx.engines.offered) if ctx.engines.offered is not None else presets.available()
+
+
 def on_experiment(ctx: Context, name: str, preset_name: str, quick: bool) -> dict:
-    """A new experiment: its paragraph, its own variants selected, its empty chart."""
-    engine, update = preset_update(ctx, preset_name, sweeps.get(name).variants)
-    return {"explanation": sweep_render.explanation_html(name, quick), "message": "", **blank(name),
-            **({"variants": update["variants"]} if engine else {})}
+    """A new experiment: its paragraph, its own variants selected, its empty chart. An experiment that scores
+    the answers (quantization) switches to its own preset (a real model) when the page offers it and it can
+    load here; otherwise the current preset stays, and on random weights the message says that the quality
+    figures are not meaningful (each row's quality note says so too)."""
+    experiment = sweeps.get(name)
+    update = {"explanation": sweep_render.explanation_html(name, quick), "message": "", **blank(name)}
+    own, kept = experiment.preset, ""
+    if experiment.quality and own != preset_name:
+        kept = "which this page does not offer"
+        if own in offered(ctx):
+            engine, found = preset_update(ctx, own, experiment.variants)
+            if engine is not None:      # its change event then brings the banner, the quick grid, the note
+                return {**update, "preset": own, "variants": found["variants"]}
+            kept = "which cannot be used here"
+    engine, found = preset_update(ctx, preset_name, experiment.variants)
+    if engine is None:
+        return update
+    if experiment.quality and engine.preset.random_weights:
+        update["message"] = render.message_html(render.e(
+            f"Quality figures (same top token, KLD, perplexity) on preset {preset_name}: {quality.RANDOM_WEIGHTS}. "
+            f"They need a real model, such as {own}" + (f", {kept}" if kept else "") + "."), "warn")
+    return {**update, "variants": found["variants"]}
 
 
 def on_preset(ctx: Context, preset_name: str, name: str) -> dict:
@@ -158,7 +182,7 @@ def experiment(ctx: Context, name: str, preset_name: str, selected: list[str], q
 
     Args:
         name: the experiment: "attention", "batch", "kv-cache", "quantization" or "lengths"
-        preset_name: the model setup to run it on, e.g. "tiny" (a 2-layer Llama made locally: no download)
+        preset_name: the model setup, e.g. "tiny" (local, random weights: no quality figures) or "smollm2-135m"
         selected: the variants to sweep, at least one, e.g. ["baseline", "sdpa"] (a public page: the experiment's)
         quick: true for the quick grid (fewer, smaller cells: seconds on "tiny" on a CPU), false for the full one
 
@@ -166,7 +190,13 @@ def experiment(ctx: Context, name: str, preset_name: str, selected: list[str], q
         message: a status line (HTML); a refused input or a sweep that could not run says why, in one line
         plot: the chart (plotly JSON); table: the rows (headers, data), one per variant and cell
         sweep: the sweep's JSON in the schema of `python -m engine sweep --json` (None until it is done): its
-        rows in results (variant, cell, each figure's median and range), its claims checked in trends
+        rows in results (variant, cell, each figure's median and range), its claims checked in trends. The
+        quantization experiment scores each variant on the baseline's answer, and its rows add the quality
+        entry (as /compare's) and its flat quality_* columns: quality_top_agreement (share of positions where
+        the variant's most likely token is the baseline's), quality_kld_mean, quality_kld_p99 (from 100
+        positions), quality_kld_max (KL divergence from the baseline's distribution, nats), quality_perplexity
+        and quality_reference_perplexity (of the baseline's answer), quality_positions, and quality_note (why
+        a row has none: "not meaningful: random weights" on a random-weight preset such as "tiny")
         then the JSON, CSV and chart HTML files, and the paragraph beside the chart (once done, with what the
         run showed of its claims)
     """

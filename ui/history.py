@@ -15,9 +15,9 @@ from gradio.components.plot import PlotData
 from engine import slo, verdict
 from engine.errors import InputError
 from engine.history import Entry
-from engine.history_compare import cell_label, compare as compare_runs
+from engine.history_compare import QUALITY_FIGURES, cell_label, compare as compare_runs
 from engine.views import tables
-from engine.views.history_tables import FIGURES, percent_text
+from engine.views.history_tables import FIGURES, QUALITY_NOTE, percent_text, quality_text
 from engine.views.history_charts import CAPTION, compare_figure
 from ui import checks, render
 from ui.outputs import Outputs, Wiring
@@ -27,8 +27,9 @@ LIST_LIMIT = 200             # newest runs listed (and offered to compare) at on
 ANY = ""                     # a filter's "any" choice
 LIST = Outputs(["message", "runs", "pick", "reference", "f_preset", "f_device", "f_variant"])
 COMPARE = Outputs(["message", "comparison", "chart"])
-RUN_HEADERS = ["id", "date (UTC)", "kind", "preset", "device", "variants", "versions", "commit"]
-RUN_WIDTHS = ["56px", "150px", "64px", "80px", "220px", "170px", "200px", "110px"]
+RUN_HEADERS = ["id", "date (UTC)", "kind", "preset", "device", "variants", "versions", "commit",
+               "quality (same top token/mean KLD)"]
+RUN_WIDTHS = ["56px", "150px", "64px", "80px", "220px", "170px", "200px", "110px", "240px"]
 NO_IMPORT = ("Import is off on this public page: it takes no uploads, so that strangers cannot store files on "
              "this server. On your own machine: `python -m engine history import FILE`.")
 HOW_MD = """\
@@ -41,6 +42,14 @@ one repeat has no range (*no range*): the Compare tab's rule (engine/verdict.py)
 (preset, device, prompt tokens, mode, repeats, batch) are said to differ: a change may come from that.
 With latency targets, the table adds each run's requests that met every target and its goodput: those requests
 per second, beside all requests per second (vLLM's definition; the Compare tab's definitions say more).
+
+Where the runs scored their answers (a real model's run: the Compare tab's quality columns, the quantization
+experiment), the list gives each run's variants' same top token and mean KLD, and the comparison adds quality
+rows: same top token, mean KLD, KLD p99 (or KLD max on an answer under 100 tokens) and perplexity, each run's
+value and the change from the reference in percent, marked *no range*: each run's variant scored its reference
+variant's answer once, off the clock, so there is no spread to judge the change by. Runs with other prompts
+scored other answers. The reference variant scored its own answer: of its figures only the perplexity is
+compared. A run on random weights has no quality figures (not meaningful).
 """
 
 
@@ -62,7 +71,7 @@ def run_label(entry: Entry) -> str:
 def runs_value(entries: list[Entry]) -> dict:
     rows = [[f"#{e.id}", _when(e.created), e.kind, e.preset or tables.DASH, e.device or tables.DASH,
              ", ".join(e.settings.get("variants") or []) or tables.DASH, _versions(e),
-             (e.git_commit or tables.DASH)[:10]] for e in entries]
+             (e.git_commit or tables.DASH)[:10], quality_text(e)] for e in entries]
     return {"headers": RUN_HEADERS, "data": rows}
 
 
@@ -97,6 +106,9 @@ def listing(ctx: Context, preset: str, device: str, variant: str, since: str, pi
     Returns:
         message: a status line (HTML): how many runs are listed, or why the filters were refused
         runs: the table (headers, data): per run its id, date, kind, preset, device, variants, versions, commit
+        and quality: each scored variant's same-top-token share and mean KLD against the reference variant
+        ("bnb-8bit 99%/0.00213, bnb-4bit 94%/0.0412"), else the reference's perplexity alone, or why there are
+        none ("not meaningful": random weights), or "-" for a run saved without quality
         then the choices of the selection (each run's id), of the reference run and of the three filters
     """
     return _listing(ctx, preset, device, variant, since, picked, request)
@@ -218,8 +230,13 @@ def compare(ctx: Context, picked: list, reference, ttft_ms=None, tpot_ms=None, r
         message: a status line (HTML) with the notes: settings in which the runs differ, rows left out
         comparison: the table (headers, data): per variant and figure (TTFT, TPOT, tokens/s, peak memory), each
         other run's change from the reference in percent (better, worse, within noise or no range), then each
-        run's median; with targets, each run's requests that met every target and its goodput (requests meeting
-        every target per second beside all requests per second, vLLM's definition)
+        run's median; where the runs were scored, quality rows: same top token (the share of answer positions
+        where the variant's most likely token is the reference variant's), mean KLD, KLD p99 (or KLD max on an
+        answer under 100 tokens; KL divergence from the reference variant's distribution, nats) and perplexity
+        (of the reference variant's answer), each run's value and the change in percent marked "no range" (a
+        variant is scored once per run: there is no spread to judge it by); with targets, each run's requests
+        that met every target and its goodput (requests meeting every target per second beside all requests
+        per second, vLLM's definition)
         chart: the same as a plotly chart
     """
     try:
@@ -243,6 +260,8 @@ def compare(ctx: Context, picked: list, reference, ttft_ms=None, tpot_ms=None, r
             "beyond the runs' own spread; the rest are within noise or have no range.")
     extra = notes(compared, labels)
     html = render.e(text) + "".join(f"<br>Note: {render.e(line)}." for line in extra)
+    if any(change.metric in QUALITY_FIGURES for change in compared.changes):     # why "no range": said, not a warning
+        html += f"<br>{render.e(QUALITY_NOTE[0].upper() + QUALITY_NOTE[1:])}."
     return {"message": render.message_html(html, "warn" if extra else "ok"),
             "comparison": comparison_value(compared, labels, reports), "chart": plot_value(compare_figure(reports, compared,
                                                                                                   labels))}

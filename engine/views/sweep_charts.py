@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from engine import quality, quality_table
 from engine.variants import REFERENCE
 from engine.views import tables
-from engine.views.palette import GRID, SURFACE, color_of, note
+from engine.views.palette import GRID, NOTE_TEXT, SURFACE, color_of, note
 
 # row field -> (axis title, scale to the shown unit)
 UNITS = {
@@ -27,6 +28,7 @@ UNITS = {
     "e2e_s": ("E2E latency (ms)", 1000.0),
     "ttft_s": ("TTFT (ms)", 1000.0),
     "identical_token_share": (f"share of tokens identical to {REFERENCE}", 1.0),
+    "quality_kld_mean": (f"mean KLD vs {REFERENCE} (nats)", 1.0),
     "prompt_length": ("prompt tokens", 1.0),
     "max_new_tokens": ("new tokens", 1.0),
     "batch_size": ("batch size", 1.0),
@@ -59,7 +61,20 @@ COLUMNS = {
     "tpot_s": Column("TPOT (ms)", _ms, " ms"), "e2e_s": Column("E2E latency (ms)", _ms, " ms"),
     "predicted_e2e_s": Column("predicted E2E (ms)", _ms, " ms"), "ttft_s": Column("TTFT (ms)", _ms, " ms"),
     "identical_token_share": Column(f"tokens identical to {REFERENCE}", tables.percent),
+    # the quality entry's flat columns (engine/quality.py `flat`), in the Compare tab's formats: agreement as
+    # a percentage (never 100% unless every position agreed), KL divergence to three significant digits
+    "quality_top_agreement": Column(f"same top token as {REFERENCE}", quality_table.agreement),
+    "quality_kld_mean": Column("mean KLD (nats)", quality_table.kld),
+    "quality_kld_p99": Column("KLD p99 (nats)", quality_table.kld),
+    "quality_kld_max": Column("KLD max (nats)", quality_table.kld),
+    "quality_perplexity": Column("perplexity", lambda v: tables.fixed(v, 3)),
+    "quality_reference_perplexity": Column(f"{REFERENCE}'s perplexity", lambda v: tables.fixed(v, 3)),
+    "quality_positions": Column("scored tokens"),
+    "quality_note": Column("quality note"),
 }
+QUALITY_FIELDS = frozenset(column for column, _ in quality.COLUMNS)
+# a quality column that the reference's own row reads "reference" in: its answer scored against itself
+REFERENCE_CELLS = frozenset(("quality_top_agreement", "quality_kld_mean", "quality_kld_p99", "quality_kld_max"))
 
 
 def figure_text(name: str, value) -> str:
@@ -71,6 +86,8 @@ def figure_text(name: str, value) -> str:
 def cell_text(row: dict, name: str) -> str:
     """A row's figure as its table cell: the median, and its (min-max) over the repeats when it has one."""
     column = COLUMNS.get(name, Column(name))
+    if name in REFERENCE_CELLS and isinstance(row.get("quality"), dict) and row["quality"]["status"] == "reference":
+        return "reference"
     text = column.cell(row.get(name))
     spread = (row.get("ranges") or {}).get(name)
     if spread is None or row.get(name) is None:
@@ -95,6 +112,8 @@ class Panel:
     x: str
     where: dict = field(default_factory=dict)
     predicted: str | None = None          # a row field drawn as a dotted line beside y
+    measured: bool = False                # only rows whose quality entry was measured (not the reference's),
+                                          # and the entries' note in the panel where none was
 
 
 PANELS: dict[str, tuple[Panel, ...]] = {
@@ -109,7 +128,8 @@ PANELS: dict[str, tuple[Panel, ...]] = {
                  Panel("end-to-end latency (ms)", "e2e_s", "max_new_tokens")),
     "quantization": (Panel("weights (MiB)", "weights_bytes", "variant"),
                      Panel("time per token (ms)", "tpot_s", "variant"),
-                     Panel(f"share of tokens identical to {REFERENCE}", "identical_token_share", "variant")),
+                     Panel(f"mean KLD vs {REFERENCE} (nats): lower is closer", "quality_kld_mean", "variant",
+                           measured=True)),
     "lengths": (Panel("E2E (ms) by new tokens; dotted: predicted", "e2e_s", "max_new_tokens",
                       {"axis": "output"}, predicted="predicted_e2e_s"),
                 Panel("TTFT (ms) by prompt length", "ttft_s", "prompt_length", {"axis": "input"})),
@@ -120,12 +140,25 @@ def _matches(row: dict, where: dict) -> bool:
     return all(row.get(key) == value for key, value in where.items())
 
 
+def _measured(row: dict) -> bool:
+    return isinstance(row.get("quality"), dict) and row["quality"]["status"] == "measured"
+
+
+def unmeasured_note(panel: Panel, rows: list[dict]) -> str | None:
+    """Why a `measured` panel has no bars: its rows' notes ("not meaningful: random weights"); None while a
+    row is measured or none has been scored yet."""
+    if not panel.measured or any(_measured(row) for row in rows):
+        return None
+    notes = dict.fromkeys(row["quality"].get("note") for row in rows if isinstance(row.get("quality"), dict))
+    return "; ".join(n for n in notes if n) or None
+
+
 def _add_panel(figure: go.Figure, at: int, panel: Panel, rows: list[dict], shown: set) -> None:
     """One panel's traces: a bar per variant against "variant", else a line per (variant, padding)."""
     scale = UNITS[panel.y][1]
     groups: dict[tuple[str, float], list[dict]] = {}
     for row in rows:
-        if _matches(row, panel.where) and row.get(panel.y) is not None:
+        if _matches(row, panel.where) and row.get(panel.y) is not None and (_measured(row) or not panel.measured):
             groups.setdefault((row["variant"], row.get("pad_ratio") or 0.0), []).append(row)
     for (variant, pad), members in groups.items():
         name = variant + (f", {pad:.0%} padding" if pad else "")
@@ -166,6 +199,10 @@ def sweep_figure(sweep: dict, panel_height: int = PANEL_HEIGHT) -> go.Figure:
         figure.update_xaxes(title_text=UNITS[panel.x][0], title_standoff=6, gridcolor=GRID, tickvals=ticks or None,
                             row=at, col=1)
         figure.update_yaxes(gridcolor=GRID, rangemode="tozero", row=at, col=1)
+        why = unmeasured_note(panel, rows)
+        if why:                                    # the reason in place of bars, not a bar dressed as a figure
+            figure.add_annotation(text=why, showarrow=False, xref="x domain", yref="y domain", x=0.5, y=0.5,
+                                  font=dict(color=NOTE_TEXT), row=at, col=1)
     figure.update_annotations(font_size=12)
     figure.update_layout(height=area + TOP + BOTTOM, margin=dict(l=48, r=16, t=TOP, b=BOTTOM), **SURFACE,
                          bargap=0.35, legend=dict(orientation="h", yanchor="top", y=-64 / area, x=0))
@@ -181,11 +218,13 @@ def empty_sweep_figure(name: str, panel_height: int = PANEL_HEIGHT) -> go.Figure
 
 def sweep_table(sweep: dict, y: tuple[str, ...], reasons: bool = True) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted rows: the cell's settings, then the fields `y` (medians, with their range
-    over the repeats), a CPU column marking the rows other processes slowed when there are any, and
-    (`reasons`) why a row did not run."""
+    over the repeats; with quality fields, then the quality note: why a row has no quality figures), a
+    CPU column marking the rows other processes slowed when there are any, and (`reasons`) why a row did
+    not run."""
     rows = sweep["results"]
     keys = ["variant", "status", *[k for k in GRID_KEYS if any(k in row for row in rows)],
-            "prompt_length", "pad_ratio", "batch_size", "max_new_tokens", *y]
+            "prompt_length", "pad_ratio", "batch_size", "max_new_tokens", *y,
+            *["quality_note"] * bool(QUALITY_FIELDS & set(y) and "quality_note" not in y)]
     busy = any(row.get("host_busy") for row in rows)
     headers = [COLUMNS[key].header if key in COLUMNS else key for key in keys] + ["CPU"] * busy + \
         ["reason"] * reasons
