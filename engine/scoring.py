@@ -26,6 +26,7 @@ class Scorer:
         self._reference: dict | None = None          # the reference's values, its log-probabilities
         self._answer: tuple[int, ...] = ()
         self.off: str | None = None
+        self._told = False
         if not spec.quality:
             self.off = "not measured: quality was turned off for this run"
         elif preset.random_weights:
@@ -39,6 +40,10 @@ class Scorer:
     def after_group(self, execution, loaded: list[str], last: bool) -> None:
         """Score every variant loaded now that has answered and has no entry yet, the reference first."""
         if self.off is not None:
+            if not self._told and self.spec.quality:     # why not, said once as the first group is done
+                self._told = True
+                for name in self.spec.variants:
+                    execution._emit(events.Scored(name, self.entries[name]))
             return
         ready = [name for name in self.spec.variants if name not in self.entries and execution._ready(name)]
         if REFERENCE in ready and self._reference is None:
