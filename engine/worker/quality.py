@@ -15,6 +15,8 @@ import torch
 
 from engine.events import Probe
 
+COMPILED_NOTE = "scored through the model's plain forward, not its compiled step"
+
 
 def teacher_forced_logprobs(runner, prompt: list[int], answer: list[int]) -> torch.Tensor:
     """(len(answer), vocabulary) float32 log-probabilities of the token at each answer position."""
@@ -44,6 +46,8 @@ def score(runner, probe: Probe, cancel) -> dict:
                              f"{tuple(logprobs.shape)}: not the same tokens or vocabulary")
         # KL(P_ref || P_var) = sum_v p_ref(v) (log p_ref(v) - log p_var(v)), in nats
         values["kld"] = (reference.exp() * (reference - logprobs)).sum(dim=-1).clamp_min(0.0).tolist()
+    if runner.decoder is not None:
+        values["approximation"] = COMPILED_NOTE
     if probe.reference is None or probe.keep_logprobs:
         values["logprobs"] = logprobs.numpy()
     return values
