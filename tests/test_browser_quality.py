@@ -30,8 +30,9 @@ def run(page, preset: str, tokens: int) -> None:
     if page.input_value("#sbs-preset input") != presets.load(preset).title + f" ({preset})":
         page.click("#sbs-preset input")
         page.get_by_role("option", name=f"({preset})").click()
+        # on a fresh machine the first switch to the real model makes it into the model cache (about 20 s)
         page.wait_for_function(f"() => document.querySelector('.sbs-banner').innerText.includes("
-                               f"{presets.load(preset).title!r})", timeout=10_000)
+                               f"{presets.load(preset).title!r})", timeout=120_000)
     for box in page.locator("#sbs-variants input[type=checkbox]").all():
         if box.is_enabled() and box.is_checked() != (box.get_attribute("name") in SELECTED):
             box.click()
