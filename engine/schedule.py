@@ -59,7 +59,7 @@ class Execution:
 
     def __init__(self, workers: WorkerSet, state: RunState, emit, cancelled, ids: itertools.count,
                  timeouts: Timeouts):
-        self.workers, self.state, self._emit = workers, state, emit
+        self.workers, self.state, self.emit = workers, state, emit
         self.cancelled = cancelled                  # a threading.Event: the run's Stop
         self._ids, self.timeouts = ids, timeouts
 
@@ -78,12 +78,12 @@ class Execution:
             if self.cancelled.is_set():
                 return
             warmed = self.load(group, spec)
-            loaded = [n for n in group if self._ready(n)]
+            loaded = [n for n in group if self.ready(n)]
             t_ready = time.perf_counter()
             for name in loaded:
                 for outcome in self.state.of(name):
                     outcome.t_ready = t_ready
-                self._emit(events.Status(name, "queued"))
+                self.emit(events.Status(name, "queued"))
             for turn in turns(spec):
                 if self.cancelled.is_set():
                     break
@@ -93,22 +93,22 @@ class Execution:
                 after_group(loaded, index == len(plan) - 1)
             if placement.get(group[0]) == "swapped":
                 for name in group:
-                    self._emit(events.Status(name, "unloading"))
+                    self.emit(events.Status(name, "unloading"))
                 self.workers.stop(group)
 
     def _turn(self, spec: RunSpec, turn: Turn, loaded: list[str]) -> None:
-        ready = [n for n in loaded if self._ready(n) and self.state.outcomes[(n, turn.cell)].failed is None]
+        ready = [n for n in loaded if self.ready(n) and self.state.outcomes[(n, turn.cell)].failed is None]
         if turn.together and len(ready) > 1:
             for name in ready:
                 self.state.outcomes[(name, turn.cell)].contended = True
-            self.generate({name: self._request(spec, turn) for name in ready}, turn.warmup)
+            self.generate({name: self.request(spec, turn) for name in ready}, turn.warmup)
             return
         # fair: one variant at a time on each device; variants on different devices (a served
         # endpoint, another GPU) do not contend, so their requests go out together
         for together in self._rounds(ready):
             if self.cancelled.is_set():
                 return
-            self.generate({name: self._request(spec, turn) for name in together}, turn.warmup)
+            self.generate({name: self.request(spec, turn) for name in together}, turn.warmup)
 
     def _rounds(self, names: list[str]) -> list[list[str]]:
         """`names` by device, then round by round the next variant of every device."""
@@ -122,7 +122,8 @@ class Execution:
             lanes.setdefault(key, []).append(name)
         return [[n for n in group if n is not None] for group in itertools.zip_longest(*lanes.values())]
 
-    def _request(self, spec: RunSpec, turn: Turn) -> Request:
+    def request(self, spec: RunSpec, turn: Turn) -> Request:
+        """The request of `turn`'s cell, with a new id."""
         # a warm-up is the timed request itself, not a shorter one: every sequence length the cell's
         # decode meets must have been seen (PyTorch's default SDPA on a Hopper GPU builds a cuDNN plan
         # for each new length; BENCHMARKS.md has what short warm-ups cost the first repeat)
@@ -130,7 +131,8 @@ class Execution:
         return Request(next(self._ids), spec.prompt, cell.max_new_tokens, spec.ignore_eos, cell.batch_size,
                        cell.prompt_tokens, cell.pad_ratio, cell=turn.cell, live=spec.live)
 
-    def _ready(self, name: str) -> bool:
+    def ready(self, name: str) -> bool:
+        """Whether the variant's worker is loaded and answering."""
         worker = self.workers.get(name)
         return worker is not None and worker.ready
 
@@ -150,7 +152,7 @@ class Execution:
                 worker = None
             if worker is None:
                 self.workers.spawn(name)
-                self._emit(events.Status(name, "loading", "starting the worker process"))
+                self.emit(events.Status(name, "loading", "starting the worker process"))
             elif worker.loaded:
                 self.state.fold(worker.loaded)     # kept loaded from an earlier run: no Loaded comes
         pending = [n for n in names if (w := self.workers.get(n)) is not None and not w.loaded]
@@ -166,10 +168,10 @@ class Execution:
                 if sent == spec.warmup_requests:
                     if name not in warmed:
                         warmed.add(name)
-                        self._emit(events.Status(name, "queued", "warmed up; the timed requests begin once "
+                        self.emit(events.Status(name, "queued", "warmed up; the timed requests begin once "
                                                                  "every variant has loaded"))
                     continue
-                request = self._request(spec, Turn(0, True, False))
+                request = self.request(spec, Turn(0, True, False))
                 warmups[name] = sent + 1
                 self.state.sent(name, request, warmup=True)
                 if not worker.send(request):
@@ -236,7 +238,7 @@ class Execution:
         passed = [self.state.shown(event) for event in worker.read() if self.state.fold(event)]
         passed += self.state.closed()
         if passed:
-            self._emit(passed if len(passed) > 1 else passed[0])
+            self.emit(passed if len(passed) > 1 else passed[0])
 
     def _died(self, worker: WorkerProcess) -> None:
         self._forward(worker)                          # what it sent before dying
@@ -261,13 +263,13 @@ class Execution:
         """Turn a dead or stuck worker into a Failed event for its variant, and stop it."""
         failed = self.state.failure(worker.variant, reason)
         if self.state.fold(failed):
-            self._emit([failed, *self.state.closed()])
+            self.emit([failed, *self.state.closed()])
         self.workers.stop([worker.variant], timeout=1.0)
 
     def _time_out(self, worker: WorkerProcess, timeout: float) -> None:
         """A request ran past its time: fail it, stop it at its next token, keep the worker if it obeys."""
         name = worker.variant
-        self._emit([self.state.give_up(name, f"timed out after {timeout:.0f} s: stopped (ask for fewer tokens, "
+        self.emit([self.state.give_up(name, f"timed out after {timeout:.0f} s: stopped (ask for fewer tokens, "
                                              "or allow more time)"), *self.state.closed()])
         worker.cancel.set()
         deadline = time.monotonic() + CANCEL_GRACE_S

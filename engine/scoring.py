@@ -43,9 +43,9 @@ class Scorer:
             if not self._told and self.spec.quality:     # why not, said once as the first group is done
                 self._told = True
                 for name in self.spec.variants:
-                    execution._emit(events.Scored(name, self.entries[name]))
+                    execution.emit(events.Scored(name, self.entries[name]))
             return
-        ready = [name for name in self.spec.variants if name not in self.entries and execution._ready(name)]
+        ready = [name for name in self.spec.variants if name not in self.entries and execution.ready(name)]
         if REFERENCE in ready and self._reference is None:
             self._score_reference(execution)
         if self._reference is not None:
@@ -60,7 +60,7 @@ class Scorer:
         return outcome.finished[-1] if outcome is not None and outcome.finished else None
 
     def _probe(self, execution, name: str, **fields) -> dict | None:
-        request = execution._request(self.spec, Turn(0, False, False))
+        request = execution.request(self.spec, Turn(0, False, False))
         try:
             return execution.measure(name, "quality", execution.timeouts.request_s, request=request,
                                      answer=self._answer, keep_logprobs=self.keep_logprobs, **fields)
@@ -105,7 +105,7 @@ class Scorer:
 
     def _enter(self, execution, name: str, entry: dict) -> None:
         self.entries[name] = entry
-        execution._emit(events.Scored(name, entry))
+        execution.emit(events.Scored(name, entry))
 
     def _finish(self, execution) -> None:
         """Every variant left without an entry says why."""
