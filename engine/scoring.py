@@ -25,6 +25,7 @@ class Scorer:
         self.logprobs: dict[str, object] = {}       # with keep_logprobs: each variant's array, and the answer
         self._reference: dict | None = None          # the reference's values, its log-probabilities
         self._answer: tuple[int, ...] = ()
+        self._note: str | None = None                # the answer was scored on its first positions only
         self.off: str | None = None
         self._told = False
         if not spec.quality:
@@ -82,8 +83,11 @@ class Scorer:
         if values is None:
             return
         self._reference = values
+        if values["positions"] < len(self._answer):     # bounded by the worker (engine/worker/quality.py)
+            self._note = f"on the first {values['positions']} of the answer's {len(self._answer)} tokens"
+            self._answer = self._answer[:values["positions"]]
         self._keep(REFERENCE, values)
-        entry = quality.summarize(dict(values, kld=[0.0] * values["positions"]), values, REFERENCE)
+        entry = quality.summarize(dict(values, kld=[0.0] * values["positions"]), values, REFERENCE, self._note)
         entry["status"] = "reference"
         self._enter(execution, REFERENCE, entry)
 
@@ -95,8 +99,9 @@ class Scorer:
         values = self._probe(execution, name, reference=self._reference["logprobs"])
         if values is not None:
             self._keep(name, values)
+            notes = [note for note in (values.get("approximation"), self._note) if note]
             self._enter(execution, name, quality.summarize(values, self._reference, REFERENCE,
-                                                           values.get("approximation")))
+                                                           "; ".join(notes) or None))
 
     def _keep(self, name: str, values: dict) -> None:
         if self.keep_logprobs:

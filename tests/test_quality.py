@@ -123,3 +123,19 @@ def test_random_weights_are_never_scored(engine):
         assert row["quality"]["status"] == "not meaningful"
         assert quality.line(row["quality"]) == "not meaningful: random weights"
         assert row["quality"]["kld_mean"] is None
+
+
+def test_the_reference_scores_a_long_answer_on_its_first_positions_within_its_bound(monkeypatch):
+    """The reference's array travels to every variant: it is bounded (engine/worker/quality.py
+    REFERENCE_BYTES), and a longer answer is scored on its first positions only."""
+    from engine.events import Probe, Request, WorkerSpec
+    from engine.worker import quality as worker_quality
+    from engine.worker.runner import Runner
+    runner = Runner(WorkerSpec(presets.load("tiny"), "baseline", "cpu", threads=1), lambda event: None)
+    monkeypatch.setattr(worker_quality, "REFERENCE_BYTES", 512 * 4 * 5)          # 5 positions of tiny's 512 tokens
+    request = Request(1, "hi", 8, True)
+    values = worker_quality.score(runner, Probe(2, "quality", request=request, answer=tuple(range(3, 11))), None)
+    assert values["positions"] == 5 and values["logprobs"].shape == (5, 512) and len(values["top_ids"]) == 5
+    scored = worker_quality.score(runner, Probe(3, "quality", request=request, answer=tuple(range(3, 8)),
+                                                reference=values["logprobs"]), None)
+    assert scored["kld"] == pytest.approx([0.0] * 5, abs=1e-6)                   # the same model: no divergence

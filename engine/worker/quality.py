@@ -16,6 +16,9 @@ import torch
 from engine.events import Probe
 
 COMPILED_NOTE = "scored through the model's plain forward, not its compiled step"
+# the reference's log-probabilities, (positions, vocabulary) float32, are sent to every variant: at most this
+# many bytes, so a long answer is scored on its first positions (SmolLM2's 49,152 tokens: 341 positions)
+REFERENCE_BYTES = 64 * 2**20
 
 
 def teacher_forced_logprobs(runner, prompt: list[int], answer: list[int]) -> torch.Tensor:
@@ -34,6 +37,9 @@ def score(runner, probe: Probe, cancel) -> dict:
     answer = [int(token) for token in probe.answer]
     if not answer:
         raise ValueError("the reference's answer has no tokens to score")
+    if probe.reference is None:           # the reference: its array travels to every variant, so it is bounded
+        vocabulary = runner.model.get_output_embeddings().weight.shape[0]
+        answer = answer[:max(1, REFERENCE_BYTES // (vocabulary * 4))]
     prompt = list(runner.prompt_ids(probe.request))
     logprobs = teacher_forced_logprobs(runner, prompt, answer)
     values = {"positions": len(answer), "prompt_tokens": len(prompt),
