@@ -16,7 +16,8 @@ ORCHESTRATOR = ("engine.pool", "engine.presets", "engine.remote", "engine.report
                 "engine.__main__", "engine.studies.sweeps", "engine.studies.bench", "engine.studies.experiments",
                 "engine.studies.trends", "engine.studies.targets", "engine.views.run", "engine.views.summary",
                 "engine.views.tables", "engine.views.run_charts", "engine.views.sweep_charts",
-                "engine.views.history_tables", "engine.views.history_charts")
+                "engine.views.history_tables", "engine.views.history_charts", "engine.quality", "engine.scoring", "engine.launch",
+                "engine.quality_table")
 
 HOOK = """
 import sys
