@@ -230,6 +230,11 @@ class Engine:
     # ------------------------------------------------------------------ a run
     def _worker_spec(self, name: str, others: list[WorkerSpec]) -> WorkerSpec:
         served = self.preset.endpoint(name)
+        if served is not None and served.launch is not None:
+            # an engine started by its worker: a free loopback port, as many threads as a local worker
+            served = remote.at_port(served, topology.free_port())
+            return WorkerSpec(self.preset, name, f"remote:{served.host}", self.threads or self.cores,
+                              endpoint=served, shares_machine=True)
         if served is not None:                     # a server elsewhere runs beside ours in fair mode
             return WorkerSpec(self.preset, name, f"remote:{served.host}", endpoint=served,
                               shares_machine=remote.on_this_machine(served))

@@ -51,6 +51,8 @@ class Preset:
     chat_template: bool = False       # wrap the prompt in the tokenizer's chat template
     ignore_eos: bool = False          # generate exactly max_new_tokens (always so for random weights)
     remote: tuple = ()                # served endpoints (engine/remote.py Endpoint), each one more variant
+    engines: tuple = ()               # engines the dashboard starts itself ({name, kind, args}), each one more
+                                      # variant: their endpoints join `remote` (engine/launch.py)
 
     @property
     def random_weights(self) -> bool:
@@ -114,10 +116,11 @@ def parse(data: object, origin: str) -> Preset:
             raise PresetError(f"{origin}: field {key!r} is {data[key]!r}; allowed: {', '.join(allowed)}")
     try:
         served = tuple(remote.endpoint(entry, origin) for entry in data.get("remote", []))
+        served += tuple(remote.engine_entry(entry, origin) for entry in data.get("engines", []))
     except ValueError as error:
         raise PresetError(str(error)) from None
     if len({e.name for e in served}) != len(served):
-        raise PresetError(f"{origin}: two 'remote' entries share a name: give each its own")
+        raise PresetError(f"{origin}: two 'remote' or 'engines' entries share a name: give each its own")
     allowed = [*CATALOG, *(e.name for e in served)]
     for variant in data.get("variants", []):
         if variant not in allowed:
@@ -145,7 +148,7 @@ def parse(data: object, origin: str) -> Preset:
     cap = data.get("max_new_tokens_cap", Preset.max_new_tokens_cap)
     if data.get("max_new_tokens", Preset.max_new_tokens) > cap:
         raise PresetError(f"{origin}: field 'max_new_tokens' is above 'max_new_tokens_cap' ({cap})")
-    values = dict(data, remote=served)
+    values = dict(data, remote=served, engines=tuple(data.get("engines", ())))
     if "variants" in values:
         values["variants"] = tuple(values["variants"])
     return Preset(**values)

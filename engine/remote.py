@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from engine.launch import KINDS, Launch
 from engine.variants import CATALOG
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
@@ -27,6 +28,7 @@ class Endpoint:
     base_url: str
     model: str | None = None
     api_key_env: str | None = None
+    launch: Launch | None = None      # an engine the dashboard starts itself (on a free loopback port)
 
     @property
     def host(self) -> str:
@@ -60,6 +62,32 @@ def endpoint(data: object, origin: str) -> Endpoint:
             raise ValueError(f"{origin}: 'remote' field {key!r} must be a string")
     return _checked(Endpoint(data["name"], data["base_url"].rstrip("/"), data.get("model"), data.get("api_key_env")),
                     origin)
+
+
+def engine_entry(data: object, origin: str) -> Endpoint:
+    """An engine to start, from a preset's `engines:` entry ({name, kind, args}): an endpoint on this
+    machine's loopback whose port is chosen when its worker starts (engine/launch.py)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{origin}: each entry of 'engines' must be a mapping with name and kind, "
+                         f"got {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in ("name", "kind", "args"))
+    if unknown:
+        raise ValueError(f"{origin}: 'engines' entry has unknown field {unknown[0]!r}; allowed: args, kind, name")
+    if data.get("kind") not in KINDS:
+        raise ValueError(f"{origin}: 'engines' entry {data.get('name')!r} has kind {data.get('kind')!r}; "
+                         f"known: {', '.join(KINDS)}")
+    args = data.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise ValueError(f"{origin}: 'engines' field 'args' must be a list of strings")
+    if not isinstance(data.get("name"), str):
+        raise ValueError(f"{origin}: each entry of 'engines' needs 'name' (a string)")
+    return _checked(Endpoint(data["name"], "http://127.0.0.1:0/v1", data["name"],
+                             launch=Launch(data["kind"], tuple(args))), origin)
+
+
+def at_port(found: Endpoint, port: int) -> Endpoint:
+    """A started engine's endpoint, on the port its server listens on."""
+    return Endpoint(found.name, f"http://127.0.0.1:{port}/v1", found.model, found.api_key_env, found.launch)
 
 
 def from_flag(text: str) -> Endpoint:

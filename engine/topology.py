@@ -1,4 +1,5 @@
-"""The CPU cores a process may use, their hyper-thread siblings, and a core of its own for a GPU worker."""
+"""The CPU cores a process may use, their hyper-thread siblings, a core of its own for a GPU worker, and a
+free loopback port for a server this machine starts."""
 from __future__ import annotations
 
 import os
@@ -44,3 +45,11 @@ def free_core(cores: list[int], taken: set[int | None], siblings=core_siblings) 
     free = [core for core in cores[1:] if core not in taken]
     shared = set().union(*(siblings(core) for core in [*cores[:1], *taken]))
     return next((core for core in free if not siblings(core) & shared), free[0] if free else None)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback now (the system picks it), for a server this machine starts."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

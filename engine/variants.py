@@ -47,9 +47,13 @@ class Variant:
     compile: bool = False                # static KV cache + torch.compile of the decode step
     use_cache: bool = True               # False recomputes all positions at every step
     remote: bool = False                 # a served model (engine/remote.py): nothing loads here
+    launch: str | None = None            # the engine kind the dashboard starts for it (engine/launch.py)
 
     def unavailable_reason(self, preset: Preset, device: Device) -> str | None:
         """Why this variant cannot run with this preset on this device; None when it can."""
+        if self.launch is not None:
+            from engine.launch import reason
+            return reason(self.launch, preset)
         for check in CHECKS.get(self.name, ()):
             reason = check(preset, device)
             if reason:
@@ -166,7 +170,13 @@ CHECKS = {
 
 def served(endpoint) -> Variant:
     """The variant of a preset's served endpoint (engine/remote.py): its label says where it is served;
-    the worker's Loaded event says by what, once it has asked the server."""
+    the worker's Loaded event says by what, once it has asked the server. An engine the dashboard starts
+    (engine/launch.py) says which."""
+    if endpoint.launch is not None:
+        return Variant(endpoint.name, f"{endpoint.launch.kind} (started here)",
+                       f"{endpoint.launch.kind}'s server, started by the dashboard on this machine with the "
+                       "preset's model and as many threads as a local worker, streamed and timed like the "
+                       "local variants.", remote=True, launch=endpoint.launch.kind)
     return Variant(endpoint.name, f"served at {endpoint.host}", f"The model served at {endpoint.base_url} "
                    "(an OpenAI-compatible server), streamed and timed like the local variants.", remote=True)
 

@@ -169,6 +169,16 @@ def serve(spec: WorkerSpec, receive: Callable[[], object], emit: Callable[[objec
     except BaseException as error:  # noqa: BLE001 - a failure is a value, sent to the orchestrator
         emit(events.Failed(spec.variant, "could not load: " + one_line(error), traceback.format_exc()))
         return
+    try:
+        _answer(spec, runner, receive, emit, cancel)
+    finally:
+        close = getattr(runner, "close", None)       # a served variant stops the engine it started
+        if close is not None:
+            close()
+
+
+def _answer(spec: WorkerSpec, runner, receive, emit, cancel) -> None:
+    """Answer what `receive()` returns until None."""
     while (request := receive()) is not None:
         try:
             if isinstance(request, Probe):

