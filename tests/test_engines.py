@@ -20,9 +20,10 @@ PROMPT = "Explain why the sky is blue."
 
 
 def with_engine(preset, **entry):
-    """The preset with one more engine to start (as its file's `engines:` entry would give it)."""
+    """The preset with this engine to start (as its file's `engines:` entry would give it), in place of its own
+    of that name."""
     found = remote.engine_entry({"name": "llama.cpp", "kind": "llama.cpp", **entry}, "test")
-    return dataclasses.replace(preset, remote=preset.remote + (found,))
+    return dataclasses.replace(preset, remote=tuple(e for e in preset.remote if e.name != found.name) + (found,))
 
 
 def require_llama_server():
