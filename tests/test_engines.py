@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from engine import launch, presets, remote
+from engine import launch, metrics, presets, remote
 from engine.errors import PresetError
 from engine.pool import Engine
 from engine.spec import RunSpec
@@ -84,6 +84,11 @@ def test_llama_cpp_started_by_the_dashboard_streams_beside_the_baseline_and_is_t
     assert served["output_tokens"] == 16 and len(served["token_times_s"]) == 16
     assert served["server"]["completion_tokens_repeats"] == [16, 16] and served["server"]["kind"] == "llama.cpp"
     assert served["tpot_s"] > 0 and served["ttft_s"] < served["e2e_s"]
+    # llama.cpp's own timings beside the client's: its prefill and its time per predicted token
+    server = served["server"]
+    assert server["timings"]["predicted_n"] == 16 and server["ttft_s"] > 0 and len(server["tpot_s_repeats"]) == 2
+    assert server["tpot_s"] == pytest.approx(metrics.median(server["tpot_s_repeats"]))
+    assert all(0 < value <= served["tpot_s"] * 1.5 for value in server["tpot_s_repeats"])    # the client's includes the network
     # its quality needs prompt log-probabilities, which llama.cpp's server does not give: said, not guessed
     assert served["quality"]["status"] == "not reported" and served["quality"]["kld_mean"] is None
     assert served["quality"]["note"].startswith("not reported by the server")

@@ -28,8 +28,8 @@ import time
 from engine import events
 from engine.remote import Endpoint
 from engine.worker.prompts import load_tokenizer, prompt_ids
-from engine.worker.served_stream import (NO_TOKEN_ID, Stream, by_server_count, read_metrics, server_figures,
-                                         share_gap)
+from engine.worker.served_stream import (NO_TOKEN_ID, Stream, by_server_count, own_timings, read_metrics,
+                                         server_figures, share_gap)
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 300.0          # the longest wait for the next chunk of a stream
@@ -157,7 +157,7 @@ class ServedRunner:
                   "kind": self.server_kind, "completion_tokens": stream.usage_tokens,
                   "multi_token_chunks": counted.multi_token_chunks, "memory": MEMORY_NOT_REPORTED,
                   "metrics": "exposed" if self.metrics_available else "not exposed by the server",
-                  **server_figures(before, after)}
+                  **own_timings(stream.timings), **server_figures(before, after)}
         if counted.note:
             server["token_count_note"] = counted.note
         return events.Finished(
@@ -203,6 +203,8 @@ class ServedRunner:
             chunk = json.loads(data)
             if chunk.get("usage"):
                 stream.usage_tokens = chunk["usage"].get("completion_tokens")
+            if isinstance(chunk.get("timings"), dict):
+                stream.timings = chunk["timings"]
             for choice in chunk.get("choices") or []:
                 if choice.get("index", 0) != 0:          # the batch's other sequences: counted by usage
                     continue

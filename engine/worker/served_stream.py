@@ -71,6 +71,21 @@ class Stream:
     usage_tokens: int | None = None      # the server's completion_tokens (all sequences)
     multi_token_chunks: int = 0
     cut: str | None = None               # why the stream broke off, when it did
+    timings: dict | None = None          # the server's own timings of the request (llama.cpp's `timings`)
+
+
+def own_timings(timings: dict | None) -> dict:
+    """llama.cpp's own figures of one request, from the `timings` of its last chunk: its prompt processing
+    (prefill, its time to first token) and its time per predicted token, as llama.cpp computes them; {}
+    from a server that sends none."""
+    if not timings:
+        return {}
+    found = {"timings": dict(timings)}
+    if isinstance(timings.get("prompt_ms"), (int, float)):
+        found["ttft_s"] = timings["prompt_ms"] / 1000
+    if isinstance(timings.get("predicted_per_token_ms"), (int, float)):
+        found["tpot_s"] = timings["predicted_per_token_ms"] / 1000
+    return found
 
 
 @dataclass(frozen=True)
