@@ -75,6 +75,22 @@ def has_figures(quality: dict | None) -> bool:
     return bool(quality) and quality.get("status") in ("measured", "reference")
 
 
+def measured(quality: dict | None) -> bool:
+    """Figures against the reference (not the reference's own answer scored against itself)."""
+    return bool(quality) and quality.get("status") == "measured"
+
+
+def agreement_text(share: float) -> str:
+    """A top-token agreement as a whole percentage, never 100% unless every position agreed."""
+    text = f"{share:.0%}"
+    return f"{min(share, 0.999):.1%}" if text == "100%" and share < 1 else text
+
+
+def kld_text(value: float) -> str:
+    """A KL divergence to three significant digits: 0.0123, 4.5e-06."""
+    return f"{value:.3g}"
+
+
 def tail_value(quality: dict) -> float | None:
     """The KLD tail the entry gives: its 99th percentile, or its maximum on a short answer."""
     return quality.get("kld_p99") if quality.get("kld_tail") == "p99" else quality.get("kld_max")
@@ -89,8 +105,8 @@ def line(quality: dict | None) -> str:
     if quality["status"] == "reference":
         return (f"the reference for every variant's answers: perplexity {quality['perplexity']:.2f} "
                 f"on its own answer ({quality['positions']} tokens)")
-    text = (f"same top token as {quality['reference']} on {quality['top_token_agreement']:.0%} of positions; "
-            f"mean KLD {quality['kld_mean']:.3g}")
+    text = (f"same top token as {quality['reference']} on {agreement_text(quality['top_token_agreement'])} of "
+            f"positions; mean KLD {kld_text(quality['kld_mean'])}")
     return text + (f" ({quality['approximation']})" if quality.get("approximation") else "")
 
 
@@ -98,7 +114,7 @@ def cost(quality: dict | None) -> str:
     """What a variant's answers cost, for the verdict: "same top token on 94%, mean KLD 0.04"; "" if unknown."""
     if not has_figures(quality) or quality["status"] == "reference":
         return ""
-    return f"same top token on {quality['top_token_agreement']:.0%}, mean KLD {quality['kld_mean']:.2g}"
+    return f"same top token on {agreement_text(quality['top_token_agreement'])}, mean KLD {quality['kld_mean']:.2g}"
 
 
 COLUMNS = (   # (flat key for tables, CSV and history; key in the entry)
@@ -110,6 +126,9 @@ COLUMNS = (   # (flat key for tables, CSV and history; key in the entry)
     ("quality_reference_perplexity", "reference_perplexity"),
     ("quality_positions", "positions"),
 )
+
+
+FIELDS = frozenset(column for column, _ in COLUMNS)      # the flat figures' columns (quality_note aside)
 
 
 def flat(quality: dict | None) -> dict:

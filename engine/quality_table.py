@@ -7,7 +7,6 @@ its reason once below the table (`notes`): a fixed-width column would be as wide
 from __future__ import annotations
 
 from engine import quality
-from engine.views.summary import agreement_text
 from engine.views.tables import DASH
 
 HEADERS = ("same top", "mean KLD", "KLD p99/max")
@@ -15,11 +14,11 @@ PERPLEXITY_HEADERS = ("PPL", "PPL/ref")
 
 
 def kld(value: float | None) -> str:
-    return DASH if value is None else f"{value:.3g}"
+    return DASH if value is None else quality.kld_text(value)
 
 
 def agreement(share: float | None) -> str:
-    return DASH if share is None else agreement_text(share)
+    return DASH if share is None else quality.agreement_text(share)
 
 
 def tail(entry: dict) -> str:

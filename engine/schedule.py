@@ -46,6 +46,14 @@ def groups(names: list[str], placement: dict[str, str], first: str | None = None
     return [group for group in [resident] + [[n] for n in swapped] if group]
 
 
+class ProbeFailed(RuntimeError):
+    """A probe the worker did not answer with a measurement; `reason` is its one line."""
+
+    def __init__(self, variant: str, kind: str, reason: str):
+        super().__init__(f"{variant}: {kind} failed: {reason}")
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """How long the orchestrator waits on a worker before failing its column (public pages' caps on a
@@ -206,7 +214,7 @@ class Execution:
         self.receive([name], lambda: not self.state.waiting([name]), timeout)
         answer = self.state.answer(probe.request_id)
         if not isinstance(answer, events.Measured):
-            raise RuntimeError(f"{name}: {kind} failed: {answer.reason if answer else 'no answer'}")
+            raise ProbeFailed(name, kind, answer.reason if answer else "no answer")
         return dict(answer.values)
 
     def receive(self, names: list[str], until, timeout: float, between=None) -> None:

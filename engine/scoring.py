@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from engine import events, quality
 from engine.presets import Preset
-from engine.schedule import Turn
+from engine.schedule import ProbeFailed, Turn
 from engine.spec import RunSpec
 from engine.variants import REFERENCE
 
@@ -66,7 +66,8 @@ class Scorer:
             return execution.measure(name, "quality", execution.timeouts.request_s, request=request,
                                      answer=self._answer, keep_logprobs=self.keep_logprobs, **fields)
         except Exception as error:  # noqa: BLE001 - a variant that cannot score keeps its timings
-            reason = str(error).partition("quality failed: ")[2].removeprefix("NotReported: ") or str(error)
+            # the worker's one line, less the served scorer's exception name ("NotReported: ...")
+            reason = error.reason.removeprefix("NotReported: ") if isinstance(error, ProbeFailed) else str(error)
             if name in self.remote_names:
                 entry = quality.unmeasured("not reported", f"{quality.NOT_REPORTED} ({reason})", REFERENCE)
             else:

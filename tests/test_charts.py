@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from engine import events
+from engine import events, quality
 from engine.outcomes import Outcome
 from engine.views import run_charts, summary
 from engine.views.run import RunView
@@ -211,7 +211,6 @@ def quantization_sweep(entries: dict) -> dict:
 
 
 def test_the_quantization_table_and_chart_show_each_variants_quality():
-    from engine import quality
     from engine.studies.experiments import get
     from engine.views.sweep_charts import sweep_figure, sweep_table
     base = {"top_ids": [1, 2, 3, 4], "token_logprobs": [-0.1, -0.2, -0.3, -0.4]}
@@ -262,7 +261,6 @@ def test_sizes_keep_three_digits_in_the_unit_they_fill_and_ratios_two_decimals()
 def quality_report():
     """A finished run with quality entries (engine/quality.py): baseline the reference, sdpa its equal,
     bnb-4bit off on one position in four, a served variant whose server reports none."""
-    from engine import quality
     reference = {"top_ids": [1, 2, 3, 4], "token_logprobs": [-0.1, -0.2, -0.3, -0.4]}
     same = quality.summarize({"top_ids": [1, 2, 3, 4], "token_logprobs": [-0.1, -0.2, -0.3, -0.4],
                               "kld": [0.0] * 4}, reference, "baseline")
@@ -289,9 +287,8 @@ def test_the_summary_and_the_csv_give_each_variant_its_answers_against_the_refer
     assert cells["sdpa"] == ["100%", "0", "0 (max)", "1.284 (baseline 1.284)"]
     assert cells["bnb-4bit"] == ["75%", "0.04", "0.13 (max)", "1.473 (baseline 1.284)"]
     assert cells["vllm"] == ["not reported by the server", "-", "-", "-"]
-    assert summary.agreement_text(0.998) == "99.8%" and summary.agreement_text(0.9996) == "99.9%"  # never 100%
+    assert quality.agreement_text(0.998) == "99.8%" and quality.agreement_text(0.9996) == "99.9%"  # never 100%
     # a random-weight preset: the reason in place of numbers; a report without entries: dashes
-    from engine import quality
     noise = dict(report["results"][2], quality=quality.unmeasured("not meaningful", quality.RANDOM_WEIGHTS))
     assert summary.quality_cells(noise) == ["not meaningful: random weights", "-", "-", "-"]
     assert summary.quality_cells({"variant": "sdpa"}) == ["-"] * 4
@@ -308,7 +305,6 @@ def test_the_summary_and_the_csv_give_each_variant_its_answers_against_the_refer
 
 
 def test_the_speed_against_quality_chart_puts_each_variant_at_its_tpot_and_mean_kld():
-    from engine import quality
     report = quality_report()
     view = RunView([r["variant"] for r in report["results"]], "fair")
     assert run_charts.quality_figure(view).layout.annotations[0].text == "quality is scored after the timed requests"

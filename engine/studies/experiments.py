@@ -15,8 +15,6 @@ from engine.presets import Preset
 from engine.spec import Cell
 from engine.variants import REFERENCE
 
-# the quality entry's columns (engine/quality.py `flat`), which `derive` puts in a row whose variant was scored
-QUALITY_FIELDS = frozenset(column for column, _ in quality.COLUMNS)
 PROMPT = "Attention reads every cached key and value for each new token, so memory bandwidth sets the pace. "
 
 

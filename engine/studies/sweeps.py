@@ -16,8 +16,7 @@ from engine.outcomes import Outcome
 from engine.pool import Engine, Run
 from engine.presets import Preset
 from engine.spec import RunSpec
-from engine.studies.experiments import (EXPERIMENTS, PROMPT, QUALITY_FIELDS, Experiment, derive, get, grid_for,
-                                       repeats_for, spread)
+from engine.studies.experiments import EXPERIMENTS, PROMPT, Experiment, derive, get, grid_for, repeats_for, spread
 from engine.studies.trends import trends
 from engine.views.sweep_charts import cell_text, figure_text, sweep_table
 from engine.views.tables import csv_text, fixed_width
@@ -239,8 +238,8 @@ def summary(sweep: dict) -> str:
     mean KLD, its tail, perplexity and its ratio to the reference's (engine/quality_table.py), and why a
     variant has none below."""
     y = get(sweep["experiment"]).y
-    headers, rows = sweep_table(sweep, tuple(name for name in y if name not in QUALITY_FIELDS), reasons=False)
-    scored = bool(QUALITY_FIELDS & set(y)) and quality_table.shown(sweep["results"])
+    headers, rows = sweep_table(sweep, tuple(name for name in y if name not in quality.FIELDS), reasons=False)
+    scored = bool(quality.FIELDS & set(y)) and quality_table.shown(sweep["results"])
     if scored:                                   # before the CPU column, which stays last
         at = len(headers) - (headers[-1:] == ["CPU"])
         headers[at:at] = [*quality_table.HEADERS, *quality_table.PERPLEXITY_HEADERS]

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from engine.studies.experiments import QUALITY_FIELDS, Claim, Experiment, spread
+from engine import quality
+from engine.studies.experiments import Claim, Experiment, spread
 from engine.variants import REFERENCE
 
 
@@ -147,7 +148,7 @@ def trend(claim: Claim, rows: list[dict], text: Callable[[str, float], str] | No
 def _missing(claim: Claim, rows: list[dict]) -> str:
     """Why a claim had no rows to judge: for a quality figure, the rows' own reason ("not meaningful: random
     weights"), else that the rows did not run."""
-    if claim.y in QUALITY_FIELDS:
+    if claim.y in quality.FIELDS:
         notes = dict.fromkeys(row["quality_note"] for row in rows if row.get("quality_note")
                               and (not claim.variants or row["variant"] in claim.variants))
         if notes:

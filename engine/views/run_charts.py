@@ -9,7 +9,7 @@ import math
 
 import plotly.graph_objects as go
 
-from engine import metrics, quality
+from engine import quality
 from engine.variants import REFERENCE
 from engine.views import tables
 from engine.views.palette import GRID, NOTE_TEXT, SURFACE, color_of, note

@@ -5,7 +5,7 @@ is within noise is engine/verdict.py's rule.
 """
 from __future__ import annotations
 
-from engine import quality, verdict
+from engine import quality, quality_table, verdict
 from engine.report import tpot_range
 from engine.variants import REFERENCE
 from engine.views import tables
@@ -141,12 +141,6 @@ def _first_diff(row: dict, has_reference: bool) -> str:
     return "none" if row.get("first_diff_token") is None else f"token {row['first_diff_token']}"
 
 
-def agreement_text(share: float) -> str:
-    """A top-token agreement as a whole percentage, never 100% unless every position agreed."""
-    text = f"{share:.0%}"
-    return f"{min(share, 0.999):.1%}" if text == "100%" and share < 1 else text
-
-
 def quality_cells(row: dict) -> list[str]:
     """The row's quality columns (engine/quality.py): same top token, mean KLD, its tail, perplexity beside
     the reference's; "reference" on the reference's row; the reason in place of numbers where there are none
@@ -158,11 +152,8 @@ def quality_cells(row: dict) -> list[str]:
     perplexity = tables.general(found.get("perplexity"))
     if found["status"] == "reference":
         return ["reference", "reference", "reference", perplexity]
-    tail = quality.tail_value(found)
     reference = found.get("reference_perplexity")
-    return [tables.DASH if found.get("top_token_agreement") is None else agreement_text(found["top_token_agreement"]),
-            tables.DASH if found.get("kld_mean") is None else f"{found['kld_mean']:.3g}",
-            tables.DASH if tail is None else f"{tail:.3g} ({found['kld_tail']})",
+    return [*quality_table.cells(found),
             perplexity + ("" if reference is None else f" ({found['reference']} {reference:.4g})")]
 
 

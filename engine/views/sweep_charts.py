@@ -72,7 +72,6 @@ COLUMNS = {
     "quality_positions": Column("scored tokens"),
     "quality_note": Column("quality note"),
 }
-QUALITY_FIELDS = frozenset(column for column, _ in quality.COLUMNS)
 # a quality column that the reference's own row reads "reference" in: its answer scored against itself
 REFERENCE_CELLS = frozenset(("quality_top_agreement", "quality_kld_mean", "quality_kld_p99", "quality_kld_max"))
 
@@ -140,14 +139,10 @@ def _matches(row: dict, where: dict) -> bool:
     return all(row.get(key) == value for key, value in where.items())
 
 
-def _measured(row: dict) -> bool:
-    return isinstance(row.get("quality"), dict) and row["quality"]["status"] == "measured"
-
-
 def unmeasured_note(panel: Panel, rows: list[dict]) -> str | None:
     """Why a `measured` panel has no bars: its rows' notes ("not meaningful: random weights"); None while a
     row is measured or none has been scored yet."""
-    if not panel.measured or any(_measured(row) for row in rows):
+    if not panel.measured or any(quality.measured(row.get("quality")) for row in rows):
         return None
     notes = dict.fromkeys(row["quality"].get("note") for row in rows if isinstance(row.get("quality"), dict))
     return "; ".join(n for n in notes if n) or None
@@ -158,7 +153,7 @@ def _add_panel(figure: go.Figure, at: int, panel: Panel, rows: list[dict], shown
     scale = UNITS[panel.y][1]
     groups: dict[tuple[str, float], list[dict]] = {}
     for row in rows:
-        if _matches(row, panel.where) and row.get(panel.y) is not None and (_measured(row) or not panel.measured):
+        if _matches(row, panel.where) and row.get(panel.y) is not None and (quality.measured(row.get("quality")) or not panel.measured):
             groups.setdefault((row["variant"], row.get("pad_ratio") or 0.0), []).append(row)
     for (variant, pad), members in groups.items():
         name = variant + (f", {pad:.0%} padding" if pad else "")
@@ -224,7 +219,7 @@ def sweep_table(sweep: dict, y: tuple[str, ...], reasons: bool = True) -> tuple[
     rows = sweep["results"]
     keys = ["variant", "status", *[k for k in GRID_KEYS if any(k in row for row in rows)],
             "prompt_length", "pad_ratio", "batch_size", "max_new_tokens", *y,
-            *["quality_note"] * bool(QUALITY_FIELDS & set(y) and "quality_note" not in y)]
+            *["quality_note"] * bool(quality.FIELDS & set(y) and "quality_note" not in y)]
     busy = any(row.get("host_busy") for row in rows)
     headers = [COLUMNS[key].header if key in COLUMNS else key for key in keys] + ["CPU"] * busy + \
         ["reason"] * reasons

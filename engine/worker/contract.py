@@ -13,12 +13,14 @@ class Runner(Protocol):
     """A loaded variant, answering one request at a time."""
     device: str                     # where it computes, as the orchestrator names it ("cpu", "cuda:0", "remote:…")
     cuda_index: int | None          # the CUDA device whose memory it frees after a failure (None: none)
-    takes_probes: bool              # whether the overhead and bandwidth probes can time it (a model on this machine)
     emit: Callable[[object], None]  # where its Started, Token and MemorySample events go
 
     @property
     def label(self) -> str:
         """What actually runs, for its card: "SDPA", "served by vLLM 0.32 at host:8000", ..."""
+
+    def answer(self, probe: events.Probe, cancel) -> events.Measured:
+        """A measurement outside a request (engine/worker/probes.py); raises when the probe does not apply."""
 
     def generate(self, request: events.Request, cancel) -> events.Finished:
         """Serve one request, streaming its Started and Token events (held until its end when the

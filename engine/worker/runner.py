@@ -41,8 +41,6 @@ class Cancelled(StoppingCriteria):
 class Runner:
     """A loaded variant: the model, its tokenizer and how to call generate for it (a
     engine/worker/contract.py Runner)."""
-    takes_probes = True
-
     def __init__(self, spec: WorkerSpec, emit):
         self.spec, self.emit, self.device = spec, emit, spec.device
         self.variant = CATALOG[spec.variant]
@@ -147,6 +145,11 @@ class Runner:
         self.model(input_ids=input_ids[:1, -width:], attention_mask=mask[:1, -width:], use_cache=False)
         if self.cuda_index is not None:
             torch.cuda.synchronize(self.cuda_index)     # its kernels end before the clock starts
+
+    def answer(self, probe, cancel) -> events.Measured:
+        """A probe measured on this model (engine/worker/probes.py)."""
+        from engine.worker import probes
+        return probes.answer(self, probe, cancel)
 
     def generate(self, request: Request, cancel) -> events.Finished:
         """Serve one request, streaming its Started and Token events; its raw measurements."""

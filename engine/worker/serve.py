@@ -181,19 +181,9 @@ def _answer(spec: WorkerSpec, runner, receive, emit, cancel) -> None:
     """Answer what `receive()` returns until None."""
     while (request := receive()) is not None:
         try:
-            if isinstance(request, Probe):
-                if request.kind == "quality" and not runner.takes_probes:
-                    from engine.worker import served_quality       # the server's own log-probabilities
-                    emit(events.Measured(spec.variant, request.request_id, request.kind,
-                                         served_quality.score(runner, request)))
-                    continue
-                if not runner.takes_probes:
-                    raise ValueError(f"the {request.kind} probe times a model on this machine: not applicable "
-                                     "to a served model")
-                from engine.worker import probes          # torch: never imported by a served variant's worker
-                emit(probes.answer(runner, request, cancel))
-                continue
-            emit(runner.generate(request, cancel))        # its Started event says it is generating
+            # a probe is the runner's to answer (a served one never imports the torch of the local probes)
+            emit(runner.answer(request, cancel) if isinstance(request, Probe)
+                 else runner.generate(request, cancel))   # a request's Started event says it is generating
         except BaseException as error:  # noqa: BLE001
             reason = one_line(error)
             if "out of memory" in reason.lower():

@@ -42,7 +42,6 @@ class ServerError(Exception):
 class ServedRunner:
     """The worker side of a served variant: what it serves, and one request at a time streamed."""
     cuda_index = None
-    takes_probes = False           # the probes time a model on this machine
 
     def __init__(self, target: Endpoint, preset, emit, device: str):
         import httpx
@@ -62,6 +61,14 @@ class ServedRunner:
             from engine.launch import describe
             return f"{describe(self.endpoint.launch.kind, self.preset)}; started here, {self.endpoint.host}"
         return f"served by {self.server_kind}{' ' + self.version if self.version else ''} at {self.endpoint.host}"
+
+    def answer(self, probe: events.Probe, cancel) -> events.Measured:
+        """The quality probe from the server's own log-probabilities (engine/worker/served_quality.py); the
+        other probes time a model on this machine and do not apply."""
+        if probe.kind != "quality":
+            raise ValueError(f"the {probe.kind} probe times a model on this machine: not applicable to a served model")
+        from engine.worker import served_quality
+        return events.Measured(self.endpoint.name, probe.request_id, probe.kind, served_quality.score(self, probe))
 
     def close(self) -> None:
         """Stop the engine this worker started (nothing for a server someone else runs)."""
