@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from engine import hardware, presets, remote
 from engine.errors import DeviceError, InputError, ModelSourceError, PresetError
 from engine.history import HISTORY_ENV, default_path
+from engine.launch import ENGINE_HELP, ENGINE_METAVAR
 from engine.limits import Limits
 from engine.process import long_lived_imports, start_fork_server, stop_fork_server
 
@@ -60,7 +61,12 @@ def parser() -> argparse.ArgumentParser:
                      help="a served model (an OpenAI-compatible server such as vLLM at http://host:8000/v1) as one "
                           "more variant of every preset; repeat for several. Only the command line and preset "
                           "files name endpoints, never a visitor")
+    top.add_argument("--engine", action="append", metavar=ENGINE_METAVAR, help=ENGINE_HELP)
     top.add_argument("--auth", help=f"USER:PASS: a login in front of the page (or ${AUTH_ENV})")
+    top.add_argument("--trusted-proxies", metavar="IPS", help="comma-separated addresses or networks of the reverse "
+                     "proxies in front of this app, whose X-Forwarded-For names the visitor (default: "
+                     "$FORWARDED_ALLOW_IPS, else none: each visitor is the address that connects; a Space's proxy "
+                     "is known)")
     top.add_argument("--mcp", action="store_true",
                      help="also serve the page's compare, experiment and history queries as MCP tools, at "
                           f"{mcp.PATH} (Gradio's MCP server; needs the gradio[mcp] extra)")
@@ -90,7 +96,9 @@ LIMIT_FLAGS = (("--queue-size", "queue_size", int, "runs that may wait for the d
                ("--max-new-tokens", "new_tokens", int, "new tokens per request"),
                ("--max-work-tokens", "work_tokens", int, "token positions of one run"),
                ("--run-deadline", "run_deadline_s", float, "seconds after which a run is stopped"),
-               ("--unread-timeout", "unread_s", float, "seconds a job's updates may go unread before it is stopped"))
+               ("--unread-timeout", "unread_s", float, "seconds a job's updates may go unread before it is stopped"),
+               ("--max-request-bytes", "body_bytes", int, "bytes of one request's body (default: what the longest "
+                "prompt needs, at least 1 MiB)"))
 
 
 def page_limits(args) -> Limits:
@@ -169,7 +177,9 @@ def main(argv=None) -> int:
         print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
         return 2
     try:
+        from ui.gate import trust_proxies
         limits, login = page_limits(args), credentials(args)
+        trust_proxies(args.trusted_proxies)
         if args.preset is not None:
             presets.load(args.preset)                  # a name that is no preset: one line before gradio loads
     except (ValueError, PresetError) as error:
@@ -188,7 +198,7 @@ def serve_page(args, limits: Limits, login: tuple[str, str] | None) -> int:
     flag (one line on stderr), 0 otherwise."""
     with long_lived_imports():       # gradio and its dependencies live as long as the page
         from ui import mcp
-        from ui.page import launch_kwargs
+        from ui.page import launch_kwargs, queue_kwargs
         from engine.limits import public_presets
         from ui.state import Engines, PageHistory
     offered = None
@@ -208,7 +218,8 @@ def serve_page(args, limits: Limits, login: tuple[str, str] | None) -> int:
         print(f"--history: this public page keeps visitors' runs only for their session, in a temporary file, not "
               f"in {args.history} (add --keep-public-history to keep them there)", file=sys.stderr)
     try:
-        served = tuple(remote.from_flag(text) for text in args.remote or ())
+        served = (tuple(remote.from_flag(text) for text in args.remote or ()) +
+                  tuple(remote.engine_from_flag(text) for text in args.engine or ()))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -226,9 +237,7 @@ def serve_page(args, limits: Limits, login: tuple[str, str] | None) -> int:
               + (" within the public limits (see the page's banner)" if limits.public else
                  " without limits (--private)") + "; add --auth USER:PASS to put a login in front of it.",
               file=sys.stderr)
-    # public: a bounded queue, and no direct HTTP call that skips it
-    demo.queue(default_concurrency_limit=1, max_size=(limits.queue_size + 4) if limits.public else None,
-               api_open=not limits.public)
+    demo.queue(**queue_kwargs(limits))     # public: the gate bounds runs; no direct HTTP call skips the queue
     for stop in (signal.SIGINT, signal.SIGTERM):                   # SIGTERM stops like Ctrl-C: workers too
         signal.signal(stop, stop_once)
     try:
@@ -237,7 +246,7 @@ def serve_page(args, limits: Limits, login: tuple[str, str] | None) -> int:
                     prevent_thread_lock=True, auth=login,
                     mcp_server=args.mcp,        # False, not None: Gradio would read $GRADIO_MCP_SERVER
                     max_file_size=1 if limits.public else None,      # the page takes no file: refuse uploads
-                    **launch_kwargs(engines.lanes()))
+                    **launch_kwargs(engines.lanes(), limits))
         print(f"* Running on local URL:  {demo.local_url}", flush=True)
         if args.mcp:
             try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from engine import events, history_cli, presets, quality_table, remote, slo
 from engine.errors import USER_ERRORS, InputError
+from engine.launch import ENGINE_HELP, ENGINE_METAVAR
 from engine.pool import Engine
 from engine.spec import RunSpec
 from engine.report import host_note
@@ -64,17 +65,19 @@ def _targets(text: str) -> slo.Targets:
 
 
 def load_preset(args):
-    """--preset, with the served endpoints of --remote added to it (engine/remote.py); and the variants
-    to run: --variants, else the preset's and those endpoints."""
+    """--preset, with the served endpoints of --remote and the engines of --engine added to it
+    (engine/remote.py, engine/launch.py); and the variants to run: --variants, else the preset's and
+    those endpoints."""
     preset = presets.load(args.preset, allow_path=True)
     try:
-        added = tuple(remote.from_flag(text) for text in getattr(args, "remote", None) or ())
+        added = (tuple(remote.from_flag(text) for text in getattr(args, "remote", None) or ()) +
+                 tuple(remote.engine_from_flag(text) for text in getattr(args, "engine", None) or ()))
     except ValueError as error:
         raise InputError(str(error)) from None
     taken = {e.name for e in preset.remote}
     clash = next((e.name for e in added if e.name in taken or [a.name for a in added].count(e.name) > 1), None)
     if clash:
-        raise InputError(f"--remote: the name {clash!r} is taken: give each endpoint its own name=...")
+        raise InputError(f"--remote/--engine: the name {clash!r} is taken: give each its own name=...")
     preset = dataclasses.replace(preset, remote=preset.remote + added)
     default = ",".join([*preset.variants, *(e.name for e in added)])
     variants = [v.strip() for v in (args.variants or default).split(",") if v.strip()]
@@ -246,6 +249,7 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--remote", action="append", metavar="URL[,model=M,name=N,api_key_env=E]",
                              help="a served model (an OpenAI-compatible server, e.g. vLLM at http://host:8000/v1) "
                                   "as one more variant; repeat for several")
+        command.add_argument("--engine", action="append", metavar=ENGINE_METAVAR, help=ENGINE_HELP)
     history_cli.add_command(sub)
     return top
 

@@ -31,6 +31,7 @@ class WorkerSpec:
     own_gpu: int | None = None
     endpoint: Endpoint | None = None      # a served variant's server (its worker loads no model)
     shares_machine: bool = True           # its work runs on this machine's cores (False: a server elsewhere)
+    launch_device: str = "cpu"            # where an engine its worker starts computes: "cpu" or "cuda"
 
 
 @dataclass(frozen=True)

@@ -232,9 +232,13 @@ class Engine:
         served = self.preset.endpoint(name)
         if served is not None and served.launch is not None:
             # an engine started by its worker: a free loopback port, as many threads as a local worker
+            # on a GPU, the engine's own GPU, or every GPU where its arguments ask for several
             served = remote.at_port(served, topology.free_port())
+            gpu = self.device.kind == "cuda"
+            own = (hardware.nvml_index(self._assignment.get(name, self.device.index))
+                   if gpu and len(self.devices) > 1 and served.launch.gpus == 1 else None)
             return WorkerSpec(self.preset, name, f"remote:{served.host}", self.threads or self.cores,
-                              endpoint=served, shares_machine=True)
+                              own_gpu=own, endpoint=served, shares_machine=True, launch_device=self.device.kind)
         if served is not None:                     # a server elsewhere runs beside ours in fair mode
             return WorkerSpec(self.preset, name, f"remote:{served.host}", endpoint=served,
                               shares_machine=remote.on_this_machine(served))

@@ -85,6 +85,12 @@ def engine_entry(data: object, origin: str) -> Endpoint:
                              launch=Launch(data["kind"], tuple(args))), origin)
 
 
+def engine_from_flag(text: str) -> Endpoint:
+    """An engine to start, from `--engine KIND[,name=N][,args=ARGS]` (engine/launch.py from_flag)."""
+    from engine.launch import from_flag as entry
+    return engine_entry(entry(text), "--engine")
+
+
 def at_port(found: Endpoint, port: int) -> Endpoint:
     """A started engine's endpoint, on the port its server listens on."""
     return Endpoint(found.name, f"http://127.0.0.1:{port}/v1", found.model, found.api_key_env, found.launch)

@@ -137,3 +137,52 @@ def test_a_server_that_cannot_start_fails_its_column_alone_with_its_log(tmp_path
     assert base["status"] == "ok"
     assert served["status"] == "failed" and "llama.cpp's server exited with code" in served["reason"]
     assert "log:" in served["reason"] and "\n" not in served["reason"]
+
+
+def test_an_engine_flag_is_an_engines_entry_and_bad_ones_say_what_to_fix():
+    found = remote.engine_from_flag("vllm,name=vllm-tp2,args=--tensor-parallel-size 2 --pipeline-parallel-size=2")
+    assert found.name == found.model == "vllm-tp2"
+    assert found.launch == launch.Launch("vllm", ("--tensor-parallel-size", "2", "--pipeline-parallel-size=2"))
+    assert found.launch.gpus == 4 and remote.engine_from_flag("llama.cpp").launch.gpus == 1
+    for text, message in (("ollama", "has kind 'ollama'; known: llama.cpp, vllm"),
+                          ("vllm,binary=/bin/sh", "'binary=/bin/sh' is not name=... or args=..."),
+                          ("llama.cpp,name=sdpa", "not a local variant's name")):
+        with pytest.raises(ValueError, match=message):
+            remote.engine_from_flag(text)
+
+
+def test_the_command_line_adds_an_engine_to_the_preset_and_to_the_variants_it_runs():
+    from engine.__main__ import load_preset, parser
+    from engine.errors import InputError
+    args = parser().parse_args(["run", "--preset", "smollm2-135m", "--engine", "llama.cpp"])
+    preset, variants = load_preset(args)
+    assert variants == [*presets.load("smollm2-135m").variants, "llama.cpp"]
+    assert preset.endpoint("llama.cpp").launch == launch.Launch("llama.cpp")
+    twice = parser().parse_args(["run", "--preset", "tiny", "--engine", "vllm", "--engine", "vllm"])
+    with pytest.raises(InputError, match="the name 'vllm' is taken"):
+        load_preset(twice)
+
+
+def test_vllm_started_by_the_dashboard_serves_the_local_variants_weights_and_stops_with_them():
+    """vLLM's CPU build (.ci/run's environment) on the `small` preset's own folder, one thread as the local
+    worker has, beside the baseline; closing the engine ends the server and the engine process it started."""
+    from served import require_vllm
+    require_vllm()
+    preset = presets.load("small")
+    preset = dataclasses.replace(preset, remote=(remote.engine_entry({"name": "vllm", "kind": "vllm"}, "test"),))
+    with Engine(preset, request_timeout_s=300, threads=1) as engine:
+        seen = list(engine.run(RunSpec(PROMPT, ("baseline", "vllm"), 12, repeats=1, ignore_eos=True,
+                                       warmup_requests=1, live=False)))
+        tree = psutil.Process(engine.pids()["vllm"]).children(recursive=True)
+        server = tree[0]
+        command, environ = server.cmdline(), server.environ()
+    base, served = seen[-1].report["results"]
+    assert (base["status"], served["status"]) == ("ok", "ok"), (base["reason"], served["reason"])
+    assert served["label"].startswith("vLLM on the local variants' own weights (float32); started here")
+    assert served["server"]["kind"] == "vLLM" and served["server"]["completion_tokens_repeats"] == [12]
+    # the same weights and tokens as the baseline: greedy answers agree token for token
+    assert served["token_ids"] == base["token_ids"]
+    assert command[command.index("--model") + 1].endswith(".cache/sidebyside/" + os.path.basename(
+        command[command.index("--model") + 1])) and command[command.index("--host") + 1] == "127.0.0.1"
+    assert environ["OMP_NUM_THREADS"] == "1" and environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert len(tree) >= 2 and not [p for p in tree if running(p)], tree      # the server and its engine process

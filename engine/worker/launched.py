@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import subprocess
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from engine import events, launch
 from engine.events import WorkerSpec
-from engine.source import cache_dir
+from engine.source import cache_dir, model_location
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 5.0
@@ -60,11 +61,17 @@ class Server:
         kind = found.launch.kind
         self.log = log_path(spec)
         port = int(found.host.rsplit(":", 1)[1])
-        command = launch.command(kind, found.launch, spec.preset, port, spec.threads or 1, found.model)
+        threads = spec.threads or 1
+        command = launch.command(kind, found.launch, spec.preset, served_model(kind, spec.preset), port, threads,
+                                 found.model, spec.launch_device)
+        env = dict(os.environ, **launch.environment(kind, threads, spec.launch_device))
+        if spec.own_gpu is not None:                 # on a host with several GPUs: its own, as a worker's
+            env["CUDA_VISIBLE_DEVICES"] = str(spec.own_gpu)
         emit(events.Status(spec.variant, "loading", f"starting {kind}'s server on port {port} (log: {self.log})"))
         with open(self.log, "w") as out:
+            # its own process group, so that stop() ends what it starts too (vLLM's engine processes)
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            preexec_fn=_die_with_parent)
+                                            env=env, preexec_fn=_die_with_parent, start_new_session=True)
         try:
             self._wait_healthy(found.server_root + "/health", kind, spec, emit)
         except BaseException:
@@ -94,12 +101,32 @@ class Server:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not ended within STOP_GRACE_S; by its own process id."""
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
+        """SIGTERM to its process group (the server and what it started), then SIGKILL to what is left
+        after STOP_GRACE_S; by the server's own process id, which leads the group."""
+        group = self.process.pid
+        if self.process.poll() is None:
+            _signal_group(group, signal.SIGTERM)
+            try:
+                self.process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(group, signal.SIGKILL)         # whatever is left of the group, the server included
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(STOP_GRACE_S)
+
+
+def _signal_group(group: int, number: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, number)
+
+
+def served_model(kind: str, preset) -> str:
+    """What the server loads: llama.cpp the preset's GGUF file; vLLM what the local variants load (a
+    package preset's folder, made before any worker starts; a random-weight preset's folder, made here
+    once if no local worker has yet; a hub preset's id)."""
+    if kind == "llama.cpp":
+        return str(launch.model_file(preset, kind))
+    if preset.random_weights:
+        from engine.worker.models import saved_random_model
+        return str(saved_random_model(preset))
+    return model_location(preset)
