@@ -27,13 +27,19 @@ class Limits:
     run_deadline_s: float | None = None    # a run still going then is stopped, its results kept
     quick_experiments_only: bool = False   # experiments run their quick grid
     unread_s: float | None = None          # a job whose updates nobody reads for this long gives up its place
+    body_bytes: int | None = None          # one request's body, refused before it is read (see `body_for`)
+    calls_per_s: float | None = None       # a visitor's calls (POSTs) per second, sustained ...
+    call_burst: int | None = None          # ... and at once: what a page's clicks need, not what a script floods
 
     @classmethod
     def public_defaults(cls, **overrides) -> Limits:
-        """The limits of a public page; `overrides` (from the command line) replace single fields."""
-        return replace(cls(public=True, queue_size=8, per_visitor=1, prompt_chars=20_000, repeats=3,
-                           new_tokens=256, work_tokens=400_000, run_deadline_s=300.0,
-                           quick_experiments_only=True, unread_s=30.0), **overrides)
+        """The limits of a public page; `overrides` (from the command line) replace single fields. The body
+        limit follows the prompt limit unless given: a prompt of the allowed length always fits."""
+        limits = replace(cls(public=True, queue_size=8, per_visitor=1, prompt_chars=20_000, repeats=3,
+                             new_tokens=256, work_tokens=400_000, run_deadline_s=300.0,
+                             quick_experiments_only=True, unread_s=30.0, calls_per_s=5.0, call_burst=20),
+                         **overrides)
+        return limits if limits.body_bytes is not None else replace(limits, body_bytes=body_for(limits.prompt_chars))
 
     def describe(self) -> list[str]:
         """The limits in words, one line each, for the page's banner and definitions."""
@@ -46,6 +52,8 @@ class Limits:
                  "recomputes); a run still going after "
                  f"{self.run_deadline_s:.0f} s is stopped, what it measured kept",
                  "experiments run their quick grid; uploads are refused",
+                 f"a request's body up to {self.body_bytes / MIB:.1f} MiB (refused before it is read); each visitor "
+                 f"up to {self.call_burst} calls at once and {self.calls_per_s:g} a second, one replay at a time",
                  f"a job whose updates nobody reads for {self.unread_s:.0f} s (its page closed, a script gone) is "
                  "stopped and gives its place up"]
         return lines
@@ -68,6 +76,16 @@ class Limits:
                 raise InputError(f"this run would process {total:,} token positions; this page allows "
                                  f"{self.work_tokens:,} per run: choose fewer variants, repeats or new tokens, a "
                                  "shorter prompt, or leave out no-kv-cache")
+
+
+MIB = 1 << 20
+BYTES_PER_CHAR = 12           # the most JSON spends on one character: an escaped surrogate pair (12 bytes)
+
+
+def body_for(prompt_chars: int | None) -> int:
+    """The body limit that fits a prompt of `prompt_chars` characters, whatever they are, with the other
+    parameters and the request's envelope (64 KiB): at least 1 MiB."""
+    return max(MIB, (prompt_chars or 0) * BYTES_PER_CHAR + 64 * 1024)
 
 
 def request_work(prompt_tokens: int, new_tokens: int, batch_size: int, use_cache: bool) -> int:

@@ -110,3 +110,37 @@ def test_unread_updates_are_read_from_gradios_queue_of_the_session():
     assert unread_updates(blocks, "abc") == 2
     assert unread_updates(blocks, "other") is None and unread_updates(blocks, None) is None
     assert unread_updates(SimpleNamespace(), "abc") is None      # a Gradio that keeps them elsewhere
+
+
+def test_forwarding_headers_are_believed_only_from_the_proxies_the_deployment_names(monkeypatch):
+    from ui.gate import TRUST_ENV, trust_proxies
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    assert trust_proxies(None) == ""                       # uvicorn's default (127.0.0.1) replaced: nobody
+    assert trust_proxies("10.0.0.5, 10.1.0.0/16") == "10.0.0.5,10.1.0.0/16"
+    monkeypatch.setenv(TRUST_ENV, "192.168.1.1")
+    assert trust_proxies(None) == "192.168.1.1"            # what the deployment's environment already says
+    with pytest.raises(ValueError, match="--trusted-proxies: 'proxy.local' is not an IP address or network"):
+        trust_proxies("proxy.local")
+
+
+def test_a_visitor_has_one_replay_at_a_time_under_each_of_its_keys():
+    from ui.gate import Slots
+    slots = Slots(1, "a replay of yours is already playing")
+    mine = slots.take(("session:a", "address:1.1.1.1"))
+    with pytest.raises(Refused, match="already playing"):
+        slots.take(("session:b", "address:1.1.1.1"))       # another tab, the same address
+    slots.take(("session:c", "address:2.2.2.2"))
+    slots.give(mine)
+    slots.take(("session:b", "address:1.1.1.1"))
+    assert Slots(None, "").take(("session:a",)) == ("session:a",)
+
+
+def test_a_visitors_calls_refill_at_their_rate_and_the_table_of_addresses_is_bounded():
+    from ui.guard import Rates
+    now = [0.0]
+    rates = Rates(per_s=5.0, burst=3, remembered=2, clock=lambda: now[0])
+    assert [rates.take("a") for _ in range(3)] == [0.0] * 3
+    assert rates.take("a") == pytest.approx(0.2)
+    now[0] = 0.2
+    assert rates.take("a") == 0.0 and rates.take("b") == 0.0 and rates.take("c") == 0.0
+    assert len(rates._buckets) == 2                         # "a", idle the longest, forgotten

@@ -21,6 +21,7 @@ from engine.views.summary import DEFINITIONS_MD, SUMMARY_HEADERS, judgement, rep
 from engine.errors import InputError
 from ui import checks, render, stream
 from ui.examples import EXAMPLES, QUESTION
+from ui.gate import Refused, visitor_of
 from ui.outputs import Outputs, Wiring
 from ui.presets import preset_update
 from ui.state import Context, Session
@@ -68,6 +69,7 @@ class Layout:
 LAYOUT = Layout(NAMES)              # a page whose presets name no served endpoint
 RUN, PREPARE, PRESET, REPLAY = LAYOUT.run, LAYOUT.prepare, LAYOUT.preset, LAYOUT.replay
 STOP = Outputs(["message"])
+EXAMPLE = Outputs(["prompt", "message"])
 NO_FILE = {"value": None, "interactive": False}
 
 
@@ -91,10 +93,21 @@ def on_preset(ctx: Context, preset_name: str) -> dict:
     return update
 
 
+def example(ctx: Context, index: int) -> dict:
+    """An example prompt into the prompt box (`index`: which of EXAMPLES, as the page sends it)."""
+    try:
+        return {"prompt": EXAMPLES[checks.whole("example", index, 0, len(EXAMPLES) - 1)][0]}
+    except InputError as error:
+        return {"message": render.ignored_html(error)}
+
+
 def prepare(ctx: Context, selected: list[str], session_state: Session) -> dict:
-    """Show the selected columns at once, before the run leaves the queue."""
+    """Show the selected columns at once, before the run leaves the queue (/compare checks them again)."""
+    try:
+        selected = checks.names("variants", selected)
+    except InputError as error:
+        return {"message": render.ignored_html(error)}
     session_state.prepare()
-    selected = selected or []
     update = {"message": render.message_html("Waiting for the device..." if selected else ""), **blank()}
     for name in ctx.engines.lanes():
         update[column(name)] = gr.update(visible=name in selected)
@@ -220,12 +233,26 @@ def replay_speed(duration_s: float) -> float:
     return max(1.0, duration_s / REPLAY_MAX_S)
 
 
-def replay(ctx: Context, session_state: Session):
-    """Play the last run's timings as if every variant had started at the same moment (API: /replay)."""
-    view = session_state.view
+def replay(ctx: Context, session_state: Session, request: gr.Request = None):
+    """Play the last run's timings as if every variant had started at the same moment (API: /replay).
+    A public page plays one replay per visitor at a time and refuses another at once."""
+    view = session_state.view if isinstance(session_state, Session) else None
     if view is None or not view.done:
         yield {"message": render.message_html("Nothing to replay yet: run first.", "warn")}
         return
+    try:
+        visitor = ctx.replays.take(visitor_of(request))
+    except Refused as refused:
+        yield {"message": render.message_html(f"Not played: {render.e(refused)}.", "warn")}
+        return
+    try:
+        yield from _replay(view)
+    finally:
+        ctx.replays.give(visitor)
+
+
+def _replay(view: RunView):
+    """The replay's updates, on the clock (stream.TICK_S), until the slowest variant has finished."""
     duration = replay_duration_s(view)
     speed = replay_speed(duration)
     begin = time.perf_counter()
@@ -255,8 +282,10 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
         with gr.Column(scale=3, min_width=300):
             c["prompt"] = gr.Textbox(QUESTION, label="Prompt", lines=5, max_lines=10, elem_id="sbs-prompt",
                                      placeholder="Type a prompt, or pick an example below")
-            gr.Examples([[text] for text, _ in EXAMPLES], inputs=[c["prompt"]], label="Example prompts",
-                        example_labels=[label for _, label in EXAMPLES])
+            # a Dataset with a handler of ours, not gr.Examples: its handler would take any value a script sends
+            c["examples"] = gr.Dataset(components=[c["prompt"]], samples=[[text] for text, _ in EXAMPLES],
+                                       sample_labels=[label for _, label in EXAMPLES], label="Example prompts",
+                                       type="index", elem_id="sbs-examples")
             with gr.Row():           # beside the prompt: on the first screen of a laptop, and before the settings on a phone
                 c["run"] = gr.Button("Run", variant="primary", elem_id="sbs-run")
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="sbs-stop")
@@ -305,13 +334,17 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
         c["report"] = gr.JSON(label="run", elem_id="sbs-report")
 
     on = Wiring(ctx, c)
-    on(c["preset"].change, on_preset, ["preset"], layout.preset, queue=False, api_visibility="private")
-    prepared = on(c["run"].click, prepare, ["variants", "session"], layout.prepare, queue=False,
-                  api_visibility="private", show_progress="hidden")
+    # the handlers outside the queue take raw values (preprocess=False) and check each: a script can call them
+    # by their fn_index with anything, and Gradio's own refusal would be a traceback in the log
+    raw = dict(queue=False, api_visibility="private", preprocess=False, show_progress="hidden")
+    on(c["examples"].click, example, ["examples"], EXAMPLE, **raw)
+    on(c["preset"].change, on_preset, ["preset"], layout.preset, **raw)
+    prepared = on(c["run"].click, prepare, ["variants", "session"], layout.prepare, **raw)
     on(prepared.then, compare, ["prompt", "preset", "variants", "max_new", "mode", "repeats", "session"], layout.run,
        api_name="compare", concurrency_limit=ctx.jobs, concurrency_id="device",
        preprocess=False,       # raw values: ui/checks.py checks each, with a message, where Gradio would crash
        show_progress="hidden")        # the message says where the run is; Gradio's history-based ETA misleads
     on(c["stop"].click, stream.stop, ["session"], STOP, queue=False, api_name="stop", show_progress="hidden")
     on(c["replay"].click, replay, ["session"], layout.replay, api_name="replay", concurrency_limit=4,
-       concurrency_id="replay", show_progress="hidden")
+       concurrency_id="replay", show_progress="hidden",
+       preprocess=False)        # the session as it is (a state's value is the server's own, whatever is sent)

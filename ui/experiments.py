@@ -29,7 +29,7 @@ FILES = ("json_file", "csv_file", "html_file")
 RUN = Outputs(["message", "plot", "table", "sweep", *FILES, "explanation"])
 EXPERIMENT = Outputs(["explanation", "preset", "variants", "plot", "table", *FILES, "sweep", "message"])
 PRESET = Outputs(["banner", "variants", "quick", "message"])
-QUICK = Outputs(["explanation"])
+QUICK = Outputs(["explanation", "message"])
 STOP = Outputs(["message"])
 NO_FILE = {"value": None, "interactive": False}
 
@@ -71,7 +71,10 @@ def on_experiment(ctx: Context, name: str, preset_name: str, quick: bool) -> dic
     the answers (quantization) switches to its own preset (a real model) when the page offers it and it can
     load here; otherwise the current preset stays, and on random weights the message says that the quality
     figures are not meaningful (each row's quality note says so too)."""
-    experiment = sweeps.get(name)
+    try:
+        experiment, quick = sweeps.get(checked_name(name)), checks.flag("quick", quick)
+    except InputError as error:
+        return {"message": render.ignored_html(error)}
     update = {"explanation": sweep_render.explanation_html(name, quick), "message": "", **blank(name)}
     own, kept = experiment.preset, ""
     if experiment.quality and own != preset_name:
@@ -91,20 +94,37 @@ def on_experiment(ctx: Context, name: str, preset_name: str, quick: bool) -> dic
     return {**update, "variants": found["variants"]}
 
 
+def checked_name(name) -> str:
+    """An experiment's name, as /experiment checks it."""
+    return checks.choice("experiment", name, tuple(sweeps.EXPERIMENTS))
+
+
 def on_preset(ctx: Context, preset_name: str, name: str) -> dict:
     """A new preset: its banner, which variants can run there, the quick grid on a CPU."""
-    engine, update = preset_update(ctx, preset_name, sweeps.get(name).variants)
+    try:
+        experiment = sweeps.get(checked_name(name))
+    except InputError as error:
+        return {"message": render.ignored_html(error)}
+    engine, update = preset_update(ctx, preset_name, experiment.variants)
     if engine is not None:
         update["quick"] = engine.device.kind == "cpu"
     return update
 
 
 def on_quick(ctx: Context, name: str, quick: bool) -> dict:
-    return {"explanation": sweep_render.explanation_html(name, quick)}
+    """The quick grid on or off: the paragraph beside the chart says which cells it measures."""
+    try:
+        return {"explanation": sweep_render.explanation_html(checked_name(name), checks.flag("quick", quick))}
+    except InputError as error:
+        return {"message": render.ignored_html(error)}
 
 
 def prepare(ctx: Context, name: str, session_state: Session) -> dict:
     """Clear the last result at once, before the sweep leaves the queue."""
+    try:
+        checked_name(name)
+    except InputError as error:
+        return {"message": render.ignored_html(error)}
     session_state.prepare()
     return {"message": render.message_html("Waiting for the device..."), **blank(name)}
 
@@ -258,13 +278,12 @@ def build(ctx: Context, preset: str, preset_choices: list) -> None:
         c["sweep"] = gr.JSON(label="experiment", elem_id="exp-report")
 
     on = Wiring(ctx, c)
-    on(c["experiment"].change, on_experiment, ["experiment", "preset", "quick"], EXPERIMENT, queue=False,
-       api_visibility="private")
-    on(c["quick"].change, on_quick, ["experiment", "quick"], QUICK, queue=False, api_visibility="private",
-       show_progress="hidden")
-    on(c["preset"].change, on_preset, ["preset", "experiment"], PRESET, queue=False, api_visibility="private")
-    prepared = on(c["run"].click, prepare, ["experiment", "session"], RUN, queue=False, api_visibility="private",
-                  show_progress="hidden")
+    # outside the queue, raw values checked by each handler (see the Compare tab's build)
+    raw = dict(queue=False, api_visibility="private", preprocess=False)
+    on(c["experiment"].change, on_experiment, ["experiment", "preset", "quick"], EXPERIMENT, **raw)
+    on(c["quick"].change, on_quick, ["experiment", "quick"], QUICK, show_progress="hidden", **raw)
+    on(c["preset"].change, on_preset, ["preset", "experiment"], PRESET, **raw)
+    prepared = on(c["run"].click, prepare, ["experiment", "session"], RUN, show_progress="hidden", **raw)
     on(prepared.then, experiment, ["experiment", "preset", "variants", "quick", "session"], RUN,
        api_name="experiment", concurrency_limit=ctx.jobs, concurrency_id="device",
        preprocess=False,       # raw values: ui/checks.py checks each, with a message, where Gradio would crash

@@ -9,10 +9,12 @@ refused at the door gets a message at once, never a silent wait. A job whose upd
 """
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,25 +31,80 @@ class Refused(Exception):
     """Why a job cannot join the queue (said to the visitor as is)."""
 
 
+TRUST_ENV = "FORWARDED_ALLOW_IPS"      # uvicorn believes X-Forwarded-For from these peers only
+
+
+def on_spaces() -> bool:
+    """Whether this app runs on a Hugging Face Space (behind its proxy)."""
+    return os.environ.get("SYSTEM") == "spaces"
+
+
+def trust_proxies(proxies: str | None) -> str:
+    """Name the peers whose X-Forwarded-For uvicorn believes (it reads $FORWARDED_ALLOW_IPS when Gradio starts
+    its server, and by default believes 127.0.0.1, so anyone on the host, or a tunnel, could name any address
+    and count as another visitor): `proxies` (--trusted-proxies: comma-separated addresses or networks), else
+    what the deployment's environment already says, else none. Returns the setting; raises ValueError
+    naming an entry that is no address or network."""
+    if proxies is None:
+        proxies = os.environ.get(TRUST_ENV, "")
+    entries = [entry.strip() for entry in proxies.split(",") if entry.strip()]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"--trusted-proxies: {entry!r} is not an IP address or network (e.g. 10.0.0.5 or "
+                             "10.0.0.0/8): name the reverse proxies in front of this app, or leave the flag out") from None
+    os.environ[TRUST_ENV] = ",".join(entries)
+    return os.environ[TRUST_ENV]
+
+
+def address_of(host: str | None, forwarded: str, behind_proxy: bool) -> str | None:
+    """A visitor's address: behind Spaces' proxy the last entry of X-Forwarded-For (`forwarded`), the one the
+    proxy itself saw; anywhere else the connection's own peer (`host`, which uvicorn replaces only for the
+    proxies the deployment trusts: `trust_proxies`), since the header is then the client's own word."""
+    return (forwarded.split(",")[-1].strip() if behind_proxy else "") or host
+
+
 def visitor_of(request, behind_proxy: bool | None = None) -> tuple[str, ...]:
-    """The keys a visitor's jobs are counted under: their session, and their address. Behind Spaces'
-    proxy (`behind_proxy`, default: on a Space) the address is the last of X-Forwarded-For, the one
-    the proxy itself saw; anywhere else the header is the client's own word and is ignored. A call
-    without a request (a test) has none."""
+    """The keys a visitor's jobs are counted under: their session, and their address (`address_of`;
+    `behind_proxy` default: on a Space). A call without a request (a test) has none."""
     if request is None:
         return ()
     if behind_proxy is None:
-        behind_proxy = os.environ.get("SYSTEM") == "spaces"
+        behind_proxy = on_spaces()
     keys = []
     session = getattr(request, "session_hash", None)
     if session:
         keys.append(f"session:{session}")
     headers = getattr(request, "headers", None) or {}
-    forwarded = headers.get("x-forwarded-for", "") if behind_proxy and hasattr(headers, "get") else ""
-    address = forwarded.split(",")[-1].strip() or getattr(getattr(request, "client", None), "host", None)
+    forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
+    address = address_of(getattr(getattr(request, "client", None), "host", None), forwarded or "", behind_proxy)
     if address:
         keys.append(f"address:{address}")
     return tuple(keys)
+
+
+class Slots:
+    """What each visitor may have going at once besides device jobs (a replay): at most `per_visitor` (None:
+    no limit), counted under each of the visitor's keys; `take` raises Refused with `busy` beyond that."""
+
+    def __init__(self, per_visitor: int | None, busy: str):
+        self.per_visitor, self.busy = per_visitor, busy
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def take(self, visitor: tuple[str, ...]) -> tuple[str, ...]:
+        """Hold a slot for `visitor` (give it back with `give`)."""
+        with self._lock:
+            if self.per_visitor is not None and any(self._held[key] >= self.per_visitor for key in visitor):
+                raise Refused(self.busy)
+            self._held.update(visitor)
+            return visitor
+
+    def give(self, visitor: tuple[str, ...]) -> None:
+        with self._lock:
+            self._held.subtract(visitor)
+            self._held = +self._held                # drop the zeros: the table holds only what is going
 
 
 class Gate:

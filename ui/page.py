@@ -6,12 +6,14 @@ from pathlib import Path
 
 import gradio as gr
 
+from engine.limits import Limits
 from engine.variants import CATALOG
 from engine.views.palette import color_of
 from ui import compare, experiments, history as history_tab
 from ui.downloads import Downloads
 from ui.presets import preset_choices
-from ui.gate import Gate, unread_updates
+from ui.gate import Gate, Slots, unread_updates
+from ui.guard import Guard
 from ui.state import Context, Engines, PageHistory
 
 TITLE = "Side by side: LLM inference variants"
@@ -30,9 +32,30 @@ def css(lanes=tuple(CATALOG)) -> str:
     return (Path(__file__).with_name("theme.css").read_text() + "\n".join(rules))
 
 
-def launch_kwargs(lanes=tuple(CATALOG)) -> dict:
-    """Theme and CSS go to launch() in Gradio 6."""
-    return {"theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), "css": css(lanes)}
+REPLAY_BUSY = "a replay of yours is already playing on this page: wait for it to end, then replay again"
+BACKLOG = 64          # a public page's Gradio queue: events waiting for one of its 40 threads, whoever sent them
+
+
+def launch_kwargs(lanes=tuple(CATALOG), limits: Limits | None = None) -> dict:
+    """What launch() takes for this page: theme and CSS (they go to launch() in Gradio 6) and, on a public
+    page, the guard in front of every route (ui/guard.py: body size, calls per visitor)."""
+    kwargs = {"theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), "css": css(lanes)}
+    if limits is not None and limits.public:
+        from starlette.middleware import Middleware
+        kwargs["app_kwargs"] = {"middleware": [Middleware(Guard, limits=limits)]}
+    return kwargs
+
+
+def queue_kwargs(limits: Limits) -> dict:
+    """demo.queue()'s settings. A public page's runs are bounded by the gate alone (ui/gate.py: its queue
+    size, one job per visitor, with the page's own messages); Gradio's queue only holds events for a
+    moment until a thread takes them (a run, a replay and the history are let in at once and refused by
+    the page when over a visitor's share), so it is bounded well above what one visitor's calls can fill
+    (ui/guard.py: `call_burst`), and closed to direct HTTP calls that would skip it."""
+    if not limits.public:
+        return {"default_concurrency_limit": 1, "max_size": None, "api_open": True}
+    return {"default_concurrency_limit": 1, "max_size": max(BACKLOG, 2 * (limits.call_burst or 0)),
+            "api_open": False}
 
 
 def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair",
@@ -42,7 +65,8 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair",
     engines.get(preset)
     choices = preset_choices(engines.offered)
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
-        ctx = Context(engines, Downloads.temporary(), Gate(engines.limits), partial(unread_updates, demo), history)
+        ctx = Context(engines, Downloads.temporary(), Gate(engines.limits), partial(unread_updates, demo), history,
+                      Slots(1 if engines.limits.public else None, REPLAY_BUSY))
         gr.Markdown(INTRO)
         with gr.Tabs(elem_id="sbs-tabs"):
             with gr.Tab("Compare", id="compare", elem_id="sbs-tab-compare"):

@@ -5,7 +5,7 @@ import gradio as gr
 
 from engine import presets
 from engine.errors import PresetError
-from ui import render
+from ui import checks, render
 from ui.state import Context
 from ui.stream import REFUSED
 
@@ -39,9 +39,9 @@ def preset_update(ctx: Context, preset_name: str, selected: tuple[str, ...] | No
     """(engine, update) for a new preset: its banner, the variants that can run there (`selected`, default
     the preset's, ticked) and a note; (None, an error message) when the preset cannot be used here."""
     try:
-        engine = ctx.engines.get(preset_name)
+        engine = ctx.engines.get(checks.text("preset", preset_name))
     except REFUSED as error:
-        text = f"Cannot use preset {render.e(preset_name)}: {render.e(error)}"
+        text = f"Cannot use preset {render.e(str(preset_name)[:60])}: {render.e(error)}"
         return None, {"message": render.message_html(text, "error")}
     choices, ticked, classes = render.variant_choices(engine, selected)
     return engine, {"banner": render.banner_html(engine), "message": render.preset_note(engine),

@@ -45,6 +45,11 @@ def refusal(error: Exception, cannot: str) -> str:
     return f"{cannot}: {e(error)}"
 
 
+def ignored_html(error: Exception) -> str:
+    """The message for a value the page never sends (a script calling a handler directly): what was wrong."""
+    return message_html(f"Ignored: {e(error)}.", "error")
+
+
 def answer_label(engine) -> str:
     """The label of each answer box: random weights make the text noise."""
     return "Answer (random weights: noise)" if engine.preset.random_weights else "Answer"
@@ -103,7 +108,9 @@ def _card_detail(lane: Lane, now: float) -> str:
             expect = f"{elapsed:.0f} s of about {max(lane.expected_load_s, 1):.0f} s, as the last load here took"
         else:
             expect = f"{elapsed:.0f} s; its first load on this server: no estimate yet"
-        return f"step {step} of 3: {LOAD_STEPS.get(lane.load_step, '')} ({expect})"
+        # the worker's own words while it loads (a started engine names its server and log), else the step's
+        what = lane.detail if lane.load_step == 2 and lane.detail else LOAD_STEPS.get(lane.load_step, "")
+        return f"step {step} of 3: {what} ({expect})"
     if stage == "queued":
         return ("kept loaded from an earlier run; " if lane.reused else "") + "waiting for its turn on the device"
     if stage == "ready":

@@ -17,7 +17,7 @@ from engine.variants import CATALOG
 from engine.views.run import RunView
 from engine.limits import Limits
 from ui.downloads import Downloads, process_folder
-from ui.gate import Gate
+from ui.gate import Gate, Slots
 
 HISTORY_PREFIX = "sidebyside-history-"     # a public page's own history folder: then its process id
 PAGE_KINDS = {"run": "run", "sweep": "experiment"}      # the report's shape -> the kind saved from the page
@@ -228,13 +228,16 @@ class Context:
     gate: Gate = field(default_factory=lambda: Gate(Limits()))
     unread: Callable[[str | None], int | None] = lambda session_hash: None   # ui/gate.py's unread_updates
     history: PageHistory | None = None       # None: the page saves nothing (--no-history)
+    replays: Slots = field(default_factory=lambda: Slots(None, ""))     # each visitor's replays going at once
 
     @property
     def limits(self) -> Limits:
         return self.gate.limits
 
     @property
-    def jobs(self) -> int:
+    def jobs(self) -> int | None:
         """Jobs Gradio lets in at once: the gate (ui/gate.py) runs one and keeps the rest in line, each
-        telling its page how many are ahead."""
-        return (self.limits.queue_size or PRIVATE_QUEUE) + 1
+        telling its page how many are ahead. A public page lets every job in (None): the gate is then the one
+        bound, and a job it cannot take is refused with its message at once, never left waiting unseen in
+        Gradio's queue (a public page's Gradio queue is a backstop for floods: ui/page.py's queue_kwargs)."""
+        return None if self.limits.queue_size is not None else PRIVATE_QUEUE + 1
