@@ -1,4 +1,5 @@
 """ui/render.py alone: the page's HTML from lanes, views, engines and sweeps, without gradio."""
+import html
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -66,6 +67,9 @@ def test_a_card_shows_the_loading_step_then_the_report_figures():
     assert 'data-stage="loading"' in card and "step 2 of 3: loading the model (4 s; its first load on this server" in card
     assert 'style="width:66%"' in card and "PyTorch &lt;SDPA&gt;" in card
     assert card.count('class="sbs-kpi-value">-<') == 4                      # nothing measured yet
+    lane.detail = "starting llama.cpp's server on port 4321 (log: /c/engine-logs/p-llama.cpp.log)"   # the worker's words
+    assert "step 2 of 3: starting llama.cpp's server on port 4321 (log: /c/engine-logs/p-llama.cpp.log) (4 s" in \
+        html.unescape(render.card_html(lane, now=14.2))
     lane.stage, lane.reused = "queued", True
     assert "kept loaded from an earlier run; waiting for its turn" in render.card_html(lane, 0.0)
     lane.stage, lane.result = "done", {"status": "ok", "ttft_s": 0.0123, "tpot_s": 1.5, "tokens_per_s": 7.25,

@@ -224,7 +224,7 @@ def load(spec: WorkerSpec, emit: Callable[[object], None], cancel, shown: str | 
     if spec.threads:
         import torch
         torch.set_num_threads(spec.threads)
-    emit(events.Status(spec.variant, "loading", f"{spec.preset.title} on {shown or spec.device}"))
+    emit(events.Status(spec.variant, "loading", f"loading the model on {shown or spec.device}"))
     from engine.worker.runner import Runner        # imports torch and transformers: after the status
     t0 = time.perf_counter()
     time.sleep(load_delay_s(spec.variant))
