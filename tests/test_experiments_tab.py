@@ -15,6 +15,7 @@ import re
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 from app_server import serve
@@ -96,7 +97,8 @@ def fetch(url: str, path: str) -> str:
         return response.read().decode()
 
 
-def test_an_experiment_streams_its_progress_and_ends_with_every_row_and_its_files(url, client):
+def test_an_experiment_streams_its_progress_and_ends_with_every_row_and_its_files(url):
+    client = Client(url, verbose=False, download_files=False)      # the files as the app serves them
     job = client.submit("lengths", "tiny", ["sdpa"], True, api_name="/experiment")
     updates = [list(update) for update in job]
     final = job.outputs()[-1]
@@ -139,12 +141,17 @@ def test_an_experiment_streams_its_progress_and_ends_with_every_row_and_its_file
     assert sorted(len(t["x"]) for t in measured) == [3, 3]          # E2E by new tokens, TTFT by prompt length
 
     # downloads, served by the app
-    assert json.loads(fetch(url, final[JSON_FILE]["value"])) == sweep
-    table = list(csv.DictReader(io.StringIO(fetch(url, final[CSV_FILE]["value"]))))
+    assert json.loads(fetch(url, final[JSON_FILE]["value"]["path"])) == sweep
+    table = list(csv.DictReader(io.StringIO(fetch(url, final[CSV_FILE]["value"]["path"]))))
     assert len(table) == 6 and {r["variant"] for r in table} == {"sdpa"} and {r["status"] for r in table} == {"ok"}
     assert [float(r["e2e_s"]) for r in table] == [r["e2e_s"] for r in sweep["results"]]
-    page = fetch(url, final[HTML_FILE]["value"])
-    assert experiment.title in page and "Plotly.newPlot" in page and "<script src=" not in page     # standalone
+    chart = final[HTML_FILE]["value"]["path"]
+    page = fetch(url, chart)
+    assert experiment.title in page and "Plotly.newPlot" in page
+    # stored once, where the app wrote it (not copied into Gradio's cache), and small: the library is one file
+    # beside the charts, which the page loads from there
+    assert Path(chart).parent.name.startswith("sidebyside-runs-") and len(page) < 200_000, (chart, len(page))
+    assert 'src="plotly.min.js"' in page and "function" in fetch(url, str(Path(chart).with_name("plotly.min.js")))
 
 
 @pytest.mark.parametrize("preset, variants, expected", [

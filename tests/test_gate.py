@@ -144,3 +144,25 @@ def test_a_visitors_calls_refill_at_their_rate_and_the_table_of_addresses_is_bou
     now[0] = 0.2
     assert rates.take("a") == 0.0 and rates.take("b") == 0.0 and rates.take("c") == 0.0
     assert len(rates._buckets) == 2                         # "a", idle the longest, forgotten
+
+
+def test_downloads_are_bounded_by_total_size_as_well_as_age_and_the_chart_library_is_written_once(tmp_path):
+    import os
+    import time
+
+    from ui.downloads import Downloads
+    downloads = Downloads(tmp_path, keep_s=3600, keep_bytes=10_000)
+    first = downloads.save("sweep", 1, "a", json="x" * 4000)
+    old = time.time() - 10
+    os.utime(first[0], (old, old))                          # the oldest
+    second = downloads.save("sweep", 2, "b", json="y" * 4000)
+    third = downloads.save("sweep", 3, "c", json="z" * 4000)        # 12,000 bytes would not fit: the oldest goes
+    assert not os.path.exists(first[0]) and os.path.exists(second[0]) and os.path.exists(third[0])
+    assert downloads.size() == 8000
+    os.utime(second[0], (time.time() - 7200,) * 2)          # past its age
+    downloads.save("run", 4, "d", csv="w")
+    assert not os.path.exists(second[0]) and downloads.size() == 4001
+    name = downloads.library()
+    written = (tmp_path / name).stat().st_mtime_ns
+    assert downloads.library() == name and (tmp_path / name).stat().st_mtime_ns == written      # once
+    assert (tmp_path / name).stat().st_size > 1_000_000 and downloads.size() == 4001           # not counted

@@ -23,7 +23,8 @@ from ui.state import Context, Session
 SWEEP_TICK_S = 0.25          # status refresh period; the chart is redrawn only when a cell finished
 FIRST_EXPERIMENT = "attention"
 PNG_NOTE = ("PNG: hover the chart and press the camera button (\u201cDownload plot as a PNG\u201d) in its "
-            "toolbar. The HTML file is the interactive chart, standalone (it works offline).")
+            "toolbar. The HTML file is the interactive chart; it loads the charting library, plotly.min.js, from "
+            "beside it (the page says where to find a copy for offline use), so each file stays small.")
 
 FILES = ("json_file", "csv_file", "html_file")
 RUN = Outputs(["message", "plot", "table", "sweep", *FILES, "explanation"])
@@ -171,8 +172,8 @@ def frame(ctx: Context, name: str, view: SweepView, run_id: int, elapsed_s: floa
         sweep = view.live.result
         paths = ctx.downloads.save("sweep", run_id, f"{name}-{sweep['preset']['name']}",
                                    json=json.dumps(sweep, indent=1), csv=sweeps.to_csv(sweep),
-                                   html=sweep_render.sweep_page(sweep, figure.to_html(full_html=False,
-                                                                                include_plotlyjs=True)))
+                                   html=sweep_render.sweep_page(sweep, figure.to_html(
+                                       full_html=False, include_plotlyjs=ctx.downloads.library())))
         update.update({"sweep": sweep, **{key: gr.update(value=path, interactive=True)
                                           for key, path in zip(FILES, paths)}})
     return update

@@ -65,7 +65,9 @@ def build_app(engines: Engines, preset: str = "tiny", mode: str = "fair",
     engines.get(preset)
     choices = preset_choices(engines.offered)
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
-        ctx = Context(engines, Downloads.temporary(), Gate(engines.limits), partial(unread_updates, demo), history,
+        downloads = Downloads.temporary()
+        gr.set_static_paths([downloads.folder])       # served from there as they are: Gradio keeps no copy
+        ctx = Context(engines, downloads, Gate(engines.limits), partial(unread_updates, demo), history,
                       Slots(1 if engines.limits.public else None, REPLAY_BUSY))
         gr.Markdown(INTRO)
         with gr.Tabs(elem_id="sbs-tabs"):

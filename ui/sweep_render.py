@@ -69,12 +69,20 @@ def sweep_message(live, device: str, stopping: bool, elapsed_s: float) -> str:
     return message_html(text + bar, kind)
 
 
+NO_LIBRARY = ("The chart needs the charting library plotly.min.js in the folder of this file. Copy it there "
+              "from a Python with plotly installed (python -c \"import plotly, os; print(os.path.join(os.path.dirname("
+              "plotly.__file__), 'package_data', 'plotly.min.js'))\" prints where it is), then reload this page.")
+
+
 def sweep_page(sweep: dict, figure_html: str) -> str:
-    """A standalone page of a sweep's chart (`figure_html` embeds plotly: it works offline)."""
+    """A page of a sweep's chart. `figure_html` loads plotly from beside the page (Downloads.library: one
+    copy for every chart, not 4.6 MB in each); where it is missing the page says how to get it."""
     where = f"{sweep['preset']['title']} on {sweep['device'].get('name', '?')}"
     noise = " Random weights: the timings are real, any text is noise." if sweep["preset"]["random_weights"] else ""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{e(sweep["title"])}</title></head>'
             '<body style="font-family: system-ui, sans-serif; max-width: 1200px; margin: 24px auto; color: #1f2937">'
             f'<h2>{e(sweep["title"])}</h2><p>{e(sweep["explanation"])}</p>{trends_html(sweep)}'
             f'<p style="color: #6b7280">{e(where)}; {"quick" if sweep["quick"] else "full"} grid.{e(noise)}</p>'
-            f'{figure_html}</body></html>')
+            f'{figure_html}<p id="no-library" hidden style="color: #b91c1c">{e(NO_LIBRARY)}</p>'
+            '<script>if (!window.Plotly) document.getElementById("no-library").hidden = false;</script>'
+            '</body></html>')
