@@ -97,6 +97,7 @@ LIMIT_FLAGS = (("--queue-size", "queue_size", int, "runs that may wait for the d
                ("--max-work-tokens", "work_tokens", int, "token positions of one run"),
                ("--run-deadline", "run_deadline_s", float, "seconds after which a run is stopped"),
                ("--unread-timeout", "unread_s", float, "seconds a job's updates may go unread before it is stopped"),
+               ("--max-sessions", "sessions", int, "visitors' sessions whose state is kept"),
                ("--max-request-bytes", "body_bytes", int, "bytes of one request's body (default: what the longest "
                 "prompt needs, at least 1 MiB)"))
 

@@ -30,6 +30,8 @@ class Limits:
     body_bytes: int | None = None          # one request's body, refused before it is read (see `body_for`)
     calls_per_s: float | None = None       # a visitor's calls (POSTs) per second, sustained ...
     call_burst: int | None = None          # ... and at once: what a page's clicks need, not what a script floods
+    sessions: int | None = None            # visitors' sessions whose state is kept (the oldest forgotten) ...
+    session_s: float | None = None         # ... each for at most this long after its last change
 
     @classmethod
     def public_defaults(cls, **overrides) -> Limits:
@@ -37,7 +39,8 @@ class Limits:
         limit follows the prompt limit unless given: a prompt of the allowed length always fits."""
         limits = replace(cls(public=True, queue_size=8, per_visitor=1, prompt_chars=20_000, repeats=3,
                              new_tokens=256, work_tokens=400_000, run_deadline_s=300.0,
-                             quick_experiments_only=True, unread_s=30.0, calls_per_s=5.0, call_burst=20),
+                             quick_experiments_only=True, unread_s=30.0, calls_per_s=5.0, call_burst=20,
+                             sessions=1000, session_s=3600.0),
                          **overrides)
         return limits if limits.body_bytes is not None else replace(limits, body_bytes=body_for(limits.prompt_chars))
 
@@ -54,6 +57,8 @@ class Limits:
                  "experiments run their quick grid; uploads are refused",
                  f"a request's body up to {self.body_bytes / MIB:.1f} MiB (refused before it is read); each visitor "
                  f"up to {self.call_burst} calls at once and {self.calls_per_s:g} a second, one replay at a time",
+                 f"the state of the last {self.sessions:,} sessions is kept, each up to {self.session_s:.0f} s after "
+                 "its last change (an older session's Stop and Replay find no run)",
                  f"a job whose updates nobody reads for {self.unread_s:.0f} s (its page closed, a script gone) is "
                  "stopped and gives its place up"]
         return lines

@@ -73,11 +73,11 @@ def url():
 def public_app(tmp_path_factory):
     """The real app in public mode, shared by the modules that use or attack a public page (test_history_page,
     test_mcp, test_public): with MCP, a history file asked for (a public page keeps it untouched) and limits
-    of its own. `url`, `asked_history` (that file), `log` (its output)."""
+    of its own (the state of 40 sessions kept). `url`, `asked_history` (that file), `log` (its output)."""
     from app_server import ARTIFACTS, serve
     asked = tmp_path_factory.mktemp("public-history") / "h.sqlite"
     with serve("--public", "--mcp", "--history", str(asked), "--max-prompt-chars", "2000", "--run-deadline", "120",
-               "--unread-timeout", "3", name="public") as address:
+               "--unread-timeout", "3", "--max-sessions", "40", name="public") as address:
         yield SimpleNamespace(url=address, asked_history=asked, log=ARTIFACTS / "public.log")
 
 

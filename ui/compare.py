@@ -276,7 +276,7 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
     first = ctx.engines.get(preset)
     layout = Layout(ctx.engines.lanes())
     choices, defaults, classes = render.variant_choices(first)
-    c: dict = {"session": gr.State(Session())}
+    c: dict = {"session": gr.State(Session(), time_to_live=ctx.limits.session_s)}
     c["banner"] = gr.HTML(render.banner_html(first), js_on_load=None)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=300):

@@ -247,7 +247,7 @@ def build(ctx: Context, preset: str, preset_choices: list) -> None:
     quick = first.device.kind == "cpu"
     choices, defaults, classes = render.variant_choices(first, sweeps.get(FIRST_EXPERIMENT).variants)
     empty = blank(FIRST_EXPERIMENT)
-    c: dict = {"session": gr.State(Session())}          # a visitor's sweep, apart from their Compare run
+    c: dict = {"session": gr.State(Session(), time_to_live=ctx.limits.session_s)}          # a visitor's sweep, apart from their Compare run
     c["banner"] = gr.HTML(render.banner_html(first), js_on_load=None, elem_id="exp-banner")
     with gr.Row(equal_height=False):
         c["experiment"] = gr.Dropdown(experiment_choices(), value=FIRST_EXPERIMENT, label="Experiment", scale=3,

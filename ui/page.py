@@ -38,11 +38,13 @@ BACKLOG = 64          # a public page's Gradio queue: events waiting for one of 
 
 def launch_kwargs(lanes=tuple(CATALOG), limits: Limits | None = None) -> dict:
     """What launch() takes for this page: theme and CSS (they go to launch() in Gradio 6) and, on a public
-    page, the guard in front of every route (ui/guard.py: body size, calls per visitor)."""
+    page, the guard in front of every route (ui/guard.py: body size, calls per visitor) and the sessions
+    whose state Gradio keeps."""
     kwargs = {"theme": gr.themes.Soft(primary_hue="indigo", neutral_hue="slate"), "css": css(lanes)}
     if limits is not None and limits.public:
         from starlette.middleware import Middleware
         kwargs["app_kwargs"] = {"middleware": [Middleware(Guard, limits=limits)]}
+        kwargs["state_session_capacity"] = limits.sessions      # Gradio keeps 10,000 sessions' state by default
     return kwargs
 
 
