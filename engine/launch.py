@@ -65,7 +65,7 @@ PROGRAMS = {
 KINDS = tuple(PROGRAMS)
 START_TIMEOUT_S = 300.0           # from the program's start to its /health answering (vLLM imports for ~30 s on a CPU)
 CONTEXT_CAP = 8192                # the longest context an engine is started for: a dashboard's prompts are shorter
-KV_CACHE_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}     # vLLM's KV cache, beside the local variants
+KV_CACHE_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}     # vLLM's KV cache at least, beside the local variants
 VLLM_SERVER = "vllm.entrypoints.launchers.api_server.entry"
 
 
@@ -115,9 +115,19 @@ def command(kind: str, launch: Launch, preset: Preset, model: str, port: int, th
         eager = ["--enforce-eager", "--distributed-executor-backend", "uni"] if device == "cpu" else []
         return [str(program(kind)), "-m", VLLM_SERVER, "--model", model, "--served-model-name", served_name,
                 "--host", "127.0.0.1", "--port", str(port), "--dtype", preset.dtype, "--max-model-len", context,
-                "--max-num-seqs", "8", "--kv-cache-memory-bytes", str(KV_CACHE_BYTES[device]), *eager,
-                *launch.args]
+                "--max-num-seqs", "8", "--kv-cache-memory-bytes", str(kv_cache_bytes(preset, int(context), device)),
+                *eager, *launch.args]
     raise ValueError(f"unknown engine kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def kv_cache_bytes(preset: Preset, context: int, device: str) -> int:
+    """vLLM's KV cache: room for one sequence of `context` tokens with a quarter to spare (vLLM refuses to
+    start with less), and never less than KV_CACHE_BYTES (several shorter requests)."""
+    from engine import budget
+    from engine.variants import CATALOG
+    found = budget.footprint(preset, CATALOG["baseline"], cuda=False)
+    one = found.kv_cache_bytes * context / preset.context_length if found else 0
+    return max(KV_CACHE_BYTES[device], int(one * 1.25))
 
 
 def environment(kind: str, threads: int, device: str) -> dict[str, str]:

@@ -176,6 +176,8 @@ def test_vllm_started_by_the_dashboard_serves_the_local_variants_weights_and_sto
         tree = psutil.Process(engine.pids()["vllm"]).children(recursive=True)
         server = tree[0]
         command, environ = server.cmdline(), server.environ()
+        server_tree = [server, *server.children(recursive=True)]
+        idle = idle_cores(server_tree)
     base, served = seen[-1].report["results"]
     assert (base["status"], served["status"]) == ("ok", "ok"), (base["reason"], served["reason"])
     assert served["label"].startswith("vLLM on the local variants' own weights (float32); started here")
@@ -185,4 +187,34 @@ def test_vllm_started_by_the_dashboard_serves_the_local_variants_weights_and_sto
     assert command[command.index("--model") + 1].endswith(".cache/sidebyside/" + os.path.basename(
         command[command.index("--model") + 1])) and command[command.index("--host") + 1] == "127.0.0.1"
     assert environ["OMP_NUM_THREADS"] == "1" and environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert idle < 0.05                     # loaded and idle, it spins no core beside the local variants
     assert len(tree) >= 2 and not [p for p in tree if running(p)], tree      # the server and its engine process
+
+
+def idle_cores(processes: list[psutil.Process], seconds: float = 1.0) -> float:
+    """The cores these processes use together over `seconds` (user and system time)."""
+    before, started = sum(sum(p.cpu_times()[:2]) for p in processes), time.monotonic()
+    time.sleep(seconds)
+    return (sum(sum(p.cpu_times()[:2]) for p in processes) - before) / (time.monotonic() - started)
+
+
+def test_a_failed_start_shows_the_cause_the_log_names_not_only_its_last_lines(tmp_path):
+    from engine.worker.launched import tail
+    log = tmp_path / "vllm.log"
+    log.write_text("(EngineCore pid=7) INFO loading\n"
+                   "(EngineCore pid=7) ERROR 12-07 [core.py:1510] ValueError: To serve at least one request with "
+                   "the model's max seq len (8192), 0.35 GiB KV cache is needed\n"
+                   "    raise RuntimeError(\n"
+                   "RuntimeError: Engine core initialization failed. See root cause above.\n")
+    assert tail(log) == ("ValueError: To serve at least one request with the model's max seq len (8192), 0.35 GiB KV "
+                         "cache is needed | raise RuntimeError( | RuntimeError: Engine core initialization failed. "
+                         "See root cause above.")
+    plain = tmp_path / "llama.log"
+    plain.write_text("main: loading model\ngguf_init: failed to open 'x.gguf'\n")
+    assert tail(plain) == "main: loading model | gguf_init: failed to open 'x.gguf'"
+
+
+def test_vllm_gets_a_kv_cache_for_one_whole_context_with_room_to_spare():
+    real = presets.load("smollm2-135m")           # 30 layers, 3 KV heads of 64, float32: 0.35 GiB at 8192 tokens
+    assert launch.kv_cache_bytes(real, 8192, "cpu") == int(2 * 30 * 3 * 64 * 4 * 8192 * 1.25)
+    assert launch.kv_cache_bytes(presets.load("tiny"), 256, "cpu") == launch.KV_CACHE_BYTES["cpu"]

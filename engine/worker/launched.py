@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import time
@@ -43,14 +44,27 @@ def log_path(spec: WorkerSpec) -> Path:
     return folder / f"{spec.preset.name}-{spec.variant}.log"
 
 
+ERROR_LINE = re.compile(r"\b\w*(Error|Exception): \S")
+
+
 def tail(path: Path, lines: int = 2) -> str:
-    """The last lines of a log, on one line (a failure's reason is one line of about 300 characters)."""
+    """The last lines of a log, on one line (a failure's reason is one line of about 300 characters),
+    after the last line before them that names an error (vLLM ends with "Engine core initialization
+    failed. See root cause above": the cause is the line to show)."""
+    errors: deque[str] = deque(maxlen=lines + 1)
+    last: deque[str] = deque(maxlen=lines)
     try:
         with open(path, errors="replace") as file:
-            last = deque((line.strip() for line in file if line.strip()), maxlen=lines)
+            for line in file:
+                if line.strip():
+                    last.append(line.strip())
+                    found = ERROR_LINE.search(line)
+                    if found:                        # from the error's name: less the log's prefix
+                        errors.append(line[found.start():].strip())
     except OSError:
         return "no log"
-    return " | ".join(last) or "an empty log"
+    cause = next((line for line in reversed(errors) if not any(line in shown for shown in last)), None)
+    return " | ".join([cause[:300], *last] if cause else last) or "an empty log"
 
 
 class Server:
