@@ -218,3 +218,55 @@ def test_vllm_gets_a_kv_cache_for_one_whole_context_with_room_to_spare():
     real = presets.load("smollm2-135m")           # 30 layers, 3 KV heads of 64, float32: 0.35 GiB at 8192 tokens
     assert launch.kv_cache_bytes(real, 8192, "cpu") == int(2 * 30 * 3 * 64 * 4 * 8192 * 1.25)
     assert launch.kv_cache_bytes(presets.load("tiny"), 256, "cpu") == launch.KV_CACHE_BYTES["cpu"]
+
+
+def test_a_killed_app_leaves_no_engine_running(tmp_path):
+    """SIGKILL to the app (no handler runs): its worker ends within moments of it, and the kernel ends the
+    worker's server with it."""
+    from app_server import kill_if_running, outliving, start
+    from gradio_client import Client
+
+    from ui.compare import RUN
+    require_llama_server()
+    app, url = start("--private", "--preset", "smollm2-135m", "--engine", "llama.cpp", "--threads", "1",
+                     name="test_engine_app_kill", env={"TMPDIR": str(tmp_path)})
+    try:
+        result = Client(url, verbose=False).predict("Why is the sky blue?", "smollm2-135m", ["llama.cpp"], 4,
+                                                    "fair", 1, api_name="/compare")
+        assert [r["status"] for r in result[RUN.index("report")]["results"]] == ["ok"]
+        servers = [p for p in psutil.Process(app.pid).children(recursive=True)
+                   if p.cmdline()[:1] == [str(launch.program("llama.cpp"))]]
+        assert len(servers) == 1, servers
+    finally:
+        app.kill()                                 # by its handle
+        app.wait(10)
+    assert not outliving(servers, timeout_s=10), "llama.cpp's server outlived the app"
+
+
+def free() -> int:
+    from engine import topology
+    return topology.free_port()
+
+
+def test_a_server_that_cannot_start_says_why_a_bad_program_or_a_port_taken(monkeypatch, tmp_path):
+    import socket
+
+    from engine.worker.launched import StartError
+    require_llama_server()
+    real = presets.load("smollm2-135m")
+    with socket.socket() as taken:                 # a port someone else listens on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        from engine.events import WorkerSpec
+        from engine.worker import served
+        found = remote.at_port(with_engine(real).endpoint("llama.cpp"), port)
+        with pytest.raises(StartError, match=r"exited with code \d+ while starting .*(bind|address|port)"):
+            served.load(WorkerSpec(real, "llama.cpp", f"remote:{found.host}", 1, endpoint=found), lambda e: None)
+    not_a_server = tmp_path / "llama-server"
+    not_a_server.write_text("#!/bin/sh\necho 'this is not a server' >&2\nexit 3\n")
+    not_a_server.chmod(0o755)
+    monkeypatch.setenv("SIDEBYSIDE_LLAMA_SERVER", str(not_a_server))
+    found = remote.at_port(with_engine(real).endpoint("llama.cpp"), free())
+    with pytest.raises(StartError, match="exited with code 3 while starting .*this is not a server"):
+        served.load(WorkerSpec(real, "llama.cpp", f"remote:{found.host}", 1, endpoint=found), lambda e: None)

@@ -44,7 +44,7 @@ def log_path(spec: WorkerSpec) -> Path:
     return folder / f"{spec.preset.name}-{spec.variant}.log"
 
 
-ERROR_LINE = re.compile(r"\b\w*(Error|Exception): \S")
+ERROR_LINE = re.compile(r"\b\w*(Error|Exception): \S|^[\d.]+ E ")       # Python's, or llama.cpp's error level
 
 
 def tail(path: Path, lines: int = 2) -> str:
