@@ -32,6 +32,15 @@ REPLAY_MIN_S = 5.0           # a shorter one slower, to be watchable
 REPEATS_MAX = 5              # timed requests per variant a visitor may ask for in one run
 REPEATS_DEFAULT = 3          # enough to state a range; each variant first runs one untimed warm-up
 NAMES = tuple(CATALOG)
+# Run brings the run into view: the status line (where the verdict comes) at the top, the columns under it. On a
+# laptop the settings fill the first screen, so without it a click on Run changes nothing a person can see.
+# Left alone when the status line is already in the upper half of the screen (a person who scrolled there).
+SHOW_RUN_JS = """() => {
+    const target = document.querySelector('#sbs-message') || document.querySelector('#sbs-lanes');
+    if (!target) return;
+    const top = target.getBoundingClientRect().top;
+    if (top < 0 || top > window.innerHeight / 2) target.scrollIntoView({block: 'start', behavior: 'smooth'});
+}"""
 # Variant and Speedup together fit a 390 px phone; long cells wrap
 SUMMARY_WIDTHS = ["96px", "132px", "132px", "132px", "132px", "90px", "90px", "120px", "150px", "90px", "70px",
                   "90px", "100px", "100px", "100px", "130px", "100px", "100px", "140px", "170px"]       # every catalog variant has a column; the unselected ones are hidden
@@ -339,6 +348,7 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
     raw = dict(queue=False, api_visibility="private", preprocess=False, show_progress="hidden")
     on(c["examples"].click, example, ["examples"], EXAMPLE, **raw)
     on(c["preset"].change, on_preset, ["preset"], layout.preset, **raw)
+    c["run"].click(None, js=SHOW_RUN_JS, queue=False, api_visibility="private")     # in the browser alone
     prepared = on(c["run"].click, prepare, ["variants", "session"], layout.prepare, **raw)
     on(prepared.then, compare, ["prompt", "preset", "variants", "max_new", "mode", "repeats", "session"], layout.run,
        api_name="compare", concurrency_limit=ctx.jobs, concurrency_id="device",

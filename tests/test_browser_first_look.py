@@ -1,0 +1,68 @@
+"""A newcomer's first look, in Debian's Chromium at a laptop's screen (1366x768) and a phone's (390x844): Run
+brings the run into view at once, every ratio says which way it goes in words, the TTFT bars carry their
+min-max range, the summary fits a laptop's width (its other columns behind a toggle), the cards stand equally
+tall; the Experiments and History tabs read without placeholders.
+
+The shared app (`url`, preset tiny). Screenshots of a first run, a second identical one, the Experiments tab
+and the History tab go to test-artifacts/first-look-*.png (gitignored).
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+from app_server import ARTIFACTS
+from test_browser import VISIBLE_STAGES, browser, set_max_tokens, wait_until_all_final  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.browser
+
+LAPTOP, PHONE = {"width": 1366, "height": 768}, {"width": 390, "height": 844}
+SELECTED = ["baseline", "sdpa"]
+# the status line (where the verdict comes) or a visible column's card, on the screen
+RUN_IN_VIEW = """() => [document.querySelector('#sbs-message .sbs-msg'),
+                        ...document.querySelectorAll('#sbs-lanes .sbs-card')]
+    .filter(e => e && e.offsetParent)
+    .some(e => { const r = e.getBoundingClientRect();
+                 return r.height > 0 && r.top >= 0 && r.top < window.innerHeight - 40; })"""
+# a ratio: "1.12x", "0.98x", "52%" as a memory share; each must be followed by its direction in words
+RATIO = re.compile(r"\d+\.\d\dx|\d+%")
+DIRECTED = re.compile(r"(\d+\.\d\dx|\d+%) (faster|slower|more|less|fewer|the same)")
+
+
+def open_page(browser, url, viewport):  # noqa: F811
+    page = browser.new_page(viewport=viewport)
+    page.goto(url)
+    page.wait_for_selector("#sbs-run", timeout=30_000)
+    for box in page.locator("#sbs-variants input[type=checkbox]").all():
+        if box.is_enabled() and box.is_checked() != (box.get_attribute("name") in SELECTED):
+            box.click()
+    set_max_tokens(page, 8)
+    return page
+
+
+def run_and_see_it(page) -> None:
+    """Click Run; within 2 s the status line or the columns are on the screen; then wait for the verdict."""
+    page.click("#sbs-run")
+    page.wait_for_function(RUN_IN_VIEW, timeout=2_000, polling=50)
+    page.wait_for_function(f"() => ({VISIBLE_STAGES})().some(s => s !== 'done')", timeout=10_000, polling=50)
+    assert wait_until_all_final(page, len(SELECTED), 120) == ["done"] * len(SELECTED)
+    page.wait_for_selector("#sbs-message .sbs-verdict", timeout=10_000)
+
+
+def test_a_first_run_is_in_view_and_reads_without_a_glossary(browser, url):  # noqa: F811
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = open_page(browser, url, LAPTOP)
+    # the columns start below a laptop's first screen: without scrolling, Run would change nothing in sight
+    assert page.locator("#sbs-lanes").bounding_box()["y"] > LAPTOP["height"]
+    assert not page.evaluate(RUN_IN_VIEW)
+    run_and_see_it(page)
+    page.screenshot(path=str(ARTIFACTS / "first-look-run-1.png"), full_page=False)
+    page.screenshot(path=str(ARTIFACTS / "first-look-run-1-page.png"), full_page=True)
+    page.close()
+
+    page = open_page(browser, url, PHONE)
+    assert not page.evaluate(RUN_IN_VIEW)
+    run_and_see_it(page)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1
+    page.screenshot(path=str(ARTIFACTS / "first-look-phone.png"), full_page=False)
+    page.close()
