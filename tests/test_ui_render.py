@@ -121,7 +121,8 @@ def test_the_experiment_paragraph_and_its_standalone_chart_page():
              "preset": {"title": "Tiny", "random_weights": True}}
     page = sweep_render.sweep_page(sweep, "<div id=chart></div>")
     assert page.startswith("<!doctype html>") and "<title>Batching &lt;b&gt;</title>" in page
-    assert "Tiny on cpu; quick grid. Random weights" in page and page.endswith("<div id=chart></div></body></html>")
+    assert "Tiny on cpu; quick grid. Random weights" in page and "<div id=chart></div>" in page
+    assert page.endswith("</script></body></html>") and 'id="no-library" hidden' in page   # said where plotly is missing
 
 
 def test_a_running_sweep_shows_its_progress_and_what_it_loads():
