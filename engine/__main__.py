@@ -251,7 +251,25 @@ def parser() -> argparse.ArgumentParser:
                                   "as one more variant; repeat for several")
         command.add_argument("--engine", action="append", metavar=ENGINE_METAVAR, help=ENGINE_HELP)
     history_cli.add_command(sub)
+    runtime = sub.add_parser("runtime", help="the Python environments variants may run in (engine/runtimes.py): "
+                             "list them, or make one once from its pinned requirements (runtimes/NAME.txt)")
+    runtime.add_argument("action", choices=("list", "make"))
+    runtime.add_argument("name", nargs="?", help="the runtime to make (e.g. legacy-bt)")
+    runtime.set_defaults(func=cmd_runtime)
     return top
+
+
+def cmd_runtime(args) -> int:
+    from engine import runtimes
+    if args.action == "list":
+        for name in runtimes.known():
+            found = runtimes.Runtime(name)
+            print(f"{name}: {'made at ' + str(found.folder) if found.made else found.missing()}")
+        return 0
+    if not args.name:
+        raise InputError(f"runtime make: name the runtime to make: {', '.join(runtimes.known())}")
+    runtimes.make(args.name)
+    return 0
 
 
 def main(argv=None) -> int:

@@ -101,10 +101,11 @@ def reason(kind: str, preset: Preset) -> str | None:
 
 
 def command(kind: str, launch: Launch, preset: Preset, model: str, port: int, threads: int, served_name: str,
-            device: str) -> list[str]:
+            device: str, kv_bytes: int = 0) -> list[str]:
     """The server's command line: on 127.0.0.1:`port`, serving `model` (model_file's for llama.cpp, the
     local variants' folder or hub id for vLLM) as `served_name`, with `threads` threads on a CPU (as many
-    as a local worker computes on); `device` is "cpu" or "cuda"."""
+    as a local worker computes on); `device` is "cpu" or "cuda"; `kv_bytes`: vLLM's KV cache at least
+    (engine/worker/launched.py sizes it for one whole context), never under KV_CACHE_BYTES."""
     context = str(min(preset.context_length, CONTEXT_CAP))
     if kind == "llama.cpp":
         return [str(program(kind)), "--model", model, "--host", "127.0.0.1", "--port", str(port),
@@ -115,19 +116,9 @@ def command(kind: str, launch: Launch, preset: Preset, model: str, port: int, th
         eager = ["--enforce-eager", "--distributed-executor-backend", "uni"] if device == "cpu" else []
         return [str(program(kind)), "-m", VLLM_SERVER, "--model", model, "--served-model-name", served_name,
                 "--host", "127.0.0.1", "--port", str(port), "--dtype", preset.dtype, "--max-model-len", context,
-                "--max-num-seqs", "8", "--kv-cache-memory-bytes", str(kv_cache_bytes(preset, int(context), device)),
+                "--max-num-seqs", "8", "--kv-cache-memory-bytes", str(max(kv_bytes, KV_CACHE_BYTES[device])),
                 *eager, *launch.args]
     raise ValueError(f"unknown engine kind {kind!r}; known: {', '.join(KINDS)}")
-
-
-def kv_cache_bytes(preset: Preset, context: int, device: str) -> int:
-    """vLLM's KV cache: room for one sequence of `context` tokens with a quarter to spare (vLLM refuses to
-    start with less), and never less than KV_CACHE_BYTES (several shorter requests)."""
-    from engine import budget
-    from engine.variants import CATALOG
-    found = budget.footprint(preset, CATALOG["baseline"], cuda=False)
-    one = found.kv_cache_bytes * context / preset.context_length if found else 0
-    return max(KV_CACHE_BYTES[device], int(one * 1.25))
 
 
 def environment(kind: str, threads: int, device: str) -> dict[str, str]:

@@ -114,11 +114,25 @@ def _child(entry: str, environment: dict[str, str], folder: str, *args) -> None:
     getattr(importlib.import_module(module), function)(*args)
 
 
+def runtime_of(spec: WorkerSpec) -> str | None:
+    """The runtime (engine/runtimes.py) the variant's worker runs in; None: this environment."""
+    from engine.variants import CATALOG
+    found = CATALOG.get(spec.variant)
+    return found.runtime if found is not None and spec.endpoint is None else None
+
+
 class WorkerProcess:
     """One worker process: its pipe, its cancel flag, and what it said about loading."""
 
     def __init__(self, spec: WorkerSpec, entry: str = ENTRY):
         self.spec, self.variant = spec, spec.variant
+        self.loaded: events.Loaded | None = None
+        self.failed: events.Failed | None = None
+        runtime = runtime_of(spec)
+        if runtime is not None:                  # another environment's interpreter (engine/runtimes.py)
+            from engine import runtimes
+            self.conn, self.cancel, self.process = runtimes.start(runtime, spec, entry)
+            return
         start = context(spec)
         self.conn, child = start.Pipe(duplex=True)
         self.cancel = start.Event()              # set: stop the current request at its next token
@@ -126,8 +140,6 @@ class WorkerProcess:
                                      daemon=True, name=f"worker-{spec.variant}")
         self.process.start()
         child.close()
-        self.loaded: events.Loaded | None = None
-        self.failed: events.Failed | None = None
 
     @property
     def pid(self) -> int | None:
@@ -166,8 +178,11 @@ class WorkerProcess:
         return found
 
     def close(self) -> None:
-        """After the process ended: release the pipe."""
+        """After the process ended: release the pipe (and a runtime worker's descriptors)."""
         self.conn.close()
+        release = getattr(self.process, "close", None)
+        if release is not None and not isinstance(self.process, multiprocessing.process.BaseProcess):
+            release()
 
 
 def stop(workers: list[WorkerProcess], timeout: float = STOP_WAIT_S) -> None:

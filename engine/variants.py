@@ -48,12 +48,18 @@ class Variant:
     use_cache: bool = True               # False recomputes all positions at every step
     remote: bool = False                 # a served model (engine/remote.py): nothing loads here
     launch: str | None = None            # the engine kind the dashboard starts for it (engine/launch.py)
+    runtime: str | None = None           # the environment its worker runs in (engine/runtimes.py); None: the app's
 
     def unavailable_reason(self, preset: Preset, device: Device) -> str | None:
         """Why this variant cannot run with this preset on this device; None when it can."""
         if self.launch is not None:
             from engine.launch import reason
             return reason(self.launch, preset)
+        if self.runtime is not None:
+            from engine.runtimes import Runtime
+            missing = Runtime(self.runtime).missing()
+            if missing:
+                return missing
         for check in CHECKS.get(self.name, ()):
             reason = check(preset, device)
             if reason:
@@ -63,6 +69,11 @@ class Variant:
     def display_label(self) -> str:
         """The label, saying when BetterTransformer is replaced by native SDPA, and which FlashAttention
         or torchao release runs (the report keeps the label of what ran)."""
+        if self.runtime is not None:           # its worker's environment, or (here) the runtime's name
+            if not bettertransformer_supported():
+                return f"{self.label} ({self.runtime} runtime)"
+            versions = ", ".join(f"{p} {installed_version(p)}" for p in ("transformers", "optimum", "torch"))
+            return f"{self.label} ({self.runtime}: {versions})"
         if self.bettertransformer and not bettertransformer_supported():
             return self.label.replace("BetterTransformer", "SDPA") + \
                 " (BetterTransformer is native SDPA in transformers 5)"
@@ -129,6 +140,34 @@ def _int4_kernel(preset: Preset, device: Device) -> str | None:
     return None
 
 
+BETTERTRANSFORMER_TYPES = ("opt", "bloom", "gpt_neo", "gptj", "codegen")     # what it converts (optimum 1.27)
+
+
+def _converts():
+    def check(preset: Preset, device: Device) -> str | None:
+        model_type = (preset.config or {}).get("model_type") if preset.random_weights else _model_type(preset)
+        if model_type and model_type not in BETTERTRANSFORMER_TYPES:
+            return (f"BetterTransformer converts {', '.join(BETTERTRANSFORMER_TYPES)} decoders; this preset's model "
+                    f"is {model_type} (optimum: natively supported or not convertible): choose an OPT preset")
+        return None
+    return check
+
+
+def _model_type(preset: Preset) -> str | None:
+    from engine.source import architecture
+    return (architecture(preset) or {}).get("model_type")
+
+
+def _runtime_has(package: str, runtime: str):
+    def check(preset: Preset, device: Device) -> str | None:
+        from engine.runtimes import Runtime
+        found = Runtime(runtime)
+        if found.made and found.package_version(package) is None:
+            return f"the {runtime} runtime has no {package}: {found.python} -m pip install {package}"
+        return None
+    return check
+
+
 CATALOG: dict[str, Variant] = {v.name: v for v in (
     Variant(REFERENCE, "Eager attention", "Plain PyTorch attention: materialises the full attention "
             "matrix; the reference every other variant is compared with.", attn_implementation="eager"),
@@ -154,6 +193,14 @@ CATALOG: dict[str, Variant] = {v.name: v for v in (
             quantization="int4", compile=True),
     Variant("no-kv-cache", "No KV cache", "Recomputes keys and values of every position at every step: "
             "what the KV cache saves.", use_cache=False),
+    Variant("bettertransformer", "Eager + BetterTransformer", "optimum's BetterTransformer: the eager model's "
+            "attention swapped for PyTorch's fused kernels by model.to_bettertransformer(), in the legacy-bt "
+            "runtime (transformers 4.48, optimum 1.27: removed since) for OPT, BLOOM, GPT-Neo, GPT-J and CodeGen.",
+            attn_implementation="eager", bettertransformer=True, runtime="legacy-bt"),
+    Variant("bnb-4bit-bt", "4-bit NF4 + BetterTransformer + flash SDPA", "The original recipe: a bitsandbytes "
+            "NF4 load, converted by to_bettertransformer() and run with the flash SDPA backend, in the legacy-bt "
+            "runtime.", attn_implementation="eager", quantization="nf4", bettertransformer=True,
+            sdpa_backend="FLASH_ATTENTION", runtime="legacy-bt"),
 )}
 
 CHECKS = {
@@ -163,6 +210,9 @@ CHECKS = {
                    _needs_half_on_cuda("The SDPA flash backend on a GPU")),
     "bnb-4bit": (_needs_package("bitsandbytes", BNB_HINT),),
     "bnb-8bit": (_needs_package("bitsandbytes", BNB_HINT),),
+    "bettertransformer": (_converts(),),
+    "bnb-4bit-bt": (_needs_cuda("transformers 4.48's bitsandbytes 4-bit"), _runtime_has("bitsandbytes", "legacy-bt"),
+                    _converts()),
     "int4": (_needs_package("torchao", TORCHAO_HINT), _needs_capability(8, 0, "torchao's int4 GPU kernel"),
              _int4_kernel),
 }

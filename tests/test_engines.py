@@ -215,9 +215,13 @@ def test_a_failed_start_shows_the_cause_the_log_names_not_only_its_last_lines(tm
 
 
 def test_vllm_gets_a_kv_cache_for_one_whole_context_with_room_to_spare():
+    from engine.worker.launched import kv_cache_bytes
     real = presets.load("smollm2-135m")           # 30 layers, 3 KV heads of 64, float32: 0.35 GiB at 8192 tokens
-    assert launch.kv_cache_bytes(real, 8192, "cpu") == int(2 * 30 * 3 * 64 * 4 * 8192 * 1.25)
-    assert launch.kv_cache_bytes(presets.load("tiny"), 256, "cpu") == launch.KV_CACHE_BYTES["cpu"]
+    assert kv_cache_bytes(real, 8192) == int(2 * 30 * 3 * 64 * 4 * 8192 * 1.25)
+    command = launch.command("vllm", launch.Launch("vllm"), real, "/m", 1234, 1, "vllm", "cpu", kv_cache_bytes(real, 8192))
+    assert command[command.index("--kv-cache-memory-bytes") + 1] == str(int(2 * 30 * 3 * 64 * 4 * 8192 * 1.25))
+    tiny = launch.command("vllm", launch.Launch("vllm"), presets.load("tiny"), "/m", 1234, 1, "vllm", "cpu", 1000)
+    assert tiny[tiny.index("--kv-cache-memory-bytes") + 1] == str(launch.KV_CACHE_BYTES["cpu"])   # never less
 
 
 def test_a_killed_app_leaves_no_engine_running(tmp_path):

@@ -76,8 +76,9 @@ class Server:
         self.log = log_path(spec)
         port = int(found.host.rsplit(":", 1)[1])
         threads = spec.threads or 1
+        context = min(spec.preset.context_length, launch.CONTEXT_CAP)
         command = launch.command(kind, found.launch, spec.preset, served_model(kind, spec.preset), port, threads,
-                                 found.model, spec.launch_device)
+                                 found.model, spec.launch_device, kv_cache_bytes(spec.preset, context))
         env = dict(os.environ, **launch.environment(kind, threads, spec.launch_device))
         if spec.own_gpu is not None:                 # on a host with several GPUs: its own, as a worker's
             env["CUDA_VISIBLE_DEVICES"] = str(spec.own_gpu)
@@ -132,6 +133,15 @@ class Server:
 def _signal_group(group: int, number: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, number)
+
+
+def kv_cache_bytes(preset, context: int) -> int:
+    """Room for one sequence of `context` tokens in vLLM's KV cache, with a quarter to spare (vLLM refuses
+    to start with less than one whole context); 0 where the model's shape is unknown."""
+    from engine import budget
+    from engine.variants import CATALOG
+    found = budget.footprint(preset, CATALOG["baseline"], cuda=False)
+    return int(found.kv_cache_bytes * context / preset.context_length * 1.25) if found else 0
 
 
 def served_model(kind: str, preset) -> str:

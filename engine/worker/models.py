@@ -127,8 +127,11 @@ def load_model(preset: Preset, variant: Variant, device: str):
     """(model, tokenizer) for one variant on `device` ("cpu" or "cuda:N"), in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
+    from engine.variants import bettertransformer_supported
     dtype = getattr(torch, preset.dtype)
-    kwargs = {"dtype": dtype, "attn_implementation": variant.attn_implementation}
+    # transformers 4 (a legacy runtime, engine/runtimes.py) names the dtype torch_dtype
+    kwargs = {"torch_dtype" if bettertransformer_supported() else "dtype": dtype,
+              "attn_implementation": variant.attn_implementation}
     quant = quantization_config(variant, dtype)
     if preset.random_weights and not preset.cache_on_disk:
         torch.manual_seed(preset.seed)
@@ -150,10 +153,8 @@ def load_model(preset: Preset, variant: Variant, device: str):
         tokenizer = load_tokenizer(preset)
     if variant.quantization == "int4":
         model = quantize_int4(model, device)
-    if variant.bettertransformer:
-        from engine.variants import bettertransformer_supported
-        if bettertransformer_supported():
-            model = model.to_bettertransformer()
+    if variant.bettertransformer and bettertransformer_supported():
+        model = model.to_bettertransformer()
     model.eval()
     return model, tokenizer
 

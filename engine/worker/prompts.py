@@ -36,7 +36,7 @@ def byte_tokenizer(vocab_size: int):
     Every text encodes to one token per byte; the pseudo-words are never produced by encoding but
     make the output of a random-weight model read as (meaningless) words instead of byte soup.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
@@ -50,6 +50,10 @@ def byte_tokenizer(vocab_size: int):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    # the beginning-of-sequence token added by the tokenizer itself, so that every transformers version
+    # gives the same ids (a legacy runtime's 4.x ignores PreTrainedTokenizerFast.add_bos_token)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                             special_tokens=[("<s>", 1)])
     return tokenizer
 
 
@@ -62,7 +66,6 @@ def load_tokenizer(preset: Preset, vocab_size: int | None = None, torch_free: bo
         size = vocab_size or preset.config.get("vocab_size", 512)
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_tokenizer(size), pad_token="<pad>",
                                             bos_token="<s>", eos_token="</s>")
-        tokenizer.add_bos_token = True
         return tokenizer
     location = model_location(preset)
     if torch_free:
