@@ -31,7 +31,8 @@ from engine.studies.sweeps import run_sweep, summary as sweep_summary       # no
 from engine.studies.targets import check_targets, target_lines              # noqa: E402
 
 ATTENTION_VARIANTS = ["baseline", "sdpa", "sdpa-flash", "fa2"]
-ALL_VARIANTS = ["baseline", "sdpa", "sdpa-flash", "fa2", "bnb-4bit", "bnb-8bit", "compiled", "int4", "no-kv-cache"]
+ALL_VARIANTS = ["baseline", "sdpa", "sdpa-flash", "fa2", "bnb-4bit", "bnb-8bit", "compiled", "int4", "no-kv-cache",
+                "bettertransformer", "bnb-4bit-bt"]      # the last two in the legacy-bt runtime (README: Runtimes)
 
 
 def plan(args) -> list[dict]:
