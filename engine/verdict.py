@@ -100,18 +100,41 @@ def slowed(*rows: dict) -> list[str]:
     return [row["variant"] for row in rows if row.get("host_busy")]
 
 
-def ratio_text(metric: Metric, comparison: Comparison, with_range: bool = True, word: str = "range ") -> str:
-    """"4.50x (range 4.20-4.80x)" for a speedup or ratio, "52% (range 48-55%)" for a share: one format
-    everywhere (`word` before the range: "" in a table cell)."""
+DIRECTIONS = {"speedup": ("faster", "slower"), "ratio": ("more", "fewer"), "share": ("more", "less")}
+
+
+def _percent(share: float) -> str:
+    return f"{share:.1%}" if share < 0.1 else f"{share:.0%}"
+
+
+def directed(metric: Metric, comparison: Comparison, with_range: bool = True, word: str = "range ") -> str:
+    """A ratio with its direction in words, so that nobody has to know which way the ratio is taken: "1.12x faster
+    (range 1.11-1.14x)", "1.54x slower", "48% less (range 46-50%)", "14% more". A time or a count is said as a
+    factor of at least 1 (a speedup of 0.65 is 1.54x slower), a memory share as the difference in percent;
+    `word` before the range ("" in a table cell)."""
+    text, span = directed_parts(metric, comparison)
+    return f"{text} ({word}{span})" if with_range and span else text
+
+
+def directed_parts(metric: Metric, comparison: Comparison) -> tuple[str, str]:
+    """`directed`'s two parts: the ratio with its direction, and its range over the repeats ("" without one)."""
+    up, down = DIRECTIONS[metric.ratio]
+    ratio, ends = comparison.ratio, (comparison.low, comparison.high)
     if metric.ratio == "share":
-        text = f"{comparison.ratio:.0%}"
-        span = f"{comparison.low * 100:.0f}-{comparison.high:.0%}" if comparison.low is not None else ""
+        if ratio == 1:
+            return "the same", ""
+        differ = (lambda share: share - 1) if ratio > 1 else (lambda share: 1 - share)
+        text = f"{_percent(differ(ratio))} {up if ratio > 1 else down}"
+        low, high = sorted(differ(end) for end in ends) if ends[0] is not None else (None, None)
+        span = f"{_percent(low).rstrip('%')}-{_percent(high)}" if low is not None else ""
     else:
-        text = f"{comparison.ratio:.2f}x"
-        span = f"{comparison.low:.2f}-{comparison.high:.2f}x" if comparison.low is not None else ""
+        factor = (lambda value: value) if ratio >= 1 else (lambda value: 1 / value)
+        text = f"{factor(ratio):.2f}x {up if ratio >= 1 else down}"
+        low, high = sorted(factor(end) for end in ends) if ends[0] is not None else (None, None)
+        span = f"{low:.2f}-{high:.2f}x" if low is not None else ""
     if span and len(set(span.rstrip("x%").split("-"))) == 1:     # every repeat gave the same, to this precision
         span = ""
-    return f"{text} ({word}{span})" if with_range and span else text
+    return text, span
 
 
 def leaders(rows: list[dict], metric: Metric) -> list[str]:
@@ -132,16 +155,14 @@ def leaders(rows: list[dict], metric: Metric) -> list[str]:
 
 
 HEADS = {"tpot": "per token", "ttft": "first token", "tokens_per_s": "tokens/s", "memory": "memory"}
-PHRASES = {"tpot": "{name} {ratio} faster than {ref}", "ttft": "{name} {ratio} sooner than {ref}",
-           "tokens_per_s": "{name} {ratio} {ref}'s", "memory": "{name} uses {ratio} of {ref}'s peak"}
 NOTHING_BETTER = {"tpot": "none faster than {ref} beyond the noise", "ttft": "none sooner than {ref} beyond the noise",
                   "tokens_per_s": "none above {ref}'s beyond the noise",
                   "memory": "none uses less than {ref} beyond the noise"}
 
 
 def metric_line(rows: list[dict], metric: Metric, base: dict) -> str:
-    """One clause on `metric`: who beats the reference and by how much, or that nobody does; empty
-    without ranges to judge by."""
+    """One clause on `metric`: who beats the reference and by how much, or that nobody does, and which better
+    medians are not called because they are within noise; empty without ranges to judge by."""
     ref = base["variant"]
     by_name = {row["variant"]: row for row in rows}
     judged = [c for row in rows if row is not base and answered(row)
@@ -150,12 +171,70 @@ def metric_line(rows: list[dict], metric: Metric, base: dict) -> str:
         return ""
     won = leaders(rows, metric)
     if not won:
-        return f"{HEADS[metric.name]}: " + NOTHING_BETTER[metric.name].format(ref=ref)
+        nobody = NOTHING_BETTER[metric.name].format(ref=ref)
+        return f"{HEADS[metric.name]}: {nobody}" + noise_note(rows, metric, base, won)
     comparison = compare(by_name[won[0]], base, metric)
-    text = PHRASES[metric.name].format(name=won[0], ratio=ratio_text(metric, comparison), ref=ref)
+    said, span = directed_parts(metric, comparison)
+    text = f"{won[0]} {said} than {ref}" + (f" (range {span})" if span else "")
     if len(won) > 1:
         text += f", tied within noise with {', '.join(won[1:])}"
-    return f"{HEADS[metric.name]}: {text}"
+    return f"{HEADS[metric.name]}: {text}" + noise_note(rows, metric, base, won)
+
+
+def noise_names(rows: list[dict], metric: Metric, base: dict, won: list[str]) -> list[str]:
+    """The variants whose median beats the winner's (or, with no winner, the reference's) while their range
+    overlaps the reference's: a shorter bar that the verdict does not call."""
+    sign = 1 if metric.lower_is_better else -1
+    bar = next(row for row in rows if row["variant"] == won[0])[metric.field] if won else base[metric.field]
+    return [row["variant"] for row in rows if row is not base and answered(row) and row["variant"] not in won
+            and row.get(metric.field) is not None and sign * row[metric.field] < sign * bar
+            and (c := compare(row, base, metric)) is not None and c.verdict == NOISE]
+
+
+def noise_note(rows: list[dict], metric: Metric, base: dict, won: list[str]) -> str:
+    """Why a better median is not called: " (sdpa's lower median is within noise of baseline)", so that the
+    verdict never seems to contradict a shorter bar."""
+    found = noise_names(rows, metric, base, won)
+    if not found:
+        return ""
+    what = ("lower peak" if metric.name == "memory" else "lower median" if metric.lower_is_better
+            else "higher median") + ("s" if len(found) > 1 else "")
+    names = " and ".join(f"{name}'s" for name in found)
+    return f" ({names} {what} {'are' if len(found) > 1 else 'is'} within noise of {base['variant']})"
+
+
+def nothing_sentence(rows: list[dict], base: dict) -> str:
+    """The verdict when no variant beats the reference in any figure: one clause, and which better medians (or
+    peaks) it does not call because they are within noise."""
+    ref = base["variant"]
+    better: dict[str, list[str]] = {}
+    for metric in METRICS:
+        for name in noise_names(rows, metric, base, []):
+            better.setdefault(name, []).append(HEADS[metric.name])
+    text = f"no variant beats {ref} beyond the noise in time per token, first token, tokens/s or memory"
+    if better:
+        text += (" (better than " + ref + "'s but within noise, so not called: "
+                 + "; ".join(f"{name}'s {', '.join(heads)}" for name, heads in better.items()) + ")")
+    return text
+
+
+SEPARATE = ("To tell them apart, run a longer prompt (on the page, the ~2k-token example): attention's share of the "
+            "work grows with the prompt, while a short one leaves differences smaller than the noise.",
+            "To tell them apart, ask for more new tokens: each repeat's time per token then averages over more "
+            "steps, so that the ranges narrow.")
+LONG_PROMPT = 1000            # prompt tokens from which a longer prompt is no longer the first thing to try
+
+
+def separate_sentence(rows: list[dict], won: dict[str, list[str]]) -> str:
+    """What would separate the variants when the run separated none in time (per token or first token), with
+    ranges to judge by: one action, chosen from the run's own prompt length."""
+    timed = [row for row in rows if answered(row)]
+    if len(timed) < 2 or won.get("tpot") or won.get("ttft"):
+        return ""
+    if any(len(values(row, BY_NAME["tpot"])) < 2 for row in timed):        # no range: the Repeats advice instead
+        return ""
+    prompt = max((row.get("prompt_tokens") or 0 for row in timed), default=0)
+    return SEPARATE[0] if prompt < LONG_PROMPT else SEPARATE[1]
 
 
 def slowed_sentence(rows: list[dict]) -> str:
@@ -170,18 +249,17 @@ def slowed_sentence(rows: list[dict]) -> str:
 
 
 def cost(row: dict, base: dict) -> str:
-    """What a variant costs against the reference: "48% of baseline's memory, 1.10x slower per token, same top
+    """What a variant costs against the reference: "48% less memory, 1.10x slower per token, same top
     token on 94%, mean KLD 0.04"; memory and speed within noise say so, answers without figures say why."""
     ref, parts = base["variant"], []
     memory = compare(row, base, BY_NAME["memory"])
     if memory is not None:
         parts.append(f"{ref}'s memory within noise" if memory.verdict == NOISE
-                     else f"{memory.ratio:.0%} of {ref}'s memory")
+                     else f"{directed(BY_NAME['memory'], memory, with_range=False)} memory")
     speed = compare(row, base, BY_NAME["tpot"])
     if speed is not None:
         parts.append(f"per token within noise of {ref}" if speed.verdict == NOISE
-                     else f"{speed.ratio:.2f}x faster per token" if speed.ratio >= 1
-                     else f"{1 / speed.ratio:.2f}x slower per token")
+                     else f"{directed(BY_NAME['tpot'], speed, with_range=False)} per token")
     entry = row.get("quality")
     answers = quality.cost(entry)
     if not answers and entry and entry.get("note"):     # "not meaningful: random weights", "not reported by ..."
@@ -216,12 +294,14 @@ def judge(results: list[dict]) -> dict:
     lines = {metric.name: metric_line(results, metric, base) for metric in METRICS}
     won = {metric.name: leaders(results, metric) for metric in METRICS}
     text = "; ".join(line for line in lines.values() if line)
+    if all(lines.values()) and not any(won.values()):          # nobody won anything: said once, not per figure
+        text = nothing_sentence(rows, base)
     if not text and len(rows) > 1:
         text = ("One timed request each: no range to judge a difference by. Set Repeats to 3 or more"
                 if any(len(values(row, BY_NAME["tpot"])) < 2 for row in rows) else "")
     costs = {row["variant"]: cost(row, base) for row in rows if row is not base}
     text = " ".join(part for part in (text + "." if text else "", costs_sentence(results, won, base),
-                                      slowed_sentence(rows)) if part)
+                                      slowed_sentence(rows), separate_sentence(rows, won)) if part)
     return {"reference": REFERENCE, "leaders": won, "lines": lines, "costs": costs, "slowed": slowed(*rows),
             "text": text}
 

@@ -25,8 +25,16 @@ RUN_IN_VIEW = """() => [document.querySelector('#sbs-message .sbs-msg'),
     .some(e => { const r = e.getBoundingClientRect();
                  return r.height > 0 && r.top >= 0 && r.top < window.innerHeight - 40; })"""
 # a ratio: "1.12x", "0.98x", "52%" as a memory share; each must be followed by its direction in words
-RATIO = re.compile(r"\d+\.\d\dx|\d+%")
-DIRECTED = re.compile(r"(\d+\.\d\dx|\d+%) (faster|slower|more|less|fewer|the same)")
+RATIO = re.compile(r"\d+\.\d\dx|\d+(\.\d)?%")
+DIRECTED = re.compile(r"(\d+\.\d\dx|\d+(\.\d)?%) (faster|slower|more|less|fewer)")
+# each visible summary cell's text and its column's header
+CELLS = """(selector) => { const root = document.querySelector(selector);
+    const heads = [...root.querySelectorAll('thead th')].map(th => th.innerText.trim());
+    return [...root.querySelectorAll('.virtual-row')].map(row => [...row.querySelectorAll('[role=gridcell]')]
+        .map((cell, i) => [heads[i], cell.innerText.trim()])); }"""
+# how far the table's content reaches beyond its scrolling box (0: no sideways scrolling)
+OVERFLOW = """(selector) => { const box = document.querySelector(selector + ' .virtual-table-viewport');
+    return box.scrollWidth - box.clientWidth; }"""
 
 
 def open_page(browser, url, viewport):  # noqa: F811
@@ -49,6 +57,37 @@ def run_and_see_it(page) -> None:
     page.wait_for_selector("#sbs-message .sbs-verdict", timeout=10_000)
 
 
+def undirected(texts: list[str]) -> list[str]:
+    """The texts with a ratio not followed by its direction in words (a range in brackets belongs to the ratio
+    before it)."""
+    bare = [re.sub(r"\([^)]*\)", "", text) for text in texts]
+    return [text for text, plain in zip(texts, bare) if len(RATIO.findall(plain)) != len(DIRECTED.findall(plain))]
+
+
+def check_summary_and_cards(page) -> None:
+    """Every ratio on the cards and in the summary says its direction; the summary's first table holds the
+    columns a person compares and fits the laptop's width; the rest waits behind its toggle."""
+    versus = page.locator("#sbs-lanes .sbs-versus").all_inner_texts()
+    assert versus and not undirected(versus), versus
+    rows = page.evaluate(CELLS, "#sbs-summary")
+    heads = [head for head, _ in rows[0]]
+    assert [row[0][1] for row in rows] == SELECTED                          # the reference first
+    assert heads == ["Variant", "Time per token, ms (min-max)", "First token, ms (min-max)", "Peak memory",
+                     "Quality of answers", "Verdict"], heads
+    compared = [text.split(" · ", 1)[1] for row in rows for _, text in row[1:4] if " · " in text]
+    assert any(RATIO.search(text) for text in compared) and not undirected(compared), compared
+    assert page.evaluate(OVERFLOW, "#sbs-summary") <= 1                 # no sideways scrolling inside its box
+    assert page.evaluate("document.documentElement.scrollWidth") <= LAPTOP["width"] + 1
+    assert not page.locator("#sbs-summary-all").is_visible()
+    page.click("#sbs-summary-more .label-wrap")
+    page.wait_for_selector("#sbs-summary-all table", state="visible", timeout=5_000)
+    every = page.evaluate(CELLS, "#sbs-summary-all")
+    assert page.evaluate(OVERFLOW, "#sbs-summary-all") > 0         # every column: wider than a laptop, hence the toggle
+    shown = [text for row in every for head, text in row if head in ("Speedup (TPOT)", "TTFT vs reference",
+                                                                      "Memory vs reference")]
+    assert len(every[0]) > 15 and any(RATIO.search(text) for text in shown) and not undirected(shown), shown
+
+
 def test_a_first_run_is_in_view_and_reads_without_a_glossary(browser, url):  # noqa: F811
     ARTIFACTS.mkdir(exist_ok=True)
     page = open_page(browser, url, LAPTOP)
@@ -58,6 +97,17 @@ def test_a_first_run_is_in_view_and_reads_without_a_glossary(browser, url):  # n
     run_and_see_it(page)
     page.screenshot(path=str(ARTIFACTS / "first-look-run-1.png"), full_page=False)
     page.screenshot(path=str(ARTIFACTS / "first-look-run-1-page.png"), full_page=True)
+    check_summary_and_cards(page)
+    # the cards stand equally tall, so that the answers under them start on one line
+    lanes = [page.locator(f"#sbs-card-{name}").bounding_box() for name in SELECTED]
+    answers = [page.locator(f"#sbs-answer-{name}").bounding_box() for name in SELECTED]
+    assert abs(lanes[0]["height"] - lanes[1]["height"]) <= 2 and abs(answers[0]["y"] - answers[1]["y"]) <= 2, \
+        (lanes, answers)
+    # the TTFT bars are medians: each carries its min-max over the repeats
+    page.wait_for_function("() => document.querySelectorAll('#sbs-plot-ttft .barlayer .point').length === 2",
+                           timeout=10_000)
+    assert page.locator("#sbs-plot-ttft g.errorbar").count() == len(SELECTED)
+    assert "whiskers: min-max" in page.inner_text("#sbs-plot-ttft")
     page.close()
 
     page = open_page(browser, url, PHONE)

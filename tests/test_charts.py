@@ -123,10 +123,18 @@ def test_the_summary_states_each_comparison_with_its_range_or_within_noise_faste
     table = summary.summary_rows(report)
     assert [r[0] for r in table] == ["baseline", "compiled", "sdpa"]       # the reference, then the fastest
     assert [r[2] for r in table] == ["10.00 (9.80-10.40)", "5.00 (4.90-5.20)", "9.70 (9.50-9.90)"]
-    assert table[1][1] == f"2.00x ({0.0098 / 0.0052:.2f}-{0.0104 / 0.0049:.2f}x); slowed: compiled"
-    assert table[2][1] == "1.03x within noise"
-    assert table[2][3] == "1.00x within noise"                     # TTFT: identical repeats overlap
+    assert table[1][1] == f"2.00x faster ({0.0098 / 0.0052:.2f}-{0.0104 / 0.0049:.2f}x)"
+    assert table[2][1] == "1.03x faster, within noise"
+    assert table[2][3] == "1.00x faster, within noise"             # TTFT: identical repeats overlap
     assert table[1][8] == "\u2605 fastest per token" and table[2][8] == "" and table[0][8] == ""
+    # the first table: each figure with its direction, who was slowed said once in the row, the rest left out
+    glance = summary.glance_rows(report)
+    assert [len(r) for r in glance] == [len(summary.GLANCE_HEADERS)] * 3
+    assert glance[0][:2] == ["baseline", "10.00 (9.80-10.40) · reference"]
+    assert glance[1][1] == f"5.00 (4.90-5.20) · 2.00x faster ({0.0098 / 0.0052:.2f}-{0.0104 / 0.0049:.2f}x)"
+    assert glance[2][2] == "20.00 (20.00-20.00) · 1.00x faster, within noise"
+    assert glance[1][5] == "\u2605 fastest per token; slowed by other processes: compiled"
+    assert glance[2][5] == "-" and sum("slowed" in cell for cell in glance[1]) == 1
 
 
 def test_a_card_counts_the_timed_requests_of_a_variant_with_repeats():
@@ -351,3 +359,26 @@ def test_a_scored_event_shows_the_quality_before_the_report():
     assert view.lanes["baseline"].quality["kld_mean"] == 0.04 and view.revisions["quality"] == before + 1
     assert list(run_charts.quality_figure(view).data[0].y) == [0.04]
     assert "mean KLD 0.04" in render.card_html(view.lanes["baseline"], now=3.0)
+
+
+def test_bars_of_medians_carry_their_min_max_whiskers():
+    """The TTFT bars (Compare tab) and an experiment's medians: whiskers from each repeat's min and max, so that
+    noise does not look like a result; live, one request, none."""
+    view = fold_fair_run()
+    live = run_charts.ttft_figure(view).data[0]
+    assert not live.error_y.visible
+    row = {"variant": "baseline", "status": "ok", "output_tokens": 3, "ttft_s": 0.011, "tpot_s": 0.2,
+           "ttft_repeats_s": [0.010, 0.011, 0.014], "tokens_per_s": 6.0, "peak_memory_bytes": 400}
+    view.apply([events.RunDone({"mode": "fair", "results": [row]})], now=3.0)
+    bar = run_charts.ttft_figure(view).data[0]
+    assert bar.error_y.visible and list(bar.y) == [pytest.approx(11.0)]
+    assert list(bar.error_y.arrayminus) == [pytest.approx(1.0)] and list(bar.error_y.array) == [pytest.approx(3.0)]
+    sweep = quantization_sweep({v: None for v in ("baseline", "bnb-4bit")})
+    tpot = next(t for t in sweep_figure_traces(sweep) if t.name == "bnb-4bit" and t.yaxis == "y2")
+    assert tpot.error_y.visible                                # 15.5 ms, from 15.0 to 16.0
+    assert list(tpot.error_y.arrayminus) == [pytest.approx(0.5)] and list(tpot.error_y.array) == [pytest.approx(0.5)]
+
+
+def sweep_figure_traces(sweep: dict) -> list:
+    from engine.views.sweep_charts import sweep_figure
+    return list(sweep_figure(sweep).data)

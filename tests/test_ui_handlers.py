@@ -94,7 +94,8 @@ def test_outputs_are_named_and_an_api_client_finds_each_by_its_index():
     with pytest.raises(KeyError, match="plots"):
         outputs.values({"plots": 1})
     # message, report, summary, two files, five plots, then a card and an answer per catalog variant
-    assert compare.RUN.api[:3] == ("message", "report", "summary") and len(compare.RUN.api) == 10 + 2 * len(CATALOG)
+    assert compare.RUN.api[:3] == ("message", "report", "summary") and len(compare.RUN.api) == 11 + 2 * len(CATALOG)
+    assert compare.RUN.api[-1] == "glance"                  # added last: an API client's earlier indices stand
     assert len(compare.SUMMARY_WIDTHS) == len(compare.SUMMARY_HEADERS)         # a width for every column
     assert compare.RUN.index("json_file") == 3                              # the replay button is not listed
 

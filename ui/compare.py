@@ -17,7 +17,8 @@ from engine.variants import CATALOG
 from engine.views.run import FIGURE_NAMES, Lane, RunView, label_of, replay_duration_s
 from engine.views.run_charts import TITLES, RunCharts, empty_figures, race_figure
 from engine import verdict
-from engine.views.summary import DEFINITIONS_MD, SUMMARY_HEADERS, judgement, report_csv, summary_rows
+from engine.views.summary import (DEFINITIONS_MD, GLANCE_HEADERS, SUMMARY_HEADERS, glance_rows, judgement, report_csv,
+                                  summary_rows)
 from engine.errors import InputError
 from ui import checks, render, stream
 from ui.examples import EXAMPLES, QUESTION
@@ -44,6 +45,8 @@ SHOW_RUN_JS = """() => {
 # Variant and Speedup together fit a 390 px phone; long cells wrap
 SUMMARY_WIDTHS = ["96px", "132px", "132px", "132px", "132px", "90px", "90px", "120px", "150px", "90px", "70px",
                   "90px", "100px", "100px", "100px", "130px", "100px", "100px", "140px", "170px"]       # every catalog variant has a column; the unselected ones are hidden
+# the first table: the columns a person compares, within a laptop's 1366 px (a phone scrolls it inside its box)
+GLANCE_WIDTHS = ["9%", "20%", "20%", "17%", "17%", "17%"]
 
 
 def card(name: str) -> str:
@@ -69,7 +72,7 @@ class Layout:
     def __init__(self, names):
         self.names = tuple(names)
         self.run = Outputs(["message", "report", "summary", "replay", *FILES, *PLOTS, *map(card, self.names),
-                            *map(answer, self.names)], unlisted=["replay"])
+                            *map(answer, self.names), "glance"], unlisted=["replay"])
         self.prepare = Outputs([*self.run.names, *map(column, self.names)])
         self.preset = Outputs(["banner", "variants", "max_new", "message", *map(answer, self.names)])
         self.replay = Outputs(["message", "plot:race", *map(answer, self.names)])
@@ -84,7 +87,8 @@ NO_FILE = {"value": None, "interactive": False}
 
 def no_result() -> dict:
     """The outputs of a finished run, before it finished: no summary, nothing to replay or download."""
-    return {"summary": None, "replay": gr.update(interactive=False), **{name: gr.update(**NO_FILE) for name in FILES}}
+    return {"summary": None, "glance": None, "replay": gr.update(interactive=False),
+            **{name: gr.update(**NO_FILE) for name in FILES}}
 
 
 def blank() -> dict:
@@ -149,7 +153,7 @@ def frame(ctx: Context, charts: RunCharts, view: RunView, run_id: int, elapsed_s
         report = view.report
         paths = ctx.downloads.save("run", run_id, report["preset"]["name"], json=json.dumps(report, indent=1),
                                    csv=report_csv(report))
-        update.update({"report": report, "summary": summary_rows(report),
+        update.update({"report": report, "summary": summary_rows(report), "glance": glance_rows(report),
                        "replay": gr.update(interactive=any(lane.token_times for lane in view.lanes.values())),
                        **{name: gr.update(value=path, interactive=True) for name, path in zip(FILES, paths)}})
     return update
@@ -194,9 +198,11 @@ def compare(ctx: Context, prompt_text: str, preset_name: str, selected: list[str
         quality.kld_tail ("p99" or "max"), positions (answer tokens scored), reference (the variant scored against)
         quality.perplexity: of baseline's answer under the variant, beside reference_perplexity (baseline's own)
         quality.approximation: how a served variant's KLD was bounded (from its top tokens), else None
-        summary: the summary table (headers, rows): baseline first, then the variants from the fastest per token
+        summary: the summary table (headers, rows): baseline first, then the variants from the fastest per token,
+        every column; each ratio against baseline says its direction ("1.12x faster (1.11-1.14x)", "48% less")
         then the report as JSON and CSV files, the five charts (plotly: TTFT, ITL, race, memory, speed against
-        quality), each variant's card (HTML, with its quality line) and answer
+        quality), each variant's card (HTML, with its quality line) and answer, and last the summary's columns a
+        person compares (time per token, first token, peak memory, quality, verdict: who was slowed, once a row)
     """
     try:
         spec = checked_spec(ctx, prompt_text, selected, max_new_tokens, run_mode, repeats)
@@ -332,9 +338,13 @@ def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:
             with gr.Accordion("How the numbers are measured (scrolls)", open=True, elem_id="sbs-definitions",
                               max_height=640):
                 gr.Markdown(DEFINITIONS_MD + limits_md(ctx.limits), elem_classes=["sbs-defs"])
-    c["summary"] = gr.Dataframe(headers=list(SUMMARY_HEADERS), label="Summary (from the run's report)",
-                                interactive=False, wrap=True, elem_id="sbs-summary",
-                                column_widths=SUMMARY_WIDTHS)   # the variant and its speedup fit a phone
+    c["glance"] = gr.Dataframe(headers=list(GLANCE_HEADERS), label="Summary (from the run's report)",
+                               interactive=False, wrap=True, elem_id="sbs-summary", column_widths=GLANCE_WIDTHS)
+    with gr.Accordion("All columns: tokens/s, MBU, weights, first differing token, KLD tail, perplexity, timings",
+                      open=False, elem_id="sbs-summary-more"):
+        c["summary"] = gr.Dataframe(headers=list(SUMMARY_HEADERS), label="Summary, every column", interactive=False,
+                                    wrap=True, elem_id="sbs-summary-all",
+                                    column_widths=SUMMARY_WIDTHS)   # the variant and its speedup fit a phone
     with gr.Row():
         c["replay"] = gr.Button("Replay as a race", interactive=False, elem_id="sbs-replay")
         c["json_file"] = gr.DownloadButton("Download JSON", interactive=False, elem_id="sbs-json")

@@ -9,7 +9,7 @@ import math
 
 import plotly.graph_objects as go
 
-from engine import quality
+from engine import quality, verdict
 from engine.variants import REFERENCE
 from engine.views import tables
 from engine.views.palette import GRID, NOTE_TEXT, SURFACE, color_of, note
@@ -39,18 +39,38 @@ def _empty(figure: go.Figure, message: str) -> go.Figure:
     return note(figure, message)
 
 
+WHISKERS = dict(type="data", symmetric=False, thickness=1.4, width=6, color="#6b7280")     # min-max bars
+
+
+def spread_ms(lane, median_s: float) -> tuple[float, float]:
+    """How far the lane's TTFT repeats reach below and above its median, in ms (0, 0 before the report, or with
+    one repeat): a bar of medians with its whiskers, so that noise does not look like a result."""
+    found = verdict.values(lane.result or {}, verdict.BY_NAME["ttft"]) if lane.result else []
+    if len(found) < 2:
+        return 0.0, 0.0
+    return (median_s - min(found)) * 1000, (max(found) - median_s) * 1000
+
+
 def ttft_figure(view: RunView) -> go.Figure:
-    """Time to first token per variant, as bars."""
+    """Time to first token per variant: bars of the medians once the report is in, each with its min-max
+    over the repeats as whiskers; live, the request so far."""
     rows = [(lane, lane.figures()["ttft_s"]) for lane in view.charted()]
     rows = [(lane, ttft) for lane, ttft in rows if ttft is not None]
-    figure = go.Figure(layout=_layout("", "TTFT (ms)", showlegend=False))
+    figure = go.Figure(layout=_layout("median of the repeats; whiskers: min-max" if view.done else "", "TTFT (ms)",
+                                      showlegend=False))
     if not rows:
         return _empty(figure, "waiting for first tokens")
+    spreads = [spread_ms(lane, ttft) for lane, ttft in rows]
     figure.add_bar(x=[lane.variant for lane, _ in rows], y=[ttft * 1000 for _, ttft in rows],
                    marker_color=[color_of(lane.variant) for lane, _ in rows],
-                   text=[tables.duration(ttft) for _, ttft in rows],
-                   textposition="auto", hovertext=[lane.label for lane, _ in rows],
-                   hovertemplate="%{hovertext}<br>TTFT %{y:.1f} ms<extra></extra>")
+                   text=[tables.duration(ttft) for _, ttft in rows], textposition="inside", insidetextanchor="start",
+                   hovertext=[lane.label for lane, _ in rows],
+                   customdata=[[ttft * 1000 - below, ttft * 1000 + above] for (_, ttft), (below, above)
+                               in zip(rows, spreads)],
+                   hovertemplate="%{hovertext}<br>TTFT %{y:.1f} ms (min %{customdata[0]:.1f}, "
+                                 "max %{customdata[1]:.1f})<extra></extra>",
+                   error_y=dict(WHISKERS, array=[above for _, above in spreads],
+                                arrayminus=[below for below, _ in spreads], visible=any(map(any, spreads))))
     return figure
 
 

@@ -23,8 +23,9 @@ reached the host (the copy to the host waits for the device). The prompt is not 
   gap, the JSON holds p50/p90/p99.
 - **E2E latency** = t(last token) - t(request start) = TTFT + TPOT x (N - 1).
 - **Tokens/s** = new tokens of all sequences / E2E latency.
-- **Speedup** = TPOT of the {REFERENCE} / TPOT of the variant (above 1: faster decoding); the same
-  for TTFT. Memory is the variant's peak as a share of the {REFERENCE}'s.
+- **Against the {REFERENCE}**, every ratio says its direction in words: *1.12x faster* is the
+  {REFERENCE}'s TPOT (or TTFT) over the variant's, *1.54x slower* the variant's over the {REFERENCE}'s;
+  memory is the difference of the peaks in percent, *48% less* or *14% more*.
 - **Within noise**: a difference is called only when the two variants' ranges over the repeats
   (min-max) do not overlap; the range beside a ratio is then the reference's slowest repeat over the
   variant's fastest, and the other way round. Ranges that overlap read *within noise*; one request
@@ -60,7 +61,7 @@ reached the host (the copy to the host waits for the device). The prompt is not 
 - **CPU busy**: while each request is timed the worker counts the CPU time other processes spent
   on its cores. Past the cores it leaves spare, its timings are marked *CPU busy* with the cores
   taken: that variant was slowed by something else (a browser, another job), not by its kernels.
-  Every comparison it enters names it (*slowed: baseline*); a slowed reference overstates every gain.
+  Every comparison it enters names it (*slowed by other processes: baseline*); a slowed reference overstates every gain.
 - **Quality**: after the timed requests, off the clock, each variant reads the {REFERENCE}'s answer (the prompt
   and the {REFERENCE}'s new tokens) in one forward pass, teacher forcing, and gives its next-token
   distribution at every position of that answer; the {REFERENCE}'s own distributions are the reference.
@@ -93,6 +94,10 @@ SUMMARY_HEADERS = ("Variant", "Speedup (TPOT)", "TPOT ms (min-max)", "TTFT vs re
                    "KLD p99 (or max)", "Perplexity (reference's)", "Timings")
 RUN_FIELDS = ("created", "mode", "prompt_tokens", "repeats", "batch_size", "decoding", "cancelled")
 VERDICT_WORDS = {verdict.BETTER: "", verdict.WORSE: "", verdict.NOISE: "within noise", verdict.NO_RANGE: "1 request"}
+# what a person compares at a glance, the page's first table: the rest of SUMMARY_HEADERS is behind a toggle
+GLANCE_HEADERS = ("Variant", "Time per token, ms (min-max)", "First token, ms (min-max)", "Peak memory",
+                  "Quality of answers", "Verdict")
+SLOWED = "slowed by other processes"
 
 
 def judgement(report: dict) -> dict:
@@ -100,9 +105,9 @@ def judgement(report: dict) -> dict:
     return report.get("comparison") or verdict.judge(report.get("results", []))
 
 
-def versus(row: dict, metric: str, with_slowed: bool = True) -> str:
-    """A variant against the reference in one figure: "4.40x (3.85-5.00x)", "1.02x within noise",
-    "reference" on the reference's own row, and (`with_slowed`) who was slowed by other processes."""
+def versus(row: dict, metric: str) -> str:
+    """A variant against the reference in one figure, its direction in words: "4.40x faster (3.85-5.00x)",
+    "1.02x slower, within noise", "48% less (46-50%)"; "reference" on the reference's own row."""
     if row["variant"] == REFERENCE:
         return "reference" if verdict.answered(row) else tables.DASH
     found = (row.get("vs_reference") or {}).get(metric)
@@ -110,11 +115,17 @@ def versus(row: dict, metric: str, with_slowed: bool = True) -> str:
         return tables.DASH
     measure = verdict.BY_NAME[metric]
     comparison = verdict.Comparison(**found)
-    text = verdict.ratio_text(measure, comparison, with_range=comparison.verdict != verdict.NOISE, word="")
-    if VERDICT_WORDS[comparison.verdict]:
-        text += f" {VERDICT_WORDS[comparison.verdict]}"
-    busy = ((row.get("vs_reference") or {}).get("slowed_by_others") or []) if with_slowed else []
-    return text + (f"; slowed: {', '.join(busy)}" if busy else "")
+    text = verdict.directed(measure, comparison, with_range=comparison.verdict != verdict.NOISE, word="")
+    return text + (f", {VERDICT_WORDS[comparison.verdict]}" if VERDICT_WORDS[comparison.verdict] else "")
+
+
+def slowed_text(row: dict) -> str:
+    """Who other processes slowed among this row and the reference it is compared with, said once: "slowed by
+    other processes: sdpa, baseline"; "" when nobody was."""
+    busy = (row.get("vs_reference") or {}).get("slowed_by_others")
+    if busy is None:                                # the reference's own row, or one without a comparison
+        busy = [row["variant"]] if row.get("host_busy") else []
+    return f"{SLOWED}: {', '.join(busy)}" if busy else ""
 
 
 def tpot_text(row: dict, digits: int = 2) -> str:
@@ -188,6 +199,41 @@ def summary_rows(report: dict) -> list[list[str]]:
                      str(r.get("output_tokens") or tables.DASH), tables.size(r.get("weights_bytes")),
                      tables.percent(r.get("mbu_measured")), tables.percent(r.get("mbu")),
                      _first_diff(r, has_reference), *quality_cells(r), _timings(r)])
+    return rows
+
+
+def _with_versus(value: str, row: dict, metric: str) -> str:
+    """A figure and, after it, how it compares with the reference's: "5.00 (4.90-5.20) · 2.00x faster (1.88-2.12x)"."""
+    if value == tables.DASH or not verdict.answered(row):
+        return value
+    against = versus(row, metric)
+    return value if against == tables.DASH else f"{value} · {against}"
+
+
+def _quality_glance(row: dict) -> str:
+    """One cell on the answers: "same top token 94%, mean KLD 0.041", "reference", or why there are no figures."""
+    found = row.get("quality")
+    if not quality.has_figures(found):
+        return (found or {}).get("note") or tables.DASH
+    if found["status"] == "reference":
+        return "reference"
+    top, mean, _ = quality_table.cells(found)
+    return f"same top token {top}, mean KLD {mean}"
+
+
+def glance_rows(report: dict) -> list[list[str]]:
+    """The columns a person compares (GLANCE_HEADERS), one row per variant in `summary_rows`' order: each figure
+    with its direction against the reference in words, the titles won, and who was slowed, once per row."""
+    judged = judgement(report)
+    rows = []
+    for r in sorted(report.get("results", []), key=_order):
+        best = verdict.marks(judged, r["variant"])
+        memory = "server's own" if r.get("server") else tables.size(r.get("peak_memory_bytes"))
+        said = [("\u2605 " + ", ".join(best)) if best else "", slowed_text(r),
+                "" if verdict.answered(r) else (r.get("reason") or r["status"])]
+        rows.append([r["variant"], _with_versus(tpot_text(r), r, "tpot"), _with_versus(ttft_text(r), r, "ttft"),
+                     _with_versus(memory, r, "memory"), _quality_glance(r),
+                     "; ".join(part for part in said if part) or tables.DASH])
     return rows
 
 

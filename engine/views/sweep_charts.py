@@ -148,6 +148,19 @@ def unmeasured_note(panel: Panel, rows: list[dict]) -> str | None:
     return "; ".join(n for n in notes if n) or None
 
 
+def _whiskers(rows: list[dict], name: str, scale: float) -> dict:
+    """Error bars from each row's min-max over the repeats (`ranges`), for a median's bar or point; none
+    drawn where no row has a range."""
+    below, above = [], []
+    for row in rows:
+        low, high = (row.get("ranges") or {}).get(name) or (None, None)
+        low, high = row[name] if low is None else low, row[name] if high is None else high
+        below.append((row[name] - low) * scale)
+        above.append((high - row[name]) * scale)
+    return dict(type="data", symmetric=False, array=above, arrayminus=below, thickness=1.2, width=4,
+                visible=any(below) or any(above))
+
+
 def _add_panel(figure: go.Figure, at: int, panel: Panel, rows: list[dict], shown: set) -> None:
     """One panel's traces: a bar per variant against "variant", else a line per (variant, padding)."""
     scale = UNITS[panel.y][1]
@@ -161,11 +174,13 @@ def _add_panel(figure: go.Figure, at: int, panel: Panel, rows: list[dict], shown
                  "marker_color": color_of(variant)}
         shown.add(name)
         if panel.x == "variant":
-            figure.add_trace(go.Bar(x=[variant], y=[members[0][panel.y] * scale], **style), row=at, col=1)
+            figure.add_trace(go.Bar(x=[variant], y=[members[0][panel.y] * scale],
+                                    error_y=_whiskers(members[:1], panel.y, scale), **style), row=at, col=1)
             continue
         members.sort(key=lambda r: r[panel.x])
         xs = [r[panel.x] for r in members]
         figure.add_trace(go.Scatter(x=xs, y=[r[panel.y] * scale for r in members], mode="lines+markers",
+                                    error_y=_whiskers(members, panel.y, scale),
                                     line={"dash": "dash" if pad else "solid"}, **style), row=at, col=1)
         if panel.predicted:
             figure.add_trace(go.Scatter(x=xs, y=[r[panel.predicted] * scale for r in members], mode="lines",
