@@ -146,6 +146,8 @@ def result(outcome, reference_ids, peak_bandwidth: float | None, variant: Varian
         row.update(status="unavailable", reason=outcome.unavailable)
     elif outcome.failed is not None and not outcome.finished:
         row.update(status="failed", reason=outcome.failed.reason)
+    elif not outcome.finished and loaded is None:
+        row.update(status="cancelled", reason="the run was stopped before this variant had loaded")
     elif not outcome.finished:
         row.update(status="cancelled", reason="the run was stopped before this variant's turn")
     else:

@@ -19,7 +19,9 @@ from engine.outcomes import RunState
 from engine.process import WorkerProcess, WorkerSet
 from engine.spec import RunSpec
 
-CANCEL_GRACE_S = 10.0             # after a cancel or timeout, how long a worker may take to stop
+CANCEL_GRACE_S = 5.0              # after a cancel or timeout, how long a worker may take to stop (a
+                                  # generating one stops at its next token; one still loading is ended at once)
+ENDED_LOADING = "stopped while it loaded: its worker was ended, and loads afresh on the next run"
 WAIT_SLICE_S = 0.5                # the longest single wait, so a cancel is noticed promptly
 
 
@@ -208,6 +210,8 @@ class Execution:
 
     def measure(self, name: str, kind: str, timeout: float, **fields) -> dict:
         """A probe in the variant's loaded worker; its answer or failure never touches an outcome."""
+        if self.cancelled.is_set():                # a stopped run measures nothing more
+            raise ProbeFailed(name, kind, "the run was stopped")
         probe = Probe(next(self._ids), kind, **fields)
         self.state.sent(name, probe)
         self.workers.get(name).send(probe)
@@ -230,6 +234,8 @@ class Execution:
             if not live:
                 return
             if self.cancelled.is_set():                # a cancelled worker stops at its next token
+                if self._end_loading(live):
+                    continue
                 deadline = min(deadline, time.monotonic() + CANCEL_GRACE_S)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -257,22 +263,46 @@ class Execution:
         self._fail(worker, f"the worker process died (exit code {worker.process.exitcode}); "
                            "it will be started afresh on the next run")
 
+    def _end_loading(self, live: list[WorkerProcess]) -> bool:
+        """On a cancel, end the workers that are still loading or warming up, all at once: such a worker
+        reads its pipe only once it is ready (seconds to minutes away, and on a shared CPU each one slows
+        the others), and what it loads is for this run alone. Each row says so; the next run that needs
+        the variant starts it afresh. True if any was ended."""
+        for worker in live:                            # a Loaded already in the pipe keeps its worker
+            if worker.loaded is None and worker.conn.poll():
+                self._forward(worker)
+        loading = [w.variant for w in live if w.loaded is None and w.failed is None
+                   and w.variant not in self.state.current and self.workers.get(w.variant) is w]
+        if not loading:
+            return False
+        self.workers.stop(loading, timeout=0.0)
+        self.emit([events.Status(name, "cancelled", ENDED_LOADING) for name in loading])
+        return True
+
     def _overdue(self, live: list[WorkerProcess], timeout: float) -> None:
+        """Past the deadline: every worker still owing an answer is failed, and the stuck ones are
+        stopped together (one wait, not one per worker)."""
+        stuck = []
         for worker in live:
             if self.cancelled.is_set():
-                self._fail(worker, f"did not stop within {CANCEL_GRACE_S:.0f} s of the cancel: "
-                                   "the worker was stopped and starts afresh next run")
+                stuck.append(self._fail(worker, f"did not stop within {CANCEL_GRACE_S:.0f} s of the cancel: "
+                                                "the worker was stopped and starts afresh next run", stop=False))
             elif worker.variant in self.state.current:
                 self._time_out(worker, timeout)
             else:
-                self._fail(worker, f"did not load within {timeout:.0f} s: the worker was stopped")
+                stuck.append(self._fail(worker, f"did not load within {timeout:.0f} s: the worker was stopped",
+                                        stop=False))
+        self.workers.stop(stuck, timeout=1.0)
 
-    def _fail(self, worker: WorkerProcess, reason: str) -> None:
-        """Turn a dead or stuck worker into a Failed event for its variant, and stop it."""
+    def _fail(self, worker: WorkerProcess, reason: str, stop: bool = True) -> str:
+        """Turn a dead or stuck worker into a Failed event for its variant, and stop it (unless `stop` is
+        False: the caller stops several together). Its variant."""
         failed = self.state.failure(worker.variant, reason)
         if self.state.fold(failed):
             self.emit([failed, *self.state.closed()])
-        self.workers.stop([worker.variant], timeout=1.0)
+        if stop:
+            self.workers.stop([worker.variant], timeout=1.0)
+        return worker.variant
 
     def _time_out(self, worker: WorkerProcess, timeout: float) -> None:
         """A request ran past its time: fail it, stop it at its next token, keep the worker if it obeys."""

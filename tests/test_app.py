@@ -18,10 +18,12 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from app_server import ROOT
+from app_server import ROOT, serve
 from gradio_client import Client
 
+from engine.schedule import ENDED_LOADING
 from engine.variants import CATALOG, REFERENCE
+from engine.worker.serve import LOAD_DELAY_ENV
 from ui.compare import PLOTS as PLOT_NAMES
 from ui.compare import REPLAY, RUN, answer, card
 from ui.render import answer_text
@@ -289,3 +291,30 @@ def test_another_visitors_preset_switch_waits_and_unloads_nothing_of_a_running_r
     report = job.result()[REPORT]                   # the first run was left alone: its workers kept running
     assert not report["cancelled"] and all(r["status"] == "ok" for r in report["results"])
     assert all(r["status"] == "ok" for r in other.result()[REPORT]["results"])    # then small loaded and ran
+
+
+@pytest.fixture(scope="module")
+def slow_load_url():
+    """An app of its own whose sdpa worker takes a minute to load ($SIDEBYSIDE_LOAD_DELAY)."""
+    with serve(name="test_app_slow_load", env={LOAD_DELAY_ENV: "sdpa=60"}) as address:
+        yield address
+
+
+def test_a_stop_while_a_variant_loads_ends_the_run_within_seconds(slow_load_url):
+    # issue 30: a worker that is loading reads no pipe, and the run waited 10 s for each before failing
+    # it; now it is ended at once, and the page's last update comes within a few seconds of the Stop
+    client = Client(slow_load_url, verbose=False)
+    job = compare(client, variants=["baseline", "sdpa"], tokens=256, prompt=LONG_PROMPT)
+    wait_until_generating(job, timeout_s=120, stages=("warmup", "generating"))    # baseline streams
+    assert stage(job.outputs()[-1][CARD["sdpa"]]) in ("loading", "warming")        # sdpa loads for a minute
+    began = time.monotonic()
+    client.predict(api_name="/stop")
+    final = job.result()
+    took = time.monotonic() - began
+    assert took < 5.0, f"the run ended {took:.1f} s after the Stop"
+    assert "Stopped" in final[MESSAGE] and final[REPORT]["cancelled"]
+    assert {r["variant"]: r["status"] for r in final[REPORT]["results"]} == {"baseline": "cancelled",
+                                                                             "sdpa": "cancelled"}
+    assert stage(final[CARD["sdpa"]]) == "cancelled"
+    assert ENDED_LOADING in final[CARD["sdpa"]], final[CARD["sdpa"]]      # "stopped while it loaded: ..."
+    assert final[REPORT]["results"][1]["reason"] == "the run was stopped before this variant had loaded"

@@ -3,6 +3,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import psutil
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from engine import events, presets
 from engine.errors import InputError
 from engine.pool import Engine
+from engine.schedule import ENDED_LOADING
 from engine.spec import RunSpec
 
 SIX = ["baseline", "sdpa", "sdpa-flash", "bnb-4bit", "bnb-8bit", "no-kv-cache"]
@@ -277,3 +279,36 @@ def test_a_loaded_variant_streams_its_warm_up_while_a_slow_one_loads_and_nothing
     assert by["sdpa"]["load_s"] >= 3.0                            # the drawn-out load counts as loading
     assert by["baseline"]["warmup_requests"] == 1 == len(by["baseline"]["warmup_e2e_s"])
     assert by["baseline"]["repeats"] == 2 and by["baseline"]["status"] == "ok" == by["sdpa"]["status"]
+
+
+def test_a_stop_ends_every_variant_within_seconds_loading_ones_included(monkeypatch):
+    """Stop while baseline streams and three variants still load (drawn out to a minute): a loading worker
+    reads no pipe until it is ready, so it is ended at once instead of waited for; the report comes within
+    a few seconds of the Stop (issue 30: it took 20 s with eight variants) and every row says cancelled."""
+    slow = ["sdpa", "bnb-8bit", "no-kv-cache"]
+    monkeypatch.setenv("SIDEBYSIDE_LOAD_DELAY", ",".join(f"{name}=60" for name in slow))
+    with Engine(presets.load("tiny")) as fresh:
+        run = fresh.start(RunSpec(LONG_PROMPT, ["baseline", *slow], 256))
+        for event in run:
+            if isinstance(event, events.Token) and event.variant == "baseline":
+                break                                 # baseline generates (its warm-up); the others load
+        pids = fresh.pids()
+        assert sorted(pids) == sorted(["baseline", *slow])
+        began = time.monotonic()
+        assert fresh.cancel(run.id) is True
+        rest = list(run)
+        took = time.monotonic() - began
+        report = rest[-1].report
+        assert took < 5.0, f"the report came {took:.1f} s after the Stop"
+        assert report["cancelled"] is True
+        assert {row["variant"]: row["status"] for row in report["results"]} == dict.fromkeys(["baseline", *slow],
+                                                                                               "cancelled")
+        by = rows(report)
+        assert all(by[name]["reason"] == "the run was stopped before this variant had loaded" for name in slow)
+        ended = [e.variant for e in rest if isinstance(e, events.Status) and e.stage == "cancelled"]
+        assert sorted(ended) == sorted(slow) and all(e.detail == ENDED_LOADING for e in rest
+                                                     if isinstance(e, events.Status) and e.stage == "cancelled")
+        gone, alive = psutil.wait_procs([psutil.Process(pids[name]) for name in slow if psutil.pid_exists(pids[name])],
+                                        timeout=2)
+        assert alive == []                            # ended, not left loading
+        assert fresh.pids() == {"baseline": pids["baseline"]}       # it obeyed at its next token and stays loaded
