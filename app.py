@@ -18,7 +18,7 @@ import time
 
 from typing import TYPE_CHECKING
 
-from engine import hardware, presets, remote
+from engine import hardware, presets, remote, source
 from engine.errors import DeviceError, InputError, ModelSourceError, PresetError
 from engine.history import HISTORY_ENV, default_path
 from engine.launch import ENGINE_HELP, ENGINE_METAVAR
@@ -48,8 +48,8 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--host", help="address to serve on (default: Gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME)")
     top.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or $GRADIO_SERVER_PORT)")
     top.add_argument("--share", action="store_true", help="ask Gradio for a public link")
-    top.add_argument("--preset", help=f"preset shown first (default: {DEFAULT_PRESET}, or the first preset that "
-                     f"loads when it does not): {', '.join(presets.available())}")
+    top.add_argument("--preset", help=f"preset shown first (default: {DEFAULT_PRESET}, or when it does not load the "
+                     f"first that does, those needing no download first): {', '.join(presets.available())}")
     top.add_argument("--mode", choices=("fair", "race"), default="fair", help="mode selected first")
     top.add_argument("--threads", type=int, help="torch CPU threads per worker (default: on a CPU device, "
                      "all cores but one, which is left to the page; on a GPU host, torch's)")
@@ -117,11 +117,13 @@ def page_limits(args) -> Limits:
 def opening_presets(asked: str | None, offered: list[str] | None) -> list[str]:
     """The presets to open the page on, in order: the one asked for alone; else the default, then every
     other preset that loads (a broken default file, or one that cannot run here, must not keep the
-    app from starting: the page lists it as unavailable)."""
+    app from starting: the page lists it as unavailable), first those that need no download (a page
+    opened offline on a hub model not in the cache could run nothing)."""
     if asked is not None:
         return [asked]
-    names = [DEFAULT_PRESET, *(name for name in presets.available() if name != DEFAULT_PRESET)]
-    return [name for name in names if offered is None or name in offered]
+    others = [name for name in presets.available() if name != DEFAULT_PRESET]
+    others.sort(key=lambda name: not source.on_hand(presets.load(name)))     # stable: by name within each
+    return [name for name in [DEFAULT_PRESET, *others] if offered is None or name in offered]
 
 
 def open_page(engines: Engines, asked: str | None, mode: str, offered: list[str] | None,

@@ -125,9 +125,7 @@ def public_presets() -> list[str]:
     for name in presets.available():
         try:
             preset = presets.load(name)
-            if preset.source == "package":
-                source.package_file(preset)          # installed: made here, no download
-            elif not preset.random_weights and not source.hub_file(preset.model_id, "config.json"):
+            if not source.on_hand(preset):
                 continue
             device = hardware.resolve(preset.device)
             runnable = [CATALOG[v] for v in preset.variants

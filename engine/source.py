@@ -152,6 +152,18 @@ def hub_file(model_id: str, filename: str) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def on_hand(preset: Preset) -> bool:
+    """Whether the preset's model needs no download: random weights made here, its package installed, or a
+    hub model (or local folder) whose config is here already."""
+    if preset.source == "package":
+        try:
+            package_file(preset)
+        except ModelSourceError:
+            return False
+        return True
+    return preset.random_weights or hub_file(preset.model_id, "config.json") is not None
+
+
 def ensure_source(preset: Preset) -> None:
     """Make sure a preset's config and tokenizer are here (cached or fetchable, or made from its package),
     or explain."""

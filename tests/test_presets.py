@@ -198,6 +198,35 @@ def test_a_broken_default_preset_does_not_keep_the_app_from_starting_but_one_ask
         engines.close()
 
 
+def test_a_broken_default_gives_way_first_to_a_preset_that_needs_no_download(folder, capsys, tmp_path, monkeypatch):
+    """Issue 30: the page opened on the first preset by name, a hub model not in the cache (offline, it could
+    run nothing). Random weights and an installed package's model come before a hub model that is not here."""
+    import app
+    from ui.state import Engines
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))     # nothing cached
+    default = app.DEFAULT_PRESET
+    (folder / f"{default}.yaml").write_text(f"name: {default}\ntitle: [unclosed\n")          # the default, broken
+    (folder / "aaa-hub.yaml").write_text("name: aaa-hub\ntitle: From the hub\nsource: hub\n"
+                                         "model_id: no-such-org/no-such-model\n")
+    (folder / "aab-package.yaml").write_text("name: aab-package\ntitle: Packaged\nsource: package\n"
+                                             "tokenizer: model\npackage: no-such-model-package==1.0\n"
+                                             "package_file: m/model.gguf\n")
+    (folder / "zzz-random.yaml").write_text(GOOD.format(name="zzz-random"))
+    local = tmp_path / "folder-model"                      # a model folder on disk needs no download either
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    (folder / "mmm-folder.yaml").write_text(f"name: mmm-folder\ntitle: On disk\nsource: hub\nmodel_id: {local}\n")
+    assert app.opening_presets(None, None) == [default, "mmm-folder", "zzz-random", "aaa-hub", "aab-package"]
+    assert app.opening_presets(None, ["aaa-hub", "zzz-random"]) == ["zzz-random", "aaa-hub"]
+    (folder / "mmm-folder.yaml").unlink()
+    engines = Engines()
+    try:
+        assert app.open_page(engines, None, "fair", None) is not None
+        assert list(engines._engines) == ["zzz-random"]         # not aaa-hub, first by name
+    finally:
+        engines.close()
+
+
 def test_a_default_model_whose_package_is_missing_gives_way_with_the_command_that_installs_it(folder, capsys):
     """The built-in real model comes from a PyPI package: without it the page opens on the next preset and
     says, in one line, which command installs it."""
