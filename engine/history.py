@@ -87,6 +87,7 @@ class Entry:
     source: str | None
     report: dict | None = None
     quality: dict = field(default_factory=dict)   # variant -> its engine/quality.py entry, where the report has one
+    verdict: str | None = None                     # a run's verdict line (its report's comparison), for the list
 
     def provenance(self) -> dict:
         """Everything but the report: what an exported file carries under "history"."""
@@ -99,7 +100,7 @@ def _entry(row: sqlite3.Row, with_report: bool, quality: dict) -> Entry:
     return Entry(row["id"], row["kind"], row["created"], row["saved"], row["preset"], row["device"], row["driver"],
                  json.loads(row["versions_json"]), row["git_commit"], row["host"], json.loads(row["settings_json"]),
                  row["session"], row["source"], json.loads(row["report_json"]) if with_report else None,
-                 quality.get(row["id"], {}))
+                 quality.get(row["id"], {}), row["verdict"] if "verdict" in row.keys() else None)
 
 
 def _quality(db: sqlite3.Connection, ids: list[int]) -> dict:
@@ -301,7 +302,9 @@ class History:
                  ("id IN (SELECT run_id FROM run_variants WHERE variant = ?)", variant),
                  ("created >= ?", moment and utc_text(moment)), ("session = ?", session)]
         where = [(clause, value) for clause, value in asked if value]
-        query = (f"SELECT {', '.join(c for c in ('id',) + COLUMNS if c != 'report_json')} FROM runs"
+        # not the reports (a list reads many), but each run's verdict line out of its report, in SQLite
+        query = (f"SELECT {', '.join(c for c in ('id',) + COLUMNS if c != 'report_json')}, "
+                 "json_extract(report_json, '$.comparison.text') AS verdict FROM runs"
                  + (" WHERE " + " AND ".join(clause for clause, _ in where) if where else "")
                  + " ORDER BY created DESC, id DESC")
         params = [value for _, value in where]

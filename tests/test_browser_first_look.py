@@ -88,6 +88,28 @@ def check_summary_and_cards(page) -> None:
     assert len(every[0]) > 15 and any(RATIO.search(text) for text in shown) and not undirected(shown), shown
 
 
+def check_other_tabs(page) -> None:
+    """The Experiments tab's dropdown shows its whole text; the History tab shows no placeholder table, its
+    optional targets empty, and each run's verdict line in the list."""
+    page.get_by_role("tab", name="Experiments").click()
+    page.wait_for_selector("#exp-plot .main-svg", timeout=20_000)
+    cut = page.evaluate("() => { const box = document.querySelector('#exp-name input');"
+                        " return [box.value, box.scrollWidth - box.clientWidth]; }")
+    assert cut[0].startswith("attention: ") and cut[1] <= 0, cut               # not "...by prompt leng"
+    page.screenshot(path=str(ARTIFACTS / "first-look-experiments.png"), full_page=False)
+
+    page.get_by_role("tab", name="History").click()
+    page.wait_for_function("() => document.querySelectorAll('#hist-pick input[type=checkbox]').length >= 2",
+                           timeout=20_000)
+    assert not page.locator("#hist-comparison").is_visible() and not page.locator("#hist-chart").is_visible()
+    assert [page.input_value(f"#hist-{name}-target input") for name in ("ttft", "tpot")] == ["", ""]
+    rows = page.evaluate(CELLS, "#hist-runs")
+    verdicts = [text for row in rows for head, text in row if head == "verdict"]
+    assert verdicts and verdicts[0].startswith("no variant beats baseline beyond the noise") or \
+        re.match(r"(per token|first token|tokens/s|memory): ", verdicts[0]), verdicts      # the newest: our run
+    page.screenshot(path=str(ARTIFACTS / "first-look-history.png"), full_page=False)
+
+
 def test_a_first_run_is_in_view_and_reads_without_a_glossary(browser, url):  # noqa: F811
     ARTIFACTS.mkdir(exist_ok=True)
     page = open_page(browser, url, LAPTOP)
@@ -108,6 +130,12 @@ def test_a_first_run_is_in_view_and_reads_without_a_glossary(browser, url):  # n
                            timeout=10_000)
     assert page.locator("#sbs-plot-ttft g.errorbar").count() == len(SELECTED)
     assert "whiskers: min-max" in page.inner_text("#sbs-plot-ttft")
+
+    # the same run again, as a person checking whether the answer holds: in view again, from the top of the page
+    page.evaluate("window.scrollTo(0, 0)")
+    run_and_see_it(page)
+    page.screenshot(path=str(ARTIFACTS / "first-look-run-2.png"), full_page=False)
+    check_other_tabs(page)
     page.close()
 
     page = open_page(browser, url, PHONE)

@@ -104,7 +104,7 @@ def test_a_finished_sweep_says_how_many_cells_other_processes_slowed():
     live = SimpleNamespace(settled=2, total=2, done=True, experiment=SimpleNamespace(name="batch"),
                            result={"results": rows, "cancelled": False, "wall_s": 3.0})
     text = sweep_render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)
-    assert 'data-kind="warn"' in text and "1 of 2 timed rows were slowed by other processes" in text
+    assert 'data-kind="warn"' in text and "1 of 2 timed rows was slowed by other processes" in text
     assert "(up to 1.3 cores taken)" in text and "marked CPU busy in the table" in text
     rows[1]["host_busy"] = False
     assert 'data-kind="ok"' in sweep_render.sweep_message(live, "CPU", stopping=False, elapsed_s=3.0)

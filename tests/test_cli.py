@@ -58,6 +58,23 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_worker(args, message):
     assert _processes_marked(mark) == []
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_cli_a_model_cache_that_is_a_file_exits_2_with_what_to_do(tmp_path, inside):
+    """Issue 30: each variant failed with a raw FileExistsError. Now one line before any worker starts."""
+    afile = tmp_path / "cache"
+    afile.write_text("not a folder")
+    cache = afile / "sub" if inside else afile            # the folder itself, or a parent, is a file
+    mark = uuid.uuid4().hex
+    done = subprocess.run([sys.executable, "-m", "engine", "run", "--preset", "tiny", "--variants", "baseline,sdpa",
+                           "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, SIDEBYSIDE_CACHE=str(cache), SIDEBYSIDE_TEST_MARK=mark))
+    assert done.returncode == 2, done.stderr
+    said = ("cannot be made (Not a directory)" if inside else "is a file, not a folder")
+    assert done.stderr.strip() == (f"error: the model cache {cache} {said}: set $SIDEBYSIDE_CACHE to a folder you "
+                                   "can write to"), done.stderr
+    assert _processes_marked(mark) == []
+
+
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     """A `run` and a quick `sweep batch`, run at the same time (each test below reads its own):
@@ -167,7 +184,7 @@ def test_cli_sweep_tells_each_cell_as_it_is_measured_then_the_table_and_the_clai
     for found in sweep["trends"]:
         assert f"  {found['note']}" in lines and f"  measured: {found['measured']}" in lines
     busy = [row for row in sweep["results"] if row["host_busy"]]
-    said = [line for line in lines if "timed rows were slowed by other processes" in line]
+    said = [line for line in lines if "slowed by other processes on the CPU (up to" in line]
     assert len(said) == (1 if busy else 0)
     if busy:
         assert said[0].startswith(f"{len(busy)} of 3 timed rows")

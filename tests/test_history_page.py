@@ -44,9 +44,10 @@ def test_a_public_visitor_sees_and_deletes_only_their_own_runs(tmp_path):
     assert len(History(tmp_path / "h.sqlite").list()) == 3          # nothing of A's was touched
     compared = tab.compare(ctx, [first, second], 0, request=A)
     assert 'data-kind="ok"' in compared["message"] and compared["comparison"]["headers"][2] == f"#{second} vs #{first}"
+    assert compared["shown"]["visible"]                    # the table and the chart, hidden until the first comparison
     assert compared["comparison"]["data"][0][:2] == ["baseline", "TPOT ms"]
     assert compared["comparison"]["data"][0][2] == "-9.1% within noise"     # 10 ms against 11, ranges overlap
-    targeted = tab.compare(ctx, [first, second], 0, 12, None, request=A)["comparison"]["data"]     # TTFT target 12 ms
+    targeted = tab.compare(ctx, [first, second], 0, 12, None, request=A)["comparison"]["data"]     # TTFT 12 ms
     met = [r for r in targeted if r[1] == "requests met targets"]
     assert met == [["baseline", "requests met targets", "-", "3 of 3", "3 of 3"]]    # TTFT 5 ms in every repeat
     assert "bad" in tab.compare(ctx, [first, second], 0, "bad", None, request=A)["message"]
@@ -160,3 +161,15 @@ def test_public_visitors_through_the_api_see_and_change_only_their_own_runs(publ
     with pytest.raises(ValueError):                         # a public page has no import endpoint
         a.predict(None, "", "", "", "", api_name="/history_import")
     assert not asked_file.exists()        # without --keep-public-history, strangers' runs never reach the file
+
+
+def test_the_run_list_gives_each_runs_verdict_line(tmp_path):
+    history = PageHistory(History(tmp_path / "h.sqlite"), public=False)
+    judged = report(row("baseline", (10, 11, 12)))
+    judged["comparison"] = {"text": "per token: sdpa 2.00x faster than baseline (range 1.80-2.20x). What each winner "
+                                    "costs: sdpa: baseline's memory within noise."}
+    run = history.save(judged, None)
+    plain = history.save(report(row("baseline", (10, 11, 12))), None)          # saved without a verdict
+    runs = tab.listing(page_context(history), "", "", "", "", [], None)["runs"]
+    verdicts = {r[0]: r[runs["headers"].index("verdict")] for r in runs["data"]}
+    assert verdicts == {f"#{run}": "per token: sdpa 2.00x faster than baseline (range 1.80-2.20x).", f"#{plain}": "-"}

@@ -305,7 +305,7 @@ def test_a_contradiction_on_rows_other_processes_slowed_says_to_rerun_and_counts
     rows = [timed("sdpa", 1, [2.0, 2.1, 2.2], busy=True), timed("sdpa", 4, [1.0, 1.1, 1.2])]
     found = trend(GROWS, rows)
     assert found["agrees"] is False and "but other processes slowed rows it compares: rerun" in found["note"]
-    assert found["note"].endswith("1 of the 2 rows compared were slowed by other processes on the CPU.")
+    assert found["note"].endswith("1 of the 2 rows compared was slowed by other processes on the CPU.")
     assert "x is small here" not in found["note"]
 
 
@@ -357,13 +357,13 @@ def test_the_summary_marks_slowed_rows_counts_them_and_states_each_claim():
     assert lines[0].split("  ")[-1].strip() == "CPU" and lines[1].endswith("busy (1.5 cores taken)")
     assert "11.00 (10.00-12.00)" in lines[1] and "100.0 (99.0-101.0)" in lines[1]
     assert not lines[2].rstrip().endswith("taken)")
-    assert lines[3] == ("1 of 2 timed rows were slowed by other processes on the CPU (up to 1.5 cores taken): their "
+    assert lines[3] == ("1 of 2 timed rows was slowed by other processes on the CPU (up to 1.5 cores taken): their "
                         "figures are slower than this device can do (close them, or leave a core spare)")
     assert lines[4] == "claim: throughput rises with the batch size"
     assert lines[5] == ("  measured: sdpa: 100.0 tokens/s to 200.0 tokens/s from batch 1 to 4: x2.00 "
                         "(range 1.88-2.12)")
     assert lines[6].startswith("  On this run, as the paragraph says") and lines[6].endswith(
-        "1 of the 2 rows compared were slowed by other processes on the CPU.")
+        "1 of the 2 rows compared was slowed by other processes on the CPU.")
     assert lines[7] == "claim: time per token (TPOT) rises with the batch size"
     assert host_busy_note([dict(r, host_busy=False) for r in rows]) is None
 

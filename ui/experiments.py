@@ -249,9 +249,11 @@ def build(ctx: Context, preset: str, preset_choices: list) -> None:
     empty = blank(FIRST_EXPERIMENT)
     c: dict = {"session": gr.State(Session(), time_to_live=ctx.limits.session_s)}          # a visitor's sweep, apart from their Compare run
     c["banner"] = gr.HTML(render.banner_html(first), js_on_load=None, elem_id="exp-banner")
+    # a row of its own: the experiments' names are long ("attention: FlashAttention and SDPA against eager
+    # attention, by prompt length and padding") and a dropdown's text does not wrap
+    c["experiment"] = gr.Dropdown(experiment_choices(), value=FIRST_EXPERIMENT, label="Experiment",
+                                  elem_id="exp-name")
     with gr.Row(equal_height=False):
-        c["experiment"] = gr.Dropdown(experiment_choices(), value=FIRST_EXPERIMENT, label="Experiment", scale=3,
-                                      min_width=300, elem_id="exp-name")
         c["preset"] = gr.Dropdown(preset_choices, value=preset, label="Preset", scale=2, min_width=220,
                                   elem_id="exp-preset")
         c["quick"] = gr.Checkbox(quick, label="Quick grid", scale=1, min_width=180,

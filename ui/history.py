@@ -26,10 +26,10 @@ from ui.state import Context
 LIST_LIMIT = 200             # newest runs listed (and offered to compare) at once; the filters reach the rest
 ANY = ""                     # a filter's "any" choice
 LIST = Outputs(["message", "runs", "pick", "reference", "f_preset", "f_device", "f_variant"])
-COMPARE = Outputs(["message", "comparison", "chart"])
-RUN_HEADERS = ["id", "date (UTC)", "kind", "preset", "device", "variants", "versions", "commit",
+COMPARE = Outputs(["message", "comparison", "chart", "shown"], unlisted=["shown"])     # shown: the two, once compared
+RUN_HEADERS = ["id", "date (UTC)", "kind", "preset", "device", "variants", "verdict", "versions", "commit",
                "quality (same top token/mean KLD)"]
-RUN_WIDTHS = ["56px", "150px", "64px", "80px", "220px", "170px", "200px", "110px", "240px"]
+RUN_WIDTHS = ["56px", "130px", "64px", "80px", "180px", "140px", "420px", "200px", "110px", "220px"]
 NO_IMPORT = ("Import is off on this public page: it takes no uploads, so that strangers cannot store files on "
              "this server. On your own machine: `python -m engine history import FILE`.")
 HOW_MD = """\
@@ -68,9 +68,19 @@ def run_label(entry: Entry) -> str:
            f"{_when(entry.created)}"
 
 
+def verdict_line(entry: Entry) -> str:
+    """A run's verdict as the Compare tab gave it, its first sentence (who won what, or that nobody did beyond the
+    noise); "-" for a sweep or a bench, whose reports have none."""
+    text = (entry.verdict or "").strip()
+    if not text:
+        return tables.DASH
+    first = text.split(". ", 1)[0]
+    return first if first.endswith(".") else first + "."
+
+
 def runs_value(entries: list[Entry]) -> dict:
     rows = [[f"#{e.id}", _when(e.created), e.kind, e.preset or tables.DASH, e.device or tables.DASH,
-             ", ".join(e.settings.get("variants") or []) or tables.DASH, _versions(e),
+             ", ".join(e.settings.get("variants") or []) or tables.DASH, verdict_line(e), _versions(e),
              (e.git_commit or tables.DASH)[:10], quality_text(e)] for e in entries]
     return {"headers": RUN_HEADERS, "data": rows}
 
@@ -105,7 +115,8 @@ def listing(ctx: Context, preset: str, device: str, variant: str, since: str, pi
 
     Returns:
         message: a status line (HTML): how many runs are listed, or why the filters were refused
-        runs: the table (headers, data): per run its id, date, kind, preset, device, variants, versions, commit
+        runs: the table (headers, data): per run its id, date, kind, preset, device, variants, its verdict's first
+        sentence (who won what beyond the noise, or that nobody did; "-" for a sweep or a bench), versions, commit
         and quality: each scored variant's same-top-token share and mean KLD against the reference variant
         ("bnb-8bit 99%/0.00213, bnb-4bit 94%/0.0412"), else the reference's perplexity alone, or why there are
         none ("not meaningful": random weights), or "-" for a run saved without quality
@@ -203,12 +214,20 @@ def plot_value(figure) -> PlotData:
 
 
 def _targets(ttft_ms, tpot_ms) -> slo.Targets:
-    """The page's targets: a number input sends None (or 0) when left empty."""
+    """The page's targets: each a number of milliseconds, or nothing (None, "" or 0) for none; the page sends text
+    (an empty box, never a 0 that reads as a target), a script may send a number."""
     found = {}
     for name, value in (("ttft_ms", ttft_ms), ("tpot_ms", tpot_ms)):
-        if value in (None, "", 0):
+        if isinstance(value, str):
+            text = checks.text(f"the {slo.FIELDS[name]} target", value).strip()
+            try:
+                value = float(text) if text else None
+            except ValueError:
+                raise InputError(f"the {slo.FIELDS[name]} target must be a number of milliseconds, got {text!r}") \
+                    from None
+        if value in (None, 0):
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
             raise InputError(f"the {slo.FIELDS[name]} target must be a number of milliseconds, got {value!r}")
         found[name] = value
     return slo.Targets(**found)
@@ -223,8 +242,8 @@ def compare(ctx: Context, picked: list, reference, ttft_ms=None, tpot_ms=None, r
     Args:
         picked: the ids of the runs to compare, two or more, e.g. [3, 5] (the ids that /history_list shows)
         reference: the id of the run the others are compared with (0: the oldest selected; one not picked is added)
-        ttft_ms: a time-to-first-token target in milliseconds (None or 0: none), for goodput
-        tpot_ms: a time-per-output-token target in milliseconds (None or 0: none), for goodput
+        ttft_ms: a time-to-first-token target in milliseconds, a number or its text (None, "" or 0: none), for goodput
+        tpot_ms: a time-per-output-token target in milliseconds, a number or its text (None, "" or 0: none)
 
     Returns:
         message: a status line (HTML) with the notes: settings in which the runs differ, rows left out
@@ -237,7 +256,7 @@ def compare(ctx: Context, picked: list, reference, ttft_ms=None, tpot_ms=None, r
         variant is scored once per run: there is no spread to judge it by); with targets, each run's requests
         that met every target and its goodput (requests meeting every target per second beside all requests
         per second, vLLM's definition)
-        chart: the same as a plotly chart
+        chart: the same as a plotly chart (both hidden until the first comparison)
     """
     try:
         ids = checks.ids("selected runs", picked)
@@ -263,8 +282,8 @@ def compare(ctx: Context, picked: list, reference, ttft_ms=None, tpot_ms=None, r
     if any(change.metric in QUALITY_FIGURES for change in compared.changes):     # why "no range": said, not a warning
         html += f"<br>{render.e(QUALITY_NOTE[0].upper() + QUALITY_NOTE[1:])}."
     return {"message": render.message_html(html, "warn" if extra else "ok"),
-            "comparison": comparison_value(compared, labels, reports), "chart": plot_value(compare_figure(reports, compared,
-                                                                                                  labels))}
+            "comparison": comparison_value(compared, labels, reports),
+            "chart": plot_value(compare_figure(reports, compared, labels)), "shown": gr.update(visible=True)}
 
 
 def delete(ctx: Context, picked: list, preset: str, device: str, variant: str, since: str,
@@ -325,14 +344,17 @@ def build(ctx: Context, tab: gr.Tab) -> None:
         c["compare"] = gr.Button("Compare", variant="primary", min_width=120, scale=1, elem_id="hist-compare")
         c["delete"] = gr.Button("Delete selected", variant="stop", min_width=120, scale=1, elem_id="hist-delete")
     with gr.Row(equal_height=True):
-        c["ttft_ms"] = gr.Number(None, label="TTFT target (ms)", minimum=0, min_width=160, elem_id="hist-ttft-target",
-                                 info="optional: adds goodput")
-        c["tpot_ms"] = gr.Number(None, label="TPOT target (ms)", minimum=0, min_width=160, elem_id="hist-tpot-target",
-                                 info="requests meeting every target per second")
-    c["comparison"] = gr.Dataframe(label="Side by side (each run's median; change from the reference)",
-                                   interactive=False, wrap=True, elem_id="hist-comparison")
-    c["chart"] = gr.Plot(label="Side by side", show_label=False, elem_id="hist-chart")
-    gr.Markdown(CAPTION, elem_classes=["exp-note"])
+        # text boxes, empty until typed: a number box shows 0, which reads as a target of 0 ms
+        c["ttft_ms"] = gr.Textbox("", label="TTFT target (ms)", placeholder="none", max_lines=1, min_width=160,
+                                  elem_id="hist-ttft-target", info="optional: adds goodput")
+        c["tpot_ms"] = gr.Textbox("", label="TPOT target (ms)", placeholder="none", max_lines=1, min_width=160,
+                                  elem_id="hist-tpot-target", info="requests meeting every target per second")
+    # shown by the first comparison: empty, the table would show Gradio's placeholder headers (1, 2, 3)
+    with gr.Column(visible=False, elem_id="hist-shown") as c["shown"]:
+        c["comparison"] = gr.Dataframe(label="Side by side (each run's median; change from the reference)",
+                                       interactive=False, wrap=True, elem_id="hist-comparison")
+        c["chart"] = gr.Plot(label="Side by side", show_label=False, elem_id="hist-chart")
+        gr.Markdown(CAPTION, elem_classes=["exp-note"])
     with gr.Accordion("Import a report from another machine", open=False, elem_id="hist-import-box"):
         if ctx.history.imports:
             c["file"] = gr.File(label="Report JSON (python -m engine run, bench or sweep --json)",

@@ -43,7 +43,8 @@ def host_busy_note(rows: list[dict], advice: str = "close them, or leave a core 
     busy = [row for row in timed if row["host_busy"]]
     if not busy:
         return None
-    return (f"{len(busy)} of {len(timed)} timed rows were slowed by other processes on the CPU (up to "
+    were = "was" if len(busy) == 1 else "were"
+    return (f"{len(busy)} of {len(timed)} timed rows {were} slowed by other processes on the CPU (up to "
             f"{max(row['host_others_cores'] for row in busy):.1f} cores taken): their figures are slower than this "
             f"device can do ({advice})")
 

@@ -139,8 +139,8 @@ def trend(claim: Claim, rows: list[dict], text: Callable[[str, float], str] | No
                 f"refutes that {claim.text}. Rerun, or run the full grid.")
     busy = sum(c["busy_rows"] for c in changes)
     if busy:
-        note += (f" {busy} of the {sum(c['rows'] for c in changes)} rows compared were slowed by other processes "
-                 "on the CPU.")
+        note += (f" {busy} of the {sum(c['rows'] for c in changes)} rows compared {'was' if busy == 1 else 'were'} "
+                 "slowed by other processes on the CPU.")
     return {"claim": claim.text, "measured": "; ".join(_measured(claim, c, text) for c in changes) or "-",
             "agrees": agrees, "note": note, "series": changes}
 
