@@ -142,7 +142,10 @@ class Engine:
         imports of torch and transformers (seconds) then overlap what comes first (the dashboard calls
         this as the page starts), and a package preset's model folder (made once from its package's file;
         ModelSourceError says what to install). A run calls it too, once its input is valid: a refused run
-        starts nothing."""
+        starts nothing. A model cache folder that cannot be used is refused first, in one line that says
+        what to do (ModelSourceError), not by each worker with an OSError."""
+        if source.uses_cache(self.preset):
+            source.usable_cache_dir()
         if self.preset.source == "package":
             source.ensure_source(self.preset)      # made once (seconds); ModelSourceError: what to install
         if self.device.kind == "cpu":

@@ -19,11 +19,38 @@ if TYPE_CHECKING:
     from engine.presets import Preset
 
 
+CACHE_ENV = "SIDEBYSIDE_CACHE"
+
+
 def cache_dir() -> Path:
     """Where locally made models live: $SIDEBYSIDE_CACHE or ~/.cache/sidebyside."""
-    env = os.environ.get("SIDEBYSIDE_CACHE")
+    env = os.environ.get(CACHE_ENV)
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sidebyside"
     return base
+
+
+def uses_cache(preset: Preset) -> bool:
+    """Whether the preset's workers write under cache_dir(): a random model saved once, a package's model
+    made once, the log of an engine the dashboard starts."""
+    return (preset.source == "package" or (preset.random_weights and preset.cache_on_disk)
+            or any(endpoint.launch is not None for endpoint in preset.remote))
+
+
+def usable_cache_dir() -> Path:
+    """cache_dir(), made if missing; ModelSourceError, in one line that says what to do, when it cannot be
+    used (a file in its place, a parent that is a file, no permission), before any worker fails on it."""
+    folder = cache_dir()
+    fix = (f"set ${CACHE_ENV} to a folder you can write to" if os.environ.get(CACHE_ENV) else
+           f"move it away, or set ${CACHE_ENV} to a folder you can write to")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ModelSourceError(f"the model cache {folder} is a file, not a folder: {fix}") from None
+    except OSError as error:
+        raise ModelSourceError(f"the model cache {folder} cannot be made ({error.strerror or error}): {fix}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ModelSourceError(f"the model cache {folder} is not writable: {fix}")
+    return folder
 
 
 def _safetensors_complete(path: Path) -> bool:

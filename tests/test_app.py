@@ -318,3 +318,20 @@ def test_a_stop_while_a_variant_loads_ends_the_run_within_seconds(slow_load_url)
     assert stage(final[CARD["sdpa"]]) == "cancelled"
     assert ENDED_LOADING in final[CARD["sdpa"]], final[CARD["sdpa"]]      # "stopped while it loaded: ..."
     assert final[REPORT]["results"][1]["reason"] == "the run was stopped before this variant had loaded"
+
+
+def test_a_model_cache_that_is_a_file_is_one_clear_line_on_the_page(tmp_path_factory):
+    # issue 30: each variant failed with a raw FileExistsError; the page now opens on a preset that needs no
+    # cache and refuses, in one line that says what to do, a run of one that does
+    cache = tmp_path_factory.mktemp("cache") / "cache"
+    cache.write_text("not a folder")
+    said = f"the model cache {cache} is a file, not a folder: set $SIDEBYSIDE_CACHE to a folder you can write to"
+    with serve("--preset", "opt-350m-random", name="test_app_cache_file",       # random weights made in memory
+               env={"SIDEBYSIDE_CACHE": str(cache)}) as address:
+        final = Client(address, verbose=False).predict(PROMPT, "tiny", ["baseline"], 4, "fair", api_name="/compare")
+    assert final[REPORT] is None
+    assert f"Preset tiny cannot be used: {said}" in final[MESSAGE], final[MESSAGE]
+    # a page asked to open on such a preset does not start, and says why in the same line
+    done = subprocess.run([sys.executable, str(ROOT / "app.py"), "--preset", "tiny", "--port", "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, SIDEBYSIDE_CACHE=str(cache)))
+    assert done.returncode == 2 and f"error: {said}" in done.stderr, done.stderr[-2000:]

@@ -214,6 +214,35 @@ def test_readme_commands_of_the_command_line_and_experiments_parse_as_pasted():
         words = shlex.split(command)             # as the shell splits it: no [--option] or a|b left over
         assert not any(w.startswith("[") or "|" in w for w in words), command
         parser().parse_args(words[3:])           # exits (SystemExit) if the command line is refused
+        outputs = [words[i + 1] for i, word in enumerate(words) if word in ("--json", "--csv", "--html")]
+        assert all(path.startswith("runs/") for path in outputs), command       # the ignored folder, not the repo
+
+
+def test_outputs_go_into_a_folder_made_for_them_and_a_busy_machine_leaves_a_core_spare(tmp_path, capsys):
+    """`--json runs/run.json` makes runs/ when only it is missing; with other processes keeping the cores busy and no
+    --threads, a worker computes on all cores but one, as on the page, and the command line says so."""
+    from argparse import Namespace
+    from engine import __main__ as cli, topology
+    from engine.errors import InputError
+    cli.check_inputs(Namespace(json=str(tmp_path / "runs" / "run.json"), csv=None))
+    assert (tmp_path / "runs").is_dir()
+    with pytest.raises(InputError, match="does not exist"):             # two levels missing: a typo, refused
+        cli.check_inputs(Namespace(json=str(tmp_path / "no" / "such" / "run.json"), csv=None))
+    assert cli.spare_cores(Namespace(threads=2)) == 0                   # asked for: never second-guessed
+    cores = topology.usable_cores()
+    if len(cores) < 2:
+        pytest.skip("one core: nothing to leave spare")
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in cores]     # our own children
+    try:
+        import time
+        time.sleep(0.3)
+        assert cli.spare_cores(Namespace(threads=None)) == 1
+    finally:
+        for child in spin:
+            child.kill()
+            child.wait(10)
+    said = capsys.readouterr().err
+    assert "the machine is busy: other processes kept" in said and f"computes on {len(cores) - 1}" in said
 
 
 def test_cli_refuses_a_prompt_that_is_not_utf8_and_outputs_that_share_a_path(tmp_path):
