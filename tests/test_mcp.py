@@ -141,8 +141,9 @@ def test_compare_over_mcp_gives_each_variants_figures_and_keeps_the_run(mcp_url)
                                             "picked": []})
     assert "2 runs listed" in listed[LIST.index("message")], listed[LIST.index("message")]
     ids = [int(row[0].lstrip("#")) for row in listed[LIST.index("runs")]["data"]]
-    compared = call(mcp_url, "history_compare", {"picked": ids, "reference": min(ids), "ttft_ms": 1000,
-                                                 "tpot_ms": 1000})
+    # the targets are the History tab's text boxes (empty: none), so their schema type is string
+    compared = call(mcp_url, "history_compare", {"picked": ids, "reference": min(ids), "ttft_ms": "1000",
+                                                 "tpot_ms": "1000"})
     table = compared[COMPARE.index("comparison")]
     assert any(row[0] == "sdpa" and "TPOT" in row[1] for row in table["data"]), table
     assert any("goodput" in str(row) for row in table["data"]), table
@@ -169,7 +170,7 @@ def test_history_compare_over_mcp_sets_the_quality_figures_side_by_side(mcp_url,
     history = History(mcp_history)                      # the app's own history file, written from here
     ids = [history.save(quantized_run([0.01, 0.02, 0.03, 0.1], [1, 2, 3, 9], "2026-12-01T10:00:00+0000"), "run"),
            history.save(quantized_run([0.02, 0.04, 0.06, 0.08], [1, 2, 9, 9], "2026-12-02T10:00:00+0000"), "run")]
-    compared = call(mcp_url, "history_compare", {"picked": ids, "reference": ids[0], "ttft_ms": 0, "tpot_ms": 0})
+    compared = call(mcp_url, "history_compare", {"picked": ids, "reference": ids[0], "ttft_ms": "", "tpot_ms": ""})
     table = compared[COMPARE.index("comparison")]
     assert table["headers"] == ["variant", "figure", f"#{ids[1]} vs #{ids[0]}", f"#{ids[0]} (ref)", f"#{ids[1]}"]
     rows = {(row[0], row[1]): row[2:] for row in table["data"]}
