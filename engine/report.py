@@ -127,7 +127,8 @@ def result(outcome, reference_ids, peak_bandwidth: float | None, variant: Varian
            stopped: bool = False) -> dict:
     """One row of `results`; `reference_ids`: the reference variant's tokens in the same cell; a run
     `stopped` before this variant made its `asked_repeats` leaves it cancelled, its figures those it made."""
-    row = {"variant": outcome.variant, "label": variant.display_label(), "status": "ok", "reason": None,
+    row = {"variant": outcome.variant, "label": variant.display_label(), "runtime": variant.runtime,
+           "status": "ok", "reason": None,
            "text": "", "first_diff_token": None, "identical_token_share": None, "contended": outcome.contended,
            "placement": outcome.placement, "repeats": len(outcome.finished), "token_times_s": [],
            "token_times_repeats_s": [], "token_ids": [], "tpot_repeats_s": [], "ttft_repeats_s": [],

@@ -121,7 +121,7 @@ def directed_parts(metric: Metric, comparison: Comparison) -> tuple[str, str]:
     up, down = DIRECTIONS[metric.ratio]
     ratio, ends = comparison.ratio, (comparison.low, comparison.high)
     if metric.ratio == "share":
-        if ratio == 1:
+        if round(abs(ratio - 1), 3) == 0:               # "0.0% less" would say a direction it has not
             return "the same", ""
         differ = (lambda share: share - 1) if ratio > 1 else (lambda share: 1 - share)
         text = f"{_percent(differ(ratio))} {up if ratio > 1 else down}"
@@ -237,15 +237,29 @@ def separate_sentence(rows: list[dict], won: dict[str, list[str]]) -> str:
     return SEPARATE[0] if prompt < LONG_PROMPT else SEPARATE[1]
 
 
-def slowed_sentence(rows: list[dict]) -> str:
-    """Who other processes slowed while timed, said once after the verdict's clauses."""
+def slowed_sentence(rows: list[dict], gains: bool = True) -> str:
+    """Who other processes slowed while timed, said once after the verdict's clauses; that a slowed reference
+    overstates the gains where there are `gains` to overstate."""
     busy = slowed(*(row for row in rows if answered(row)))
     if not busy:
         return ""
     text = f"Slowed by other processes on the CPU while timed: {', '.join(busy)}"
-    if REFERENCE in busy:
+    if REFERENCE in busy and gains:
         text += f" ({REFERENCE} is the reference: every gain above is overstated)"
     return text + "; rerun with less running beside it."
+
+
+def runtime_sentence(rows: list[dict], base: dict) -> str:
+    """Rows that ran in another Python environment than the reference (engine/runtimes.py): not like with
+    like, said once, so that a library version's difference is not read as the variant's."""
+    other = [row for row in rows if row is not base and row.get("runtime") != base.get("runtime")]
+    if not other:
+        return ""
+    def where(row: dict) -> str:
+        return f"the {row['runtime']} runtime" if row.get("runtime") else "the app's own environment"
+    named = ", ".join(f"{row['variant']} runs in {where(row)}" for row in other)
+    return (f"Not like with like: {named}, {base['variant']} in {where(base)} (each label names its versions): "
+            "their differences include the library versions', and on a CPU the memory of each process's libraries.")
 
 
 def cost(row: dict, base: dict) -> str:
@@ -301,7 +315,8 @@ def judge(results: list[dict]) -> dict:
                 if any(len(values(row, BY_NAME["tpot"])) < 2 for row in rows) else "")
     costs = {row["variant"]: cost(row, base) for row in rows if row is not base}
     text = " ".join(part for part in (text + "." if text else "", costs_sentence(results, won, base),
-                                      slowed_sentence(rows), separate_sentence(rows, won)) if part)
+                                      runtime_sentence(rows, base), slowed_sentence(rows),
+                                      separate_sentence(rows, won)) if part)
     return {"reference": REFERENCE, "leaders": won, "lines": lines, "costs": costs, "slowed": slowed(*rows),
             "text": text}
 

@@ -73,6 +73,10 @@ def test_bettertransformer_runs_in_its_runtime_beside_the_apps_variants_on_the_s
     # greedy answers compared token by token: BetterTransformer's fused attention changes none on this model
     assert legacy["token_ids"] == rows["baseline"]["token_ids"] == rows["sdpa"]["token_ids"]
     assert legacy["first_diff_token"] is None and legacy["identical_token_share"] == 1.0
+    # the verdict says the comparison crosses environments, and the rows say which
+    assert (legacy["runtime"], rows["baseline"]["runtime"]) == ("legacy-bt", None)
+    assert ("Not like with like: bettertransformer runs in the legacy-bt runtime, baseline in the app's own "
+            "environment") in seen[-1].report["comparison"]["text"]
     streamed = [e for e in seen if isinstance(e, events.Finished) and e.variant == "bettertransformer"]
     assert len(streamed) == 2 and all(len(e.token_times) == 16 for e in streamed)
 
