@@ -315,7 +315,7 @@ def judge(results: list[dict]) -> dict:
                 if any(len(values(row, BY_NAME["tpot"])) < 2 for row in rows) else "")
     costs = {row["variant"]: cost(row, base) for row in rows if row is not base}
     text = " ".join(part for part in (text + "." if text else "", costs_sentence(results, won, base),
-                                      runtime_sentence(rows, base), slowed_sentence(rows),
+                                      runtime_sentence(rows, base), slowed_sentence(rows, any(won.values())),
                                       separate_sentence(rows, won)) if part)
     return {"reference": REFERENCE, "leaders": won, "lines": lines, "costs": costs, "slowed": slowed(*rows),
             "text": text}

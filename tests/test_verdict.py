@@ -35,6 +35,9 @@ def test_memory_is_a_share_where_less_is_better_and_equal_is_noise():
     small = verdict.compare(row("bnb-4bit", [0.01] * 3, memory=[500, 520, 510]), base, BY_NAME["memory"])
     assert small.verdict == verdict.BETTER and small.ratio == 520 / 1000     # peak of the run: the largest
     assert verdict.directed(BY_NAME["memory"], small) == "48% less (range 48-50%)"
+    same = verdict.compare(row("sdpa", [0.01] * 3, memory=[1000, 1000, 1000]), row("baseline", [0.01] * 3,
+                           memory=[999, 999, 1000]), BY_NAME["memory"])
+    assert verdict.directed(BY_NAME["memory"], same) == "the same"           # not "0.0% more"
     more = verdict.compare(row("compiled", [0.01] * 3, memory=[1140] * 3), base, BY_NAME["memory"])
     assert verdict.directed(BY_NAME["memory"], more) == "14% more"           # no spread: no range
     slow = verdict.compare(row("bnb-4bit", [0.019, 0.020, 0.021]), row("baseline", [0.0125, 0.013, 0.0135]),
@@ -130,6 +133,8 @@ def test_a_slowed_reference_is_named_beside_the_gain():
                                    "reference: every gain above is overstated); rerun with less running beside it.")
     assert results[1]["vs_reference"]["slowed_by_others"] == ["baseline"]
     assert judged["slowed"] == ["baseline"]
+    nothing = verdict.judge([row("baseline", [0.010, 0.011, 0.012], busy=True), row("sdpa", [0.010, 0.011, 0.012])])
+    assert "overstated" not in nothing["text"] and "Slowed by other processes" in nothing["text"]    # no gain to inflate
 
 
 def results_marks_nothing(judged):
