@@ -161,10 +161,10 @@ def _card_versus(lane: Lane, best: list[str]) -> str:
     if lane.variant != REFERENCE:
         for metric in ("tpot", "ttft", "memory"):
             if (result.get("vs_reference") or {}).get(metric):
-                parts.append(f"{verdict.HEADS[metric]} {summary.versus(result, metric, with_slowed=False)}")
+                parts.append(f"{verdict.HEADS[metric]} {summary.versus(result, metric)}")
     busy = (result.get("vs_reference") or {}).get("slowed_by_others") or []
     line = (f'<div class="sbs-versus">vs {e(REFERENCE)}: {e(" · ".join(parts))}'
-            + (f' <span class="sbs-slowed">slowed by other processes: {e(", ".join(busy))}</span>' if busy else "")
+            + (f' <span class="sbs-slowed">{e(summary.SLOWED)}: {e(", ".join(busy))}</span>' if busy else "")
             + "</div>") if parts else ""
     stars = "".join(f'<span class="sbs-best">\u2605 {e(title)}</span>' for title in best)
     return line + (f'<div class="sbs-stars">{stars}</div>' if stars else "")
@@ -214,7 +214,8 @@ def verdict_html(report: dict) -> str:
     """The run's verdict in one line (engine/verdict.py): who wins which figure, by how much, or that
     the differences are within noise."""
     text = summary.judgement(report).get("text")
-    return f'<div class="sbs-verdict" data-verdict="1"><b>Verdict:</b> {e(text)}</div>' if text else ""
+    how = '<a class="sbs-how" href="#sbs-definitions">how these are measured</a>'      # the definitions panel
+    return f'<div class="sbs-verdict" data-verdict="1"><b>Verdict:</b> {e(text)} {how}</div>' if text else ""
 
 
 def _run_done_message(view: RunView, elapsed_s: float) -> str:
