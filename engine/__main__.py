@@ -6,9 +6,10 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
-from engine import events, history_cli, presets, quality_table, remote, slo
+from engine import events, history_cli, presets, quality_table, remote, slo, telemetry, topology
 from engine.errors import USER_ERRORS, InputError
 from engine.launch import ENGINE_HELP, ENGINE_METAVAR
 from engine.pool import Engine
@@ -22,8 +23,27 @@ from engine.views.sweep_charts import sweep_figure
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-THREADS_HELP = ("torch CPU threads per worker (default: torch's, one per core; the dashboard leaves one core "
-                "to the page: --threads N-1 gives its CPU figures)")
+THREADS_HELP = ("torch CPU threads per worker (default: one per core, or all cores but one when other processes "
+                "keep the machine busy at the start, as the dashboard leaves one to the page)")
+BUSY_CORES = 0.5        # cores other processes keep busy, over a look at the start, from which a worker gets one less
+LOOK_S = 0.5            # how long that look is
+
+
+def spare_cores(args) -> int:
+    """Cores to leave to other work, as the dashboard leaves one to the page: 1 when no --threads was given and
+    other processes kept at least BUSY_CORES of this process's cores busy over LOOK_S (a decode step that needs
+    every core stalls whenever one is taken from it), saying so; else 0. The engine applies it on a CPU only."""
+    cores = topology.usable_cores()
+    if getattr(args, "threads", None) is not None or len(cores) < 2:
+        return 0
+    with telemetry.HostLoad(cores) as host:
+        time.sleep(LOOK_S)
+    if (host.others_cores or 0.0) < BUSY_CORES:
+        return 0
+    print(f"the machine is busy: other processes kept {host.others_cores:.1f} of its {len(cores)} cores busy, so "
+          f"on a CPU each worker computes on {len(cores) - 1}, one core left spare as the dashboard does "
+          "(--threads N to choose)", file=sys.stderr)
+    return 1
 
 
 def table(report: dict) -> str:
@@ -87,7 +107,7 @@ def load_preset(args):
 def cmd_run(args) -> int:
     preset, variants = load_preset(args)
     max_new = preset.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
-    with Engine(preset, request_timeout_s=args.timeout, threads=args.threads) as engine:
+    with Engine(preset, request_timeout_s=args.timeout, threads=args.threads, spare_cores=spare_cores(args)) as engine:
         run = engine.start(RunSpec(args.prompt, variants, max_new, args.mode, args.repeats, args.ignore_eos,
                                    warmup_requests=args.warmups, live=False))
         print(f"{preset.title} on {engine.device.name}; mode {args.mode}"
@@ -114,7 +134,8 @@ def cmd_run(args) -> int:
 
 
 def check_inputs(args) -> None:
-    """Before any work: the output paths (each in a writable folder, no two the same), the prompt
+    """Before any work: the output paths (each in a writable folder, made when only it is missing, as `runs/` of
+    the README's examples; no two the same), the prompt
     (valid text: a byte that is not UTF-8 arrives as an unpaired surrogate) and the timeout."""
     paths = [Path(p) for p in (getattr(args, name, None) for name in ("json", "csv", "html")) if p]
     resolved = [p.resolve() for p in paths]
@@ -124,6 +145,8 @@ def check_inputs(args) -> None:
         folder = path.resolve().parent
         if path.is_dir():
             raise InputError(f"{path} is a folder: give a file name to write to")
+        if not folder.is_dir() and folder.parent.is_dir() and os.access(folder.parent, os.W_OK):
+            folder.mkdir()
         if not folder.is_dir():
             raise InputError(f"cannot write {path}: the folder {folder} does not exist")
         if not os.access(folder, os.W_OK):
@@ -172,7 +195,7 @@ def _int_list(text: str) -> list[int]:
 def cmd_bench(args) -> int:
     preset, variants = load_preset(args)
     report = targeted(args, run_bench(preset, variants, args.prompt_lengths, args.new_tokens, args.repeats,
-                                      args.batch_size, threads=args.threads))
+                                      args.batch_size, threads=args.threads, spare_cores=spare_cores(args)))
     print("\n".join([bench_table(report), *slo.lines(report)]))
     write(args.json, json.dumps(report, indent=1))
     history_cli.keep(args, report, "bench")
@@ -184,7 +207,7 @@ def cmd_sweep(args) -> int:
     preset, _ = load_preset(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     sweep = run_sweep(args.name, preset, quick=args.quick, variants=variants, threads=args.threads,
-                      progress=lambda line: print(line, file=sys.stderr, flush=True))
+                      spare_cores=spare_cores(args), progress=lambda line: print(line, file=sys.stderr, flush=True))
     sweep = targeted(args, sweep)
     print("\n".join([summary(sweep), *slo.lines(sweep)]))
     write(args.json, json.dumps(sweep, indent=1))

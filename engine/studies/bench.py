@@ -28,11 +28,13 @@ def timeline(t0: float, copy=None):
 
 
 def run_bench(preset: Preset, variants: list[str], prompt_lengths: list[int], new_tokens: int, repeats: int,
-              batch_size: int = 1, log=None, request_timeout_s: float = 900.0, threads: int | None = None) -> dict:
-    """Measure every cell; returns the run report with `overhead_ratio` and the bandwidths added."""
+              batch_size: int = 1, log=None, request_timeout_s: float = 900.0, threads: int | None = None,
+              spare_cores: int = 0) -> dict:
+    """Measure every cell; returns the run report with `overhead_ratio` and the bandwidths added (`threads`,
+    `spare_cores`: the Engine's)."""
     t0 = time.perf_counter()
     log = log or timeline(t0)
-    with Engine(preset, request_timeout_s=request_timeout_s, threads=threads) as engine:
+    with Engine(preset, request_timeout_s=request_timeout_s, threads=threads, spare_cores=spare_cores) as engine:
         reasons = {name: reason for name, _, reason in engine.variant_choices()}
         first = next((v for v in variants if v in reasons and reasons[v] is None), None)
         run = engine.start(RunSpec(FILLER, variants, new_tokens, repeats=repeats, ignore_eos=True,

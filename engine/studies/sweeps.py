@@ -190,7 +190,8 @@ def start_sweep(name: str, engine: Engine, quick: bool = False, variants: list[s
 
 def run_sweep(name: str, preset: Preset, quick: bool = False, variants: list[str] | None = None,
               on_event: Callable[[object], None] | None = None, engine: Engine | None = None,
-              threads: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+              threads: int | None = None, progress: Callable[[str], None] | None = None,
+              spare_cores: int = 0) -> dict:
     """Measure every (variant, cell) of an experiment; returns {experiment, preset, device, versions, trends,
     results}.
 
@@ -200,7 +201,7 @@ def run_sweep(name: str, preset: Preset, quick: bool = False, variants: list[str
     get(name)
     t0 = time.perf_counter()
     own = engine is None
-    engine = engine or Engine(preset, threads=threads)
+    engine = engine or Engine(preset, threads=threads, spare_cores=spare_cores)
     try:
         run, live = start_sweep(name, engine, quick, variants, t0)
         if progress:
