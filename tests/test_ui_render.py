@@ -101,7 +101,12 @@ def test_the_run_message_follows_the_run():
     view.apply([events.Status("baseline", "generating"), events.Started("baseline", 1, 1.0, 5)], now=1.0)
     assert "Running in race mode: 0 of 2 variants finished; generating: baseline (3 s)" in \
         render.run_message(view, stopping=False, elapsed_s=3.2)
-    assert "Stopping" in render.run_message(view, stopping=True, elapsed_s=3.2)
+    view.apply([events.Status("sdpa", "loading", "loading the model on cpu")], now=1.5)
+    stopping = render.run_message(view, stopping=True, elapsed_s=3.2)     # what the Stop still waits for
+    assert 'data-kind="warn"' in stopping and ("Stopping: waiting for baseline (stops at its next token), sdpa "
+                                               "(its loading is ended); a variant still at work 5 s after") in stopping
+    view.apply([events.Status("sdpa", "cancelled", "stopped while it loaded")], now=1.6)
+    assert "waiting for baseline (stops at its next token);" in render.run_message(view, True, 3.3)
     rows = [{"variant": "baseline", "status": "ok", "reason": None},
             {"variant": "sdpa", "status": "failed", "reason": "out of <memory>"}]
     view.apply([events.RunDone({"mode": "race", "prompt_tokens": 5, "repeats": 1, "results": rows})], now=2.0)

@@ -10,6 +10,7 @@ import html
 from engine import quality, verdict
 from engine.errors import InputError
 from engine.report import tpot_range
+from engine.schedule import CANCEL_GRACE_S
 from engine.variants import REFERENCE
 from engine.views import summary, tables
 from engine.views.palette import color_of
@@ -233,6 +234,21 @@ def _run_done_message(view: RunView, elapsed_s: float) -> str:
     return message_html(text + verdict_html(report), kind)
 
 
+# what a variant still at work does after a Stop (engine/schedule.py): the words of the line that waits for it
+STOPPING_WORDS = {"generating": "stops at its next token", "warmup": "stops at its next token",
+                  "loading": "its loading is ended", "warming": "its loading is ended", "unloading": "unloading"}
+
+
+def stopping_text(view: RunView) -> str:
+    """After a Stop, until the report: which variants the run still waits for, and what each is doing."""
+    busy = [f"{lane.variant} ({STOPPING_WORDS[lane.stage]})" for lane in view.lanes.values()
+            if lane.stage in STOPPING_WORDS]
+    if not busy:
+        return "Stopping: writing the report of what was measured."
+    return (f"Stopping: waiting for {', '.join(busy)}; a variant still at work {CANCEL_GRACE_S:.0f} s after "
+            "the Stop is ended.")
+
+
 def run_message(view: RunView, stopping: bool, elapsed_s: float) -> str:
     """The status line of a run in progress or done."""
     if view.error:
@@ -240,7 +256,7 @@ def run_message(view: RunView, stopping: bool, elapsed_s: float) -> str:
     if view.done:
         return _run_done_message(view, elapsed_s)
     if stopping:
-        return message_html("Stopping: each variant stops after its current token.", "warn")
+        return message_html(e(stopping_text(view)), "warn")
     lanes = view.lanes.values()
     finished = sum(view.counts().get(stage, 0) for stage in FINAL_STAGES)
     active = [lane.variant for lane in lanes if lane.stage == "generating"]
