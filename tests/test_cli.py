@@ -66,7 +66,7 @@ def test_cli_a_model_cache_that_is_a_file_exits_2_with_what_to_do(tmp_path, insi
     cache = afile / "sub" if inside else afile            # the folder itself, or a parent, is a file
     mark = uuid.uuid4().hex
     done = subprocess.run([sys.executable, "-m", "engine", "run", "--preset", "tiny", "--variants", "baseline,sdpa",
-                           "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300,
+                           "--max-new-tokens", "4", "--threads", "1"], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, SIDEBYSIDE_CACHE=str(cache), SIDEBYSIDE_TEST_MARK=mark))
     assert done.returncode == 2, done.stderr
     said = ("cannot be made (Not a directory)" if inside else "is a file, not a folder")
