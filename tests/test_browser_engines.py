@@ -1,12 +1,16 @@
 """An engine the dashboard starts itself, on the real page in Debian's Chromium: `app.py --engine llama.cpp`
 on the real SmolLM2-135M-Instruct, its card going through the server's start (the status line naming
-the server's log) to an answer, beside a local variant. Screenshot: test-artifacts/engine-card.png."""
+the server's log) to an answer, beside a local variant; then the app killed outright (SIGKILL: no
+handler runs) leaves no server behind. Screenshot: test-artifacts/engine-card.png."""
 from __future__ import annotations
 
+import psutil
 import pytest
-from app_server import ARTIFACTS, serve
+from app_server import ARTIFACTS, kill_if_running, outliving, start
 from test_browser import browser, set_max_tokens, wait_until_all_final  # noqa: F401 - fixture
 from test_engines import require_llama_server
+
+from engine import launch
 
 pytestmark = pytest.mark.browser
 
@@ -23,18 +27,28 @@ RECORD = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def engine_page():
+def test_the_engine_card_shows_its_server_starting_then_its_answer_and_a_killed_app_leaves_no_server(browser, tmp_path):
     require_llama_server()
-    with serve("--private", "--preset", "smollm2-135m", "--engine", "llama.cpp", "--threads", "1",
-               name="engine_page") as address:
-        yield address
+    app, url = start("--private", "--preset", "smollm2-135m", "--engine", "llama.cpp", "--threads", "1",
+                     name="engine_page", env={"TMPDIR": str(tmp_path)})
+    try:
+        show_engine_card(browser, url)
+        servers = [p for p in psutil.Process(app.pid).children(recursive=True)
+                   if p.cmdline()[:1] == [str(launch.program("llama.cpp"))]]
+        assert len(servers) == 1, servers
+    finally:
+        app.kill()                                 # SIGKILL, by its handle: the app cannot stop anything
+        app.wait(10)
+        kill_if_running(app)
+    # its worker ends within moments of the app, and the kernel ends the worker's server with it
+    assert not outliving(servers, timeout_s=10), "llama.cpp's server outlived the app"
 
 
-def test_the_engine_card_shows_its_server_starting_then_its_answer_beside_a_local_variant(browser, engine_page):
+def show_engine_card(browser, url: str) -> None:
+    """Run baseline and llama.cpp on the page; check the engine's card from its start to its answer."""
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1366, "height": 900})
-    page.goto(engine_page)
+    page.goto(url)
     page.wait_for_selector("#sbs-run", timeout=30_000)
     engine_box = page.locator('#sbs-variants input[name="llama.cpp"]')
     assert engine_box.is_enabled() and engine_box.is_checked()          # an engine of the command line: chosen

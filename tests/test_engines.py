@@ -224,29 +224,6 @@ def test_vllm_gets_a_kv_cache_for_one_whole_context_with_room_to_spare():
     assert tiny[tiny.index("--kv-cache-memory-bytes") + 1] == str(launch.KV_CACHE_BYTES["cpu"])   # never less
 
 
-def test_a_killed_app_leaves_no_engine_running(tmp_path):
-    """SIGKILL to the app (no handler runs): its worker ends within moments of it, and the kernel ends the
-    worker's server with it."""
-    from app_server import kill_if_running, outliving, start
-    from gradio_client import Client
-
-    from ui.compare import RUN
-    require_llama_server()
-    app, url = start("--private", "--preset", "smollm2-135m", "--engine", "llama.cpp", "--threads", "1",
-                     name="test_engine_app_kill", env={"TMPDIR": str(tmp_path)})
-    try:
-        result = Client(url, verbose=False).predict("Why is the sky blue?", "smollm2-135m", ["llama.cpp"], 4,
-                                                    "fair", 1, api_name="/compare")
-        assert [r["status"] for r in result[RUN.index("report")]["results"]] == ["ok"]
-        servers = [p for p in psutil.Process(app.pid).children(recursive=True)
-                   if p.cmdline()[:1] == [str(launch.program("llama.cpp"))]]
-        assert len(servers) == 1, servers
-    finally:
-        app.kill()                                 # by its handle
-        app.wait(10)
-    assert not outliving(servers, timeout_s=10), "llama.cpp's server outlived the app"
-
-
 def free() -> int:
     from engine import topology
     return topology.free_port()

@@ -215,7 +215,7 @@ def test_downloads_are_written_and_old_ones_pruned(tmp_path):
     assert open(paths[1]).read() == "a\n"
 
 
-def test_a_replay_slows_a_short_run_to_a_watchable_length_and_speeds_up_a_long_one():
+def test_a_replay_slows_a_short_run_to_a_watchable_length_and_speeds_up_a_long_one(tmp_path):
     assert compare.replay_speed(0.25) == 0.25 / compare.REPLAY_MIN_S              # 20x slower than it ran
     assert compare.replay_speed(compare.REPLAY_MIN_S) == 1.0 == compare.replay_speed(12.0)
     assert compare.replay_speed(60.0) == 60.0 / compare.REPLAY_MAX_S
@@ -224,5 +224,6 @@ def test_a_replay_slows_a_short_run_to_a_watchable_length_and_speeds_up_a_long_o
                 events.Token("baseline", 1, 1, 3, "b", 10.25), events.RunDone({"mode": "fair", "results": []})])
     session = Session()
     session.view = view
-    first = next(compare.replay(None, session))
+    ctx = Context(FakeEngines(), Downloads(tmp_path))
+    first = next(compare.replay(ctx, session))
     assert "of 0.25 s (slowed 20x to be watchable)" in first["message"]
