@@ -36,29 +36,29 @@ def require_vllm() -> Path:
 
 
 @contextlib.contextmanager
-def vllm_server(model_dir: Path, served_name: str, log_name: str = "vllm",
+def vllm_server(preset, served_name: str, log_name: str = "vllm",
                 meanwhile: Callable[[str], contextlib.AbstractContextManager] | None = None,
                 args: tuple[str, ...] = ()) -> Iterator[tuple]:
-    """vLLM serving `model_dir` as `served_name` on 127.0.0.1: (its /v1 URL, its process, what `meanwhile`
-    gave). `meanwhile(url)`, a context manager, is entered as soon as the server's process has started:
-    what else a test needs starts while vLLM imports (for 20-30 s, mostly on one core of a CPU). It is
-    left before the server stops."""
-    python = require_vllm()
+    """vLLM serving `preset`'s random-weight model folder as `served_name` on 127.0.0.1, started with the
+    command line and environment the dashboard gives an engine it starts (engine/launch.py: on a CPU,
+    eager, in one process, one unbound OpenMP thread): (its /v1 URL, its process, what `meanwhile` gave).
+    `meanwhile(url)`, a context manager, is entered as soon as the server's process has started: what
+    else a test needs starts while vLLM imports (for 20-30 s, mostly on one core of a CPU). It is left
+    before the server stops."""
+    from engine import launch
+    from engine.worker.launched import kv_cache_bytes
+    from engine.worker.models import saved_random_model
+    require_vllm()
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / f"{log_name}.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
-               VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **launch.environment("vllm", 1, "cpu"))
     env.pop("PYTHONPATH", None)
+    context = min(preset.context_length, launch.CONTEXT_CAP)
+    command = launch.command("vllm", launch.Launch("vllm", args), preset, str(saved_random_model(preset)), port, 1,
+                             served_name, "cpu", kv_cache_bytes(preset, context))
     with open(log, "w") as out:
-        process = subprocess.Popen(
-            [str(python), "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dir),
-             "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-             "--enforce-eager", "--kv-cache-memory-bytes", str(256 * 2**20),
-             # with VLLM_ENABLE_V1_MULTIPROCESSING=0, the model runs in the engine's process: two processes
-             # that import vLLM before /health answers, not three
-             "--distributed-executor-backend", "uni", *args],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     root = f"http://127.0.0.1:{port}"
     try:
         with meanwhile(root + "/v1") if meanwhile else contextlib.nullcontext() as beside:

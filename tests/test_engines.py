@@ -163,39 +163,14 @@ def test_the_command_line_adds_an_engine_to_the_preset_and_to_the_variants_it_ru
         load_preset(twice)
 
 
-def test_vllm_started_by_the_dashboard_serves_the_local_variants_weights_and_stops_with_them():
-    """vLLM's CPU build (.ci/run's environment) on the `small` preset's own folder, one thread as the local
-    worker has, beside the baseline; closing the engine ends the server and the engine process it started."""
-    from served import require_vllm
-    require_vllm()
-    preset = presets.load("small")
-    preset = dataclasses.replace(preset, remote=(remote.engine_entry({"name": "vllm", "kind": "vllm"}, "test"),))
-    with Engine(preset, request_timeout_s=300, threads=1) as engine:
-        seen = list(engine.run(RunSpec(PROMPT, ("baseline", "vllm"), 12, repeats=1, ignore_eos=True,
-                                       warmup_requests=1, live=False)))
-        tree = psutil.Process(engine.pids()["vllm"]).children(recursive=True)
-        server = tree[0]
-        command, environ = server.cmdline(), server.environ()
-        server_tree = [server, *server.children(recursive=True)]
-        idle = idle_cores(server_tree)
-    base, served = seen[-1].report["results"]
-    assert (base["status"], served["status"]) == ("ok", "ok"), (base["reason"], served["reason"])
-    assert served["label"].startswith("vLLM on the local variants' own weights (float32); started here")
-    assert served["server"]["kind"] == "vLLM" and served["server"]["completion_tokens_repeats"] == [12]
-    # the same weights and tokens as the baseline: greedy answers agree token for token
-    assert served["token_ids"] == base["token_ids"]
-    assert command[command.index("--model") + 1].endswith(".cache/sidebyside/" + os.path.basename(
-        command[command.index("--model") + 1])) and command[command.index("--host") + 1] == "127.0.0.1"
-    assert environ["OMP_NUM_THREADS"] == "1" and environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
-    assert idle < 0.05                     # loaded and idle, it spins no core beside the local variants
-    assert len(tree) >= 2 and not [p for p in tree if running(p)], tree      # the server and its engine process
-
-
-def idle_cores(processes: list[psutil.Process], seconds: float = 1.0) -> float:
-    """The cores these processes use together over `seconds` (user and system time)."""
-    before, started = sum(sum(p.cpu_times()[:2]) for p in processes), time.monotonic()
-    time.sleep(seconds)
-    return (sum(sum(p.cpu_times()[:2]) for p in processes) - before) / (time.monotonic() - started)
+def test_an_engine_stops_with_its_engine_closing_what_it_started_with_it():
+    """Engine.close stops the worker, whose server stops with its process group (engine/worker/launched.py)."""
+    require_llama_server()
+    with Engine(with_engine(presets.load("smollm2-135m")), request_timeout_s=120, threads=1) as engine:
+        seen = list(engine.run(RunSpec(PROMPT, ("llama.cpp",), 2, warmup_requests=0, live=False, quality=False)))
+        (server,) = psutil.Process(engine.pids()["llama.cpp"]).children()
+    assert seen[-1].report["results"][0]["status"] == "ok"
+    assert not running(server)
 
 
 def test_a_failed_start_shows_the_cause_the_log_names_not_only_its_last_lines(tmp_path):

@@ -7,8 +7,10 @@ import dataclasses
 import os
 import signal
 import threading
+import time
 from types import SimpleNamespace
 
+import psutil
 import pytest
 from served import vllm_server
 from test_browser import browser, set_max_tokens, wait_until_all_final  # noqa: F401 - fixture
@@ -100,19 +102,18 @@ def test_fair_mode_sends_variants_on_different_devices_together_and_one_at_a_tim
 
 @pytest.fixture(scope="module")
 def served_small():
-    """vLLM serving the `small` preset's own model folder (random weights, made locally) as "small":
-    (the preset with that endpoint, the server's process, the URL of a dashboard started with it as
-    --remote). The dashboard starts while vLLM does: it asks the server nothing until a run."""
+    """vLLM serving the `small` preset's own model folder (random weights, made locally) as "small", started
+    as the dashboard starts a vLLM engine (tests/served.py): (the preset with that endpoint, the server's
+    process, the URL of a dashboard started with it as --remote). The dashboard starts while vLLM does: it
+    asks the server nothing until a run."""
     from app_server import serve
-
-    from engine.worker.models import saved_random_model
     preset = presets.load("small")
 
     def page(url: str):
         return serve("--private", "--preset", "small", "--remote", f"{url},model=small,name=vllm",
                      name="test_remote_page")
 
-    with vllm_server(saved_random_model(preset), "small", log_name="test_remote_vllm", meanwhile=page) as \
+    with vllm_server(preset, "small", log_name="test_remote_vllm", meanwhile=page) as \
             (url, process, address):
         yield dataclasses.replace(preset, remote=(remote.Endpoint("vllm", url, "small"),)), process, address
 
@@ -130,6 +131,7 @@ def test_a_served_model_streams_beside_the_local_baseline_timed_the_same_way(ser
     assert served["label"].startswith("served by vLLM 0.") and served["label"].endswith(preset.remote[0].host)
     server = served["server"]
     assert server["completion_tokens_repeats"] == [16, 16] and served["output_tokens"] == 16
+    assert served["token_ids"] == base["token_ids"]           # the same weights and prompt ids: the same greedy answer
     times = served["token_times_s"]                                            # the repeat shown: the last
     assert served["shown_repeat"] == 1 and served["ttft_repeats_s"][1] == times[0] < times[-1]   # TTFT < E2E
     assert served["ttft_s"] == pytest.approx(metrics.median(served["ttft_repeats_s"]))
@@ -145,6 +147,22 @@ def test_a_served_model_streams_beside_the_local_baseline_timed_the_same_way(ser
     # the same weights, the same prompt tokens, greedy: the same tokens as the local baseline
     assert served["first_diff_token"] is None and served["token_ids"] == base["token_ids"]
     assert served["prompt_tokens"] == base["prompt_tokens"]
+
+
+def test_vllm_runs_as_the_dashboard_starts_it_on_one_unbound_thread_and_idles_without_spinning(served_small):
+    """The command line and environment of engine/launch.py (what `engines: [{kind: vllm}]` starts): the
+    local variants' own folder on loopback, one OpenMP thread unbound, and no core spun while idle."""
+    _, process, _ = served_small
+    server = psutil.Process(process.pid)
+    command, environ = server.cmdline(), server.environ()
+    assert command[command.index("--model") + 1].endswith(".cache/sidebyside/" + command[command.index("--model") + 1]
+                                                          .rsplit("/", 1)[1]) and "--enforce-eager" in command
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert environ["OMP_NUM_THREADS"] == "1" and environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    tree = [server, *server.children(recursive=True)]
+    before, started = sum(sum(p.cpu_times()[:2]) for p in tree), time.monotonic()
+    time.sleep(1.0)
+    assert (sum(sum(p.cpu_times()[:2]) for p in tree) - before) / (time.monotonic() - started) < 0.05
 
 
 def test_an_unreachable_server_and_a_wrong_model_fail_their_column_in_one_line_while_the_baseline_runs(served_small):
