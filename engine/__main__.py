@@ -278,6 +278,9 @@ def parser() -> argparse.ArgumentParser:
                              "list them, or make one once from its pinned requirements (runtimes/NAME.txt)")
     runtime.add_argument("action", choices=("list", "make"))
     runtime.add_argument("name", nargs="?", help="the runtime to make (e.g. legacy-bt)")
+    runtime.add_argument("--system-site-packages", action="store_true",
+                         help="also see this environment's packages and keep its torch (a GPU host's CUDA build)")
+    runtime.add_argument("--wheels", metavar="DIR", help="install from the wheels in DIR alone (no index: offline)")
     runtime.set_defaults(func=cmd_runtime)
     return top
 
@@ -291,7 +294,7 @@ def cmd_runtime(args) -> int:
         return 0
     if not args.name:
         raise InputError(f"runtime make: name the runtime to make: {', '.join(runtimes.known())}")
-    runtimes.make(args.name)
+    runtimes.make(args.name, system_site_packages=args.system_site_packages, wheels=args.wheels)
     return 0
 
 

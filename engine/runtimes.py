@@ -85,17 +85,32 @@ def get(name: str) -> Runtime:
     return Runtime(name)
 
 
-def make(name: str, log=print) -> Runtime:
-    """Make the runtime's virtual environment once (nothing to do when it is made): pip installs its pins."""
+SHARED = ("torch",)      # kept from the host's environment with --system-site-packages (its CUDA build)
+
+
+def make(name: str, log=print, system_site_packages: bool = False, wheels: str | None = None) -> Runtime:
+    """Make the runtime's virtual environment once (nothing to do when it is made): pip installs its pins.
+    `system_site_packages`: the environment also sees this interpreter's packages, and SHARED ones are not
+    pinned (a GPU host keeps its own CUDA torch); `wheels`: install the pins from that folder alone (no index,
+    no dependencies beyond them: the host's), for a machine without internet."""
     runtime = get(name)
     if runtime.made:
         log(f"{name}: already made at {runtime.folder}")
         return runtime
     log(f"{name}: making a virtual environment at {runtime.folder} from {runtime.requirements}")
-    venv.EnvBuilder(with_pip=True, clear=True).create(runtime.folder)
-    subprocess.run([str(runtime.python), "-m", "pip", "install", "-q", "-r", str(runtime.requirements)], check=True)
+    venv.EnvBuilder(with_pip=True, clear=True, system_site_packages=system_site_packages).create(runtime.folder)
+    pins = runtime.requirements
+    if system_site_packages:
+        lines = [line for line in pins.read_text().splitlines()
+                 if line.split("#")[0].strip().split("=")[0].split("<")[0].strip() not in SHARED]
+        pins = runtime.folder / "requirements.txt"
+        pins.write_text("\n".join(lines) + "\n")
+    # offline: the pinned wheels alone, their dependencies taken as the environment has them
+    source = ["--no-index", "--no-deps", "--find-links", wheels] if wheels else []
+    subprocess.run([str(runtime.python), "-m", "pip", "install", "-q", *source, "-r", str(pins)], check=True)
     (runtime.folder / ".made").write_text("")
-    log(f"{name}: made ({', '.join(f'{p} {runtime.package_version(p)}' for p in ('torch', 'transformers', 'optimum'))})")
+    found = {p: runtime.package_version(p) or "the host's" for p in ("torch", "transformers", "optimum")}
+    log(f"{name}: made ({', '.join(f'{p} {v}' for p, v in found.items())})")
     return runtime
 
 
