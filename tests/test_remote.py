@@ -152,11 +152,11 @@ def test_a_served_model_streams_beside_the_local_baseline_timed_the_same_way(ser
 def test_vllm_runs_as_the_dashboard_starts_it_on_one_unbound_thread_and_idles_without_spinning(served_small):
     """The command line and environment of engine/launch.py (what `engines: [{kind: vllm}]` starts): the
     local variants' own folder on loopback, one OpenMP thread unbound, and no core spun while idle."""
+    from engine.source import cache_dir
     _, process, _ = served_small
     server = psutil.Process(process.pid)
     command, environ = server.cmdline(), server.environ()
-    assert command[command.index("--model") + 1].endswith(".cache/sidebyside/" + command[command.index("--model") + 1]
-                                                          .rsplit("/", 1)[1]) and "--enforce-eager" in command
+    assert command[command.index("--model") + 1].startswith(str(cache_dir())) and "--enforce-eager" in command
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert environ["OMP_NUM_THREADS"] == "1" and environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
     tree = [server, *server.children(recursive=True)]
