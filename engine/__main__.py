@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from engine import events, history_cli, presets, quality_table, remote, slo, telemetry, topology
+from engine import events, history_cli, presets, quality_table, remote, runtimes, slo, telemetry, topology
 from engine.errors import USER_ERRORS, InputError
 from engine.launch import ENGINE_HELP, ENGINE_METAVAR
 from engine.pool import Engine
-from engine.spec import RunSpec
+from engine.spec import RunSpec, validate
 from engine.report import host_note
 from engine.studies.bench import run_bench, table as bench_table
 from engine.studies.sweeps import EXPERIMENTS, run_sweep, summary, to_csv
@@ -107,9 +107,11 @@ def load_preset(args):
 def cmd_run(args) -> int:
     preset, variants = load_preset(args)
     max_new = preset.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
+    spec = RunSpec(args.prompt, variants, max_new, args.mode, args.repeats, args.ignore_eos,
+                   warmup_requests=args.warmups, live=False)
+    validate(spec, preset)                # bad input is refused before the look at how busy the machine is
     with Engine(preset, request_timeout_s=args.timeout, threads=args.threads, spare_cores=spare_cores(args)) as engine:
-        run = engine.start(RunSpec(args.prompt, variants, max_new, args.mode, args.repeats, args.ignore_eos,
-                                   warmup_requests=args.warmups, live=False))
+        run = engine.start(spec)
         print(f"{preset.title} on {engine.device.name}; mode {args.mode}"
               + ("; random weights: the text is noise, the timings are real" if preset.random_weights else ""),
               file=sys.stderr)
@@ -274,28 +276,9 @@ def parser() -> argparse.ArgumentParser:
                                   "as one more variant; repeat for several")
         command.add_argument("--engine", action="append", metavar=ENGINE_METAVAR, help=ENGINE_HELP)
     history_cli.add_command(sub)
-    runtime = sub.add_parser("runtime", help="the Python environments variants may run in (engine/runtimes.py): "
-                             "list them, or make one once from its pinned requirements (runtimes/NAME.txt)")
-    runtime.add_argument("action", choices=("list", "make"))
-    runtime.add_argument("name", nargs="?", help="the runtime to make (e.g. legacy-bt)")
-    runtime.add_argument("--system-site-packages", action="store_true",
-                         help="also see this environment's packages and keep its torch (a GPU host's CUDA build)")
-    runtime.add_argument("--wheels", metavar="DIR", help="install from the wheels in DIR alone (no index: offline)")
-    runtime.set_defaults(func=cmd_runtime)
+    runtimes.add_command(sub)
     return top
 
-
-def cmd_runtime(args) -> int:
-    from engine import runtimes
-    if args.action == "list":
-        for name in runtimes.known():
-            found = runtimes.Runtime(name)
-            print(f"{name}: {'made at ' + str(found.folder) if found.made else found.missing()}")
-        return 0
-    if not args.name:
-        raise InputError(f"runtime make: name the runtime to make: {', '.join(runtimes.known())}")
-    runtimes.make(args.name, system_site_packages=args.system_site_packages, wheels=args.wheels)
-    return 0
 
 
 def main(argv=None) -> int:

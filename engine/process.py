@@ -180,8 +180,8 @@ class WorkerProcess:
     def close(self) -> None:
         """After the process ended: release the pipe (and a runtime worker's descriptors)."""
         self.conn.close()
-        release = getattr(self.process, "close", None)
-        if release is not None and not isinstance(self.process, multiprocessing.process.BaseProcess):
+        release = getattr(self.process, "release", None)      # engine/runtimes.py RuntimeProcess
+        if release is not None:
             release()
 
 

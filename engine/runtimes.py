@@ -172,10 +172,6 @@ class RuntimeProcess:
         if self._popen.poll() is None:
             self._popen.kill()                 # our own child, by its handle
 
-    def terminate(self) -> None:
-        if self._popen.poll() is None:
-            self._popen.terminate()
-
     @property
     def sentinel(self) -> int:
         """A descriptor that reads as ready once the process has ended (its pidfd)."""
@@ -183,7 +179,8 @@ class RuntimeProcess:
             self._sentinel = os.pidfd_open(self._popen.pid)
         return self._sentinel
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """After it ended: close the descriptors this side holds (its pidfd, the parent pipe, the flag)."""
         for fd in (self._sentinel, self._alive_write, self.flag.fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
@@ -197,3 +194,27 @@ def start(name: str, spec, entry: str) -> tuple[Connection, SharedFlag, RuntimeP
     process = RuntimeProcess(get(name), entry)
     process.conn.send(spec)
     return process.conn, process.flag, process
+
+
+def add_command(sub) -> None:
+    """The `runtime` command (list, make), on the command line's subparsers."""
+    command = sub.add_parser("runtime", help="the Python environments variants may run in: list them, or make one "
+                             "once from its pinned requirements (runtimes/NAME.txt)")
+    command.add_argument("action", choices=("list", "make"))
+    command.add_argument("name", nargs="?", help="the runtime to make (e.g. legacy-bt)")
+    command.add_argument("--system-site-packages", action="store_true",
+                         help="also see this environment's packages and keep its torch (a GPU host's CUDA build)")
+    command.add_argument("--wheels", metavar="DIR", help="install from the wheels in DIR alone (no index: offline)")
+    command.set_defaults(func=_command)
+
+
+def _command(args) -> int:
+    if args.action == "list":
+        for name in known():
+            found = Runtime(name)
+            print(f"{name}: {'made at ' + str(found.folder) if found.made else found.missing()}")
+        return 0
+    if not args.name:
+        raise InputError(f"runtime make: name the runtime to make: {', '.join(known())}")
+    make(args.name, system_site_packages=args.system_site_packages, wheels=args.wheels)
+    return 0

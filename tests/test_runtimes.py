@@ -33,18 +33,21 @@ def require_runtime() -> runtimes.Runtime:
 
 
 def test_a_runtime_variant_says_what_it_needs_where_it_cannot_run(monkeypatch, tmp_path):
-    opt, llama = presets.load("opt-tiny"), presets.load("tiny")
+    opt = presets.load("opt-tiny")
     monkeypatch.setenv(runtimes.RUNTIMES_ENV, str(tmp_path))          # no runtime made there
     reason = CATALOG["bettertransformer"].unavailable_reason(opt, CPU)
     assert reason.startswith("the legacy-bt runtime is not made: python -m engine runtime make legacy-bt")
-    monkeypatch.delenv(runtimes.RUNTIMES_ENV)
-    if runtimes.Runtime("legacy-bt").made:
-        assert CATALOG["bettertransformer"].unavailable_reason(opt, CPU) is None
-        assert "converts opt, bloom, gpt_neo, gptj, codegen decoders; this preset's model is llama" in \
-            CATALOG["bettertransformer"].unavailable_reason(llama, CPU)
-        assert "needs an NVIDIA GPU (CUDA)" in CATALOG["bnb-4bit-bt"].unavailable_reason(opt, CPU)
     with pytest.raises(Exception, match="unknown runtime 'nope'; known: legacy-bt"):
         runtimes.get("nope")
+
+
+def test_with_its_runtime_made_a_variant_is_greyed_only_where_the_model_or_the_device_cannot_run_it():
+    require_runtime()
+    opt, llama = presets.load("opt-tiny"), presets.load("tiny")
+    assert CATALOG["bettertransformer"].unavailable_reason(opt, CPU) is None
+    assert "converts opt, bloom, gpt_neo, gptj, codegen decoders; this preset's model is llama" in \
+        CATALOG["bettertransformer"].unavailable_reason(llama, CPU)
+    assert "needs an NVIDIA GPU (CUDA)" in CATALOG["bnb-4bit-bt"].unavailable_reason(opt, CPU)
 
 
 @pytest.fixture(scope="module")
