@@ -14,7 +14,7 @@ import pytest
 from engine import events
 from engine.variants import CATALOG
 from engine.views.run import RunView
-from ui import compare, experiments, stream
+from ui import compare, experiments, replay, stream
 from ui.downloads import Downloads
 from ui.outputs import Outputs, bind
 from ui.state import Context, Engines, Phase, Session
@@ -201,7 +201,7 @@ def test_the_failure_frame_says_why_and_leaves_the_columns_idle(engines, tmp_pat
 
 
 def test_replay_before_a_run_says_to_run_first():
-    (update,) = compare.replay(None, Session())
+    (update,) = replay.replay(None, Session())
     assert set(update) == {"message"} and "run first" in update["message"]
 
 
@@ -216,14 +216,14 @@ def test_downloads_are_written_and_old_ones_pruned(tmp_path):
 
 
 def test_a_replay_slows_a_short_run_to_a_watchable_length_and_speeds_up_a_long_one(tmp_path):
-    assert compare.replay_speed(0.25) == 0.25 / compare.REPLAY_MIN_S              # 20x slower than it ran
-    assert compare.replay_speed(compare.REPLAY_MIN_S) == 1.0 == compare.replay_speed(12.0)
-    assert compare.replay_speed(60.0) == 60.0 / compare.REPLAY_MAX_S
+    assert replay.replay_speed(0.25) == 0.25 / replay.REPLAY_MIN_S              # 20x slower than it ran
+    assert replay.replay_speed(replay.REPLAY_MIN_S) == 1.0 == replay.replay_speed(12.0)
+    assert replay.replay_speed(60.0) == 60.0 / replay.REPLAY_MAX_S
     view = RunView(["baseline"])
     view.apply([events.Started("baseline", 1, 10.0, 5), events.Token("baseline", 1, 0, 3, "a", 10.1),
                 events.Token("baseline", 1, 1, 3, "b", 10.25), events.RunDone({"mode": "fair", "results": []})])
     session = Session()
     session.view = view
     ctx = Context(FakeEngines(), Downloads(tmp_path))
-    first = next(compare.replay(ctx, session))
+    first = next(replay.replay(ctx, session))
     assert "of 0.25 s (slowed 20x to be watchable)" in first["message"]

@@ -14,22 +14,20 @@ import gradio as gr
 
 from engine.spec import RunSpec
 from engine.variants import CATALOG
-from engine.views.run import FIGURE_NAMES, Lane, RunView, label_of, replay_duration_s
-from engine.views.run_charts import TITLES, RunCharts, empty_figures, race_figure
+from engine.views.run import FIGURE_NAMES, Lane, RunView, label_of
+from engine.views.run_charts import TITLES, RunCharts, empty_figures
 from engine import verdict
 from engine.views.summary import (DEFINITIONS_MD, GLANCE_HEADERS, SUMMARY_HEADERS, glance_rows, judgement, report_csv,
                                   summary_rows)
 from engine.errors import InputError
 from ui import checks, render, stream
 from ui.examples import EXAMPLES, QUESTION
-from ui.gate import Refused, visitor_of
-from ui.outputs import Outputs, Wiring
+from ui.outputs import Outputs, Wiring, answer, card, column
 from ui.presets import preset_update
+from ui.replay import replay
 from ui.state import Context, Session
 
 CHART_TICK_S = 0.25          # chart refresh period (each chart update re-sends the figure)
-REPLAY_MAX_S = 20.0          # a longer run is replayed faster than real time
-REPLAY_MIN_S = 5.0           # a shorter one slower, to be watchable
 REPEATS_MAX = 5              # timed requests per variant a visitor may ask for in one run
 REPEATS_DEFAULT = 3          # enough to state a range; each variant first runs one untimed warm-up
 NAMES = tuple(CATALOG)
@@ -47,18 +45,6 @@ SUMMARY_WIDTHS = ["96px", "132px", "132px", "132px", "132px", "90px", "90px", "1
                   "90px", "100px", "100px", "100px", "130px", "100px", "100px", "140px", "170px"]       # every catalog variant has a column; the unselected ones are hidden
 # the first table: the columns a person compares, within a laptop's 1366 px (a phone scrolls it inside its box)
 GLANCE_WIDTHS = ["9%", "20%", "20%", "17%", "17%", "17%"]
-
-
-def card(name: str) -> str:
-    return f"card:{name}"
-
-
-def answer(name: str) -> str:
-    return f"answer:{name}"
-
-
-def column(name: str) -> str:
-    return f"column:{name}"
 
 
 PLOTS = tuple(f"plot:{key}" for key in FIGURE_NAMES)
@@ -236,51 +222,6 @@ def limits_md(limits) -> str:
     """The page's limits, for the definitions panel."""
     head = "**Limits of this page** (public mode):" if limits.public else "**Limits of this page**:"
     return "\n" + head + "\n" + "".join(f"\n- {line}" for line in limits.describe()) + "\n"
-
-
-def replay_speed(duration_s: float) -> float:
-    """How much faster than real time a replay plays: long runs sped up to REPLAY_MAX_S, short ones
-    slowed down to REPLAY_MIN_S."""
-    if duration_s <= 0:
-        return 1.0
-    if duration_s < REPLAY_MIN_S:
-        return duration_s / REPLAY_MIN_S
-    return max(1.0, duration_s / REPLAY_MAX_S)
-
-
-def replay(ctx: Context, session_state: Session, request: gr.Request = None):
-    """Play the last run's timings as if every variant had started at the same moment (API: /replay).
-    A public page plays one replay per visitor at a time and refuses another at once."""
-    view = session_state.view if isinstance(session_state, Session) else None
-    if view is None or not view.done:
-        yield {"message": render.message_html("Nothing to replay yet: run first.", "warn")}
-        return
-    try:
-        visitor = ctx.replays.take(visitor_of(request))
-    except Refused as refused:
-        yield {"message": render.message_html(f"Not played: {render.e(refused)}.", "warn")}
-        return
-    try:
-        yield from _replay(view)
-    finally:
-        ctx.replays.give(visitor)
-
-
-def _replay(view: RunView):
-    """The replay's updates, on the clock (stream.TICK_S), until the slowest variant has finished."""
-    duration = replay_duration_s(view)
-    speed = replay_speed(duration)
-    begin = time.perf_counter()
-    while True:
-        t = (time.perf_counter() - begin) * speed
-        note = f"Replay of the {view.mode}-mode timings as a race: {min(t, duration):.2f} s of {duration:.2f} s"
-        note += (f" ({speed:.1f}x speed)" if speed > 1 else f" (slowed {1 / speed:.0f}x to be watchable)"
-                 if speed < 1 else "")
-        yield {"message": render.message_html(note), "plot:race": race_figure(view, replay_s=t),
-               **{answer(n): render.answer_text(view.lanes[n].text_until(t)) for n in view.lanes}}
-        if t >= duration:
-            return
-        time.sleep(stream.TICK_S)
 
 
 def build(ctx: Context, preset: str, mode: str, preset_choices: list) -> None:

@@ -15,9 +15,9 @@ from gradio.components.plot import PlotData
 from engine import slo, verdict
 from engine.errors import InputError
 from engine.history import Entry
-from engine.history_compare import QUALITY_FIGURES, cell_label, compare as compare_runs
+from engine.history_compare import QUALITY_FIGURES, compare as compare_runs
 from engine.views import tables
-from engine.views.history_tables import FIGURES, QUALITY_NOTE, percent_text, quality_text
+from engine.views.history_tables import QUALITY_NOTE, comparison_notes, comparison_value, quality_text
 from engine.views.history_charts import CAPTION, compare_figure
 from ui import checks, render
 from ui.outputs import Outputs, Wiring
@@ -154,58 +154,6 @@ def _listing(ctx: Context, preset, device, variant, since, picked, request, note
             "f_variant": _choices([v for e in every for v in e.settings.get("variants") or []], filters["variant"])}
 
 
-def target_rows(reports: list[dict], compared, with_cells: bool) -> list[list[str]]:
-    """Per variant (and cell), each run's requests that met the targets and its goodput (engine/slo.py)."""
-    rows, seen = [], []
-    keyed = [{(r["variant"], cell_label(r)): r for r in report["results"]} for report in reports]
-    for change in compared.changes:
-        key = (change.variant, change.cell)
-        if key in seen:
-            continue
-        seen.append(key)
-        found = [rows_of.get(key) for rows_of in keyed]
-        met = [f"{r['slo_good_requests']} of {r['slo_requests']}" if r and r.get("slo_requests") else tables.DASH
-               for r in found]
-        good = [f"{r['goodput_rps']:.2f} of {r['request_throughput_rps']:.2f}" if r and r.get("goodput_rps")
-                is not None else tables.DASH for r in found]
-        head = [change.variant] + [change.cell or tables.DASH] * with_cells
-        others = [tables.DASH] * (len(reports) - 1)
-        rows += [head + ["requests met targets"] + others + met, head + ["goodput req/s"] + others + good]
-    return rows
-
-
-def comparison_value(compared, labels: list[str], reports: list[dict] | None = None) -> dict:
-    """The comparison as a table: each run's value, then each other run's change from the reference; with
-    targets (`reports` judged by engine/slo.py), how many requests met them and the goodput."""
-    ref = labels[compared.reference]
-    others = [i for i in range(len(labels)) if i != compared.reference]
-    with_cells = any(change.cell for change in compared.changes)
-    # the changes before the values: on a phone they are the columns that show without scrolling
-    headers = (["variant"] + ["cell"] * with_cells + ["figure"] + [f"{labels[i]} vs {ref}" for i in others]
-               + [f"{label} (ref)" if i == compared.reference else label for i, label in enumerate(labels)])
-    rows = []
-    for change in compared.changes:
-        title, show = FIGURES[change.metric]
-        rows.append([change.variant] + [change.cell or tables.DASH] * with_cells + [title]
-                    + [percent_text(change.percent[i], change.verdicts[i]) for i in others]
-                    + [show(v) for v in change.values])
-    if reports and reports[0].get("slo"):
-        rows += target_rows(reports, compared, with_cells)
-    return {"headers": headers, "data": rows}
-
-
-def notes(compared, labels: list[str]) -> list[str]:
-    """What the reader must know beside the table: settings that differ, rows left out."""
-    ref = labels[compared.reference]
-    found = [f"the runs differ in {name} (" + "; ".join(f"{label}: {value}" for label, value in zip(labels, seen))
-             + "): a change may come from that, not from the variant" for name, seen in compared.differs.items()]
-    for index, keys in compared.left_out.items():
-        rows = ", ".join(variant + (f" at {cell}" if cell else "") for variant, cell in keys)
-        found.append(f"left out, as only {labels[index]} has them: {rows}" if index == compared.reference
-                     else f"left out, as {ref} does not have them: {labels[index]}'s {rows}")
-    return found
-
-
 def plot_value(figure) -> PlotData:
     plot = json.loads(figure.to_json())
     plot["config"] = {"displaylogo": False,
@@ -277,7 +225,7 @@ def compare(ctx: Context, picked: list, reference, ttft_ms=None, tpot_ms=None, r
     called = sum(word in (verdict.BETTER, verdict.WORSE) for c in compared.changes for word in c.verdicts if word)
     text = (f"{len(entries)} runs against {labels[index]} (reference): {called} change{'s' * (called != 1)} "
             "beyond the runs' own spread; the rest are within noise or have no range.")
-    extra = notes(compared, labels)
+    extra = comparison_notes(compared, labels)
     html = render.e(text) + "".join(f"<br>Note: {render.e(line)}." for line in extra)
     if any(change.metric in QUALITY_FIGURES for change in compared.changes):     # why "no range": said, not a warning
         html += f"<br>{render.e(QUALITY_NOTE[0].upper() + QUALITY_NOTE[1:])}."

@@ -76,3 +76,16 @@ class Wiring:
             assert skipped == outputs.unlisted, f"Gradio leaves {sorted(skipped)} out of the API result"
         return listener(bind(handler, self.ctx, outputs), [self.components[name] for name in inputs],
                         [self.components[name] for name in outputs.names], **options)
+
+
+# the outputs of one variant's column, by the variant's name (the Compare tab's, and its replay's)
+def card(name: str) -> str:
+    return f"card:{name}"
+
+
+def answer(name: str) -> str:
+    return f"answer:{name}"
+
+
+def column(name: str) -> str:
+    return f"column:{name}"

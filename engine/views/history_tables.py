@@ -48,15 +48,60 @@ def compare_table(compared: Compared, labels: list[str]) -> str:
                  "with one repeat (engine/verdict.py)")
     if any(change.metric in QUALITY_FIGURES for change in compared.changes):
         lines.append(QUALITY_NOTE)
-    for name, seen in compared.differs.items():
-        lines.append(f"note: the runs differ in {name} ("
-                     + "; ".join(f"{label}: {value}" for label, value in zip(labels, seen))
-                     + "): a difference may come from that, not from the variant")
-    for index, keys in compared.left_out.items():
-        rows_text = ", ".join(variant + (f" at {cell}" if cell else "") for variant, cell in keys)
-        lines.append(f"note: left out, as only {labels[index]} has them: {rows_text}" if index == compared.reference
-                     else f"note: left out, as {ref} does not have them: {labels[index]}'s {rows_text}")
+    lines += [f"note: {note}" for note in comparison_notes(compared, labels)]
     return "\n".join(lines)
+
+
+def target_rows(reports: list[dict], compared: Compared, with_cells: bool) -> list[list[str]]:
+    """Per variant (and cell), each run's requests that met the targets and its goodput (engine/slo.py)."""
+    rows, seen = [], []
+    keyed = [{(r["variant"], cell_label(r)): r for r in report["results"]} for report in reports]
+    for change in compared.changes:
+        key = (change.variant, change.cell)
+        if key in seen:
+            continue
+        seen.append(key)
+        found = [rows_of.get(key) for rows_of in keyed]
+        met = [f"{r['slo_good_requests']} of {r['slo_requests']}" if r and r.get("slo_requests") else tables.DASH
+               for r in found]
+        good = [f"{r['goodput_rps']:.2f} of {r['request_throughput_rps']:.2f}" if r and r.get("goodput_rps")
+                is not None else tables.DASH for r in found]
+        head = [change.variant] + [change.cell or tables.DASH] * with_cells
+        others = [tables.DASH] * (len(reports) - 1)
+        rows += [head + ["requests met targets"] + others + met, head + ["goodput req/s"] + others + good]
+    return rows
+
+
+def comparison_value(compared: Compared, labels: list[str], reports: list[dict] | None = None) -> dict:
+    """The comparison as the History tab shows it (headers and rows): each run's value, then each other run's change from the reference; with
+    targets (`reports` judged by engine/slo.py), how many requests met them and the goodput."""
+    ref = labels[compared.reference]
+    others = [i for i in range(len(labels)) if i != compared.reference]
+    with_cells = any(change.cell for change in compared.changes)
+    # the changes before the values: on a phone they are the columns that show without scrolling
+    headers = (["variant"] + ["cell"] * with_cells + ["figure"] + [f"{labels[i]} vs {ref}" for i in others]
+               + [f"{label} (ref)" if i == compared.reference else label for i, label in enumerate(labels)])
+    rows = []
+    for change in compared.changes:
+        title, show = FIGURES[change.metric]
+        rows.append([change.variant] + [change.cell or tables.DASH] * with_cells + [title]
+                    + [percent_text(change.percent[i], change.verdicts[i]) for i in others]
+                    + [show(v) for v in change.values])
+    if reports and reports[0].get("slo"):
+        rows += target_rows(reports, compared, with_cells)
+    return {"headers": headers, "data": rows}
+
+
+def comparison_notes(compared: Compared, labels: list[str]) -> list[str]:
+    """What the reader must know beside the table: settings that differ, rows left out."""
+    ref = labels[compared.reference]
+    found = [f"the runs differ in {name} (" + "; ".join(f"{label}: {value}" for label, value in zip(labels, seen))
+             + "): a change may come from that, not from the variant" for name, seen in compared.differs.items()]
+    for index, keys in compared.left_out.items():
+        rows = ", ".join(variant + (f" at {cell}" if cell else "") for variant, cell in keys)
+        found.append(f"left out, as only {labels[index]} has them: {rows}" if index == compared.reference
+                     else f"left out, as {ref} does not have them: {labels[index]}'s {rows}")
+    return found
 
 
 def describe(entry: Entry) -> str:
