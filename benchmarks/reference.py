@@ -9,6 +9,9 @@ TTFT = t(first), TPOT = (t(last) - t(first)) / (N - 1), E2E = t(last); the summa
 On CUDA the decode is also timed on the device's clock: a CUDA event is recorded when the first token
 reaches the streamer and another is re-recorded at every later token, so the events span decode steps
 2..N (all their kernels and any gaps between launches); `tpot_cuda_events_s` = elapsed / (N - 1).
+Each run's TTFT is also given in three, from two hooks on the model that stamp its first forward pass (the
+prefill) and remove themselves: generate()'s work before it (`before_prefill_s`), the pass (`prefill_s`)
+and the rest until the first token reaches the host (`first_token_out_s`).
 
     python benchmarks/reference.py MODEL_DIR [--prompt TEXT] [--prompt-tokens 128] [--new-tokens 64]
         [--repeats 5] [--threads N] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
@@ -79,6 +82,20 @@ def figures(t_start: float, times: list[float]) -> dict:
             "tpot_s": (relative[-1] - relative[0]) / (n - 1) if n > 1 else None}
 
 
+def first_forward_marks(model) -> list[float]:
+    """perf_counter() as the model's first forward pass (the prefill) begins and as it ends, appended to the
+    list returned, by two hooks that remove themselves once they have fired."""
+    marks: list[float] = []
+    handles = []
+
+    def stamp(*_):
+        marks.append(time.perf_counter())
+        handles[len(marks) - 1].remove()
+
+    handles += [model.register_forward_pre_hook(stamp), model.register_forward_hook(stamp)]
+    return marks
+
+
 def timed_generate(model, input_ids, new_tokens: int, pad_token_id, cuda: bool) -> tuple[dict, list[int]]:
     """One greedy generate() of exactly `new_tokens` tokens: its figures and its token ids."""
     streamer = StampStreamer(cuda)
@@ -86,11 +103,15 @@ def timed_generate(model, input_ids, new_tokens: int, pad_token_id, cuda: bool) 
     if cuda:
         torch.cuda.synchronize()        # nothing queued earlier may count in this call's time
     with torch.inference_mode():
+        marks = first_forward_marks(model)
         t_start = time.perf_counter()
         model.generate(input_ids=input_ids, attention_mask=mask, streamer=streamer, do_sample=False,
                        max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
                        pad_token_id=pad_token_id)
     run = figures(t_start, streamer.times)
+    if len(marks) == 2 and streamer.times:      # TTFT in three: before the prefill, the prefill, the first token out
+        run.update(before_prefill_s=marks[0] - t_start, prefill_s=marks[1] - marks[0],
+                   first_token_out_s=streamer.times[0] - marks[1])
     if cuda:
         torch.cuda.synchronize()
         n = len(streamer.times)

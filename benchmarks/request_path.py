@@ -42,10 +42,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from engine import metrics, presets
+    from engine import metrics, presets, report
     from engine.events import Request, WorkerSpec
     from engine.views.tables import fixed, ms
-    from engine.worker.instruments import TimingStreamer
+    from engine.worker.instruments import FirstForward, TimingStreamer
     from engine.worker.runner import Runner
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,24 +58,27 @@ def main(argv=None) -> int:
                       prompt_tokens=args.prompt_tokens, live=False)
     ids, mask = runner.encode(request)
 
-    def plain() -> metrics.Timings:
+    def plain() -> tuple[metrics.Timings, dict]:
         streamer = TimingStreamer()
         with torch.inference_mode(), runner.attention_context():
+            prefill = FirstForward(runner.model)
             t_start = time.perf_counter()
             runner.model.generate(input_ids=ids, attention_mask=mask, streamer=streamer,
                                   **runner.generation_kwargs(request))
-        return metrics.timings(t_start, streamer.times)
+        marks = {"start": t_start, "prefill_began": prefill.began, "prefill_ended": prefill.ended,
+                 "first_token": streamer.times[0]}
+        return metrics.timings(t_start, streamer.times), report.phases(marks)
 
-    def engine() -> metrics.Timings:
+    def engine() -> tuple[metrics.Timings, dict]:
         finished = runner.generate(request, cancel)
-        return metrics.timings(finished.t_start, finished.token_times)
+        return metrics.timings(finished.t_start, finished.token_times), report.phases(finished.phases)
 
     sides = {"engine": engine, "plain": plain}
     for side in sides.values():             # one untimed call each at these lengths
         side()
     gc.collect()
     gc.freeze()                              # as a worker does once loaded
-    found: dict[str, list[metrics.Timings]] = {name: [] for name in sides}
+    found: dict[str, list[tuple[metrics.Timings, dict]]] = {name: [] for name in sides}
     for call in range(args.calls):
         order = ("engine", "plain") if call % 2 == 0 else ("plain", "engine")
         for name in order:
@@ -84,9 +87,11 @@ def main(argv=None) -> int:
     figures = {}
     for name, runs in found.items():
         for key in ("ttft_s", "tpot_s"):
-            values = [getattr(run, key) for run in runs]
+            values = [getattr(run, key) for run, _ in runs]
             figures[f"{name}_{key}"] = {"median": statistics.median(values), "min": min(values), "max": max(values),
                                         "values": values}
+        figures[f"{name}_ttft_parts_s"] = {key: statistics.median(steps[key] for _, steps in runs)
+                                           for key, _, _ in report.IN_TTFT}
     print(f"{args.preset}, {args.variant}, {torch.get_num_threads()} threads, prompt {args.prompt_tokens}, "
           f"{args.new_tokens} new tokens, {args.calls} calls per side alternated, {args.idle_ms:g} ms idle before each")
     for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT")):
@@ -94,6 +99,9 @@ def main(argv=None) -> int:
         print(f"{label}: engine {ms(engine_side['median'], 3)} ms ({ms(engine_side['min'], 3)}-{ms(engine_side['max'], 3)}), "
               f"plain {ms(plain_side['median'], 3)} ms ({ms(plain_side['min'], 3)}-{ms(plain_side['max'], 3)}), "
               f"engine / plain {fixed(engine_side['median'] / plain_side['median'], 3)}")
+    print("TTFT in three, engine / plain (medians): " + ", ".join(
+        f"{key.removesuffix('_s').replace('_', ' ')} {ms(figures['engine_ttft_parts_s'][key], 3)} / "
+        f"{ms(figures['plain_ttft_parts_s'][key], 3)} ms" for key, _, _ in report.IN_TTFT))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "threads": torch.get_num_threads(),
                                                "torch": torch.__version__, **figures}, indent=1))

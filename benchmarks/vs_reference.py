@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import hardware, presets  # noqa: E402
-from engine.report import PHASES  # noqa: E402
+from engine.report import BEFORE_CLOCK, IN_TTFT, PHASES  # noqa: E402
 from engine.studies.bench import FILLER  # noqa: E402
 from engine.variants import CATALOG  # noqa: E402
 from engine.views.tables import fixed, fixed_width, ms  # noqa: E402
@@ -126,6 +126,7 @@ def reference_side(setup: Setup, variant: str, folder: Path) -> dict:
     return {"ttft_s": report["ttft_s"], "tpot_s": report["tpot_s"], "e2e_s": report["e2e_s"],
             "tpot_cuda_events_s": report["tpot_cuda_events_s"],
             "tpot_repeats_s": [run["tpot_s"] for run in report["runs"]], "prompt_tokens": report["prompt_tokens"],
+            "phases_repeats_s": [{key: run.get(key) for key, _, _ in IN_TTFT} for run in report["runs"]],
             "output_tokens": len(report["token_ids"]), "threads": report["threads"], "text": report["text"],
             "token_ids": report["token_ids"], "versions": report["versions"]}
 
@@ -175,16 +176,18 @@ def summary(pairs: list[dict], attn: str) -> dict:
     result = {"reference_attn_implementation": attn, "pairs": pairs, **ratio_spread(pairs)}
     result["same_work"] = all(p["same_prompt_length"] and p["same_output_tokens"] and p["same_tokens"]
                               and p["same_threads"] for p in pairs)
-    result["engine_phases_s"] = phase_medians(pairs)
+    result["engine_phases_s"] = phase_medians(pairs, "engine", PHASES)
+    result["reference_phases_s"] = phase_medians(pairs, "reference", IN_TTFT)
     return result
 
 
-def phase_medians(pairs: list[dict]) -> dict:
-    """The engine's steps before its clock (report.PHASES), each the median over every timed request of
-    every pair, in seconds: what the reference, which calls generate() back to back, does not do."""
+def phase_medians(pairs: list[dict], side: str, steps) -> dict:
+    """One side's steps (engine.report.PHASES: the engine's before its clock, which the reference, calling
+    generate() back to back, does not take, and TTFT's three), each the median over every timed request
+    of every pair, in seconds."""
     found = {}
-    for key, _, _ in PHASES:
-        values = [phase[key] for p in pairs for phase in p["engine"].get("phases_repeats_s") or []
+    for key, _, _ in steps:
+        values = [phase[key] for p in pairs for phase in p[side].get("phases_repeats_s") or []
                   if phase.get(key) is not None]
         found[key] = statistics.median(values) if values else None
     return found
@@ -208,10 +211,16 @@ def table(variants: dict) -> str:
                      f"{fixed(result['ttft_ratio_median'], 3)} ({', '.join(fixed(v, 3) for v in result['ttft_ratios'])})"
                      f"; reference attention {result['reference_attn_implementation']}; tokens compared by "
                      f"{pairs[0]['tokens_compared_by']}" + ("" if result["same_work"] else "; NOT THE SAME WORK"))
-        steps = result.get("engine_phases_s") or {}
-        if any(value is not None for value in steps.values()):
+        steps, theirs = result.get("engine_phases_s") or {}, result.get("reference_phases_s") or {}
+        before = [key for key, _, _ in BEFORE_CLOCK if steps.get(key) is not None]
+        if before:
             lines.append(f"{name}: before the engine's clock (medians, not in TTFT): " + ", ".join(
-                f"{key.removesuffix('_s')} {ms(value, 2)} ms" for key, value in steps.items()))
+                f"{key.removesuffix('_s')} {ms(steps[key], 2)} ms" for key in before))
+        within = [key for key, _, _ in IN_TTFT if steps.get(key) is not None or theirs.get(key) is not None]
+        if within:
+            lines.append(f"{name}: TTFT in three, engine / reference (medians): " + ", ".join(
+                f"{key.removesuffix('_s').replace('_', ' ')} {ms(steps.get(key), 3)} / {ms(theirs.get(key), 3)} ms"
+                for key in within))
     return "\n".join(lines)
 
 

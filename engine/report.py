@@ -54,14 +54,21 @@ def measure(finished, weights_bytes: int, peak_bandwidth: float | None, use_cach
     }
 
 
-PHASES = (("pipe_s", "sent", "received"), ("encode_s", "received", "prompt_ready"),
-          ("setup_s", "prompt_ready", "prepared"), ("prime_s", "prepared", "start"))
+# before the clock (not in TTFT): the orchestrator's send to the worker's read, the prompt's encoding, the
+# request's setup, the prime
+BEFORE_CLOCK = (("pipe_s", "sent", "received"), ("encode_s", "received", "prompt_ready"),
+                ("setup_s", "prompt_ready", "prepared"), ("prime_s", "prepared", "start"))
+# TTFT itself, in three: generate()'s own work before the model's first forward pass, that pass (the prefill),
+# and from its end until the first token reaches the host (choosing it, the copy); the three add up to TTFT
+IN_TTFT = (("before_prefill_s", "start", "prefill_began"), ("prefill_s", "prefill_began", "prefill_ended"),
+           ("first_token_out_s", "prefill_ended", "first_token"))
+PHASES = BEFORE_CLOCK + IN_TTFT
 
 
-def phases(finished) -> dict:
-    """What came before a request's clock, in seconds: the orchestrator's send to the worker's read
-    (`pipe_s`), the prompt's encoding, the request's setup and the prime (None where not recorded)."""
-    marks = finished.phases
+def phases(marks: dict) -> dict:
+    """A request's steps in seconds, from its marks (Finished.phases): those before its clock (BEFORE_CLOCK)
+    and those of its first token (IN_TTFT); None where not recorded (a served variant's prefill is its
+    server's)."""
     return {key: marks[end] - marks[begin] if marks.get(begin) is not None and marks.get(end) is not None else None
             for key, begin, end in PHASES}
 
@@ -202,7 +209,7 @@ def _timed(row: dict, outcome, read_bytes: int, peak_bandwidth: float | None, us
                # a lower GPU clock
                preemptions_repeats=[f.host.get("preemptions") for f in outcome.finished],
                # and the steps before its clock (TTFT counts none of them)
-               phases_repeats_s=[phases(f) for f in outcome.finished],
+               phases_repeats_s=[phases(f.phases) for f in outcome.finished],
                sm_clock_mhz_repeats=[f.host.get("sm_clock_mhz") for f in outcome.finished],
                queue_s=outcome.finished[0].t_start - outcome.t_ready if outcome.t_ready else None,
                peak_memory_bytes=max((p for p in peaks if p), default=None), token_times_repeats_s=times,

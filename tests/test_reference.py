@@ -58,6 +58,9 @@ def test_every_repeat_makes_n_tokens_and_its_figures_follow_from_its_timestamps(
         assert run["ttft_s"] == times[0] and run["e2e_s"] == times[-1]
         assert run["tpot_s"] == pytest.approx((times[-1] - times[0]) / (NEW_TOKENS - 1), rel=1e-12)
         assert abs(run["e2e_s"] - (run["ttft_s"] + run["tpot_s"] * (NEW_TOKENS - 1))) < 1e-9
+        # TTFT in three, from the prefill's own marks: each part positive, together TTFT
+        parts = [run["before_prefill_s"], run["prefill_s"], run["first_token_out_s"]]
+        assert all(part > 0 for part in parts) and sum(parts) == pytest.approx(run["ttft_s"], rel=1e-9)
     for key in ("ttft_s", "tpot_s", "e2e_s"):
         assert report[key] == statistics.median(run[key] for run in report["runs"])
     assert report["tpot_cuda_events_s"] is None            # CUDA events only on a GPU
@@ -108,6 +111,12 @@ def test_one_pair_against_the_engine_runs_end_to_end_and_writes_its_json(command
     assert sdpa["tpot_ratios"] == [pair["tpot_ratio"]] and sdpa["tpot_ratio_median"] == pair["tpot_ratio"]
     assert sdpa["ttft_ratio_median"] == pair["ttft_ratio"]
     assert "TPOT engine/reference median" in done.stdout
+    # TTFT in three on both sides, each side's medians over its repeats, printed engine / reference
+    for side in ("engine_phases_s", "reference_phases_s"):
+        assert all(sdpa[side][key] > 0 for key in ("before_prefill_s", "prefill_s", "first_token_out_s")), sdpa[side]
+    assert sdpa["reference_phases_s"]["prefill_s"] == statistics.median(
+        phase["prefill_s"] for phase in pair["reference"]["phases_repeats_s"])
+    assert "sdpa: TTFT in three, engine / reference (medians): before prefill" in done.stdout
 
 
 def test_the_start_method_pairs_give_ratios_medians_and_counts_of_the_slower_side():
@@ -135,3 +144,27 @@ def test_the_start_method_pairs_give_ratios_medians_and_counts_of_the_slower_sid
     pairs[1]["same_tokens"] = False
     assert not start_method.summary(pairs)["same_work"]
     assert "NOT THE SAME TOKENS" in start_method.table({"sdpa": start_method.summary(pairs)})
+
+
+def test_pooled_runs_give_one_median_with_a_bootstrap_interval_and_refuse_other_setups(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    import pool_pairs
+
+    def run(preset, ttft_ratios):
+        setup = {"preset": preset, "model_dir": f"/cache/{preset}", "device": "cpu", "dtype": "float32",
+                 "prompt_tokens": 128, "new_tokens": 64, "repeats": 5, "threads": None, "timeout_s": 900.0}
+        pairs = [{"ttft_ratio": r, "tpot_ratio": 1.0} for r in ttft_ratios]
+        return {"setup": setup, "variants": {"sdpa": {"pairs": pairs}}}
+
+    first, second = run("tiny", [0.9, 1.1, 1.2]), run("tiny", [1.0, 1.05])
+    (tmp_path / "a.json").write_text(json.dumps(first))
+    (tmp_path / "b.json").write_text(json.dumps(second))
+    out = tmp_path / "pooled.json"
+    assert pool_pairs.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--json", str(out)]) == 0
+    ttft = json.loads(out.read_text())["variants"]["sdpa"]["ttft_ratio"]
+    assert ttft["values"] == [0.9, 1.1, 1.2, 1.0, 1.05] and ttft["median"] == 1.05 and ttft["above_1"] == 3
+    low, high = ttft["interval_95"]
+    assert 0.9 <= low <= 1.05 <= high <= 1.2 and low < high
+    assert pool_pairs.pool([first, second], 400) == pool_pairs.pool([first, second], 400)   # seeded: repeatable
+    with pytest.raises(SystemExit, match="different setups"):
+        pool_pairs.pool([first, run("small", [1.0])], 400)

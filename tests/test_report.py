@@ -65,10 +65,15 @@ def test_every_figure_of_a_run_can_be_recomputed_from_its_json_alone(engine):
             assert row[key] == pytest.approx(float(np.median([p[key] for p in per])), rel=1e-12), key
         assert row["tpot_repeats_s"] == pytest.approx([p["tpot_s"] for p in per], rel=1e-12)
         assert row["tpot_min_s"] == min(row["tpot_repeats_s"]) and row["tpot_max_s"] == max(row["tpot_repeats_s"])
-        # the steps before each request's clock, from the orchestrator's send to the prime's end
+        # the steps before each request's clock, from the orchestrator's send to the prime's end, then TTFT's
+        # own: generate() before the prefill, the prefill, the first token out, which add up to TTFT
         assert len(row["phases_repeats_s"]) == 3 and all(
-            set(phase) == {"pipe_s", "encode_s", "setup_s", "prime_s"} and all(0 < v < 1 for v in phase.values())
+            set(phase) == {"pipe_s", "encode_s", "setup_s", "prime_s", "before_prefill_s", "prefill_s",
+                           "first_token_out_s"} and all(0 < v < 1 for v in phase.values())
             for phase in row["phases_repeats_s"]), row["phases_repeats_s"]
+        for phase, repeat in zip(row["phases_repeats_s"], per):
+            assert phase["before_prefill_s"] + phase["prefill_s"] + phase["first_token_out_s"] == \
+                pytest.approx(repeat["ttft_s"], rel=1e-9)
         # the repeat shown is the last timed one, in every field that shows one repeat
         assert row["shown_repeat"] == 2 and row["token_times_s"] == row["token_times_repeats_s"][-1]
         assert len(row["token_ids"]) == 16 and row["e2e_repeats_s"] == [p["e2e_s"] for p in per]

@@ -109,3 +109,27 @@ def test_a_request_that_is_not_live_sends_nothing_until_it_is_over():
     kinds = [type(e) for e in sent]
     assert kinds.count(events.Started) == 1 and kinds.index(events.Started) < kinds.index(events.Token)
     assert kinds.count(events.Token) == 2 and kinds.count(events.MemorySample) >= 3
+
+
+def test_the_monitor_leaves_the_prefill_alone_until_the_first_token_or_a_long_prefill(monkeypatch):
+    from engine.worker import instruments
+    tokenizer = load_tokenizer(presets.load("tiny"))
+    sent = []
+    monitor = RequestMonitor(sent.append, None)
+    streamer = TimingStreamer(prompt_first=False)
+    with monitor.watching(Watch(TokenFeed(tokenizer, streamer, "sdpa", 6), threading.Event(), 4)) as watch:
+        watch.t_start = time.perf_counter()
+        before = list(sent)                                    # the memory before the clock
+        time.sleep(4 * instruments.TICK_S)                     # the prefill: no tick takes the GIL from it
+        assert sent == before and [type(e) for e in before] == [events.MemorySample]
+        put_all(streamer, [70])                                # the first token wakes the monitor
+        time.sleep(3 * instruments.TICK_S)
+        assert any(isinstance(e, events.Started) for e in sent) and any(isinstance(e, events.Token) for e in sent)
+    monkeypatch.setattr(instruments, "PREFILL_QUIET_S", 2 * instruments.TICK_S)
+    sent.clear()
+    streamer = TimingStreamer(prompt_first=False)
+    with monitor.watching(Watch(TokenFeed(tokenizer, streamer, "sdpa", 7), threading.Event(), 4)) as watch:
+        watch.t_start = time.perf_counter()
+        time.sleep(6 * instruments.TICK_S)                     # a long prefill is reported on after a while
+        assert any(isinstance(e, events.Started) for e in sent)
+        put_all(streamer, [70])

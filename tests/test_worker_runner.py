@@ -82,3 +82,8 @@ def test_a_short_untimed_forward_pass_primes_the_model_just_before_the_clock_sta
     assert [(width, cache) for _, width, cache in before] == [(PRIME_TOKENS, False)]    # the prime, untimed
     assert after[0][1] == 40 and len(after) == 6          # the timed prefill, then one step per later token
     assert len(finished.token_ids) == 6
+    # TTFT in three: the prefill's marks are that forward pass's, and its hooks are gone once they fired
+    marks = finished.phases
+    assert finished.t_start < marks["prefill_began"] <= after[0][0] < marks["prefill_ended"] < after[1][0]
+    assert marks["prefill_ended"] < marks["first_token"] == finished.token_times[0]
+    assert not runner.model._forward_pre_hooks and not runner.model._forward_hooks

@@ -1,7 +1,8 @@
-"""The worker's instruments around a timed request: the per-token streamer and the request's monitor.
+"""The worker's instruments around a timed request: the per-token streamer, the prefill's marks and the
+request's monitor.
 
-Only the streamer runs on the timed path, and it does the least it can: stamp the time and keep
-the id. Everything else a request reports while it runs (its Started event, each token's event and
+Only the streamer and the prefill's two self-removing hooks run on the timed path, and they do the
+least they can: stamp the time (and keep the id). Everything else a request reports while it runs (its Started event, each token's event and
 text, memory samples, the GPU clock, noticing a cancel) is done by the monitor's thread a few times
 a second, and once more when the request ends, after its last token was timed.
 """
@@ -17,6 +18,7 @@ import psutil
 from engine import events, telemetry
 
 TICK_S = 0.05                     # how often the monitor reports: memory timeline resolution, cancel latency
+PREFILL_QUIET_S = 1.0             # how long the monitor leaves a prefill alone before its first report
 
 
 class TimingStreamer:
@@ -28,6 +30,7 @@ class TimingStreamer:
         self.times: list[float] = []
         self.ids: list[int] = []
         self.stop = False                          # set by the monitor on a cancel: the decode loop ends
+        self.first: threading.Event | None = None  # set once, at the first token (the monitor waits for it)
         self._saw_prompt = not prompt_first        # generate() puts the prompt first; our own loops do not
 
     def put(self, value) -> None:
@@ -37,9 +40,37 @@ class TimingStreamer:
             return
         self.times.append(now)                     # before the id: a reader that sees n ids sees n times
         self.ids.append(value.reshape(-1).tolist()[0])
+        if self.first is not None:
+            self.first.set()
+            self.first = None
 
     def end(self) -> None:
         pass
+
+
+class FirstForward:
+    """When a request's first forward pass (its prefill) began and ended: two hooks on the model, each
+    removed by itself once it has fired, so that the decode steps after the prefill run without them
+    (a module without hooks takes PyTorch's direct path). Made after the prime, whose forward it must
+    not see; `began` stays None where the decode does not call the model as a module."""
+
+    def __init__(self, model):
+        self.began: float | None = None
+        self.ended: float | None = None
+        self._handles = [model.register_forward_pre_hook(self._begin), model.register_forward_hook(self._end)]
+
+    def _begin(self, module, args) -> None:
+        self.began = time.perf_counter()
+        self._handles[0].remove()
+
+    def _end(self, module, args, output) -> None:
+        self.ended = time.perf_counter()
+        self._handles[1].remove()
+
+    def close(self) -> None:
+        """Remove what has not fired (a decode that never called the model, or one cancelled first)."""
+        for handle in self._handles:
+            handle.remove()
 
 
 class TokenFeed:
@@ -126,7 +157,7 @@ class RequestMonitor:
         self._process = psutil.Process()
         self._watch: Watch | None = None
         self._lock = threading.Lock()              # the thread's ticks and the last one never overlap
-        self._begun, self._ended, self._ticking, self._idle = (threading.Event() for _ in range(4))
+        self._begun, self._ended, self._ticking, self._idle, self._first = (threading.Event() for _ in range(5))
         threading.Thread(target=self._run, daemon=True, name="request-monitor").start()
 
     def read(self) -> int:
@@ -140,15 +171,17 @@ class RequestMonitor:
         """Report on `watch` while the block runs, and what is left of it when the block ends."""
         self._watch = watch
         self._tick()                                # the memory before the request, before its clock starts
+        watch.feed.streamer.first = self._first
         self._begun.set()
         self._ticking.wait()                        # the thread is in its wait: it takes no GIL from the prefill
         try:
             yield watch
         finally:
             self._begun.clear()
+            self._first.set()                       # a request that ended without a token
             self._ended.set()
             self._idle.wait()
-            for flag in (self._idle, self._ticking, self._ended):
+            for flag in (self._idle, self._ticking, self._ended, self._first):
                 flag.clear()
             self._tick(final=True)                  # the last tokens and a final memory sample
             if not watch.live:
@@ -177,6 +210,10 @@ class RequestMonitor:
         while True:
             self._begun.wait()
             self._ticking.set()
-            while not self._ended.wait(TICK_S):      # the first tick waits too: none runs during the prefill
+            # no tick before the first token: one would take the GIL and a core from the prefill (on small, a
+            # tick 50 ms after the prime began fell inside eager's 40 ms prefill); then one every TICK_S. A
+            # prefill longer than PREFILL_QUIET_S is reported on (its start, memory, a cancel) from then on
+            self._first.wait(PREFILL_QUIET_S)
+            while not self._ended.wait(TICK_S):
                 self._tick()
             self._idle.set()

@@ -20,7 +20,7 @@ from engine.events import Request, WorkerSpec
 from engine.variants import CATALOG
 from engine.worker import decode, models
 from engine.worker.prompts import prompt_ids
-from engine.worker.instruments import RequestMonitor, TimingStreamer, TokenFeed, Watch
+from engine.worker.instruments import FirstForward, RequestMonitor, TimingStreamer, TokenFeed, Watch
 
 PRIME_TOKENS = 8                  # the untimed forward pass just before a request's clock (Runner.prime)
 WARMUP_PROMPT = "Warm-up: the quick brown fox jumps over the lazy dog."
@@ -175,8 +175,12 @@ class Runner:
                 torch.inference_mode():
             prepared = time.perf_counter()
             self.prime(input_ids, mask)
+            prefill = FirstForward(self.model)
             watch.t_start = t_start = time.perf_counter()
-            decoding()
+            try:
+                decoding()
+            finally:
+                prefill.close()
         return events.Finished(
             variant=name, request_id=request.request_id, t_start=t_start,
             token_times=tuple(streamer.times), token_ids=tuple(streamer.ids), text=feed.text,
@@ -187,7 +191,9 @@ class Runner:
                   "resolution_cores": host.resolution_cores, "preemptions": host.preemptions,
                   **watch.clock_mhz()},
             cell=request.cell, phases={"sent": request.t_sent, "received": received, "prompt_ready": prompt_ready,
-                                       "prepared": prepared, "start": t_start})
+                                       "prepared": prepared, "start": t_start, "prefill_began": prefill.began,
+                                       "prefill_ended": prefill.ended,
+                                       "first_token": streamer.times[0] if streamer.times else None})
 
     def memory(self) -> dict:
         """Peak allocator figures and NVML's view of this process (CUDA), and the request's peak RSS."""
