@@ -73,8 +73,9 @@ def target_rows(reports: list[dict], compared: Compared, with_cells: bool) -> li
 
 
 def comparison_value(compared: Compared, labels: list[str], reports: list[dict] | None = None) -> dict:
-    """The comparison as the History tab shows it (headers and rows): each run's value, then each other run's change from the reference; with
-    targets (`reports` judged by engine/slo.py), how many requests met them and the goodput."""
+    """The comparison as the History tab shows it (headers and rows): each other run's change from the
+    reference, then each run's value; with targets (`reports` judged by engine/slo.py), how many requests
+    met them and the goodput."""
     ref = labels[compared.reference]
     others = [i for i in range(len(labels)) if i != compared.reference]
     with_cells = any(change.cell for change in compared.changes)

@@ -2,9 +2,10 @@
 request's monitor.
 
 Only the streamer and the prefill's two self-removing hooks run on the timed path, and they do the
-least they can: stamp the time (and keep the id). Everything else a request reports while it runs (its Started event, each token's event and
-text, memory samples, the GPU clock, noticing a cancel) is done by the monitor's thread a few times
-a second, and once more when the request ends, after its last token was timed.
+least they can: stamp the time (and keep the id). Everything else a request reports while it runs (its
+Started event, each token's event and text, memory samples, the GPU clock, noticing a cancel) is done by
+the monitor's thread a few times a second from the first token on, and once more when the request ends,
+after its last token was timed.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ PREFILL_QUIET_S = 1.0             # how long the monitor leaves a prefill alone 
 class TimingStreamer:
     """The one per-token hook. generate() calls put() first with the prompt (skipped), then once per step
     with the new token ids of shape (batch,), already copied to the host, so the device has finished
-    the step. put() stamps the time and keeps sequence 0's id: no decoding, no event, no lock."""
+    the step. put() stamps the time and keeps sequence 0's id: no decoding, no event, and no lock but
+    the one that wakes the monitor at the first token (`first`, once a request)."""
 
     def __init__(self, prompt_first: bool = True):
         self.times: list[float] = []
