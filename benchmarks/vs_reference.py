@@ -34,6 +34,7 @@ from engine.report import BEFORE_CLOCK, IN_TTFT, PHASES  # noqa: E402
 from engine.studies.bench import FILLER  # noqa: E402
 from engine.variants import CATALOG  # noqa: E402
 from engine.views.tables import fixed, fixed_width, ms  # noqa: E402
+from engine.worker import allocator  # noqa: E402
 from engine.worker.models import saved_random_model  # noqa: E402
 
 REFERENCE_SCRIPT = Path(__file__).resolve().parent / "reference.py"
@@ -119,8 +120,11 @@ def reference_side(setup: Setup, variant: str, folder: Path) -> dict:
                "--prompt-tokens", str(setup.prompt_tokens), "--new-tokens", str(setup.new_tokens),
                "--repeats", str(setup.repeats), "--device", setup.device, "--dtype", setup.dtype,
                "--attn", reference_attn(variant), "--json", str(path)]
+    # the allocator the engine's CPU workers set for themselves (engine/worker/allocator.py), as the C library
+    # reads it at the start: generate() on both sides meets the same malloc
+    env = {"GLIBC_TUNABLES": allocator.TUNABLES} if setup.device == "cpu" else None
     report = run_process(command + (["--threads", str(setup.threads)] if setup.threads else []), path,
-                         setup.timeout_s)
+                         setup.timeout_s, env)
     if report["engine_imported"]:
         raise RuntimeError("the reference imported the engine: it is no longer independent")
     return {"ttft_s": report["ttft_s"], "tpot_s": report["tpot_s"], "e2e_s": report["e2e_s"],

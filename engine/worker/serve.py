@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from engine import events
 from engine.events import Probe, WorkerSpec
+from engine.worker import allocator
 from engine.worker.contract import Runner
 
 ORPHANED_EXIT_CODE = 3            # the worker's exit status when it ends because its parent died
@@ -31,6 +32,8 @@ def main(spec: WorkerSpec, conn, cancel) -> None:
     exit_with_parent()                # first: the parent may die while torch is still importing
     spec, shown = own_gpu(spec), spec.device                       # before torch is imported
     quiet_libraries()
+    if not spec.device.startswith("cuda"):
+        allocator.steady()            # a request's temporaries reuse the last one's memory (engine/worker/allocator.py)
     outbox = Outbox(conn.send)
 
     def receive():
