@@ -18,7 +18,6 @@ both sides run generate() on the same allocator).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 MMAP_THRESHOLD = 32 * 2**20          # glibc's own upper bound for its moving threshold
 TRIM_THRESHOLD = 2**30
@@ -28,10 +27,8 @@ TUNABLES = f"glibc.malloc.trim_threshold={TRIM_THRESHOLD}:glibc.malloc.mmap_thre
 
 def steady() -> bool:
     """Fix this process's malloc thresholds; False where the C library is not glibc (nothing changed)."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt        # the process's own symbols: no ldconfig run to find libc
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
